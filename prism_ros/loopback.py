@@ -1,0 +1,73 @@
+"""Keep ROS 2 / DDS traffic on this machine.
+
+Every process that tests, the demo or benches start goes through :func:`loopback_env` or
+:func:`spawn`: discovery limited to localhost, a random domain id (so parallel runs never see each
+other) and the Fast DDS profile in ``config/fastdds_localhost.xml`` (UDPv4 on 127.0.0.1 and shared
+memory only). No ROS import here: this is used before rclpy is loaded.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+PROFILE_NAME = "fastdds_localhost.xml"
+
+
+def profile_path() -> Path:
+    """Path of the loopback Fast DDS profile, from the source tree or the installed share dir."""
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "config" / PROFILE_NAME]
+    try:  # installed by colcon: share/prism_ros/config
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("prism_ros")) / "config" / PROFILE_NAME)
+    except Exception:  # noqa: BLE001 - ament index absent or package not installed there
+        pass
+    candidates.append(Path(sys.prefix) / "share" / "prism_ros" / "config" / PROFILE_NAME)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{PROFILE_NAME} not found (looked in {', '.join(map(str, candidates))}); "
+        "run from the prism_ros source tree or install the package."
+    )
+
+
+def random_domain_id(rng: random.Random | None = None) -> int:
+    """A DDS domain id in 1..100 (the range valid on every platform; 0 is the busy default)."""
+    return (rng or random.SystemRandom()).randint(1, 100)
+
+
+def loopback_env(domain_id: int | None = None, base: dict | None = None) -> dict:
+    """Environment for a ROS 2 process that talks only over loopback and shared memory."""
+    env = dict(os.environ if base is None else base)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = str(random_domain_id() if domain_id is None else domain_id)
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile_path())
+    env["RMW_IMPLEMENTATION"] = env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env.pop("ROS_STATIC_PEERS", None)  # never reach out to other hosts
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated spelling; the range above replaces it
+    return env
+
+
+def apply_loopback_env(domain_id: int | None = None) -> dict:
+    """Set the loopback settings on this process (call before rclpy.init); returns them."""
+    env = loopback_env(domain_id)
+    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE",
+                "RMW_IMPLEMENTATION"):
+        os.environ[key] = env[key]
+    for key in ("ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY"):
+        os.environ.pop(key, None)
+    return env
+
+
+def spawn(args: list[str], domain_id: int, **popen_kwargs) -> subprocess.Popen:
+    """Start a process on the given domain with the loopback settings (stdout/stderr piped)."""
+    popen_kwargs.setdefault("stdout", subprocess.PIPE)
+    popen_kwargs.setdefault("stderr", subprocess.PIPE)
+    popen_kwargs.setdefault("text", True)
+    return subprocess.Popen(args, env=loopback_env(domain_id, popen_kwargs.pop("env", None)),
+                            **popen_kwargs)
