@@ -1,0 +1,91 @@
+"""Test session set-up: every DDS participant stays on this machine.
+
+At import (before any test imports rclpy) this process gets the loopback settings of
+:mod:`prism_ros.loopback`: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random domain and the Fast DDS
+profile that binds 127.0.0.1 and shared memory only. Fixtures give each test a fresh domain that
+no participant on this machine uses, a way to start helper processes on it with the same settings
+(killed at teardown if still running), and an in-process rclpy node on it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from prism_ros.loopback import apply_loopback_env, random_domain_id, spawn
+
+SESSION_LOOPBACK = apply_loopback_env()  # must run before rclpy is imported anywhere
+
+REPO = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / "ros_helpers"
+if str(HELPERS.parent) not in sys.path:  # test/ itself, for `import ros_helpers`
+    sys.path.insert(0, str(HELPERS.parent))
+
+from ros_helpers.dds import domain_in_use  # noqa: E402
+
+
+def free_domain_id(attempts: int = 50) -> int:
+    """A random domain id that no participant on this machine uses (parallel runs stay apart)."""
+    session = int(SESSION_LOOPBACK["ROS_DOMAIN_ID"])
+    for _ in range(attempts):
+        candidate = random_domain_id()
+        if candidate != session and not domain_in_use(candidate):
+            return candidate
+    raise RuntimeError("no free DDS domain id found in 1..100")
+
+
+@pytest.fixture
+def domain_id() -> int:
+    """A fresh, unused DDS domain id for this test."""
+    return free_domain_id()
+
+
+@pytest.fixture
+def unique_ns() -> str:
+    """A topic namespace no other test (or test run) uses."""
+    return f"/prism_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def spawn_python(domain_id):
+    """Start ``python <script> args...`` (a name in test/ros_helpers, a path, or ["-m", module])
+    on the test's domain with the loopback settings; leftovers are killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(script, *args, **popen_kwargs) -> subprocess.Popen:
+        if isinstance(script, (list, tuple)):
+            target = [str(s) for s in script]
+        else:
+            path = Path(script)
+            target = [str(path if path.is_absolute() else HELPERS / path)]
+        popen_kwargs.setdefault("cwd", REPO)
+        process = spawn([sys.executable, *target, *map(str, args)], domain_id, **popen_kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        try:
+            process.communicate(timeout=5)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
+
+@pytest.fixture
+def ros_node(domain_id):
+    """An rclpy node in its own context on the test's domain (this process has the loopback env)."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    node = Node(f"test_node_{uuid.uuid4().hex[:6]}", context=context)
+    yield node
+    node.destroy_node()
+    context.try_shutdown()
