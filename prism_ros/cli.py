@@ -1,0 +1,151 @@
+"""`prism-ros`: the offline entry point (synthetic data, dataset info, bag replay, evaluation, demo).
+
+Commands import their modules lazily so `prism-ros --help` is instant and the ROS-free commands
+work where rclpy is missing. Bad input raises :class:`prism_ros.errors.InputError`, printed here as
+one line (problem -> fix) with exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from prism_ros.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="prism_ros: probabilistic dense SLAM and relocalization for ROS 2.")
+console = Console(stderr=True)
+
+
+def reports_input_errors(command):
+    """Turn InputError into a one-line message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@reports_input_errors
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder (TUM-like layout + camera.yaml + bag/).")],
+    frames: Annotated[int, typer.Option(min=2, help="Number of frames.")] = 300,
+    seed: Annotated[int, typer.Option(help="Scene, trajectory and noise seed.")] = 0,
+    motion: Annotated[str, typer.Option(help="Motion profile: handheld or drone.")] = "handheld",
+    bag: Annotated[str, typer.Option(help="Bag storage: mcap, db3 or none.")] = "mcap",
+    width: Annotated[int, typer.Option(min=16)] = 640,
+    height: Annotated[int, typer.Option(min=16)] = 480,
+    noise: Annotated[bool, typer.Option(help="Sensor noise, invalid pixels and IMU bias.")] = True,
+):
+    """Render a deterministic synthetic RGB-D + IMU sequence with exact ground truth."""
+    from prism_ros.synthetic import generate
+
+    if motion not in ("handheld", "drone"):
+        raise InputError(f"unknown motion profile '{motion}'", "use --motion handheld or --motion drone")
+    if bag not in ("mcap", "db3", "none"):
+        raise InputError(f"unknown bag storage '{bag}'", "use --bag mcap, --bag db3 or --bag none")
+    generate(out, frames=frames, seed=seed, motion=motion, bag=None if bag == "none" else bag,
+             width=width, height=height, noise=noise)
+
+
+@app.command()
+@reports_input_errors
+def info(
+    path: Annotated[Path, typer.Argument(help="Dataset folder or bag.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Force a format (see --list).")] = None,
+    frames: Annotated[Optional[str], typer.Option(help="Frame slice A:B (python slice syntax).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Bag topic preset: tum, euroc or prism.")] = None,
+):
+    """Summarise a dataset: format, frames, duration, intrinsics, depth range, IMU and ground truth."""
+    from prism_ros.datasets import describe_dataset, open_dataset
+
+    options = {"preset": preset} if preset else {}
+    dataset = open_dataset(path, fmt=fmt, frames=frames, **options)
+    for key, value in describe_dataset(dataset).items():
+        typer.echo(f"{key:>14}: {value}")
+
+
+@app.command()
+@reports_input_errors
+def play(
+    bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 bag folder (db3 or mcap).")],
+    rate: Annotated[float, typer.Option(min=0.0, help="Playback rate; 0 = as fast as possible.")] = 1.0,
+    loop: Annotated[bool, typer.Option(help="Restart at the end.")] = False,
+    qos: Annotated[str, typer.Option(help="sensor (best effort) or reliable.")] = "reliable",
+    remap: Annotated[Optional[list[str]], typer.Option(help="Topic remapping FROM:=TO (repeatable).")] = None,
+    topics: Annotated[Optional[list[str]], typer.Option(help="Only these topics (repeatable).")] = None,
+    wait_for_subscribers: Annotated[int, typer.Option(help="Wait until this many subscribers.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Publish a bag over ROS 2 with /clock (for machines without `ros2 bag`)."""
+    from prism_ros.nodes.player import play_bag
+
+    if qos not in ("sensor", "reliable"):
+        raise InputError(f"unknown QoS '{qos}'", "use --qos sensor or --qos reliable")
+    play_bag(bag, rate=rate, loop=loop, qos=qos, remaps=remap or [], topics=topics or None,
+             wait_for_subscribers=wait_for_subscribers, progress=not quiet)
+
+
+@app.command(name="eval")
+@reports_input_errors
+def evaluate(
+    estimate: Annotated[Path, typer.Argument(help="Estimated trajectory, TUM format.")],
+    ground_truth: Annotated[Path, typer.Argument(help="Ground-truth trajectory, TUM format.")],
+    align: Annotated[str, typer.Option(help="Alignment: se3, sim3 or none.")] = "se3",
+    plot: Annotated[Optional[Path], typer.Option(help="Write a trajectory plot PNG here.")] = None,
+    max_time_diff: Annotated[float, typer.Option(help="Max stamp difference for association (s).")] = 0.02,
+    rpe_delta: Annotated[float, typer.Option(help="RPE step, in frames.")] = 1.0,
+):
+    """ATE and RPE of an estimated trajectory against ground truth (evo), one-line summary."""
+    from prism_ros.evaluation import evaluate as run_evaluation
+
+    if align not in ("se3", "sim3", "none"):
+        raise InputError(f"unknown alignment '{align}'", "use --align se3, sim3 or none")
+    result = run_evaluation(estimate, ground_truth, align=align, max_time_diff=max_time_diff,
+                            rpe_delta=rpe_delta, plot_path=plot)
+    typer.echo(result.summary_line())
+
+
+@app.command()
+@reports_input_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
+    frames: Annotated[int, typer.Option(min=10)] = 120,
+    seed: Annotated[int, typer.Option()] = 0,
+    motion: Annotated[str, typer.Option()] = "handheld",
+):
+    """The main job on the built-in default: synthetic scene -> ROS 2 replay -> evaluation."""
+    from prism_ros.demo import run_demo
+
+    run_demo(out, frames=frames, seed=seed, motion=motion)
+
+
+@app.command()
+def doctor():
+    """Which optional ROS 2 pieces are present and which explicit fallbacks are in use."""
+    from prism_ros.nodes.compat import format_ros_pieces
+
+    typer.echo(format_ros_pieces())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
