@@ -46,6 +46,7 @@ def synth(
     width: Annotated[int, typer.Option(min=16)] = 640,
     height: Annotated[int, typer.Option(min=16)] = 480,
     noise: Annotated[bool, typer.Option(help="Sensor noise, invalid pixels and IMU bias.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a sequence already in --out.")] = False,
 ):
     """Render a deterministic synthetic RGB-D + IMU sequence with exact ground truth."""
     from prism_ros.synthetic import generate
@@ -55,7 +56,7 @@ def synth(
     if bag not in ("mcap", "db3", "none"):
         raise InputError(f"unknown bag storage '{bag}'", "use --bag mcap, --bag db3 or --bag none")
     generate(out, frames=frames, seed=seed, motion=motion, bag=None if bag == "none" else bag,
-             width=width, height=height, noise=noise)
+             width=width, height=height, noise=noise, overwrite=overwrite)
 
 
 @app.command()
@@ -75,25 +76,14 @@ def info(
         typer.echo(f"{key:>14}: {value}")
 
 
-@app.command()
-@reports_input_errors
-def play(
-    bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 bag folder (db3 or mcap).")],
-    rate: Annotated[float, typer.Option(min=0.0, help="Playback rate; 0 = as fast as possible.")] = 1.0,
-    loop: Annotated[bool, typer.Option(help="Restart at the end.")] = False,
-    qos: Annotated[str, typer.Option(help="sensor (best effort) or reliable.")] = "reliable",
-    remap: Annotated[Optional[list[str]], typer.Option(help="Topic remapping FROM:=TO (repeatable).")] = None,
-    topics: Annotated[Optional[list[str]], typer.Option(help="Only these topics (repeatable).")] = None,
-    wait_for_subscribers: Annotated[int, typer.Option(help="Wait until this many subscribers.")] = 0,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-):
-    """Publish a bag over ROS 2 with /clock (for machines without `ros2 bag`)."""
-    from prism_ros.nodes.player import play_bag
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                              "help_option_names": []}, add_help_option=False)
+def play(ctx: typer.Context):
+    """Publish a ROS 1 or ROS 2 bag over ROS 2 with /clock: BAG [--rate R] [--loop] [--qos sensor|reliable]
+    [--remap FROM:=TO] ... (`prism-ros play --help` lists all; same options as the bag_player node)."""
+    from prism_ros.nodes.player import main as player_main
 
-    if qos not in ("sensor", "reliable"):
-        raise InputError(f"unknown QoS '{qos}'", "use --qos sensor or --qos reliable")
-    play_bag(bag, rate=rate, loop=loop, qos=qos, remaps=remap or [], topics=topics or None,
-             wait_for_subscribers=wait_for_subscribers, progress=not quiet)
+    raise typer.Exit(player_main(list(ctx.args)))
 
 
 @app.command(name="eval")

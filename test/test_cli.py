@@ -1,0 +1,90 @@
+"""The `prism-ros` console script: each command on real files, bad input as one line with exit code 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prism_ros.loopback import loopback_env
+from prism_ros.trajectory_io import read_tum, write_tum
+
+CLI = Path(sys.executable).parent / "prism-ros"
+
+
+def prism_ros(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the installed console script (loopback DDS settings, as every spawned process)."""
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=loopback_env())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr
+    for text in expected:
+        assert text in result.stderr.replace("\n", " "), result.stderr
+
+
+@pytest.fixture(scope="module")
+def small_sequence(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "seq"
+    result = prism_ros("synth", "--out", out, "--frames", 6, "--width", 64, "--height", 48, "--bag", "none")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_synth_then_info(small_sequence):
+    result = prism_ros("info", small_sequence)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.strip().split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert lines["format"] == "tum" and lines["frames"] == "6" and lines["ground truth"] == "6 poses"
+    assert "64x48" in lines["intrinsics"]
+
+
+def test_info_with_frame_slice_on_real_data():
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
+    if not data.is_dir():
+        pytest.skip(f"{data} not present")
+    result = prism_ros("info", data, "--frames", "100:150")
+    assert result.returncode == 0, result.stderr
+    assert "frames: 50" in result.stdout
+
+
+def test_eval_prints_the_known_ate_and_writes_a_plot(small_sequence, tmp_path):
+    t, poses = read_tum(small_sequence / "groundtruth.txt")
+    shifted = poses.copy()
+    shifted[:, :3, 3] += [0.03, 0.0, -0.04]  # 5 cm constant offset
+    write_tum(tmp_path / "est.txt", t, shifted)
+    result = prism_ros("eval", tmp_path / "est.txt", small_sequence / "groundtruth.txt", "--align", "none",
+                       "--plot", tmp_path / "plot.png")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert "ATE rmse 0.050 m" in result.stdout
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_bad_input_is_one_line_naming_the_problem(tmp_path):
+    assert_one_line_error(prism_ros("info", tmp_path / "missing"), "missing", "path not found")
+    assert_one_line_error(prism_ros("synth", "--out", tmp_path / "x", "--motion", "walk"), "walk", "--motion")
+    assert_one_line_error(prism_ros("play", tmp_path / "no_such_bag"), "no_such_bag")
+    broken = tmp_path / "broken.txt"
+    broken.write_text("1.0 0 0 0 0 0 0 1\n2.0 0 0 0 0 0 1\n")
+    assert_one_line_error(prism_ros("eval", broken, broken), "broken.txt", "line 2")
+
+
+@pytest.mark.timeout(240)
+def test_demo_replays_over_ros2_and_evaluates(tmp_path):
+    """The main job end to end: synthetic bag -> player, estimator, recorder processes -> evo."""
+    result = prism_ros("demo", "--out", tmp_path / "demo", "--frames", 30, timeout=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["ground_truth_received"] == summary["ground_truth_sent"] == 30
+    assert summary["transport_max_error_m"] < 1e-6
+    baseline = summary["imu_odometry"]
+    assert baseline["matched"] >= 20 and np.isfinite(baseline["ate_rmse"])
+    assert all(code == 0 for code in summary["node_exit_codes"][:1])  # the recorder finished by itself
+    assert (tmp_path / "demo" / "imu_odometry.png").is_file()
