@@ -31,7 +31,8 @@ def demo_graph(bag: Path, T_imu_camera: np.ndarray, record_dir: Path) -> list[No
         "output_dir": str(record_dir), "idle_timeout_s": 2.0}, module="prism_ros.nodes.recorder")
     estimator = NodeSpec("prism_ros", "imu_odometry", "imu_odometry", {
         "T_imu_camera": [float(x) for x in T_imu_camera.ravel()]}, module="prism_ros.nodes.imu_odometry")
-    player = bag_player_spec(str(bag), rate=1.0, qos="reliable", wait_for_subscribers=0, quiet=True)
+    # wait until the estimator and the recorder are matched: volatile topics drop what came before
+    player = bag_player_spec(str(bag), rate=1.0, qos="reliable", wait_for_subscribers=2, quiet=True)
     return [recorder, estimator, player]
 
 
