@@ -19,7 +19,7 @@ from evo.core.sync import SyncException, associate_trajectories
 from evo.core.trajectory import PoseTrajectory3D
 
 from prism_ros.errors import InputError
-from prism_ros.trajectory_io import check_trajectory, read_tum
+from prism_ros.trajectory_io import check_trajectory, orthonormalize_poses, read_tum
 
 ALIGNMENTS = ("se3", "sim3", "none")
 RPE_UNITS = {"frames": Unit.frames, "meters": Unit.meters, "m": Unit.meters, "degrees": Unit.degrees,
@@ -100,7 +100,7 @@ def _load(source: TrajectoryLike, role: str, drop_duplicates: bool) -> PoseTraje
             raise InputError(f"{role} must be a TUM file path or a (timestamps, poses) pair",
                              "pass a path or (np.ndarray (N,), np.ndarray (N,4,4))") from None
         name = role
-        t, poses = check_trajectory(t, poses, name)
+        t, poses = check_trajectory(t, orthonormalize_poses(poses), name)
     return PoseTrajectory3D(timestamps=t, poses_se3=list(poses), name=name)
 
 

@@ -123,3 +123,18 @@ def write_tum(path: str | Path, timestamps: np.ndarray, poses: np.ndarray, heade
               for ti, p, qi in zip(t.tolist(), T[:, :3, 3], q)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def orthonormalize_poses(poses: np.ndarray) -> np.ndarray:
+    """Project each pose's rotation onto SO(3) (nearest in Frobenius norm, via SVD).
+
+    Poses stored as printed 4x4 matrices (7-Scenes, SUN3D) or accumulated by other systems deviate
+    from orthonormal by ~1e-4, which evo (and any log map) rejects; the projection moves them by
+    that much and no more.
+    """
+    poses = np.array(poses, dtype=np.float64, copy=True)
+    U, _, Vt = np.linalg.svd(poses[..., :3, :3])
+    D = np.ones(poses.shape[:-2] + (3,))
+    D[..., 2] = np.sign(np.linalg.det(U @ Vt))
+    poses[..., :3, :3] = (U * D[..., None, :]) @ Vt
+    return poses

@@ -186,3 +186,20 @@ def test_summary_dict_and_plot(gt, tmp_path):
     assert d["matched"] == 600 and d["ate_rmse"] == result.ate_rmse and len(d["T_align"]) == 4
     png = Path(result.plot_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_nearly_orthonormal_estimates_are_projected_not_rejected():
+    """Accumulated or printed poses are orthonormal to ~1e-4; evo would reject them unprojected."""
+    from prism_ros.trajectory_io import orthonormalize_poses
+
+    rng = np.random.default_rng(7)
+    t = np.arange(20) * 0.1
+    poses = np.tile(np.eye(4), (20, 1, 1))
+    poses[:, :3, 3] = rng.normal(size=(20, 3))
+    sloppy = poses.copy()
+    sloppy[:, :3, :3] += rng.normal(scale=1e-4, size=(20, 3, 3))
+    fixed = orthonormalize_poses(sloppy)
+    R = fixed[:, :3, :3]
+    assert np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max() < 1e-12
+    assert np.abs(fixed - poses).max() < 1e-3
+    assert evaluate((t, sloppy), (t, poses), align="none").ate_rmse < 1e-12

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..trajectory_io import orthonormalize_poses
 from .base import Dataset, Frame, Intrinsics
 from .common import (check_depth_scale, check_index, natural_key, read_depth, read_rgb, to_intrinsics)
 
@@ -79,7 +80,7 @@ def read_pose(path: Path) -> np.ndarray:
         raise InputError(f"not a numeric 4x4 matrix ({error})", "restore the pose file", path) from None
     if pose.shape != (4, 4):
         raise InputError(f"pose must be 4x4, found shape {pose.shape}", "restore the pose file", path)
-    return pose
+    return orthonormalize_poses(pose)  # printed matrices are orthonormal to ~1e-4 only
 
 
 def read_camera_matrix(folder: Path) -> tuple[float, float, float, float] | None:
