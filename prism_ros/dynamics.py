@@ -1,0 +1,350 @@
+"""Transition models of the PRISM state: the Gaussian prediction of (pose, velocity) at the next frame.
+
+State ``x = (T, v)`` as in :mod:`prism_ros.state`: ``T = T_world_body``, ``v = [v_world (3), omega_body (3)]``.
+The 12-D tangent of the covariance is defined by
+    ``x (+) d = (exp(d[:6]^) T, v + d[6:])``     left (world-frame) pose perturbation, additive velocity,
+    ``y (-) x = (log(T_y T_x^-1), v_y - v_x)``.
+A model is a propagation ``x' = f(x, u)`` of the mean through inputs ``u`` (IMU samples or commands, each
+with white noise ``n``). The prediction is ``N(f(x, u), F P F^T + G S_u G^T + Q)`` with
+``F = d(f(x (+) d, u) (-) x')/dd`` and ``G = d(f(x, u + n) (-) x')/dn`` at zero: exact Jacobians by autodiff
+through the very propagation code, residual MLP included, so the linearisation cannot drift from the
+dynamics and there are no hand-derived Jacobians to get wrong (reverse mode on a batch of 12 copies:
+one forward, one backward; see :meth:`TransitionModel.linearise`). ``Q`` is the continuous process noise
+of the constant-velocity model (zero for the input-driven ones, whose noise is in ``S_u``).
+
+Models (:func:`make_transition` by ``DynamicsConfig.model``):
+- ``constant_velocity``: ``R' = R Exp(omega dt)``, ``p' = p + v dt``, ``v' = v`` (exact for a screw motion
+  with constant world velocity and body rate); white-noise acceleration ``Q``.
+- ``imu``: strapdown Euler (or midpoint) integration of the IMU samples between the two frames
+  (:mod:`prism_ros.imu`), biases subtracted; the angular velocity becomes the last gyro sample.
+- ``control``: the same integration driven by commanded body acceleration (gravity excluded) and rates.
+
+The pose is the body's (the IMU frame when there is one); the filter maps it to the camera with
+``T @ T_body_camera``, and since that multiplies on the right the left-perturbation covariance is the same
+for both. Predictions are detached (a filter must not grow an autograd graph over a sequence); training
+code calls :meth:`TransitionModel.propagate` directly, which is differentiable and batched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prism_ros.datasets.base import ImuSamples
+from prism_ros.geometry.lie import se3_exp, se3_from_rt, se3_inverse, se3_log, skew, so3_exp
+from prism_ros.imu import GRAVITY, METHODS, imu_window, integrate_imu
+from prism_ros.state import GaussianState
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class DynamicsConfig:
+    """Transition model and its noise. Every field has a default; tuples keep it YAML-friendly."""
+
+    model: str = "constant_velocity"  # constant_velocity | imu | control
+    # constant velocity: white-noise acceleration (velocity random walk), spectral densities
+    # (fit to ground truth at 30 Hz: ~0.1 linear on TUM fr1/fr2, 0.16 on EuRoC V1_02; the defaults leave margin)
+    linear_acceleration_noise: float = 0.3  # m/s^2/sqrt(Hz), world frame
+    angular_acceleration_noise: float = 0.5  # rad/s^2/sqrt(Hz), body frame
+    # IMU: white-noise densities of the ADIS16448 (EuRoC); per-sample sigma = density * sqrt(rate)
+    imu_method: str = "euler"  # euler (zero-order hold) | midpoint
+    gyro_noise_density: float = 1.6968e-4  # rad/s/sqrt(Hz)
+    accel_noise_density: float = 2.0e-3  # m/s^2/sqrt(Hz)
+    imu_rate: float = 200.0  # Hz, used when a window holds too few samples to measure the rate
+    # Biases are fixed parameters, subtracted from the samples. To estimate them, append them to the state
+    # (18-D, random walks with the sensor's bias diffusion, e.g. 1.9393e-5 rad/s^2/sqrt(Hz) and 3e-3
+    # m/s^3/sqrt(Hz) on EuRoC): propagate() would read them from the state and autodiff gives F's columns.
+    bias_gyro: tuple[float, ...] = (0.0, 0.0, 0.0)  # rad/s
+    bias_accel: tuple[float, ...] = (0.0, 0.0, 0.0)  # m/s^2
+    # control: white noise per command (held over the interval), body frame
+    control_accel_sigma: float = 0.05  # m/s^2
+    control_gyro_sigma: float = 0.01  # rad/s
+    gravity: float = GRAVITY  # m/s^2, world gravity is (0, 0, -gravity)
+    T_body_camera: tuple[float, ...] = IDENTITY  # row-major 4x4 camera -> body; applied by the filter
+    # residual MLP on the velocity update (VSSM-LM); zero-initialised, so it starts as the engineered model
+    residual_mlp: bool = False
+    residual_hidden: int = 64
+    residual_layers: int = 2
+
+
+# ----------------------------------------------------------------------------- state tangent
+def hat(xi: torch.Tensor) -> torch.Tensor:
+    """(..., 6) twist [rho, phi] -> (..., 4, 4) matrix [[phi^, rho], [0, 0]] of se(3)."""
+    top = torch.cat([skew(xi[..., 3:]), xi[..., :3, None]], -1)
+    return torch.cat([top, torch.zeros_like(top[..., :1, :])], -2)
+
+
+def boxplus(T: torch.Tensor, v: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (+) delta``: left se(3) perturbation of the pose, additive velocity; batched over delta (..., 12)."""
+    return se3_exp(delta[..., :6]) @ T, v + delta[..., 6:]
+
+
+def boxminus(T_a: torch.Tensor, v_a: torch.Tensor, T_b: torch.Tensor, v_b: torch.Tensor) -> torch.Tensor:
+    """``x_a (-) x_b`` (..., 12): ``[log(T_a T_b^-1), v_a - v_b]``, the inverse of :func:`boxplus`."""
+    return torch.cat([se3_log(T_a @ se3_inverse(T_b)), v_a - v_b], -1)
+
+
+def vee(S: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) skew part -> (..., 3)."""
+    return 0.5 * torch.stack([S[..., 2, 1] - S[..., 1, 2], S[..., 0, 2] - S[..., 2, 0],
+                              S[..., 1, 0] - S[..., 0, 1]], -1)
+
+
+def symmetrise(P: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (P + P.transpose(-1, -2))
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class InputWindow:
+    """What drives one prediction over ``[t0, t1]``: samples (M, 6) ``[gyro or rates, accel]`` at ``times`` (M,)
+    and the white-noise variance of each entry (M*6,). Empty (M = 0) for the constant-velocity model."""
+
+    t0: float
+    t1: float
+    times: torch.Tensor
+    values: torch.Tensor
+    variance: torch.Tensor
+
+    @property
+    def dt(self) -> float:
+        return self.t1 - self.t0
+
+
+# ----------------------------------------------------------------------------- residual MLP hook
+FEATURES = 16
+
+
+def residual_features(T: torch.Tensor, v: torch.Tensor, u: torch.Tensor, dt: float) -> torch.Tensor:
+    """(..., 16) rotation-invariant inputs of the residual: body velocity, body rate, gravity direction in the
+    body, mean input (6; zeros without inputs) and dt, all at the start of the step."""
+    R = T[..., :3, :3]
+    velocity_in_body = (R.transpose(-1, -2) @ v[..., :3, None])[..., 0]
+    up_in_body = R[..., 2, :]  # R^T e_z
+    u_mean = u.mean(-2) if u.shape[-2] else torch.zeros_like(v)
+    return torch.cat([velocity_in_body, v[..., 3:], up_in_body, u_mean, torch.full_like(v[..., :1], dt)], -1)
+
+
+class ResidualMLP(nn.Module):
+    """Learned correction of the velocity update (VSSM-LM): features (16,) -> [dv body (3), domega body (3)].
+
+    The output layer starts at zero, so an untrained residual leaves the engineered dynamics unchanged.
+    Any module with this signature can be plugged in; it is trained elsewhere.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 2, dtype=torch.float64):
+        super().__init__()
+        sizes = [FEATURES] + [hidden] * layers
+        hidden_layers = [m for a, b in zip(sizes[:-1], sizes[1:])
+                         for m in (nn.Linear(a, b, dtype=dtype), nn.Tanh())]
+        self.output = nn.Linear(sizes[-1], 6, dtype=dtype)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+        self.net = nn.Sequential(*hidden_layers, self.output)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+# ----------------------------------------------------------------------------- models
+class TransitionModel:
+    """Gaussian prediction through a propagation ``step``; subclasses define ``step`` and ``inputs``."""
+
+    def __init__(self, config: DynamicsConfig, residual: nn.Module | None = None):
+        self.config = config
+        self.residual = residual
+
+    def predict(self, state: GaussianState, t_next: float, imu: ImuSamples | None = None,
+                control=None) -> GaussianState:
+        """The Gaussian prediction of (pose, velocity) at ``t_next`` (mean propagated, covariance linearised)."""
+        t_next = float(t_next)
+        if t_next < state.t:
+            raise ValueError(f"cannot predict backwards in time: from {state.t} to {t_next}")
+        if t_next == state.t:
+            return state
+        window = self.inputs(state, t_next, imu, control)
+        T, v, F, G = self.linearise(state.T, state.velocity, window)
+        P = F @ state.covariance @ F.T + (G * window.variance) @ G.T + self.process_noise(T, window.dt)
+        return GaussianState(t_next, T, v, symmetrise(P))
+
+    def propagate(self, T: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+                  window: InputWindow) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean dynamics: engineered step, plus the residual MLP on the velocity when there is one."""
+        T_next, v_next = self.step(T, v, u, window)
+        if self.residual is None:
+            return T_next, v_next
+        return T_next, v_next + self.residual_increment(T, v, u, window.dt)
+
+    def residual_increment(self, T, v, u, dt: float) -> torch.Tensor:
+        """The MLP's velocity correction in state coordinates: its linear part rotated to the world."""
+        features = residual_features(T, v, u, dt)
+        weight = next(self.residual.parameters(), features)  # the MLP may be float32 and elsewhere
+        r = self.residual(features.to(weight)).to(v)
+        return torch.cat([(T[..., :3, :3] @ r[..., :3, None])[..., 0], r[..., 3:]], -1)
+
+    def linearise(self, T: torch.Tensor, v: torch.Tensor, window: InputWindow):
+        """Propagated mean (T', v') and the exact Jacobians F (12,12) w.r.t. the state and G (12, M*6) w.r.t.
+        the input noise, by reverse-mode autodiff through :meth:`propagate` on 12 copies at once.
+
+        Copy i carries the perturbation ``z_i = [d (12), n (M*6)]`` (all zero) and only its i-th output
+        coordinate enters the summed objective, so one backward pass gives all 12 rows. The pose is
+        perturbed as ``(I + d^) T`` and read out as ``[t, vee(R)]`` of ``T(z) T'^-1``: both agree with
+        ``exp``/``log`` to first order, which is all a Jacobian at zero sees. ``torch.func.jacfwd`` gives
+        the same matrix (test_dynamics.py) but costs 20-40 ms on CPU against 1.5-3 ms here: forward-mode
+        through kornia's rotation conversions is slow.
+        """
+        T, v, u = T.detach(), v.detach(), window.values.detach()
+        with torch.enable_grad():
+            z = T.new_zeros(12, 12 + u.numel(), requires_grad=True)
+            T_z = T + hat(z[:, :6]) @ T
+            T_out, v_out = self.propagate(T_z, v + z[:, 6:12], u + z[:, 12:].reshape(12, *u.shape), window)
+            T_next, v_next = T_out[0].detach(), v_out[0].detach()
+            X = T_out @ se3_inverse(T_next)
+            y = torch.cat([X[:, :3, 3], vee(X[:, :3, :3]), v_out], -1)  # (12 copies, 12 coordinates)
+            (J,) = torch.autograd.grad(y.diagonal().sum(), z)
+        return T_next, v_next, J[:, :12], J[:, 12:]
+
+    def process_noise(self, T: torch.Tensor, dt: float) -> torch.Tensor:
+        return T.new_zeros(12, 12)
+
+    def inputs(self, state: GaussianState, t_next: float, imu, control) -> InputWindow:
+        raise NotImplementedError
+
+    def step(self, T, v, u, window):
+        raise NotImplementedError
+
+
+class ConstantVelocity(TransitionModel):
+    """Screw motion with constant world velocity and body rate, driven by white-noise acceleration."""
+
+    def inputs(self, state, t_next, imu=None, control=None) -> InputWindow:
+        empty = state.T.new_zeros(0, 6)
+        return InputWindow(state.t, t_next, empty[:, 0], empty, empty.reshape(0))
+
+    def step(self, T, v, u, window):
+        dt = window.dt
+        R = T[..., :3, :3] @ so3_exp(v[..., 3:] * dt)
+        return se3_from_rt(R, T[..., :3, 3] + v[..., :3] * dt), v
+
+    def process_noise(self, T: torch.Tensor, dt: float) -> torch.Tensor:
+        """White-noise acceleration integrated over dt, mapped into the left tangent at the predicted pose.
+
+        Per axis, velocity random walk with density q: cov(position, velocity) = q [[dt^3/3, dt^2/2],
+        [dt^2/2, dt]] (world position / world velocity, and body rotation / body rate alike). A body-frame
+        rotation error th and a world position error e are the left perturbation phi = R th,
+        rho = e + p x phi (first order), hence G = [[I, [p]x R], [0, R]] on the pose block.
+        """
+        eye = torch.eye(3, dtype=T.dtype, device=T.device)
+        Q = T.new_zeros(12, 12)
+        for pose, vel, density in ((slice(0, 3), slice(6, 9), self.config.linear_acceleration_noise),
+                                   (slice(3, 6), slice(9, 12), self.config.angular_acceleration_noise)):
+            q = density**2 * eye
+            Q[pose, pose], Q[vel, vel] = q * dt**3 / 3, q * dt
+            Q[pose, vel] = Q[vel, pose] = q * dt**2 / 2
+        G = torch.eye(12, dtype=T.dtype, device=T.device)
+        G[:3, 3:6] = skew(T[:3, 3]) @ T[:3, :3]
+        G[3:6, 3:6] = T[:3, :3]
+        return G @ Q @ G.T
+
+
+class EulerModel(TransitionModel):
+    """Strapdown integration of body rates and accelerations (:func:`prism_ros.imu.integrate_imu`).
+
+    ``u`` rows are ``[rates, accel]``: a specific force with world ``gravity`` for the IMU, a body
+    acceleration with zero gravity for commands. The angular velocity at ``t1`` is the rate held there
+    (minus bias). The sample held at ``t1`` is remembered, so the next window, which starts with the
+    samples after its ``t0`` (``Frame.imu``), still holds the right value on its first partial interval;
+    without any sample at or before ``t0`` the first one after it is held back to ``t0``.
+    """
+
+    def __init__(self, config: DynamicsConfig, residual: nn.Module | None = None, method: str = "euler",
+                 gravity=(0.0, 0.0, 0.0), bias_gyro=(0.0, 0.0, 0.0), bias_accel=(0.0, 0.0, 0.0)):
+        super().__init__(config, residual)
+        if method not in METHODS:
+            raise ValueError(f"unknown imu_method {method!r}; use one of {METHODS}")
+        self.method, self.gravity, self.bias_gyro, self.bias_accel = method, gravity, bias_gyro, bias_accel
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None  # (time (1,), sample (1, 6))
+
+    def step(self, T, v, u, window):
+        t, rates, accel = imu_window(window.times, u[..., :3], u[..., 3:], window.t0, window.t1, self.method)
+        bias_gyro = T.new_tensor(self.bias_gyro)
+        R, p, v_lin = integrate_imu(T[..., :3, :3], T[..., :3, 3], v[..., :3], t, rates, accel,
+                                    gravity=T.new_tensor(self.gravity), bias_gyro=bias_gyro,
+                                    bias_accel=T.new_tensor(self.bias_accel), method=self.method)
+        return se3_from_rt(R, p), torch.cat([v_lin, rates[..., -1, :] - bias_gyro], -1)
+
+    def window(self, state: GaussianState, t1: float, times, rates, accel, sigma) -> InputWindow:
+        """The samples covering [state.t, t1] as tensors, each entry with white-noise std ``sigma`` (6,)."""
+        t0 = state.t
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        values = np.concatenate([np.asarray(rates).reshape(-1, 3), np.asarray(accel).reshape(-1, 3)], -1)
+        if self.previous is not None and (len(times) == 0 or times[0] > t0) and self.previous[0][0] <= t0:
+            times, values = np.concatenate([self.previous[0], times]), np.concatenate([self.previous[1], values])
+        if len(times) == 0:
+            raise ValueError(f"{type(self).__name__} needs inputs between {t0} and {t1}, got none")
+        first = max(int(np.searchsorted(times, t0, side="right")) - 1, 0)  # last sample at or before t0
+        last = min(int(np.searchsorted(times, t1, side="left")), len(times) - 1)  # first at or after t1
+        times, values = times[first:last + 1], values[first:last + 1]
+        held = max(int(np.searchsorted(times, t1, side="right")) - 1, 0)
+        self.previous = (times[held:held + 1], values[held:held + 1])
+        variance = np.tile(np.asarray(sigma, dtype=np.float64) ** 2, len(times))
+        options = dict(dtype=state.T.dtype, device=state.T.device)
+        return InputWindow(t0, t1, torch.as_tensor(times, dtype=torch.float64, device=state.T.device),
+                           torch.as_tensor(values, **options), torch.as_tensor(variance, **options))
+
+
+class ImuEuler(EulerModel):
+    """IMU-driven prediction: gyro and specific force integrated between the frames, biases subtracted.
+
+    Noise: white, per sample ``sigma = density * sqrt(rate)`` (the rate measured from the window), so a
+    velocity accumulates ``density^2 dt`` of variance, as in continuous time.
+    """
+
+    def __init__(self, config: DynamicsConfig, residual: nn.Module | None = None):
+        super().__init__(config, residual, config.imu_method, (0.0, 0.0, -config.gravity), config.bias_gyro,
+                         config.bias_accel)
+
+    def inputs(self, state, t_next, imu=None, control=None) -> InputWindow:
+        if imu is None:
+            raise ValueError("the imu transition model needs the IMU samples of the frame (Frame.imu)")
+        density = np.array([self.config.gyro_noise_density] * 3 + [self.config.accel_noise_density] * 3)
+        window = self.window(state, t_next, imu.t, imu.gyro, imu.accel, density)
+        rate = 1.0 / float(window.times.diff().median()) if len(window.times) > 1 else self.config.imu_rate
+        window.variance = window.variance * rate
+        return window
+
+
+class ControlEuler(EulerModel):
+    """Command-driven prediction: commanded body acceleration (gravity excluded) and body rates.
+
+    ``control`` is one command ``[ax, ay, az, wx, wy, wz]`` held over the interval (ideally the one in
+    force since the previous frame, as in VSSM-LM's ``p(z_t+1 | z_t, u_t)``), or a command stream given as
+    :class:`ImuSamples` (``gyro`` = rates, ``accel`` = body acceleration) integrated like IMU samples.
+    Noise: white per command, ``control_*_sigma``.
+    """
+
+    def inputs(self, state, t_next, imu=None, control=None) -> InputWindow:
+        if control is None:
+            raise ValueError("the control transition model needs a command (Frame.control)")
+        sigma = [self.config.control_gyro_sigma] * 3 + [self.config.control_accel_sigma] * 3
+        if isinstance(control, ImuSamples):
+            return self.window(state, t_next, control.t, control.gyro, control.accel, sigma)
+        command = np.asarray(control, dtype=np.float64).reshape(6)
+        return self.window(state, t_next, [state.t], command[3:], command[:3], sigma)
+
+
+TRANSITIONS = {"constant_velocity": ConstantVelocity, "imu": ImuEuler, "control": ControlEuler}
+
+
+def make_transition(config: DynamicsConfig | None = None, residual: nn.Module | None = None) -> TransitionModel:
+    """The transition model named by ``config.model``; a zero-initialised :class:`ResidualMLP` when
+    ``config.residual_mlp`` and no ``residual`` module is given."""
+    config = config or DynamicsConfig()
+    if config.model not in TRANSITIONS:
+        raise ValueError(f"unknown dynamics model {config.model!r}; use one of {', '.join(TRANSITIONS)}")
+    if residual is None and config.residual_mlp:
+        residual = ResidualMLP(config.residual_hidden, config.residual_layers)
+    return TRANSITIONS[config.model](config, residual)
