@@ -10,30 +10,16 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
+
+from prism_ros.resources import config_file
 
 PROFILE_NAME = "fastdds_localhost.xml"
 
 
 def profile_path() -> Path:
     """Path of the loopback Fast DDS profile, from the source tree or the installed share dir."""
-    here = Path(__file__).resolve().parent
-    candidates = [here.parent / "config" / PROFILE_NAME]
-    try:  # installed by colcon: share/prism_ros/config
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("prism_ros")) / "config" / PROFILE_NAME)
-    except Exception:  # noqa: BLE001 - ament index absent or package not installed there
-        pass
-    candidates.append(Path(sys.prefix) / "share" / "prism_ros" / "config" / PROFILE_NAME)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"{PROFILE_NAME} not found (looked in {', '.join(map(str, candidates))}); "
-        "run from the prism_ros source tree or install the package."
-    )
+    return config_file(PROFILE_NAME)
 
 
 def random_domain_id(rng: random.Random | None = None) -> int:
