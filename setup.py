@@ -24,6 +24,7 @@ CORE = [
     "rich>=13",
     "tqdm>=4.66",
     "pyyaml>=6",
+    "scikit-image>=0.22",  # marching cubes for mesh export
 ]
 # ROS 2 Kilted from PyPI, for machines without a ROS install (a sourced ROS install provides these).
 ROS_WHEELS = [
