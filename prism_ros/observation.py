@@ -66,7 +66,7 @@ class Observation:
 
 def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tensor) -> ObservationLevel:
     points = camera.backproject(depth)
-    gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0] * 2
+    gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]  # central diff
     return ObservationLevel(camera, depth, points, normals_from_points(points), intensity, gradient)
 
 

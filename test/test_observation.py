@@ -68,3 +68,16 @@ def test_seven_scenes_colour_is_registered_to_the_depth_camera():
     valid = ~obs.finest.depth.isnan()
     seen = obs.colour.sum(-1) > 0
     assert (seen & valid).float().sum() / valid.float().sum() > 0.9  # nearly every depth pixel gets a colour
+
+
+def test_intensity_gradient_is_per_pixel_on_a_ramp(synthetic_frame):
+    """gradient[0] = dI/du, gradient[1] = dI/dv in intensity units per pixel (central differences)."""
+    from prism_ros.geometry import PinholeCamera
+    from prism_ros.observation import make_level
+
+    v, u = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
+    intensity = 0.01 * u + 0.003 * v
+    camera = PinholeCamera.from_intrinsics(replace(synthetic_frame.intrinsics, width=30, height=20))
+    level = make_level(camera, torch.ones(20, 30), intensity)
+    torch.testing.assert_close(level.gradient[0, 1:-1, 1:-1], torch.full((18, 28), 0.01))
+    torch.testing.assert_close(level.gradient[1, 1:-1, 1:-1], torch.full((18, 28), 0.003))
