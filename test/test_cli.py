@@ -88,3 +88,30 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
     assert baseline["matched"] >= 20 and np.isfinite(baseline["ate_rmse"])
     assert all(code == 0 for code in summary["node_exit_codes"][:1])  # the recorder finished by itself
     assert (tmp_path / "demo" / "imu_odometry.png").is_file()
+
+
+def test_run_writes_every_output(tmp_path):
+    data = tmp_path / "seq"
+    assert prism_ros("synth", "--out", data, "--frames", 8, "--width", 128, "--height", 96, "--bag", "none").returncode == 0
+    settings = tmp_path / "small.yaml"
+    settings.write_text("levels: 2\nrender_level: 0\n")
+    out = tmp_path / "run"
+    result = prism_ros("run", "--dataset", data, "--out", out, "--config", settings, "--init-gt", "--quiet",
+                       "--device", "cpu", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 frames" in result.stdout and "ATE" in result.stdout
+    for name in ("trajectory.tum", "covariance.npz", "mesh.ply", "timing.csv", "summary.json", "trajectory.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 8 and summary["ate_rmse_m"] < 0.05
+    covariance = np.load(out / "covariance.npz")
+    assert covariance["pose_covariance"].shape == (8, 6, 6)
+    stamps, poses = read_tum(out / "trajectory.tum")
+    assert len(stamps) == 8
+
+
+def test_run_rejects_unknown_config_keys(tmp_path, small_sequence):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trackin:\n  icp_weight: 1\n")
+    assert_one_line_error(prism_ros("run", "--dataset", small_sequence, "--out", tmp_path / "o", "--config", bad),
+                          "trackin", "bad.yaml")

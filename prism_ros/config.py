@@ -1,0 +1,116 @@
+"""One configuration for the whole filter, built from the components' own config dataclasses.
+
+YAML files mirror the nesting (``map:``, ``render:``, ``tracking:``, ``dynamics:`` plus the
+top-level keys below); anything not given keeps its default. Unknown keys are an error that names
+the key and the file, so a typo never silently falls back to a default. Presets per dataset format
+live in ``config/prism_<format>.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from prism_ros.dynamics import DynamicsConfig
+from prism_ros.errors import InputError
+from prism_ros.map import MapConfig
+from prism_ros.render import RenderConfig
+from prism_ros.tracking import TrackingConfig
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class FilterConfig:
+    map: MapConfig = field(default_factory=MapConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    levels: int = 3  # observation pyramid levels
+    render_level: int = 1  # the one render per frame is at this level (1 = half resolution)
+    max_depth: float = 5.0  # metres; farther depth is ignored (noise grows with z^2)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
+    # contend (measured 10-50x slower per call on this 2-core machine when other work is running)
+    cpu_threads: int = 1
+    T_body_camera: tuple[float, ...] = IDENTITY  # row-major 4x4, camera -> body (IMU) frame
+    initial_velocity_std: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
+
+    def resolved_device(self) -> str:
+        """'auto' picks CUDA when available; an explicit 'cuda' without CUDA is an input error."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {self.device!r} requested but CUDA is not available",
+                             "use --device cpu or --device auto")
+        return self.device
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(values: dict, source: object = None) -> "FilterConfig":
+        return fill_dataclass(FilterConfig, values, source, "")
+
+    @staticmethod
+    def from_yaml(*paths: str | Path) -> "FilterConfig":
+        """Later files override earlier ones (e.g. a format preset, then the user's file)."""
+        merged: dict = {}
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                raise InputError("config file not found", "check the path given to --config", path)
+            try:
+                values = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as error:
+                raise InputError(f"not valid YAML ({error})", "fix the file's syntax", path) from None
+            if not isinstance(values, dict):
+                raise InputError("expected a mapping of settings at the top level", "see config/prism.yaml", path)
+            merged = deep_merge(merged, values)
+        return FilterConfig.from_dict(merged, source=", ".join(map(str, paths)))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def fill_dataclass(cls, values: dict, source: object, prefix: str):
+    """Instantiate ``cls`` from a (nested) dict, rejecting unknown keys by their dotted name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise InputError(f"unknown setting(s) {names}", f"valid keys here: {', '.join(sorted(fields))}", source)
+    defaults, kwargs = cls(), {}  # every config dataclass has defaults for all fields
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = fill_dataclass(type(default), value, source, f"{prefix}{name}.")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def preset_config(dataset, user_file: str | Path | None = None) -> FilterConfig:
+    """The format's preset (``config/prism_<format>.yaml``, when present) overridden by the user's file;
+    the camera->body extrinsic comes from the dataset when it has an IMU."""
+    import numpy as np
+
+    from prism_ros.resources import config_file
+
+    preset = config_file(f"prism_{dataset.format_name}.yaml", required=False)
+    files = [p for p in (preset, user_file) if p is not None]
+    settings = FilterConfig.from_yaml(*files) if files else FilterConfig()
+    if dataset.T_imu_camera is not None and settings.dynamics.model != "constant_velocity":
+        settings.T_body_camera = tuple(float(x) for x in np.asarray(dataset.T_imu_camera).ravel())
+    return settings

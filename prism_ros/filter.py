@@ -1,0 +1,131 @@
+"""The PRISM filter: one short step per frame, reading as the paper's four steps.
+
+    predict   -> Gaussian prior over (pose, velocity) from the transition model
+    render    -> ONE render of the map at the predicted camera pose
+    (1)+(2)   -> pose MAP (ICP + photometric + prior) and its Laplace covariance
+    (3)       -> velocity in closed form, conditioning the joint prior on the pose posterior
+    (4)       -> closed-form Gaussian update of the SDF + colour map (never from a lost frame)
+
+The state is the body pose (IMU frame, or the camera when there is no IMU); tracking works on the
+camera pose ``T_body @ T_body_camera``. With the left perturbation convention the covariance is
+the same for both (see :mod:`prism_ros.state`).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from prism_ros.config import FilterConfig
+from prism_ros.datasets.base import Frame
+from prism_ros.dynamics import make_transition
+from prism_ros.map import GaussianSdfMap
+from prism_ros.observation import Observation
+from prism_ros.render import RenderResult, render
+from prism_ros.state import GaussianState, PoseEstimate
+from prism_ros.tracking import track
+from prism_ros.velocity import condition_on_pose
+
+
+@dataclass
+class Estimate:
+    """What one step produced: camera pose, covariances, velocity, tracking verdict, timings (ms)."""
+
+    t: float
+    T_world_camera: np.ndarray
+    pose_covariance: np.ndarray
+    velocity: np.ndarray
+    velocity_covariance: np.ndarray
+    tracking_ok: bool
+    quality: dict = field(default_factory=dict)
+    timings_ms: dict = field(default_factory=dict)
+    render: RenderResult | None = None
+
+
+class PrismFilter:
+    """Dense probabilistic SLAM: a Gaussian SDF map and a Gaussian (pose, velocity) state."""
+
+    def __init__(self, config: FilterConfig | None = None, initial_pose: np.ndarray | None = None):
+        self.config = config or FilterConfig()
+        self.device = torch.device(self.config.resolved_device())
+        if self.device.type == "cpu" and self.config.cpu_threads > 0:
+            torch.set_num_threads(self.config.cpu_threads)
+        self.map = GaussianSdfMap(self.config.map, device=self.device)
+        self.transition = make_transition(self.config.dynamics)
+        self.T_body_camera = torch.as_tensor(np.asarray(self.config.T_body_camera).reshape(4, 4),
+                                             dtype=torch.float64, device=self.device)
+        self.initial_pose = initial_pose
+        self.state: GaussianState | None = None
+        self.last_control = None
+        self.timings: dict[str, float] = {}
+
+    def step(self, frame: Frame) -> Estimate:
+        """Process one frame; the filter's whole per-frame algorithm."""
+        self.timings = {}
+        with self.timed("observe"):
+            obs = Observation.from_frame(frame, self.config.levels, self.device, self.config.max_depth)
+        if self.state is None:
+            return self.initialise(obs)
+        with self.timed("predict"):
+            prior = self.transition.predict(self.state, obs.t, imu=obs.imu, control=self.last_control)
+        self.last_control = obs.control  # u_t drives t -> t+1 (p(z_t+1 | z_t, u_t))
+        with self.timed("render"):
+            rendered = self.render_at(prior, obs)
+        with self.timed("track"):
+            pose = self.track_pose(obs, rendered, prior)
+        with self.timed("velocity"):
+            self.state = condition_on_pose(prior, pose) if pose.ok else prior
+        with self.timed("map"):
+            if pose.ok:
+                self.integrate(obs, pose.T)
+        return self.estimate(pose.ok, pose.quality, rendered)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def initialise(self, obs: Observation) -> Estimate:
+        """First frame: the state starts at the initial pose and the frame seeds the map."""
+        T_camera = torch.eye(4, dtype=torch.float64, device=self.device) if self.initial_pose is None else \
+            torch.as_tensor(self.initial_pose, dtype=torch.float64, device=self.device)
+        T_body = T_camera @ torch.linalg.inv(self.T_body_camera)
+        self.state = GaussianState.initial(T_body, t=obs.t, device=self.device,
+                                           velocity_std=self.config.initial_velocity_std)
+        self.last_control = obs.control
+        with self.timed("map"):
+            self.integrate(obs, T_camera)
+        return self.estimate(True, {"initialised": True}, None)
+
+    def render_at(self, prior: GaussianState, obs: Observation) -> RenderResult:
+        """The one render of the frame, at the predicted camera pose and the render pyramid level."""
+        camera = obs.levels[self.config.render_level].camera
+        return render(self.map, prior.T @ self.T_body_camera, camera, self.config.render)
+
+    def track_pose(self, obs: Observation, rendered: RenderResult, prior: GaussianState) -> PoseEstimate:
+        """MAP camera pose + Laplace covariance, returned as the body pose (same left covariance)."""
+        camera = track(obs, rendered, prior.T @ self.T_body_camera, prior.pose_covariance, self.config.tracking)
+        camera.T = camera.T @ torch.linalg.inv(self.T_body_camera)
+        return camera
+
+    def integrate(self, obs: Observation, T_world_camera: torch.Tensor) -> None:
+        self.map.integrate(obs.finest, obs.colour, T_world_camera)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def estimate(self, ok: bool, quality: dict, rendered: RenderResult | None) -> Estimate:
+        state = self.state
+        T_camera = (state.T @ self.T_body_camera).cpu().numpy()
+        return Estimate(state.t, T_camera, state.pose_covariance.cpu().numpy(), state.velocity.cpu().numpy(),
+                        state.velocity_covariance.cpu().numpy(), ok, quality, dict(self.timings), rendered)
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Wall time of a stage in ms (synchronising CUDA so the figure is the stage's own)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[stage] = self.timings.get(stage, 0.0) + 1e3 * (time.perf_counter() - start)
