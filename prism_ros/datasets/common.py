@@ -309,6 +309,35 @@ def check_index(index: int, length: int) -> int:
     return index % length
 
 
+class StoredDataset(Dataset):
+    """A reader that holds its timestamps, IMU stream, extrinsic and ground truth after opening.
+
+    Subclasses set ``_timestamps``, ``_imu``, ``_T_imu_camera`` and ``_gt`` ((t, poses) or None).
+    """
+
+    _imu: ImuSamples | None = None
+    _T_imu_camera: np.ndarray | None = None
+    _gt: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._timestamps)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self._timestamps
+
+    @property
+    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
+        return self._T_imu_camera
+
+    @property
+    def imu(self) -> ImuSamples | None:
+        return self._imu
+
+    def ground_truth(self):
+        return None if self._gt is None else (self._gt[0].copy(), self._gt[1].copy())
+
+
 class SlicedDataset(Dataset):
     """A view on some frames of a dataset; frames keep their original ``index``.
 

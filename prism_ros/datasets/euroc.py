@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from .base import Dataset, Frame, ImuSamples
-from .common import (associate, check_increasing, check_index, imu_since_previous, interpolate_poses,
+from .base import Frame, ImuSamples
+from .common import (StoredDataset, associate, check_increasing, check_index, imu_since_previous, interpolate_poses,
                      intrinsics_from_yaml, load_yaml, matrix4, numeric, read_grey, read_rows, read_trajectory,
                      seconds_from_ns)
 
@@ -53,7 +53,7 @@ def sensor_extrinsics(sensor: Path) -> np.ndarray:
     return matrix4(data["T_BS"], path, "T_BS")
 
 
-class EurocDataset(Dataset):
+class EurocDataset(StoredDataset):
     """EuRoC stereo + IMU sequence."""
 
     format_name = "euroc"
@@ -121,26 +121,6 @@ class EurocDataset(Dataset):
             if count > best_count:
                 best, best_count = (t, poses), count
         return best
-
-    def __len__(self) -> int:
-        return len(self._timestamps)
-
-    @property
-    def timestamps(self) -> np.ndarray:
-        return self._timestamps
-
-    @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
-        return self._T_imu_camera
-
-    @property
-    def imu(self) -> ImuSamples | None:
-        return self._imu
-
-    def ground_truth(self):
-        if self._gt is None:
-            return None
-        return self._gt[0].copy(), self._gt[1].copy()
 
     def __getitem__(self, index: int) -> Frame:
         index = check_index(index, len(self))

@@ -32,8 +32,8 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from ..errors import InputError
-from .base import Dataset, Frame, ImuSamples, Intrinsics
-from .common import (associate, check_depth_scale, check_index, depth_from_raw, distortion5, imu_since_previous,
+from .base import Frame, ImuSamples, Intrinsics
+from .common import (StoredDataset, associate, check_depth_scale, check_index, depth_from_raw, distortion5, imu_since_previous,
                      interpolate_poses, last_at_or_before, matrix4, poses_from_quaternions, to_intrinsics)
 
 PRESETS = {
@@ -133,7 +133,7 @@ def vector3(v) -> list[float]:
     return [v.x, v.y, v.z]
 
 
-class RosbagDataset(Dataset):
+class RosbagDataset(StoredDataset):
     """RGB-D (or stereo) frames from a ROS bag, random access through a stamp index."""
 
     format_name = "rosbag"
@@ -310,24 +310,6 @@ class RosbagDataset(Dataset):
             return None
         image = self._read(ref, "right")
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-
-    def __len__(self) -> int:
-        return len(self._timestamps)
-
-    @property
-    def timestamps(self) -> np.ndarray:
-        return self._timestamps
-
-    @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
-        return self._T_imu_camera
-
-    @property
-    def imu(self) -> ImuSamples | None:
-        return self._imu
-
-    def ground_truth(self):
-        return None if self._gt is None else (self._gt[0].copy(), self._gt[1].copy())
 
     def __getitem__(self, index: int) -> Frame:
         index = check_index(index, len(self))

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .base import Dataset, Frame, ImuSamples, Intrinsics
-from .common import (associate, check_depth_scale, check_increasing, check_index, distortion5, imu_since_previous,
+from .base import Frame, ImuSamples, Intrinsics
+from .common import (StoredDataset, associate, check_depth_scale, check_increasing, check_index, distortion5, imu_since_previous,
                      interpolate_poses, last_at_or_before, load_yaml, matrix4, numeric, read_depth, read_rgb,
                      read_rows, read_trajectory, to_intrinsics)
 
@@ -63,7 +63,7 @@ def read_file_list(path: Path, root: Path) -> tuple[np.ndarray, list[Path]]:
     return times, files
 
 
-class TumDataset(Dataset):
+class TumDataset(StoredDataset):
     """TUM RGB-D sequence (standard or cube_slam keyframe layout)."""
 
     format_name = "tum"
@@ -144,26 +144,6 @@ class TumDataset(Dataset):
                           "Kinect intrinsics (525, 525, 319.5, 239.5). Pass intrinsics= to be exact.", stacklevel=3)
         (fx, fy, cx, cy), distortion = TUM_INTRINSICS[sensor] if sensor else ROS_DEFAULT
         return Intrinsics(fx, fy, cx, cy, width, height, distortion5(distortion))
-
-    def __len__(self) -> int:
-        return len(self._timestamps)
-
-    @property
-    def timestamps(self) -> np.ndarray:
-        return self._timestamps
-
-    @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
-        return self._T_imu_camera
-
-    @property
-    def imu(self) -> ImuSamples | None:
-        return self._imu
-
-    def ground_truth(self):
-        if self._gt is None:
-            return None
-        return self._gt[0].copy(), self._gt[1].copy()
 
     def __getitem__(self, index: int) -> Frame:
         index = check_index(index, len(self))
