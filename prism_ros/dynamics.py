@@ -59,6 +59,10 @@ class DynamicsConfig:
     # m/s^3/sqrt(Hz) on EuRoC): propagate() would read them from the state and autodiff gives F's columns.
     bias_gyro: tuple[float, ...] = (0.0, 0.0, 0.0)  # rad/s
     bias_accel: tuple[float, ...] = (0.0, 0.0, 0.0)  # m/s^2
+    # uncertainty of those bias values (an uncalibrated MEMS IMU by default; lower them after calibration).
+    # Without it the IMU prior is far tighter than the unmodelled bias error and drags the pose MAP along.
+    gyro_bias_std: float = 0.05  # rad/s
+    accel_bias_std: float = 0.3  # m/s^2
     # control: white noise per command (held over the interval), body frame
     control_accel_sigma: float = 0.05  # m/s^2
     control_gyro_sigma: float = 0.01  # rad/s
@@ -313,8 +317,18 @@ class ImuEuler(EulerModel):
         density = np.array([self.config.gyro_noise_density] * 3 + [self.config.accel_noise_density] * 3)
         window = self.window(state, t_next, imu.t, imu.gyro, imu.accel, density)
         rate = 1.0 / float(window.times.diff().median()) if len(window.times) > 1 else self.config.imu_rate
-        window.variance = window.variance * rate
+        window.variance = window.variance * rate + self.bias_variance(window, len(window.times))
         return window
+
+    def bias_variance(self, window: InputWindow, samples: int) -> torch.Tensor:
+        """Per-sample variance that gives the window the spread of an unknown constant bias.
+
+        A constant bias b held over the window moves the velocity by b * dt (variance std^2 dt^2); white
+        noise of per-sample variance std^2 * n over n samples accumulates the same std^2 dt^2.
+        """
+        std = [self.config.gyro_bias_std] * 3 + [self.config.accel_bias_std] * 3
+        per_sample = torch.as_tensor(std, dtype=window.variance.dtype, device=window.variance.device) ** 2
+        return per_sample.repeat(samples) * samples
 
 
 class ControlEuler(EulerModel):

@@ -80,7 +80,7 @@ class PrismFilter:
             self.state = condition_on_pose(prior, pose) if pose.ok else prior
         with self.timed("map"):
             if pose.ok:
-                self.integrate(obs, pose.T)
+                self.integrate(obs, pose.T @ self.T_body_camera)  # the map is fused from the camera pose
         return self.estimate(pose.ok, pose.quality, rendered)
 
     # -- the steps ---------------------------------------------------------------------------

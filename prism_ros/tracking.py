@@ -74,7 +74,9 @@ class TrackingConfig:
     correlation_pixels: float = 4.0
     # lost criteria, at the MAP (finest level)
     inlier_sigmas: float = 3.0  # an associated point is an inlier when |r_icp| is below this
-    min_inlier_ratio: float = 0.3  # inliers / valid observed points
+    # inliers / observed points that land on the rendered map: points in unmapped space are exploration,
+    # not failure (counting them made every turn towards new space "lost", and lost frames never grow the map)
+    min_inlier_ratio: float = 0.3
     min_valid_pixels: int = 500  # associated points
     max_mean_residual: float = 3.0  # mean |r| of the active terms, in sigmas
     max_condition: float = 1e6  # of the tempered data Hessian
@@ -126,6 +128,7 @@ class Term(NamedTuple):
     A: torch.Tensor  # (7,N): d r / d delta (6 rows), then r = residual / sigma
     mask: torch.Tensor  # (N,) bool
     error: torch.Tensor  # (N,) residual in its own unit (m, intensity)
+    covered: torch.Tensor | None = None  # (N,) bool: the point lands on a valid render pixel (ICP term)
 
     @property
     def r(self) -> torch.Tensor:
@@ -187,7 +190,7 @@ def point_to_plane(R, q, uv, level: "Level", ref: "Reference", config: TrackingC
             & ((normal_obs * normal).sum(0) > level.normal_gate))
     error = (difference * normal).sum(0)
     inv_sigma = variance.rsqrt()
-    return Term(jacobian_rows(q, normal * inv_sigma, error * inv_sigma), mask, error)
+    return Term(jacobian_rows(q, normal * inv_sigma, error * inv_sigma), mask, error, valid)
 
 
 def photometric_term(q, q_render, uv, inv_z, level: "Level", ref: "Reference", associated) -> Term:
@@ -466,7 +469,7 @@ def make_prior(T, covariance) -> Prior:
 
 def prior_estimate(prior: Prior, device, reason: str) -> PoseEstimate:
     """Nothing to track against: the posterior is the prior, and the frame counts as lost."""
-    quality = dict(inlier_ratio=0.0, valid_pixels=0, icp_rmse=float("nan"), photometric_rmse=float("nan"),
+    quality = dict(inlier_ratio=0.0, coverage=0.0, valid_pixels=0, icp_rmse=float("nan"), photometric_rmse=float("nan"),
                    mean_residual=float("nan"), condition=float("inf"), min_eigenvalue=0.0, iterations=0,
                    update_norm=float("nan"), prior_distance=0.0, points=0, reasons=[reason])
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)  # noqa: E731
@@ -534,16 +537,17 @@ def assess(system: Linearization, iterations: int, update: float, distance: floa
     icp, photometric = system.icp, system.photometric
     active = [t for t, w in ((icp, config.icp_weight), (photometric, config.photometric_weight)) if t is not None
               and w > 0]
-    sums = torch.stack([icp.mask.sum(), (icp.mask & (icp.r.abs() < config.inlier_sigmas)).sum(),
+    sums = torch.stack([icp.covered.sum(), icp.mask.sum(), (icp.mask & (icp.r.abs() < config.inlier_sigmas)).sum(),
                         (icp.error.square() * icp.mask).sum(),
                         *((photometric.mask.sum(), (photometric.error.square() * photometric.mask).sum())
                           if photometric is not None else (icp.r.new_zeros(()), icp.r.new_zeros(()))),
                         sum(((t.r.abs() * t.mask).sum() for t in active), icp.r.new_zeros(())),
                         sum((t.mask.sum() for t in active), icp.r.new_zeros(()))]).double().tolist()
-    associated, inliers, icp_sq, ph_count, ph_sq, abs_r, rows = sums
+    covered, associated, inliers, icp_sq, ph_count, ph_sq, abs_r, rows = sums
     eigenvalues = np.linalg.eigvalsh(system.H)
     quality = dict(
-        inlier_ratio=inliers / max(system.points, 1),
+        inlier_ratio=inliers / max(covered, 1),
+        coverage=covered / max(system.points, 1),
         valid_pixels=int(associated),
         icp_rmse=math.sqrt(icp_sq / associated) if associated else float("nan"),
         photometric_rmse=math.sqrt(ph_sq / ph_count) if ph_count else float("nan"),

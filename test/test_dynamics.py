@@ -214,7 +214,8 @@ def test_frame_chunks_equal_the_whole_stream():
     """Frame.imu holds the samples in (t_prev, t]: the model remembers the sample held at t_prev (the very
     first window must reach back to a sample at or before its start, else the first sample after it is held)."""
     trajectory, samples, _ = imu_stream(noisy=True)
-    chunked, whole = make_transition(DynamicsConfig(model="imu")), make_transition(DynamicsConfig(model="imu"))
+    exact = DynamicsConfig(model="imu", gyro_bias_std=0.0, accel_bias_std=0.0)  # bias noise depends on the window
+    chunked, whole = make_transition(exact), make_transition(exact)
     a = b = state_at(trajectory, 0.5, torch.eye(12, **F64) * 1e-6)
     for k in range(1, 10):
         t0, t1 = 0.5 + (k - 1) / FPS, 0.5 + k / FPS
@@ -244,7 +245,8 @@ def test_imu_prediction_error_is_chi_square_consistent(motion, method):
     200 Hz is NOT consistent on the handheld profile (34 / 26): the zero-order-hold error of its 1.7 Hz
     head bob exceeds the ADIS16448 noise."""
     trajectory, samples, imu = imu_stream(motion, noisy=True)
-    config = DynamicsConfig(model="imu", imu_method=method, bias_gyro=tuple(imu.bias_gyro),
+    config = DynamicsConfig(model="imu", imu_method=method, gyro_bias_std=0.0, accel_bias_std=0.0,  # known biases
+                            bias_gyro=tuple(imu.bias_gyro),
                             bias_accel=tuple(imu.bias_accel))
     model = make_transition(config)
     nees, nees_pose = [], []
@@ -337,3 +339,23 @@ def test_linearisation_includes_the_residual_jacobian(name):
 
     assert torch.allclose(F, jacfwd(perturbed)(torch.zeros(12, **F64)), atol=1e-12)
     assert (F[6:] - F0[6:]).abs().max() > 1e-3  # the residual's own Jacobian is there
+
+
+
+def test_bias_uncertainty_widens_the_imu_prediction():
+    """Unknown biases (std b) add b^2 dt^2 to the velocity variance over a window, as a constant bias does."""
+    trajectory = make_trajectory("handheld", seed=1)
+    t = np.arange(0.0, 0.2, 1 / 200.0)
+    imu = synthesize_imu(trajectory, t, 200.0, model=None)
+    samples = ImuSamples(t, imu.gyro, imu.accel)
+    k = trajectory.kinematics(torch.tensor([0.0], dtype=torch.float64))
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3], T[:3, 3] = k.R[0], k.p[0]
+    v = torch.cat([k.v[0], k.omega[0]])
+    state = GaussianState(0.0, T, v, torch.eye(12, dtype=torch.float64) * 1e-12)
+    dt = 0.1
+    tight = make_transition(DynamicsConfig(model="imu", gyro_bias_std=0.0, accel_bias_std=0.0))
+    loose = make_transition(DynamicsConfig(model="imu", gyro_bias_std=0.0, accel_bias_std=0.3))
+    extra = loose.predict(state, dt, imu=samples).covariance[6:9, 6:9] - \
+        tight.predict(state, dt, imu=samples).covariance[6:9, 6:9]
+    np.testing.assert_allclose(torch.diagonal(extra).numpy(), (0.3 * dt) ** 2, rtol=0.15)
