@@ -5,8 +5,8 @@ re-read trilinearly near zero: sphere tracing where the map is observed (a trunc
 distance to the surface), jumps through unobserved space, and only the first + -> - sign change
 counts (back faces, - -> +, and the step from the +truncation prior into the - band behind a
 surface are no hits). The crossing is located on the trilinear mean by regula falsi; colour, std and
-the normal (central differences of the mean) are read there. Only rays still marching are processed
-at each step, so the cost falls as rays terminate.
+the normal (central differences of the mean) are read there. Only rays still marching are processed at
+each step, so the cost falls as rays terminate.
 
 The field is duck-typed (the map's protocol): ``sample(points)`` (trilinear) and
 ``sample_nearest(points)`` return ``mean``, ``std`` (N), ``colour`` (N,3) in [0, 1] and ``observed`` (N)
@@ -14,15 +14,19 @@ bool, the prior (mean +truncation, unobserved) where nothing was seen; ``config.
 ``truncation`` and ``block_size``. Optional: ``block_coords`` (N,3) int64, the allocated blocks
 (block b holds voxel indices b*B .. b*B+B-1, voxel i centred at i*voxel_size; the boxes are padded
 by a voxel): with it each ray starts at the nearest block over its image tile and stops after the
-farthest, so the empty space in front of the map costs nothing.
+farthest, so the empty space in front of the map costs nothing. Also optional, the fast reads (see
+:class:`FieldReads`): ``sample_nearest_mean``, ``sample_mean`` and ``sample_surface``.
+
+Speed (CPU, one thread): the ray state is one (rows, M) tensor, so dropping finished rays is one gather;
+masks are float 0/1 arithmetic (``torch.where`` and bool chains cost 5-40x a float op per element there).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
-from kornia.filters import spatial_gradient
 
 from prism_ros.geometry import PinholeCamera
 
@@ -104,37 +108,81 @@ class Steps:
         return Steps(max(config.jump * truncation, walk), walk, truncation, minimum)
 
 
-@dataclass
+class FieldReads(NamedTuple):
+    """The renderer's three reads of the field at points (N,3): ``nearest`` -> nearest-voxel mean (N,) and
+    observed (N,) bool (the march), ``mean`` -> trilinear mean (N,) (band re-reads, regula falsi) and
+    ``surface`` -> (trilinear sample, gradient (N,3) of the mean) at the hits. Taken from the field's fast
+    methods where it has them (:class:`prism_ros.map.GaussianSdfMap` reads one channel for the means and
+    reads the gradient stencil with the hit), else from ``sample`` / ``sample_nearest``."""
+
+    nearest: Callable
+    mean: Callable
+    surface: Callable
+    voxel: float  # the field's voxel size
+
+    @staticmethod
+    def of(field, config: RenderConfig) -> "FieldReads":
+        def nearest(points):
+            sample = field.sample_nearest(points)
+            return sample.mean, sample.observed
+
+        def mean(points):
+            return field.sample(points).mean
+
+        nearest, mean = getattr(field, "sample_nearest_mean", nearest), getattr(field, "sample_mean", mean)
+        eps = config.normal_step_voxels * float(field.config.voxel_size)
+        stencil = lambda points: nearest(points)[0] if not config.trilinear_normals else mean(points)  # noqa: E731
+
+        def surface(points):
+            return field.sample(points), sdf_gradient(stencil, points, eps)
+
+        one_voxel_stencil = config.trilinear_normals and config.normal_step_voxels == 1.0
+        fast_surface = getattr(field, "sample_surface", surface) if one_voxel_stencil else surface
+        return FieldReads(nearest, mean, fast_surface, float(field.config.voxel_size))
+
+
+def as_float(mask: torch.Tensor) -> torch.Tensor:
+    """bool -> float32 0/1 (through uint8: several times faster than a bool -> float cast on the CPU)."""
+    return mask.view(torch.uint8).to(torch.float32)
+
+
+_ROWS = ("t", "t_end", "prev_t", "prev_mean", "prev_positive", "prev_trilinear", "jumped", "walk_until",
+         "depth_per_metre", "dx", "dy", "dz")
+
+
 class ActiveRays:
-    """Rays still marching (all (M,...)): pixel index, world direction with camera z = 1 (so the ray
-    parameter t is depth), metres -> depth factor, the depth to stop at, and the previous sample."""
+    """Rays still marching, as one (rows, M) float32 state (so keeping a subset is one gather) and the pixel
+    index (M,) int64. Rows: depth t (camera z) of the next sample and where to stop, the previous sample
+    (depth, mean, 1 where it was observed and positive, 1 where its mean is trilinear), 1 where the step
+    into the next sample is a jump, no jumps before ``walk_until`` (after a jump was taken back), metres ->
+    depth factor, and the world direction with camera z = 1 (so the ray parameter is depth)."""
 
-    pixel: torch.Tensor
-    direction: torch.Tensor
-    depth_per_metre: torch.Tensor
-    t: torch.Tensor
-    t_end: torch.Tensor
-    prev_t: torch.Tensor
-    prev_mean: torch.Tensor
-    prev_observed: torch.Tensor
-    jumped: torch.Tensor  # the step into this sample was a jump through unobserved space
-    walk_until: torch.Tensor  # no jumps before this depth (after a jump was taken back)
+    def __init__(self, pixel: torch.Tensor, state: torch.Tensor):
+        self.pixel, self.state = pixel, state
+        for i, name in enumerate(_ROWS):
+            setattr(self, name, state[i])
 
-    def keep(self, mask: torch.Tensor) -> "ActiveRays":
-        """Compact to the rays in ``mask`` so later steps cost only what is still marching."""
-        index = mask.nonzero()[:, 0]
-        return ActiveRays(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+    @property
+    def direction(self) -> torch.Tensor:
+        """(3,M) world directions."""
+        return self.state[_ROWS.index("dx"):]
+
+    def keep(self, index: torch.Tensor) -> "ActiveRays":
+        return ActiveRays(self.pixel.index_select(0, index), self.state.index_select(1, index))
 
 
 @dataclass
 class Crossings:
-    """+ -> - sign changes of the trilinear mean: pixel, ray direction, bracket depths t0 < t1, mean at t1."""
+    """+ -> - sign changes of the mean: pixel, ray direction (K,3), bracket depths t0 < t1, the means there
+    and 1 where the mean at t0 is the trilinear one (else the nearest voxel's; float)."""
 
     pixel: torch.Tensor
     direction: torch.Tensor
     t0: torch.Tensor
     t1: torch.Tensor
+    mean0: torch.Tensor
     mean1: torch.Tensor
+    trilinear0: torch.Tensor
 
 
 @dataclass
@@ -150,33 +198,88 @@ class Hits:
     valid: torch.Tensor
 
 
+@torch.no_grad()
 def render(field, T_world_camera: torch.Tensor, camera: PinholeCamera, config: RenderConfig | None = None
            ) -> RenderResult:
     """Ray cast the SDF mean seen from ``T_world_camera`` (4,4) by ``camera``: the frame's one prediction."""
     config = config or RenderConfig()
     T = T_world_camera.to(device=camera.device, dtype=torch.float32)
     origin = T[:3, 3]
-    crossings = march(field, origin, start_rays(field, T, camera, config), Steps.of(field, config), config)
-    return to_images(T_world_camera, camera, locate_hits(field, origin, crossings, config))
+    reads, steps = FieldReads.of(field, config), Steps.of(field, config)
+    rays = start_rays(field, T, camera_rays(camera, config.tile_size), steps, config)
+    crossings = march(reads, origin, rays, steps, config)
+    return to_images(T_world_camera, camera, locate_hits(reads, origin, crossings, config))
 
 
-def start_rays(field, T: torch.Tensor, camera: PinholeCamera, config: RenderConfig) -> ActiveRays:
-    """Every pixel's ray, starting at ``near`` (or its tile's first block) and ending at ``far`` (or the last)."""
+# ----------------------------------------------------------------------------- ray set-up
+class CameraRays(NamedTuple):
+    """Per-camera constants: the pixels with a ray (distortion rims have none) (P,) int64, their rays
+    (3,P) (z = 1) and depth per metre along them (P,), the tile of each in a grid of ``tile_size`` px
+    cells (normalised coordinates, origin ``low`` (2,), cell size ``cell`` (2,), ``cols`` x ``rows``)."""
+
+    pixel: torch.Tensor
+    rays: torch.Tensor
+    depth_per_metre: torch.Tensor
+    tile: torch.Tensor
+    low: torch.Tensor
+    cell: torch.Tensor
+    cols: int
+    rows: int
+
+
+_CAMERA_RAYS: OrderedDict = OrderedDict()  # a few recent cameras (every frame brings a new, equal camera object)
+
+
+def camera_rays(camera: PinholeCamera, tile_size: int) -> CameraRays:
+    """:class:`CameraRays` of ``camera`` (cached by intrinsics, device and tile size)."""
+    intrinsics = torch.cat((torch.stack((camera.fx, camera.fy, camera.cx, camera.cy)), camera.distortion))
+    key = (camera.width, camera.height, str(camera.device), tile_size, *intrinsics.tolist())
+    if key not in _CAMERA_RAYS:
+        _CAMERA_RAYS[key] = compute_camera_rays(camera, tile_size)
+        while len(_CAMERA_RAYS) > 8:
+            _CAMERA_RAYS.popitem(last=False)
+    _CAMERA_RAYS.move_to_end(key)
+    return _CAMERA_RAYS[key]
+
+
+def compute_camera_rays(camera: PinholeCamera, tile_size: int) -> CameraRays:
     rays = camera.pixel_rays().reshape(-1, 3).float()
-    t_start = torch.full_like(rays[:, 0], config.near)
-    t_end = torch.full_like(rays[:, 0], config.far)
+    pixel = torch.isfinite(rays).all(-1).nonzero()[:, 0]  # NaN: distortion rim
+    rays = rays[pixel]
+    xy = rays[:, :2]
+    cell = max(tile_size, 1) / torch.stack((camera.fx, camera.fy)).float()
+    low = xy.amin(0) if len(xy) else torch.zeros(2, device=rays.device)
+    cols, rows = ((((xy.amax(0) - low) / cell).floor().long() + 1).tolist() if len(xy) else (1, 1))
+    index = ((xy - low) / cell).floor().long()
+    tile = index[:, 1].clamp(0, rows - 1) * cols + index[:, 0].clamp(0, cols - 1)
+    return CameraRays(pixel, rays.T.contiguous(), rays.norm(dim=-1).reciprocal_(), tile, low, cell, cols, rows)
+
+
+def start_rays(field, T: torch.Tensor, table: CameraRays, steps: Steps, config: RenderConfig) -> ActiveRays:
+    """Every ray of ``table`` that has a depth range, starting at ``near`` (or its tile's first block) and
+    ending at ``far`` (or the last). A ray that starts at its tile's first block box (not at ``near``) starts
+    in unallocated space: nothing can be observed within half a voxel of that point (the boxes are padded by
+    a voxel), so its first sample would read the prior and jump; it is started one jump in (the same march,
+    one read fewer)."""
+    state = torch.zeros((len(_ROWS), len(table.pixel)), device=T.device)
+    rows = ActiveRays(table.pixel, state)
+    rows.prev_t.fill_(config.near)
+    rows.t_end.fill_(config.far)
     if config.tile_size > 0 and hasattr(field, "block_coords"):
-        block_near, block_far = block_depth_range(field, T, camera, config)
-        t_start, t_end = t_start.maximum(block_near), t_end.minimum(block_far)
-    pixel = (torch.isfinite(rays).all(-1) & (t_start <= t_end)).nonzero()[:, 0]  # NaN: distortion rim
-    direction = rays[pixel] @ T[:3, :3].T
-    t, t_end = t_start[pixel], t_end[pixel]
-    no = torch.zeros_like(pixel, dtype=torch.bool)
-    return ActiveRays(pixel, direction, 1.0 / direction.norm(dim=-1), t, t_end, t, torch.zeros_like(t), no, no, t)
+        block_near, block_far = block_depth_range(field, T, table, config.near)
+        torch.maximum(rows.prev_t, block_near, out=rows.prev_t)
+        torch.minimum(rows.t_end, block_far, out=rows.t_end)
+    rows.walk_until.copy_(rows.prev_t)
+    rows.jumped.copy_(as_float(rows.prev_t > config.near))
+    rows.depth_per_metre.copy_(table.depth_per_metre)
+    torch.addcmul(rows.prev_t, rows.jumped, rows.depth_per_metre, value=steps.jump, out=rows.t)
+    torch.mm(T[:3, :3], table.rays, out=rows.direction)
+    keep = (rows.t <= rows.t_end).nonzero()[:, 0]  # a ray whose first jump passes its end is not cast
+    return rows.keep(keep)
 
 
-def block_depth_range(field, T: torch.Tensor, camera: PinholeCamera, config: RenderConfig):
-    """Per pixel (H*W,): min / max depth of the allocated blocks whose image covers the pixel's tile
+def block_depth_range(field, T: torch.Tensor, table: CameraRays, near: float):
+    """Per ray of ``table`` (P,): min / max depth of the allocated blocks whose image covers the ray's tile
     (inf / -inf where none does), from the blocks' boxes padded by one voxel.
 
     Tiles are cells of ``tile_size`` pixels in undistorted normalised coordinates (x/z, y/z), where a
@@ -184,19 +287,15 @@ def block_depth_range(field, T: torch.Tensor, camera: PinholeCamera, config: Ren
     Corners closer than ``near`` are also projected at ``near``: that covers the part of a box that
     reaches behind the near plane.
     """
-    rays = camera.pixel_rays().reshape(-1, 3).float()[:, :2]
-    cell = config.tile_size / torch.stack((camera.fx, camera.fy))
-    lo = torch.nan_to_num(rays, nan=float("inf")).amin(0)
-    cols, rows = (((torch.nan_to_num(rays, nan=-float("inf")).amax(0) - lo) / cell).floor().long() + 1).tolist()
-    x_near, x_far, z_near, z_far = block_boxes_in_camera(field, T, config.near)
-    first = ((x_near - lo) / cell).floor().long().clamp_min(0)
-    last = ((x_far - lo) / cell).floor().long().minimum(torch.tensor([cols - 1, rows - 1], device=lo.device))
+    cols, rows = table.cols, table.rows
+    x_near, x_far, z_near, z_far = block_boxes_in_camera(field, T, near)
+    first = ((x_near - table.low) / table.cell).floor().long().clamp_min(0)
+    last = ((x_far - table.low) / table.cell).floor().long().minimum(torch.tensor([cols - 1, rows - 1],
+                                                                                  device=first.device))
     tiles, block = tiles_of_rectangles(first, last, cols)
-    nearest = torch.full((cols * rows,), float("inf"), device=lo.device).scatter_reduce(0, tiles, z_near[block], "amin")
+    nearest = torch.full((cols * rows,), float("inf"), device=T.device).scatter_reduce(0, tiles, z_near[block], "amin")
     farthest = torch.full_like(nearest, -float("inf")).scatter_reduce(0, tiles, z_far[block], "amax")
-    pixel_tile = torch.nan_to_num((rays - lo) / cell, nan=0.0).floor().long()
-    pixel_tile = pixel_tile[:, 1].clamp(0, rows - 1) * cols + pixel_tile[:, 0].clamp(0, cols - 1)
-    return nearest[pixel_tile], farthest[pixel_tile]
+    return nearest.index_select(0, table.tile), farthest.index_select(0, table.tile)
 
 
 def block_boxes_in_camera(field, T: torch.Tensor, near: float):
@@ -204,11 +303,11 @@ def block_boxes_in_camera(field, T: torch.Tensor, near: float):
     c = field.config
     voxel, blocks = float(c.voxel_size), field.block_coords.to(T.device)
     cube = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=T.device)
-    corners = ((blocks[:, None] + cube) * c.block_size - 1 + cube).float() * voxel  # padded: [bB - 1, bB + B]
+    corners = ((blocks[:, None] * c.block_size + cube * (c.block_size + 1) - 1).float() * voxel)  # [bB-1, bB+B]
     camera_points = (corners - T[:3, 3]) @ T[:3, :3]  # (K,8,3) = R^T (p - o)
     z = camera_points[..., 2]
     z_near, z_far = z.amin(1), z.amax(1)
-    front = z_far >= near
+    front = (z_far >= near).nonzero()[:, 0]
     xy, z, z_near, z_far = camera_points[front, :, :2], z[front], z_near[front], z_far[front]
     straddles = (z_near < near)[:, None, None]
     projected = torch.cat((xy / z.clamp_min(near)[..., None], torch.where(straddles, xy / near, xy / z[..., None])), 1)
@@ -227,93 +326,121 @@ def tiles_of_rectangles(first: torch.Tensor, last: torch.Tensor, cols: int):
     return y * cols + x, block
 
 
-def march(field, origin: torch.Tensor, rays: ActiveRays, steps: Steps, config: RenderConfig) -> Crossings:
+# ----------------------------------------------------------------------------- the march
+def march(reads: FieldReads, origin: torch.Tensor, rays: ActiveRays, steps: Steps, config: RenderConfig) -> Crossings:
     """Step every ray until its first + -> - sign change of the mean between two observed samples (see
     :func:`sample_march`); back faces (- -> +) and the step from the unobserved prior into the - band
     behind a surface are not crossings. A jump that lands in observed space is taken back (see
     RenderConfig)."""
     found = []
-    band = config.trilinear_band_voxels * float(field.config.voxel_size)
+    band = config.trilinear_band_voxels * reads.voxel
     for _ in range(config.max_steps):
         if rays.pixel.numel() == 0:
             break
-        mean, observed = sample_march(field, origin + rays.t[:, None] * rays.direction, band)
-        landed = observed & rays.jumped & (mean <= 0)  # may have cleared the + band: walk it instead
-        crossing = rays.prev_observed & observed & (rays.prev_mean > 0) & (mean <= 0)
+        points = torch.addcmul(origin[:, None], rays.direction, rays.t)  # (3,M)
+        mean, observed, trilinear = sample_march(reads, points, band)
+        negative = observed * as_float(mean <= 0)
+        crossing = (rays.prev_positive * negative).bool()
         done = crossing.nonzero()[:, 0]
         if done.numel():
-            found.append([x[done] for x in (rays.pixel, rays.direction, rays.prev_t, rays.t, mean)])
-        rays = advance(rays, mean, observed, landed, steps, config.step_scale)
-        rays = rays.keep(~crossing & (rays.t <= rays.t_end))
+            found.append((rays.pixel.index_select(0, done), rays.state.index_select(1, done),
+                          mean.index_select(0, done)))
+        advance(rays, mean, observed, negative, trilinear, steps, config.step_scale)
+        rays = rays.keep(((rays.t <= rays.t_end) & ~crossing).nonzero()[:, 0])
+    return crossings_of(found, rays)
+
+
+def sample_march(reads: FieldReads, points: torch.Tensor, band: float):
+    """Mean (M,), observed (M,) and whether the mean is trilinear (M,) (all float) at points (3,M): the nearest
+    voxel's, re-read on the trilinear mean where it is within ``band`` of zero. The two differ by at most
+    the half voxel diagonal (times the gradient), so with a band wider than that every sign the march sees
+    is the trilinear mean's: crossings bracket its zero, and a nearest voxel inside the surface does not
+    stop an oblique or grazing ray early."""
+    mean, observed = reads.nearest(points.T)
+    near = mean.abs() < band
+    index = near.nonzero()[:, 0]
+    if index.numel():
+        mean = mean.index_copy(0, index, reads.mean(points.index_select(1, index).T))
+    return mean, as_float(observed), as_float(near)
+
+
+def advance(rays: ActiveRays, mean, observed, negative, trilinear, steps: Steps, step_scale: float) -> None:
+    """Next sample of every ray, in place: a sphere-tracing step where observed, a jump (or, after a jump was
+    taken back, a walk) where not; a jump that landed on a mean <= 0 goes back to one walk past its start.
+    Float 0/1 masks blend the cases."""
+    landed = rays.jumped * negative
+    traced = mean.abs().mul_(step_scale).clamp_(steps.min, steps.max)  # |sdf| never crosses a surface
+    jump = as_float(rays.t >= rays.walk_until).sub_(observed).clamp_min_(0.0)  # unobserved, not walking
+    metres = torch.add(traced.sub_(steps.walk).mul_(observed), jump, alpha=steps.jump - steps.walk).add_(steps.walk)
+    t = rays.t.clone()
+    back = torch.add(rays.prev_t, rays.depth_per_metre, alpha=steps.walk)
+    torch.lerp(torch.addcmul(t, metres, rays.depth_per_metre), back, landed, out=rays.t)
+    rays.walk_until.lerp_(t, landed)
+    rays.prev_t.copy_(t)
+    rays.prev_mean.copy_(mean)
+    torch.sub(observed, negative, out=rays.prev_positive)  # observed and > 0 (a landed jump is negative)
+    rays.prev_trilinear.copy_(trilinear)
+    rays.jumped.copy_(jump)
+
+
+def crossings_of(found: list, rays: ActiveRays) -> Crossings:
+    """The recorded crossings (pixel, state columns, mean at t1) as :class:`Crossings`."""
     if not found:
-        return Crossings(*(x[:0] for x in (rays.pixel, rays.direction, rays.t, rays.t, rays.t)))
-    return Crossings(*(torch.cat(parts) for parts in zip(*found)))
+        empty = rays.state[:, :0]
+        return Crossings(rays.pixel[:0], empty[:3].T, empty[0], empty[0], empty[0], empty[0], empty[0])
+    pixel, state, mean1 = (torch.cat(parts, -1) for parts in zip(*found))
+    row = {name: state[i] for i, name in enumerate(_ROWS)}
+    direction = state[_ROWS.index("dx"):].T
+    return Crossings(pixel, direction, row["prev_t"], row["t"], row["prev_mean"], mean1, row["prev_trilinear"])
 
 
-def sample_march(field, points: torch.Tensor, band: float):
-    """Mean (N,) and observed (N,) for the march: the nearest voxel's, re-read on the trilinear mean where
-    it is within ``band`` of zero. The two differ by at most the half voxel diagonal (times the gradient),
-    so with a band wider than that every sign the march sees is the trilinear mean's: crossings bracket
-    its zero, and a nearest voxel inside the surface does not stop an oblique or grazing ray early."""
-    sample = field.sample_nearest(points)
-    mean = sample.mean.to(points.dtype)
-    index = (mean.abs() < band).nonzero()[:, 0]
-    mean[index] = field.sample(points[index]).mean.to(mean.dtype)
-    return mean, sample.observed
-
-
-def advance(rays: ActiveRays, mean, observed, landed, steps: Steps, step_scale: float) -> ActiveRays:
-    """Next sample of every ray: a sphere-tracing step where observed, a jump (or, after a jump was taken
-    back, a walk) where not; a ``landed`` jump goes back to one walk past its start."""
-    traced = (step_scale * mean.abs()).clamp(steps.min, steps.max)  # |sdf| never crosses a surface
-    jump = ~observed & (rays.t >= rays.walk_until)
-    metres = torch.where(observed, traced, torch.where(jump, steps.jump, steps.walk))
-    t = torch.where(landed, rays.prev_t + steps.walk * rays.depth_per_metre, rays.t + metres * rays.depth_per_metre)
-    return ActiveRays(rays.pixel, rays.direction, rays.depth_per_metre, t, rays.t_end, rays.t, mean,
-                      observed & ~landed, jump, torch.where(landed, rays.t, rays.walk_until))
-
-
-def locate_hits(field, origin: torch.Tensor, crossings: Crossings, config: RenderConfig) -> Hits:
+# ----------------------------------------------------------------------------- hits
+def locate_hits(reads: FieldReads, origin: torch.Tensor, crossings: Crossings, config: RenderConfig) -> Hits:
     """Surface points on the trilinear mean: regula falsi on the march's bracket, then everything read at
-    that point (colour, std, the gradient stencil). A hit whose mean there is still farther than
-    ``max_residual_voxels`` from zero is dropped: the map's mean is no consistent surface along that
-    ray (views disagreeing near an object's rim), and a depth there would be a guess."""
-    voxel = float(field.config.voxel_size)
+    that point (colour, std, the gradient stencil; see :func:`surface_hits`)."""
     d = crossings.direction
     if len(d) == 0:
         return Hits(crossings.pixel, crossings.t0, d, d, d, crossings.t0, crossings.t0 > 0)
-    t = refine_on_trilinear(field, origin, crossings, config.refine_iterations)
-    points = origin + t[:, None] * d
-    centre = field.sample(points)
-    gradient = sdf_gradient(field, points, config.normal_step_voxels * voxel, config.trilinear_normals)
+    t = refine_on_trilinear(reads, origin, crossings, config.refine_iterations)
+    return surface_hits(reads, origin, crossings.pixel, d, t, config)
+
+
+def surface_hits(reads: FieldReads, origin: torch.Tensor, pixel, direction, t, config: RenderConfig) -> Hits:
+    """Everything read at the points at depth ``t`` on the rays ``direction`` (K,3); valid where the ray enters
+    the surface from the front and the mean there is within ``max_residual_voxels`` of zero (else the map's
+    mean is no consistent surface along that ray, e.g. views disagreeing near an object's rim, and a depth
+    there would be a guess)."""
+    vertex = torch.addcmul(origin, t[:, None], direction)
+    centre, gradient = reads.surface(vertex)
     normal = gradient / gradient.norm(dim=-1, keepdim=True)  # into free space, towards the camera
-    front_facing = (gradient * d).sum(-1) < 0
-    on_surface = centre.mean.abs() <= config.max_residual_voxels * voxel
+    on_surface = centre.mean.abs() <= config.max_residual_voxels * reads.voxel
+    front_facing = (gradient * direction).sum(-1) < 0  # d mean / d t < 0
     valid = front_facing & on_surface & torch.isfinite(normal).all(-1) & (t > 0)
-    return Hits(crossings.pixel, t, points, normal, centre.colour.to(t.dtype).clamp(0, 1),
-                centre.std.to(t.dtype).clamp_min(config.min_std), valid)
+    return Hits(pixel, t, vertex, normal, centre.colour.clamp(0, 1), centre.std.clamp_min(config.min_std), valid)
 
 
-def refine_on_trilinear(field, origin, crossings: Crossings, iterations: int) -> torch.Tensor:
-    """Depth of the zero of the trilinear mean in [t0, t1] by regula falsi (t0's mean is re-read: the march
-    may have taken it from the nearest voxel)."""
-    d, t0, t1, s1 = crossings.direction, crossings.t0, crossings.t1, crossings.mean1
-    s0 = field.sample(origin + t0[:, None] * d).mean.to(t0.dtype)
+def refine_on_trilinear(reads: FieldReads, origin, crossings: Crossings, iterations: int) -> torch.Tensor:
+    """Depth of the zero of the trilinear mean in [t0, t1] by regula falsi (t0's mean is re-read where the
+    march took it from the nearest voxel)."""
+    d, t0, t1, s0, s1 = crossings.direction, crossings.t0, crossings.t1, crossings.mean0.clone(), crossings.mean1
+    index = (crossings.trilinear0 == 0).nonzero()[:, 0]
+    nearest_t0 = torch.addcmul(origin, t0.index_select(0, index)[:, None], d.index_select(0, index))
+    s0.index_copy_(0, index, reads.mean(nearest_t0))
     for _ in range(iterations):
         t = secant_zero(t0, s0, t1, s1)
-        s = field.sample(origin + t[:, None] * d).mean.to(t.dtype)
+        s = reads.mean(torch.addcmul(origin, t[:, None], d))
         ahead = s > 0
         t0, s0 = torch.where(ahead, t, t0), torch.where(ahead, s, s0)
         t1, s1 = torch.where(ahead, t1, t), torch.where(ahead, s1, s)
     return secant_zero(t0, s0, t1, s1)
 
 
-def sdf_gradient(field, points: torch.Tensor, eps: float, trilinear: bool) -> torch.Tensor:
-    """SDF mean gradient (K,3) at ``points`` by central differences ``eps`` apart, of the trilinear mean
-    (smooth) or of the nearest voxels (six times cheaper on a hashed map, but constant per voxel)."""
+def sdf_gradient(read: Callable, points: torch.Tensor, eps: float) -> torch.Tensor:
+    """SDF mean gradient (K,3) at ``points`` by central differences ``eps`` apart of the means that ``read``
+    returns (the trilinear mean, smooth, or the nearest voxels', six times cheaper on a hashed map but
+    constant per voxel)."""
     offsets = torch.cat((eps * torch.eye(3, device=points.device), -eps * torch.eye(3, device=points.device)))
-    stencil = (points[None] + offsets[:, None]).reshape(-1, 3)
-    means = (field.sample if trilinear else field.sample_nearest)(stencil).mean.reshape(6, -1).to(points.dtype)
+    means = read((points[None] + offsets[:, None]).reshape(-1, 3)).reshape(6, -1).to(points.dtype)
     return (means[0:3] - means[3:6]).T / (2 * eps)
 
 
@@ -323,20 +450,21 @@ def secant_zero(t0, s0, t1, s1) -> torch.Tensor:
     return t0 + fraction.clamp(0, 1) * (t1 - t0)
 
 
+# ----------------------------------------------------------------------------- images
 def to_images(T_world_camera, camera: PinholeCamera, hits: Hits) -> RenderResult:
     """Scatter the valid hits into (H,W) images: NaN (depth, vertex, normal, std) or 0 (colour) elsewhere;
-    intensity is the luma of the colour, its gradient zero next to invalid pixels."""
+    intensity is the luma of the colour, its gradient zero next to invalid pixels. (Every hit is scattered,
+    then the few invalid ones are reset: row gathers of the valid hits cost more.)"""
     h, w = camera.height, camera.width
-    pixel = hits.pixel[hits.valid]
+    invalid = hits.pixel.index_select(0, (~hits.valid).nonzero()[:, 0])
 
     def image(values, fill, channels=()):
         out = torch.full((h * w, *channels), fill, dtype=torch.float32, device=camera.device)
-        out[pixel] = values[hits.valid].to(torch.float32)
-        return out.reshape(h, w, *channels)
+        out.index_copy_(0, hits.pixel, values.to(torch.float32))
+        return out.index_fill_(0, invalid, fill).view(h, w, *channels)
 
-    valid = torch.zeros(h * w, dtype=torch.bool, device=camera.device)
-    valid[pixel] = True
-    valid = valid.reshape(h, w)
+    valid = torch.zeros(h * w, dtype=torch.bool, device=camera.device).index_fill_(0, hits.pixel, True)
+    valid = valid.index_fill_(0, invalid, False).view(h, w)
     colour = image(hits.colour, 0.0, (3,))
     intensity = colour @ torch.tensor(LUMA, device=camera.device)
     nan = float("nan")
@@ -348,8 +476,8 @@ def to_images(T_world_camera, camera: PinholeCamera, hits: Hits) -> RenderResult
 def intensity_gradient(intensity: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(2,H,W) d/du, d/dv of the intensity per pixel, (I(u+1) - I(u-1)) / 2 (kornia's normalised "diff"
     kernel), zero unless the pixel and both neighbours are valid (so also on the image border)."""
-    gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]
-    padded = F.pad(valid[None, None].float(), (1, 1, 1, 1))[0, 0] > 0  # outside the image: invalid
-    along_u = valid & padded[1:-1, :-2] & padded[1:-1, 2:]
-    along_v = valid & padded[:-2, 1:-1] & padded[2:, 1:-1]
-    return gradient * torch.stack((along_u, along_v))
+    weight = as_float(valid)
+    gradient = torch.zeros((2, *intensity.shape), device=intensity.device)
+    gradient[0, :, 1:-1] = (intensity[:, 2:] - intensity[:, :-2]) * (weight[:, 2:] * weight[:, :-2] * weight[:, 1:-1])
+    gradient[1, 1:-1] = (intensity[2:] - intensity[:-2]) * (weight[2:] * weight[:-2] * weight[1:-1])
+    return gradient.mul_(0.5)

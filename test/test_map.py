@@ -286,6 +286,73 @@ def test_sample_handles_nan_and_far_points():
     assert torch.isfinite(read.mean).all()
 
 
+# ----------------------------------------------------------------------------- fast reads and block lookups
+def read_points(sdf_map: GaussianSdfMap, count: int = 4000) -> torch.Tensor:
+    """Points near observed voxels (within two voxels, so cells straddle blocks and the observed rim), far
+    away and NaN."""
+    generator = torch.Generator().manual_seed(0)
+    centres = sdf_map.voxel_centres_and_values().centres
+    near = centres[torch.randint(len(centres), (count,), generator=generator)]
+    near = near + (torch.rand(count, 3, generator=generator) - 0.5) * 4 * sdf_map.config.voxel_size
+    return torch.cat([near, torch.tensor([[float("nan"), 0.0, 1.0], [1e9, -1e9, 1e9], [50.0, 50.0, 50.0]])])
+
+
+def fast_reads(sdf_map: GaussianSdfMap, points: torch.Tensor) -> dict:
+    surface, gradient = sdf_map.sample_surface(points)
+    nearest_mean, observed = sdf_map.sample_nearest_mean(points)
+    return {"mean": sdf_map.sample_mean(points), "nearest_mean": nearest_mean, "nearest_observed": observed,
+            "gradient": gradient, "allocated": sdf_map.is_allocated(points),
+            **{f"surface_{name}": getattr(surface, name) for name in ("mean", "std", "colour", "observed")}}
+
+
+def test_fast_reads_match_sample(clean_room):
+    """The renderer's reads (one read-mean channel) give what sample / sample_nearest give; the surface
+    read's gradient is the central difference of the trilinear mean one voxel apart."""
+    sdf_map, _ = clean_room
+    points = read_points(sdf_map)
+    full, nearest, reads = sdf_map.sample(points), sdf_map.sample_nearest(points), fast_reads(sdf_map, points)
+    # unobserved voxels read +truncation rounded up to the next float32 (7e-9 m)
+    torch.testing.assert_close(reads["mean"], full.mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reads["nearest_mean"], nearest.mean, atol=1e-6, rtol=0)
+    assert torch.equal(reads["nearest_observed"], nearest.observed)
+    for name in ("mean", "std", "colour", "observed"):
+        assert torch.equal(reads[f"surface_{name}"], getattr(full, name)), name
+    vs = sdf_map.config.voxel_size
+    finite = torch.isfinite(points).all(-1) & (points.abs() < 100).all(-1)
+    steps = torch.eye(3) * vs
+    reference = torch.stack([sdf_map.sample(points[finite] + e).mean - sdf_map.sample(points[finite] - e).mean
+                             for e in steps], -1) / (2 * vs)
+    torch.testing.assert_close(reads["gradient"][finite], reference, atol=2e-4, rtol=0)  # rounding of both sums
+    assert (reads["gradient"][finite].norm(dim=-1) > 0.5).float().mean() > 0.5  # mostly near the surface
+
+
+def test_read_mean_cache_follows_forgetting_and_growth():
+    """The read-mean cache is updated with every fused voxel (after the precision cap) and survives the
+    storage doubling and a save/load round trip."""
+    sdf_map = GaussianSdfMap(MapConfig(max_precision=5e4, initial_capacity=2))
+    for depth in [1.0] * 5 + [1.03] * 5:
+        sdf_map.integrate(*plane_level(depth), np.eye(4))
+    points = read_points(sdf_map, 2000)
+    torch.testing.assert_close(sdf_map.sample_mean(points), sdf_map.sample(points).mean, atol=1e-6, rtol=0)
+    copy = sdf_map.clone()
+    assert torch.equal(copy.sample_mean(points), sdf_map.sample_mean(points))
+
+
+def test_dense_and_sorted_block_lookups_agree(clean_room, monkeypatch):
+    """Maps whose bounding box is too large for the dense block index read through the sorted keys (and the
+    neighbour table): every read gives the same values."""
+    sdf_map, _ = clean_room
+    monkeypatch.setattr("prism_ros.map._MAX_DENSE_CELLS", 0)
+    sorted_only = sdf_map.clone()
+    assert sorted_only._dense is None and sdf_map._dense is not None  # noqa: SLF001 - which index serves the reads
+    points = read_points(sdf_map)
+    dense, searched = fast_reads(sdf_map, points), fast_reads(sorted_only, points)
+    for name in dense:
+        assert torch.equal(dense[name], searched[name]), name
+    assert torch.equal(sdf_map.sample(points).std, sorted_only.sample(points).std)
+    assert torch.equal(sdf_map.sample_nearest(points).colour, sorted_only.sample_nearest(points).colour)
+
+
 # ----------------------------------------------------------------------------- persistence
 def test_save_load_round_trip(tmp_path, clean_room):
     sdf_map, _ = clean_room

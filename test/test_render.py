@@ -367,3 +367,44 @@ def test_render_of_a_gaussian_sdf_map_built_from_synthetic_frames():
         assert angle_deg(result.normal[smooth].double(), exact.normal[smooth]).median() < 1.0
         on_map = field.sample(result.vertex[smooth]).std  # read before the last Newton step: smooth pixels
         assert torch.allclose(result.sdf_std[smooth], on_map.clamp_min(1e-3), rtol=0.02, atol=1e-4)
+
+
+class BaseProtocolField:
+    """A field seen through the base protocol only (sample / sample_nearest / block_coords / config): the
+    renderer takes its generic reads, not the map's one-channel fast ones."""
+
+    def __init__(self, field):
+        self.field, self.config, self.block_coords = field, field.config, field.block_coords
+
+    def sample(self, points):
+        return self.field.sample(points)
+
+    def sample_nearest(self, points):
+        return self.field.sample_nearest(points)
+
+
+def test_map_fast_reads_render_like_the_generic_reads():
+    """A GaussianSdfMap rendered through its fast reads (read-mean channel, fused gradient stencil) and
+    through sample / sample_nearest only: the same pixels, depths, normals, colours and stds."""
+    from prism_ros.observation import make_level
+
+    maps = map_module()
+    scene = make_scene(seed=3, keep_out=EYE[None], clearance=0.8)
+    field = maps.GaussianSdfMap(maps.MapConfig())
+    intr = intrinsics_for(320, 240)
+    for offset in ((0.0, 0.0, 0.0), (0.1, -0.05, 0.0)):
+        T = look_at(EYE + offset, TARGET + offset)
+        view = render_scene(scene, T, intr)
+        depth = torch.where(view.depth < 6.0, view.depth, torch.nan).float()
+        field.integrate(make_level(PinholeCamera.from_intrinsics(intr), depth,
+                                  view.rgb @ torch.tensor([0.299, 0.587, 0.114])), view.rgb, T)
+    T, camera = look_at(EYE + 0.03, TARGET), camera_for(160, 120)
+    fast, generic = render(field, T, camera), render(BaseProtocolField(field), T, camera)
+    assert fast.valid.sum() > 0.9 * fast.valid.numel()
+    assert (fast.valid ^ generic.valid).sum() <= 2  # float rounding at a rim ray or two
+    both = fast.valid & generic.valid
+    assert (fast.depth - generic.depth)[both].abs().max() < 1e-4
+    assert angle_deg(fast.normal[both].double(), generic.normal[both].double()).max() < 0.1
+    assert (fast.colour - generic.colour)[both].abs().max() < 1e-4
+    assert torch.allclose(fast.sdf_std[both], generic.sdf_std[both], rtol=1e-3, atol=1e-5)
+
