@@ -27,6 +27,18 @@ if str(HELPERS.parent) not in sys.path:  # test/ itself, for `import ros_helpers
 from ros_helpers.dds import domain_in_use  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Torch on one CPU thread, as the filter runs (FilterConfig.cpu_threads): per-frame tensors are small
+    and extra OpenMP threads contend on a busy 2-core machine (10-50x slower per call)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_domain_id(attempts: int = 50) -> int:
     """A random domain id that no participant on this machine uses (parallel runs stay apart)."""
     session = int(SESSION_LOOPBACK["ROS_DOMAIN_ID"])

@@ -19,14 +19,6 @@ F64 = dict(dtype=torch.float64)
 IMU_RATE, FPS = 200.0, 30.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: one thread avoids thread contention on busy machines (10x slower otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), **F64)

@@ -17,15 +17,6 @@ from prism_ros.synthetic import make_sequence
 SMALL = Intrinsics(131.25, 131.25, 80.0, 60.0, 160, 120)  # principal point on pixel (80, 60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors on a shared 2-core machine: one thread is 5-15x faster than two that wait on each other
-    (torch's thread count is process-wide, so it is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------- helpers
 def plane_level(depth: float | np.ndarray, intrinsics: Intrinsics = SMALL, device="cpu"):

@@ -15,14 +15,6 @@ INTRINSICS = Intrinsics(131.25, 131.25, 79.5, 59.5, 160, 120)
 CENTRE, RADIUS = np.array([3.0, 2.5, 1.2]), 0.4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread for small tensors on a shared 2-core machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     """T_world_camera (optical frame: x right, y down, z forward) of a camera at ``eye`` facing ``target``."""
