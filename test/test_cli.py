@@ -11,6 +11,7 @@ import pytest
 
 from prism_ros.loopback import loopback_env
 from prism_ros.trajectory_io import read_tum, write_tum
+from shared_data import sample
 
 CLI = Path(sys.executable).parent / "prism-ros"
 
@@ -46,9 +47,7 @@ def test_synth_then_info(small_sequence):
 
 
 def test_info_with_frame_slice_on_real_data():
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
-    if not data.is_dir():
-        pytest.skip(f"{data} not present")
+    data = sample("7scenes_redkitchen_seq_0000_0399")
     result = prism_ros("info", data, "--frames", "100:150")
     assert result.returncode == 0, result.stderr
     assert "frames: 50" in result.stdout

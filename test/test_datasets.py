@@ -14,15 +14,7 @@ from scipy.spatial.transform import Rotation
 from prism_ros.datasets import DATASETS, Intrinsics, detect_format, list_formats, open_dataset
 from prism_ros.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-
-
-def sample(name: str) -> Path:
-    path = DATA / name
-    if not path.exists():
-        pytest.skip(f"real sample {path} not found (shared data is expected next to the repository)")
-    return path
+from shared_data import sample
 
 
 def tum_pose(values) -> np.ndarray:

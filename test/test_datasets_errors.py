@@ -13,15 +13,7 @@ from rosbags.typesys import Stores, get_typestore
 from prism_ros.datasets import open_dataset
 from prism_ros.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-
-
-def sample(name: str) -> Path:
-    path = DATA / name
-    if not path.exists():
-        pytest.skip(f"real sample {path} not found (shared data is expected next to the repository)")
-    return path
+from shared_data import sample
 
 
 def raises_naming(path: Path, *args, match: str | None = None, **kwargs) -> InputError:

@@ -12,8 +12,9 @@ from scipy.spatial.transform import Rotation
 from prism_ros.errors import InputError
 from prism_ros.evaluation import EvalResult, evaluate
 from prism_ros.trajectory_io import read_tum, write_tum
+from shared_data import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_groundtruth_only"
+DATA = SHARED_DATA / "tum_groundtruth_only"
 FR1_XYZ = DATA / "freiburg1_xyz-groundtruth.txt"
 FR2_DESK = DATA / "fr2_desk_groundtruth.txt"
 

@@ -1,5 +1,4 @@
 """IMU integration (prism_ros.imu) against closed forms, exact synthetic kinematics and real EuRoC data."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ from prism_ros.geometry.lie import so3_exp
 from prism_ros.imu import GRAVITY, ImuDeadReckoning, imu_window, integrate_imu, integrate_imu_between
 from prism_ros.synthetic.imu import ImuModel, synthesize_imu
 from prism_ros.synthetic.trajectory import make_trajectory
+from shared_data import DATA as SHARED_DATA
 
-EUROC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "euroc_V1_01_micro"
+EUROC = SHARED_DATA / "euroc_V1_01_micro"
 METHODS = ("euler", "midpoint")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ import torch
 from prism_ros.datasets import open_dataset
 from prism_ros.observation import Observation, normals_from_points
 from prism_ros.synthetic import make_sequence
+from shared_data import sample
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +58,7 @@ def test_no_depth_is_a_clear_error(synthetic_frame):
 
 
 def test_seven_scenes_colour_is_registered_to_the_depth_camera():
-    path = SHARED / "7scenes_redkitchen_seq_0000_0399"
-    if not path.is_dir():
-        pytest.skip(f"{path} not present")
+    path = sample("7scenes_redkitchen_seq_0000_0399")
     frame = open_dataset(path)[0]
     obs = Observation.from_frame(frame, levels=2)
     assert obs.finest.camera.fx.item() == pytest.approx(frame.depth_intrinsics.fx)
