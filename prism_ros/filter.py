@@ -57,6 +57,7 @@ class PrismFilter:
         self.transition = make_transition(self.config.dynamics)
         self.T_body_camera = torch.as_tensor(np.asarray(self.config.T_body_camera).reshape(4, 4),
                                              dtype=torch.float64, device=self.device)
+        self.T_camera_body = torch.linalg.inv(self.T_body_camera)
         self.initial_pose = initial_pose
         self.state: GaussianState | None = None
         self.last_control = None
@@ -89,7 +90,7 @@ class PrismFilter:
         """First frame: the state starts at the initial pose and the frame seeds the map."""
         T_camera = torch.eye(4, dtype=torch.float64, device=self.device) if self.initial_pose is None else \
             torch.as_tensor(self.initial_pose, dtype=torch.float64, device=self.device)
-        T_body = T_camera @ torch.linalg.inv(self.T_body_camera)
+        T_body = T_camera @ self.T_camera_body
         self.state = GaussianState.initial(T_body, t=obs.t, device=self.device,
                                            velocity_std=self.config.initial_velocity_std)
         self.last_control = obs.control
@@ -105,7 +106,7 @@ class PrismFilter:
     def track_pose(self, obs: Observation, rendered: RenderResult, prior: GaussianState) -> PoseEstimate:
         """MAP camera pose + Laplace covariance, returned as the body pose (same left covariance)."""
         camera = track(obs, rendered, prior.T @ self.T_body_camera, prior.pose_covariance, self.config.tracking)
-        camera.T = camera.T @ torch.linalg.inv(self.T_body_camera)
+        camera.T = camera.T @ self.T_camera_body
         return camera
 
     def integrate(self, obs: Observation, T_world_camera: torch.Tensor) -> None:

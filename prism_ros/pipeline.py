@@ -11,6 +11,7 @@ import csv
 import json
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Dataset
 from prism_ros.filter import Estimate, PrismFilter
-from prism_ros.geometry import se3_log
+from prism_ros.geometry import se3_adjoint, se3_log
 from prism_ros.trajectory_io import write_tum
 
 CHI2_6DOF_95 = (1.2373, 14.4494)  # two-sided 95 % band of a chi-square with 6 degrees of freedom
@@ -41,7 +42,7 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
     estimates, truths = [], []
     started = time.perf_counter()
     for frame in tqdm(dataset, total=len(dataset), desc="prism", unit="frame", disable=not progress):
-        estimates.append(slam.step(frame))
+        estimates.append(replace(slam.step(frame), render=None))  # keep the numbers, not every render
         truths.append(frame.pose)
     wall = time.perf_counter() - started
     write_outputs(out_dir, estimates)
@@ -115,8 +116,6 @@ def pose_nees(est: np.ndarray, gt: np.ndarray, covariances: np.ndarray) -> np.nd
     aligned = align @ est
     error = se3_log(torch.as_tensor(gt @ np.linalg.inv(aligned))).numpy()
     # covariance is expressed in the estimate's world frame: rotate it into the aligned frame
-    from prism_ros.geometry import se3_adjoint
-
     Ad = se3_adjoint(torch.as_tensor(align)).numpy()
     cov = Ad @ covariances @ Ad.T
     return np.einsum("ni,ni->n", error, np.linalg.solve(cov + 1e-18 * np.eye(6), error[..., None])[..., 0])
