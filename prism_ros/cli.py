@@ -124,15 +124,25 @@ def run(
     from prism_ros.config import preset_config
     from prism_ros.datasets import open_dataset
     from prism_ros.pipeline import run_sequence
+    from prism_ros.synthetic import read_scene
 
     fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
     data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
     settings = preset_config(data, config)
     settings.device = device
-    summary = run_sequence(data, settings, out, init_gt=init_gt, progress=not quiet)
+    scene = read_scene(dataset) if dataset.is_dir() else None
+    summary = run_sequence(data, settings, out, init_gt=init_gt, progress=not quiet,
+                           true_sdf=None if scene is None else scene.sdf)
     ate = f", ATE {summary['ate_rmse_m'] * 100:.2f} cm" if "ate_rmse_m" in summary else ""
     typer.echo(f"{summary['frames']} frames, {summary['lost_frames']} lost, "
                f"{summary['median_ms_per_frame']:.0f} ms/frame median on {summary['device']}{ate} -> {out}")
+    if summary.get("nees_median") is not None:
+        typer.echo(f"pose NEES median {summary['nees_median']:.1f} (ideal 5.3), "
+                   f"{100 * summary['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
+    if "map_error" in summary:
+        from prism_ros.evaluation import MapError
+
+        typer.echo(MapError(**summary["map_error"]).summary_line())
 
 
 @app.command()

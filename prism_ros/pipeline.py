@@ -29,8 +29,12 @@ STAGES = ("observe", "predict", "render", "track", "velocity", "map")
 
 
 def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt: bool = False,
-                 progress: bool = True, mesh: bool = True) -> dict:
-    """Run the filter on every frame; write the outputs; return the summary."""
+                 progress: bool = True, mesh: bool = True, true_sdf=None) -> dict:
+    """Run the filter on every frame; write the outputs; return the summary.
+
+    ``true_sdf(points (N,3) world) -> (N,)``, when the scene is known exactly (synthetic data), adds the
+    map's SDF error near surfaces and how well its std ranks that error.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = dataset[0]
@@ -49,6 +53,8 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
     summary = summarise(estimates, truths, slam, wall, config)
     if all(t is not None for t in truths):
         summary.update(score(out_dir, estimates, truths))
+        if true_sdf is not None:
+            summary["map_error"] = score_map(slam, estimates[0].T_world_camera, truths[0], true_sdf)
     if mesh:
         summary["mesh"] = export_mesh(slam, out_dir / "mesh.ply")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -108,6 +114,19 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
     return {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse,
             "nees_median": float(np.median(nees[1:][ok[1:]])) if ok[1:].any() else None,
             "nees_fraction_in_95_band": float(inside[1:][ok[1:]].mean()) if ok[1:].any() else None}
+
+
+def score_map(slam: PrismFilter, first_estimate: np.ndarray, first_truth: np.ndarray, true_sdf) -> dict:
+    """Map SDF error within two voxels of the true surface, in the ground truth's world frame (the
+    frames are tied at the first frame, as for NEES)."""
+    from prism_ros.evaluation import map_error
+    from prism_ros.geometry import transform_points
+
+    voxels = slam.map.voxel_centres_and_values()
+    align = torch.as_tensor(first_truth @ np.linalg.inv(first_estimate))
+    centres = transform_points(align, voxels.centres.double().cpu())
+    band = 2 * slam.config.map.voxel_size
+    return map_error(centres, voxels.mean.cpu(), voxels.std.cpu(), true_sdf, band).to_dict()
 
 
 def pose_nees(est: np.ndarray, gt: np.ndarray, covariances: np.ndarray) -> np.ndarray:

@@ -3,10 +3,10 @@ ray casting, analytic motion profiles, IMU and control synthesis, folder and ROS
 from prism_ros.synthetic.imu import ControlModel, ImuModel, synthesize_control, synthesize_imu
 from prism_ros.synthetic.scene import DepthNoise, Render, Scene, make_scene, render
 from prism_ros.synthetic.trajectory import PROFILES, Kinematics, Trajectory, make_trajectory
-from prism_ros.synthetic.writer import Sequence, generate, intrinsics_for, make_sequence
+from prism_ros.synthetic.writer import Sequence, generate, intrinsics_for, make_sequence, read_scene
 
 __all__ = [
     "PROFILES", "ControlModel", "DepthNoise", "ImuModel", "Kinematics", "Render", "Scene", "Sequence",
     "Trajectory", "generate", "intrinsics_for", "make_scene", "make_sequence", "make_trajectory", "render",
-    "synthesize_control", "synthesize_imu",
+    "read_scene", "synthesize_control", "synthesize_imu",
 ]

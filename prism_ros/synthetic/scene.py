@@ -87,6 +87,15 @@ class Scene:
                 "columns": {"spheres": "x y z radius", "boxes": "x y z half_x half_y half_z yaw",
                             "cylinders": "x y z_bottom z_top radius"}}
 
+    @staticmethod
+    def from_description(description: dict, device="cpu") -> "Scene":
+        """The scene's geometry back from :meth:`describe` (materials are not stored: grey, for SDF use)."""
+        rows = lambda key, n: torch.tensor(description[key], dtype=torch.float64).reshape(-1, n)  # noqa: E731
+        spheres, boxes, cylinders = rows("spheres", 4), rows("boxes", 7), rows("cylinders", 5)
+        count = N_ROOM_FACES + len(spheres) + len(boxes) + len(cylinders)
+        size = torch.tensor(description["room_size"], dtype=torch.float64)
+        return Scene(size, spheres, boxes, cylinders, torch.full((count, 22), 0.5)).to(device)
+
 
 # ----------------------------------------------------------------------------- signed distances
 def room_sdf(p: torch.Tensor, size: torch.Tensor) -> torch.Tensor:

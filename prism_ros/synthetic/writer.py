@@ -345,3 +345,14 @@ def summary(out_dir: Path, seq: Sequence, motion: str, bag: str | None, seconds:
     return (f"prism_ros synthetic: {len(seq)} frames {seq.intrinsics.width}x{seq.intrinsics.height} over "
             f"{duration:.2f} s ({motion}, seed {seq.seed}, noise {seq.noise}), camera path {length:.2f} m, "
             f"{len(seq.imu_us)} IMU samples, bag {bag or 'none'} ({size:.0f} MB) -> {out_dir} in {seconds:.1f} s")
+
+
+def read_scene(folder) -> Scene | None:
+    """The exact scene of a folder this generator wrote (from its camera.yaml), else None."""
+    camera_yaml = Path(folder) / "camera.yaml"
+    if not camera_yaml.is_file():
+        return None
+    description = yaml.safe_load(camera_yaml.read_text()) or {}
+    if description.get("generator") != "prism_ros.synthetic" or "scene" not in description:
+        return None
+    return Scene.from_description(description["scene"])
