@@ -36,6 +36,9 @@ class FilterConfig:
     # contend (measured 10-50x slower per call on this 2-core machine when other work is running)
     cpu_threads: int = 1
     T_body_camera: tuple[float, ...] = IDENTITY  # row-major 4x4, camera -> body (IMU) frame
+    # scale of the map-frame drift random walk added to the reported pose covariance (prism_ros.drift);
+    # 0 reports the map-relative Laplace covariance alone
+    map_drift: float = 1.0
     initial_velocity_std: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
 
     def resolved_device(self) -> str:
@@ -102,13 +105,13 @@ def fill_dataclass(cls, values: dict, source: object, prefix: str):
 
 
 def preset_config(dataset, user_file: str | Path | None = None) -> FilterConfig:
-    """The format's preset (``config/prism_<format>.yaml``, when present) overridden by the user's file;
+    """The data's preset (``config/prism_<preset_name>.yaml``, when present) overridden by the user's file;
     the camera->body extrinsic comes from the dataset when it has an IMU."""
     import numpy as np
 
     from prism_ros.resources import config_file
 
-    preset = config_file(f"prism_{dataset.format_name}.yaml", required=False)
+    preset = config_file(f"prism_{getattr(dataset, 'preset_name', dataset.format_name)}.yaml", required=False)
     files = [p for p in (preset, user_file) if p is not None]
     settings = FilterConfig.from_yaml(*files) if files else FilterConfig()
     if dataset.T_imu_camera is not None and settings.dynamics.model != "constant_velocity":

@@ -21,6 +21,7 @@ import torch
 
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame
+from prism_ros.drift import MapDrift
 from prism_ros.dynamics import make_transition
 from prism_ros.map import GaussianSdfMap
 from prism_ros.observation import Observation
@@ -59,7 +60,10 @@ class PrismFilter:
                                              dtype=torch.float64, device=self.device)
         self.T_camera_body = torch.linalg.inv(self.T_body_camera)
         self.initial_pose = initial_pose
+        if initial_pose is None and hasattr(self.transition, "align_gravity_first"):
+            self.transition.align_gravity_first()  # the identity start is not gravity-aligned
         self.state: GaussianState | None = None
+        self.drift = MapDrift(self.config.map_drift, self.device)
         self.last_control = None
         self.timings: dict[str, float] = {}
 
@@ -82,6 +86,7 @@ class PrismFilter:
         with self.timed("map"):
             if pose.ok:
                 self.integrate(obs, pose.T @ self.T_body_camera)  # the map is fused from the camera pose
+                self.drift.update(pose.covariance, pose.quality["coverage"])
         return self.estimate(pose.ok, pose.quality, rendered)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -117,7 +122,8 @@ class PrismFilter:
     def estimate(self, ok: bool, quality: dict, rendered: RenderResult | None) -> Estimate:
         state = self.state
         T_camera = (state.T @ self.T_body_camera).cpu().numpy()
-        return Estimate(state.t, T_camera, state.pose_covariance.cpu().numpy(), state.velocity.cpu().numpy(),
+        pose_covariance = state.pose_covariance + self.drift.covariance  # against the world, not the map
+        return Estimate(state.t, T_camera, pose_covariance.cpu().numpy(), state.velocity.cpu().numpy(),
                         state.velocity_covariance.cpu().numpy(), ok, quality, dict(self.timings), rendered)
 
     @contextmanager

@@ -96,7 +96,7 @@ def imu_window(t_imu, gyro, accel, t0: float, t1: float, method: str = "euler"):
     Returns (t (M,), gyro (..., M, 3), accel (..., M, 3)) with M >= 2.
     """
     gyro, accel = torch.as_tensor(gyro), torch.as_tensor(accel)
-    t_imu = torch.as_tensor(t_imu, dtype=torch.float64, device=gyro.device)
+    t_imu = torch.as_tensor(t_imu, dtype=torch.float64, device=gyro.device).contiguous()
     if not t1 > t0:
         raise ValueError(f"imu_window needs t1 > t0, got t0={t0}, t1={t1}")
     ends = torch.tensor([t0, t1], dtype=t_imu.dtype, device=t_imu.device)

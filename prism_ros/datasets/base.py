@@ -88,6 +88,11 @@ class Dataset(abc.ABC):
     #: registry name of the format, e.g. "tum"
     format_name: str = ""
 
+    @property
+    def preset_name(self) -> str:
+        """Which ``config/prism_<name>.yaml`` suits this data; the format unless the source says more."""
+        return self.format_name
+
     @abc.abstractmethod
     def __len__(self) -> int: ...
 

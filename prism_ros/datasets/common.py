@@ -360,6 +360,10 @@ class SlicedDataset(Dataset):
         return frame
 
     @property
+    def preset_name(self) -> str:
+        return self.dataset.preset_name
+
+    @property
     def timestamps(self) -> np.ndarray:
         return self.dataset.timestamps[self.indices.start:self.indices.stop:self.indices.step]
 

@@ -71,7 +71,7 @@ class TumDataset(StoredDataset):
     def __init__(self, path, depth_scale: float = 5000.0, max_diff: float = 0.02, intrinsics=None,
                  gt_max_gap: float = 0.1):
         self.path, self.depth_scale = Path(path), float(depth_scale)
-        self._imu, self._control, self._T_imu_camera = None, None, None
+        self._imu, self._control, self._T_imu_camera, self._generator = None, None, None, None
         if (self.path / "rgb.txt").is_file():
             self._load_standard(max_diff, gt_max_gap)
         elif (self.path / KEYFRAME_POSES).is_file():
@@ -81,6 +81,11 @@ class TumDataset(StoredDataset):
                              "give a TUM RGB-D sequence folder", self.path)
         self.intrinsics = self._resolve_intrinsics(intrinsics)
         check_depth_scale(read_depth(self._depth_files[0], self.depth_scale), self.depth_scale, self._depth_files[0])
+
+    @property
+    def preset_name(self) -> str:
+        """"synthetic" for folders the prism generator wrote (IMU-driven preset), else "tum"."""
+        return "synthetic" if self._generator == "prism_ros.synthetic" else self.format_name
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -135,6 +140,7 @@ class TumDataset(StoredDataset):
             return to_intrinsics(option, self.path)
         if camera_file.is_file():
             data = load_yaml(camera_file)
+            self._generator = data.get("generator")
             if data.get("T_imu_camera") is not None:
                 self._T_imu_camera = matrix4(data["T_imu_camera"], camera_file, "T_imu_camera")
             return to_intrinsics(camera_file)
