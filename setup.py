@@ -4,6 +4,7 @@
 does) installs the same package into a virtualenv and pulls the PyPI ROS 2 Kilted wheels.
 """
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -53,7 +54,8 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.py")),
-        ("share/" + PACKAGE + "/config", glob("config/*")),
+        ("share/" + PACKAGE + "/config", [f for f in glob("config/*") if Path(f).is_file()]),
+        ("share/" + PACKAGE + "/config/sensors", glob("config/sensors/*.yaml")),
         ("share/" + PACKAGE + "/rviz", glob("rviz/*.rviz")),
     ],
     package_data={PACKAGE: ["py.typed"]},

@@ -7,6 +7,11 @@ SIGINT to every child once, then SIGTERM/SIGKILL after a grace period. With ``lo
 children share one random DDS domain and the loopback-only Fast DDS profile.
 
     python -m prism_ros.nodes.launcher play BAG [--rate R] [--loop] [--loopback] [--dry-run]
+    python -m prism_ros.nodes.launcher prism [BAG] [--sensor euroc] [--config FILE] [--rviz]
+                                             [--use-sim-time auto|true|false] [--rate R] [--loop] ...
+
+``prism`` runs :func:`prism_ros.nodes.graph.prism_graph`, the graph of ``prism.launch.py``: the bag
+player (when a BAG is given), prism_node with ``--params-file`` config and sensor preset, rviz2.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from prism_ros.loopback import loopback_env, random_domain_id
-from prism_ros.nodes.graph import GRAPHS, NodeSpec
+from prism_ros.errors import InputError
+from prism_ros.nodes.graph import GRAPHS, SENSORS, USE_SIM_TIME, NodeSpec, missing_files
 
 
 def parameter_argument(name: str, value) -> str:
@@ -32,8 +38,10 @@ def parameter_argument(name: str, value) -> str:
     return f"{name}:={json.dumps(value)}"
 
 
-def executable_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
-    """How to start the node's program: console script next to ``python``, PATH, or ``python -m``."""
+def executable_command(spec: NodeSpec, python: str = sys.executable, missing_ok: bool = False) -> list[str]:
+    """How to start the node's program: console script next to ``python``, PATH, or ``python -m``.
+
+    Not found: FileNotFoundError, or with ``missing_ok`` the bare executable name (for ``--dry-run``)."""
     beside = Path(python).parent / spec.executable
     if beside.is_file() and os.access(beside, os.X_OK):
         return [str(beside)]
@@ -42,14 +50,19 @@ def executable_command(spec: NodeSpec, python: str = sys.executable) -> list[str
     found = shutil.which(spec.executable)
     if found:
         return [found]
+    if missing_ok:
+        return [spec.executable]
     raise FileNotFoundError(f"{spec.executable} not found beside {python} or on PATH and no module "
                             f"fallback; install {spec.package} (pip install -e .)")
 
 
-def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
-    """Full command line of one node, ROS arguments included."""
-    command = executable_command(spec, python) + list(spec.arguments)
+def node_command(spec: NodeSpec, python: str = sys.executable, missing_ok: bool = False) -> list[str]:
+    """Full command line of one node, ROS arguments included (parameter files before ``-p`` values,
+    so the values win, as with launch_ros)."""
+    command = executable_command(spec, python, missing_ok) + list(spec.arguments)
     command += ["--ros-args", "-r", f"__node:={spec.name}"]
+    for path in spec.parameter_files:
+        command += ["--params-file", str(path)]
     for name, value in spec.parameters.items():
         if value is not None:
             command += ["-p", parameter_argument(name, value)]
@@ -191,9 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m prism_ros.nodes.launcher",
                                 description="Run a prism_ros node graph without ROS 2 launch.")
     p.add_argument("graph", choices=sorted(GRAPHS))
-    p.add_argument("bag", help="bag for the player")
+    p.add_argument("bag", nargs="?", default=None, help="bag for the player (required by play, optional for prism)")
     p.add_argument("--rate", type=float, default=1.0)
     p.add_argument("--loop", action="store_true")
+    prism = p.add_argument_group("prism graph (prism.launch.py's arguments)")
+    prism.add_argument("--config", default="prism.yaml",
+                       help="node parameter YAML: a path, or a file name in the installed config/ folder")
+    prism.add_argument("--sensor", default="tum", choices=SENSORS, help="sensor preset config/sensors/<name>.yaml")
+    prism.add_argument("--use-sim-time", default="auto", choices=USE_SIM_TIME,
+                       help="auto: true exactly when a bag plays (it publishes /clock)")
+    prism.add_argument("--rviz", action="store_true", help="also start rviz2 with rviz/prism.rviz")
     p.add_argument("--loopback", action="store_true",
                    help="random DDS domain, traffic on 127.0.0.1/shared memory only")
     p.add_argument("--domain-id", type=int, default=None)
@@ -202,15 +222,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def graph_arguments(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the chosen graph function from the parsed command line."""
+    bag = None if args.bag is None else str(Path(args.bag).resolve())
+    if args.graph == "play":
+        return {"bag": bag, "rate": args.rate, "loop": args.loop}
+    config = Path(args.config).expanduser()
+    return {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
+            "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config}
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m prism_ros.nodes.launcher``: exit 0 when every node exited 0 (not a node itself,
     hence no console script)."""
-    args = build_parser().parse_args(argv)
-    specs = GRAPHS[args.graph](bag=str(Path(args.bag).resolve()), rate=args.rate, loop=args.loop)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.graph == "play" and args.bag is None:
+        parser.error("the play graph needs a BAG")
+    try:
+        specs = GRAPHS[args.graph](**graph_arguments(args))
+    except InputError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return 2
+    missing = missing_files(specs)
     if args.dry_run:
+        for path in missing:
+            print(f"launcher: warning: {path} does not exist", file=sys.stderr)
         for spec in specs:
-            print(shlex.join(node_command(spec)))
+            print(shlex.join(node_command(spec, missing_ok=True)))
         return 0
+    if missing:
+        print(f"launcher: {', '.join(missing)} not found -> give existing files (--config) or install "
+              f"prism_ros with its config/ and rviz/ folders", file=sys.stderr)
+        return 2
+    try:  # every executable is there before anything starts
+        for spec in specs:
+            node_command(spec)
+    except FileNotFoundError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return 2
     codes = run_graph(specs, timeout=args.timeout, loopback=args.loopback, domain_id=args.domain_id)
     for spec, code in zip(specs, codes):
         print(f"launcher: {spec.name} exited with {code}", file=sys.stderr)
