@@ -30,6 +30,7 @@ class FilterConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     levels: int = 3  # observation pyramid levels
     render_level: int = 1  # the one render per frame is at this level (1 = half resolution)
+    map_level: int = 0  # the map fuses depth at this pyramid level (colour always at full resolution)
     max_depth: float = 5.0  # metres; farther depth is ignored (noise grows with z^2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
@@ -40,6 +41,11 @@ class FilterConfig:
     # 0 reports the map-relative Laplace covariance alone
     map_drift: float = 1.0
     initial_velocity_std: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if not 0 <= self.render_level < self.levels or not 0 <= self.map_level < self.levels:
+            raise InputError(f"render_level {self.render_level} and map_level {self.map_level} must be pyramid "
+                             f"levels 0..{self.levels - 1}", "lower them or raise `levels`")
 
     def resolved_device(self) -> str:
         """'auto' picks CUDA when available; an explicit 'cuda' without CUDA is an input error."""

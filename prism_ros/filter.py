@@ -71,7 +71,8 @@ class PrismFilter:
         """Process one frame; the filter's whole per-frame algorithm."""
         self.timings = {}
         with self.timed("observe"):
-            obs = Observation.from_frame(frame, self.config.levels, self.device, self.config.max_depth)
+            obs = Observation.from_frame(frame, self.config.levels, self.device, self.config.max_depth,
+                                         first_level=min(self.config.render_level, self.config.map_level))
         if self.state is None:
             return self.initialise(obs)
         with self.timed("predict"):
@@ -115,7 +116,7 @@ class PrismFilter:
         return camera
 
     def integrate(self, obs: Observation, T_world_camera: torch.Tensor) -> None:
-        self.map.integrate(obs.finest, obs.colour, T_world_camera)
+        self.map.integrate(obs.levels[self.config.map_level], obs.colour, T_world_camera)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from prism_ros.geometry import PinholeCamera, camera_pyramid, depth_pyramid, int
 @dataclass
 class ObservationLevel:
     """One pyramid level: depth (H,W) m NaN-invalid; points/normals (H,W,3) camera frame (NaN invalid);
-    intensity (H,W) in [0,1]; gradient (2,H,W) d/du, d/dv of the intensity; camera at this level."""
+    intensity (H,W) in [0,1]; gradient (2,H,W) d/du, d/dv of the intensity; camera at this level.
+    points, normals and gradient are None on levels the filter does not use (``first_level``)."""
 
     camera: PinholeCamera
     depth: torch.Tensor
@@ -45,7 +46,11 @@ class Observation:
         return self.levels[0]
 
     @staticmethod
-    def from_frame(frame: Frame, levels: int = 3, device="cpu", max_depth: float = 8.0) -> "Observation":
+    def from_frame(frame: Frame, levels: int = 3, device="cpu", max_depth: float = 8.0,
+                   first_level: int = 0) -> "Observation":
+        """The frame's pyramid; levels finer than ``first_level`` keep depth and intensity only (no points,
+        normals or gradients: at VGA those cost ~30 ms a frame that nothing reads when the render, the
+        tracking and the map update all work at coarser levels)."""
         if frame.depth is None:
             raise ValueError(f"frame {frame.index} has no depth; configure a stereo depth source")
         depth_intr = frame.depth_intrinsics or frame.intrinsics
@@ -60,11 +65,15 @@ class Observation:
         depths = depth_pyramid(depth, levels)
         intensities = [i[0, 0] for i in intensity_pyramid(intensity[None, None], levels)]
         cameras = camera_pyramid(camera, levels)
-        return Observation(frame.timestamp, [make_level(c, d, i) for c, d, i in zip(cameras, depths, intensities)],
-                           colour, frame.imu, frame.control)
+        built = [make_level(c, d, i, geometry=k >= first_level)
+                 for k, (c, d, i) in enumerate(zip(cameras, depths, intensities))]
+        return Observation(frame.timestamp, built, colour, frame.imu, frame.control)
 
 
-def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tensor) -> ObservationLevel:
+def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tensor,
+               geometry: bool = True) -> ObservationLevel:
+    if not geometry:
+        return ObservationLevel(camera, depth, None, None, intensity, None)
     points = camera.backproject(depth)
     gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]  # central diff
     return ObservationLevel(camera, depth, points, normals_from_points(points), intensity, gradient)
