@@ -13,6 +13,14 @@ which needs the map copied into its own hash-map layout and tsdf/weight attribut
 skimage on the dense bounding box is fast enough without that copy.
 Vertex colour and per-vertex SDF std come from trilinear sampling of the map at the vertices. Faces
 are wound counter-clockwise seen from free space (normals point to positive SDF).
+
+Part of a map: ``extract_mesh(map, blocks=...)`` meshes only the cubes whose lowest corner (-x,-y,-z)
+lies in the given blocks, reading the one-voxel overlap into their +x/+y/+z neighbours. Every cube of
+the whole map's mesh has exactly one such owner block, and a cube's triangles depend on its own 8
+corners only (Lewiner's ambiguity tests included), so the meshes of disjoint block sets tile the whole
+mesh: the same triangles, with the vertices on the borders between the sets duplicated. This is what
+incremental mesh publishing uses (a changed block invalidates its own cubes and those of its -x/-y/-z
+neighbours, whose cubes read its first voxel layer).
 """
 from __future__ import annotations
 
@@ -45,14 +53,17 @@ class Mesh:
 
 
 def extract_mesh(sdf_map, colour_by: str = "colour", min_weight: float | None = None, std_range=None,
-                 colormap: str = "viridis") -> Mesh:
+                 colormap: str = "viridis", blocks=None) -> Mesh:
     """Marching cubes over the observed part of a :class:`~prism_ros.map.GaussianSdfMap`.
 
     ``min_weight``: voxels need SDF precision (1/m^2) above it to be meshed; default 1 / truncation^2, as
     a voxel whose std exceeds the truncation says nothing about where the surface is (on the synthetic
     room this halves the vertices more than 1 cm off the surface, for 3 % fewer vertices).
     ``colour_by="uncertainty"`` maps the vertex SDF std through ``colormap`` over ``std_range`` (metres;
-    default: the 2nd to 98th percentile of the vertices' std).
+    default: the 2nd to 98th percentile of the vertices' std; pass a fixed range where meshes of parts
+    must have comparable colours).
+    ``blocks``: block coordinates (K,3) (integers, allocated or not): mesh only the cubes whose lowest
+    corner lies in these blocks (see the module docstring: disjoint block sets tile the whole mesh).
     """
     if colour_by not in COLOUR_BY:
         raise InputError(f"colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
@@ -60,9 +71,17 @@ def extract_mesh(sdf_map, colour_by: str = "colour", min_weight: float | None = 
         return Mesh.empty()
     if min_weight is None:
         min_weight = 1.0 / sdf_map.config.truncation**2
-    volume, meshable, origin = dense_volume(sdf_map, min_weight)
-    mask = cube_mask(meshable)
-    if not mask.any():
+    if blocks is None:
+        volume, meshable, origin = dense_volume(sdf_map, min_weight)
+        mask = cube_mask(meshable)
+    else:
+        blocks = torch.as_tensor(np.asarray(blocks), dtype=torch.int64).reshape(-1, 3).to(sdf_map.device)
+        if len(blocks) == 0:
+            return Mesh.empty()
+        volume, meshable, origin, owned = block_volume(sdf_map, blocks, min_weight)
+        mask = cube_mask(meshable)
+        mask[1:, 1:, 1:] &= owned  # the cube ending at far corner i + 1 starts at voxel i
+    if not mask.any() or not volume.min() < 0.0 < volume.max():  # skimage refuses a level outside the data
         return Mesh.empty()
     from skimage import measure
 
@@ -80,24 +99,48 @@ def extract_mesh(sdf_map, colour_by: str = "colour", min_weight: float | None = 
     return Mesh(vertices, faces.astype(np.int32), colours, std)
 
 
-def dense_volume(sdf_map, min_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dense_volume(sdf_map, min_weight: float = 0.0, box=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Posterior SDF mean (X,Y,Z) float32 over the blocks' bounding box, the voxels fit to mesh (observed
-    above ``min_weight`` and unclipped) and the global voxel index (3,) of volume[0, 0, 0]."""
+    above ``min_weight`` and unclipped) and the global voxel index (3,) of volume[0, 0, 0].
+    ``box``: (low, high) block coordinates (3,) int64, inclusive: lay out that box instead (allocated blocks
+    outside it are left out, unallocated space in it is the prior)."""
     c, b = sdf_map.config, sdf_map.config.block_size
     coords = sdf_map.block_coords
-    low = coords.min(0).values
-    grid = (coords.max(0).values - low + 1).tolist()
+    precision, raw_mean = sdf_map.precision, sdf_map.mean
+    if box is None:
+        low = coords.min(0).values
+        grid = (coords.max(0).values - low + 1).tolist()
+    else:
+        low, high = box
+        inside = ((coords >= low) & (coords <= high)).all(1).nonzero()[:, 0]
+        coords, precision, raw_mean = coords[inside], precision[inside], raw_mean[inside]
+        grid = (high - low + 1).tolist()
     at = tuple((coords - low).T)
-    precision = sdf_map.precision
     prior_precision = 1.0 / c.prior_std**2
-    mean = (prior_precision * c.prior_mean + precision * sdf_map.mean) / (prior_precision + precision)
-    meshable = (precision > min_weight) & (sdf_map.mean.abs() < c.truncation)
+    mean = (prior_precision * c.prior_mean + precision * raw_mean) / (prior_precision + precision)
+    meshable = (precision > min_weight) & (raw_mean.abs() < c.truncation)
     volume = torch.full((*grid, b, b, b), c.prior_mean, device=sdf_map.device)
     keep = torch.zeros((*grid, b, b, b), dtype=torch.bool, device=sdf_map.device)
     volume[at], keep[at] = mean, meshable
     shape = [n * b for n in grid]
     as_dense = lambda t: t.permute(0, 3, 1, 4, 2, 5).reshape(shape).cpu().numpy()  # noqa: E731
     return as_dense(volume), as_dense(keep), (low * b).cpu().numpy()
+
+
+def block_volume(sdf_map, blocks: torch.Tensor, min_weight: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`dense_volume` over the bounding box of ``blocks`` (K,3) int64 plus the one-voxel overlap into
+    the +x/+y/+z neighbours (n * B + 1 voxels per axis, n the box's blocks), and ``owned`` (n*B,)*3 bool:
+    the voxels of the given blocks (the lowest corners of the cubes to mesh)."""
+    b = sdf_map.config.block_size
+    low, high = blocks.min(0).values, blocks.max(0).values
+    volume, meshable, origin = dense_volume(sdf_map, min_weight, (low, high + 1))
+    span = (high - low + 1).tolist()
+    crop = tuple(slice(0, n * b + 1) for n in span)
+    owned = np.zeros(span, bool)
+    owned[tuple((blocks - low).T.cpu().numpy())] = True
+    owned = owned.repeat(b, 0).repeat(b, 1).repeat(b, 2)
+    return np.ascontiguousarray(volume[crop]), np.ascontiguousarray(meshable[crop]), origin, owned
 
 
 def cube_mask(voxels: np.ndarray) -> np.ndarray:

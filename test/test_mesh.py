@@ -129,3 +129,52 @@ def test_cube_mask_needs_all_eight_corners():
 def test_mesh_type_is_plain_numpy():
     empty = Mesh.empty()
     assert empty.vertices.shape == (0, 3) and empty.colours.dtype == np.uint8 and empty.sdf_std.dtype == np.float32
+
+
+def _triangles(mesh: Mesh) -> np.ndarray:
+    return mesh.vertices[mesh.faces].astype(np.float64)
+
+
+def test_block_meshes_tile_the_whole_mesh(sphere_map):
+    """Meshes of disjoint block sets (here groups of 2^3 blocks) read the one-voxel overlap into their
+    neighbours: together they hold exactly the whole mesh's triangles, wound the same way, with the same
+    vertex colours and std; only the vertices on the sets' borders are duplicated."""
+    from scipy.spatial import cKDTree
+
+    sdf_map, _ = sphere_map
+    std_range = (0.0, 0.02)  # a fixed range: parts' colours compare
+    full = extract_mesh(sdf_map, colour_by="uncertainty", std_range=std_range)
+    coords = sdf_map.block_coords
+    groups, inverse = torch.unique(torch.div(coords, 2, rounding_mode="floor"), dim=0, return_inverse=True)
+    parts = [extract_mesh(sdf_map, colour_by="uncertainty", std_range=std_range, blocks=coords[inverse == k])
+             for k in range(len(groups))]
+    assert sum(len(part.faces) for part in parts) == len(full.faces) > 1000
+    triangles = np.concatenate([_triangles(part) for part in parts])
+    distance, match = cKDTree(_triangles(full).mean(1)).query(triangles.mean(1))
+    assert distance.max() < 1e-6 and len(np.unique(match)) == len(full.faces)
+    assert np.abs(triangles - _triangles(full)[match]).max() < 1e-6  # same corners in the same (winding) order
+    colours = np.concatenate([part.colours[part.faces] for part in parts])
+    std = np.concatenate([part.sdf_std[part.faces] for part in parts])
+    np.testing.assert_allclose(std, full.sdf_std[full.faces][match], rtol=1e-4)  # vertices differ by float rounding
+    same_colour = (colours == full.colours[full.faces][match]).all(-1)
+    assert same_colour.mean() > 0.9999, same_colour.mean()  # a std a float rounding off can change colour bin
+    duplicated = sum(len(part.vertices) for part in parts) - len(full.vertices)
+    assert 0 < duplicated < 0.5 * len(full.vertices)
+    print(f"\n{len(groups)} groups of 2^3 blocks: {len(full.faces)} triangles in both, "
+          f"{duplicated} border vertices duplicated ({len(full.vertices)} in the whole mesh)")
+
+
+def test_block_mesh_of_every_block_is_the_whole_mesh(sphere_map):
+    sdf_map, _ = sphere_map
+    full = extract_mesh(sdf_map)
+    everything = extract_mesh(sdf_map, blocks=sdf_map.block_coords)
+    assert np.array_equal(everything.vertices, full.vertices) and np.array_equal(everything.faces, full.faces)
+    assert np.array_equal(everything.colours, full.colours)
+
+
+def test_block_mesh_of_no_or_unallocated_blocks_is_empty(sphere_map):
+    sdf_map, _ = sphere_map
+    assert len(extract_mesh(sdf_map, blocks=np.zeros((0, 3), np.int64)).faces) == 0
+    far = sdf_map.block_coords.max(0).values + 10
+    assert len(extract_mesh(sdf_map, blocks=far[None]).faces) == 0
+    assert len(extract_mesh(GaussianSdfMap(), blocks=[[0, 0, 0]]).faces) == 0
