@@ -112,12 +112,13 @@ def run_prism(data: Path, out: Path) -> dict:
     from prism_ros.config import preset_config
     from prism_ros.datasets import open_dataset
     from prism_ros.pipeline import run_sequence
+    from prism_ros.synthetic import read_scene
 
     console.print(f"[4/4] running the PRISM filter on {data}")
     dataset = open_dataset(data)
-    result = run_sequence(dataset, preset_config(dataset), out, progress=True)
+    result = run_sequence(dataset, preset_config(dataset), out, progress=True, true_sdf=read_scene(data).sdf)
     keys = ("frames", "lost_frames", "median_ms_per_frame", "ate_rmse_m", "nees_median",
-            "nees_fraction_in_95_band", "map_bytes_per_m2", "device")
+            "nees_fraction_in_95_band", "map_error", "map_bytes_per_m2", "device")
     return {key: result.get(key) for key in keys} | {"mesh": str(out / "mesh.ply")}
 
 
@@ -135,6 +136,10 @@ def print_summary(summary: dict, baseline, out: Path) -> None:
     if prism["nees_median"] is not None:
         table.add_row("PRISM pose NEES (6 DoF)", f"median {prism['nees_median']:.1f} (ideal 5.3), "
                       f"{100 * prism['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
+    if prism.get("map_error"):
+        from prism_ros.evaluation import MapError
+
+        table.add_row("PRISM map", MapError(**prism["map_error"]).summary_line())
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     table.add_row("outputs", f"{out}/summary.json, {out}/imu_odometry.png, {out}/received/, "
                   f"{out}/prism/ (trajectory, covariances, mesh.ply, timing.csv, trajectory.png)")

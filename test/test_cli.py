@@ -87,6 +87,9 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
     assert baseline["matched"] >= 20 and np.isfinite(baseline["ate_rmse"])
     assert all(code == 0 for code in summary["node_exit_codes"][:1])  # the recorder finished by itself
     assert (tmp_path / "demo" / "imu_odometry.png").is_file()
+    prism = summary["prism"]
+    assert prism["lost_frames"] == 0 and prism["ate_rmse_m"] < 0.01
+    assert prism["map_error"]["mean_abs_m"] < 0.02 and prism["nees_fraction_in_95_band"] is not None
 
 
 def test_run_writes_every_output(tmp_path):
@@ -103,6 +106,7 @@ def test_run_writes_every_output(tmp_path):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["ate_rmse_m"] < 0.05
+    assert "map SDF error" in result.stdout and summary["map_error"]["voxels"] > 0  # the scene is known exactly
     covariance = np.load(out / "covariance.npz")
     assert covariance["pose_covariance"].shape == (8, 6, 6)
     stamps, poses = read_tum(out / "trajectory.tum")
