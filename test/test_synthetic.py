@@ -268,3 +268,18 @@ def test_generate_db3_bag_and_refuses_to_overwrite(tmp_path):
         generate(out, frames=3, progress=False, width=32, height=24)
     generate(out, frames=2, bag=None, overwrite=True, progress=False, width=32, height=24)
     assert not (out / "bag").exists() and len(list((out / "rgb").glob("*.png"))) == 2
+
+
+def test_rays_parallel_to_room_faces_hit_the_room():
+    """A ray with an exactly zero direction component (e.g. through an integer principal point of an
+    axis-aligned camera) leaves through another face, not at -inf."""
+    import torch
+
+    from prism_ros.synthetic.scene import ray_room
+
+    size = torch.tensor([6.0, 5.0, 3.0], dtype=torch.float64)
+    origin = torch.tensor([[1.0, 2.0, 1.5]], dtype=torch.float64).expand(3, 3)
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    t, face = ray_room(origin, dirs, size)
+    torch.testing.assert_close(t, torch.tensor([5.0, 2.0, 1.5], dtype=torch.float64))
+    assert face.tolist() == [1, 2, 5]

@@ -138,9 +138,9 @@ INF = float("inf")
 
 def ray_room(o: torch.Tensor, d: torch.Tensor, size: torch.Tensor):
     """Exit distance (N,) of rays from inside the room and the face id (N,) they leave through."""
-    d_safe = torch.where(d == 0, torch.full_like(d, 1e-300), d)
+    d_safe = torch.where(d == 0, torch.ones_like(d), d)
     bound = torch.where(d > 0, size.expand_as(d), torch.zeros_like(d))
-    t_axis = (bound - o) / d_safe
+    t_axis = torch.where(d == 0, INF, (bound - o) / d_safe)  # a ray parallel to a face never leaves through it
     t, axis = t_axis.min(-1)
     face = 2 * axis + (d.gather(-1, axis[:, None])[:, 0] > 0).long()
     return t, face
