@@ -44,6 +44,7 @@ NODES = {
     "bag_player": "prism_ros.nodes.player:main",
     "trajectory_recorder": "prism_ros.nodes.recorder:main",
     "imu_odometry": "prism_ros.nodes.imu_odometry:main",
+    "prism_node": "prism_ros.nodes.prism_node:main",
 }
 
 setup(

@@ -1,0 +1,1203 @@
+"""prism_node: the PRISM filter as a ROS 2 node (a thin adapter: messages <-> numpy, parameters, threads).
+
+Inputs: colour (sensor_msgs/Image, or CompressedImage with ``rgb_compressed``), depth (16UC1/mono16
+scaled by ``depth_scale``, or 32FC1 metres) and CameraInfo, approximate-time synchronised
+(:func:`prism_ros.nodes.compat.make_synchronizer`, ``sync_slop``); optionally IMU (sensor_msgs/Imu) and
+control (geometry_msgs/AccelStamped or TwistStamped), buffered and handed to the filter with each frame
+(IMU samples in (previous processed frame, this frame], the last control at or before the frame).
+
+Threads: the executor callbacks only check stamps and queue: a synchronised set goes into a mailbox of
+``frame_queue`` slots (1 by default: the "latest frame"); a worker thread decodes, validates and runs
+``PrismFilter.step``. When the worker falls behind, the oldest waiting set is dropped and counted. A
+map thread publishes the mesh and cloud every ``map_publish_period`` s from a snapshot of the map (taken
+under the map lock; building the mesh takes far longer than a frame). The map lock (held by the worker
+around each step, by the snapshot and by the services) keeps the map consistent.
+
+Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
+unless it is more than ``time_jump_threshold`` seconds older: that is a time jump (a looped bag, a
+restarted clock) and the filter and map are reset before the frame is processed. Bad input (wrong
+encoding, size mismatch, depth without valid pixels, bad CameraInfo, non-finite IMU, a missing or
+unsynchronised stream) is logged once per cause with the fix, counted per cause in /diagnostics, and the
+frame never reaches the filter; a frame the filter loses is not fused (the filter's own rule).
+
+Outputs (``~/`` = the node's private namespace): ``~/pose`` (PoseWithCovarianceStamped of ``base_frame``
+in ``map_frame``), ``~/odometry`` (nav_msgs/Odometry ``odom_frame`` -> ``base_frame``, twist in
+``base_frame``), ``~/path`` (nav_msgs/Path, the last ``path_max_length`` poses), ``/diagnostics``,
+TF ``map -> odom`` (identity: no external odometry is fused) and ``odom -> base_link`` (through
+:func:`compat.make_tf_broadcaster`; without tf2_ros it says so once and the topics carry everything),
+and through :class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
+``~/rendered/depth``, ``~/rendered/uncertainty``.
+
+Frames: ``map_frame`` is the filter's world frame (the first camera pose, or the pose sent on
+/initialpose). The base pose is ``T_world_camera @ inv(T_base_camera)``. Pose covariances are converted
+from the filter's left (world-frame) se(3) perturbation [rho, phi] to the ROS meaning (position error
+and world-fixed-axis rotation error, x y z rx ry rz): the position block gains the lever arm of the
+rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``. The twist is the base's (linear velocity of the
+base origin and angular velocity, both in ``base_frame``), its covariance mapped with the same Jacobian.
+
+Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
+file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
+success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate", in ``map_frame``)
+restarts the filter at that base pose with an empty map.
+
+Parameters: :data:`PARAMETERS` (documented in config/prism.yaml; sensor presets in config/sensors/).
+Invalid parameters at start-up: one line on stderr and exit code 2; at runtime: the change is rejected
+with the reason (read-only parameters name the restart that changes them).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
+from nav_msgs.msg import Odometry, Path as PathMsg
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
+from std_srvs.srv import Trigger
+
+from prism_ros.config import FilterConfig
+from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
+from prism_ros.errors import InputError
+from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, reliable_qos, sensor_qos
+from prism_ros.nodes.conversions import (camera_info_to_intrinsics, compressed_source_encoding,
+                                         compressed_to_numpy, depth_to_metres, header_ns, image_to_numpy,
+                                         matrix_to_odometry, matrix_to_pose_with_covariance,
+                                         matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
+from prism_ros.nodes.map_publishing import MapPublisher
+
+NODE_NAME = "prism_node"
+IDENTITY16 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+QOS_NAMES = ("sensor_data", "reliable", "system_default")
+TRANSITION_MODELS = ("constant_velocity", "imu", "control")
+RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "8UC3", "8UC4")
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1", "64FC1")
+IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
+CONTROL_BUFFER = 400
+
+#: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
+CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "unsynchronised", "bad_encoding", "bad_image",
+          "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
+          "missing_control", "bad_control", "bad_initial_pose", "filter_error")
+#: failed requests counted in /diagnostics (``failures.<name>``), logged each time
+FAILURES = ("rejected_parameter", "save_map", "load_map")
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters: one table drives declaration, validation (start-up and runtime) and config/prism.yaml
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    kind: str  # str | bool | int | float | floats
+    doc: str
+    dynamic: bool = False  # may change at runtime
+    check: Callable[[Any], str | None] | None = None  # converted value -> problem, or None
+
+
+def _one_of(choices, allow_empty: bool = False):
+    def check(value):
+        if (value == "" and allow_empty) or value in choices:
+            return None
+        return f"must be one of {', '.join(choices)}" + (" (or empty)" if allow_empty else "")
+    return check
+
+
+def _positive(value):
+    return None if value > 0 and math.isfinite(value) else "must be a positive number"
+
+
+def _non_negative(value):
+    return None if value >= 0 and math.isfinite(value) else "must be >= 0"
+
+
+def _fraction(value):
+    return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
+
+
+def _not_empty(value):
+    return None if value.strip() else "must not be empty"
+
+
+def _transform(allow_empty: bool):
+    def check(values):
+        if allow_empty and not values:
+            return None
+        if len(values) != 16 or not all(math.isfinite(v) for v in values):
+            return f"needs 16 finite numbers (a row-major 4x4 matrix), got {len(values)}"
+        T = np.asarray(values).reshape(4, 4)  # noqa: N806
+        R = T[:3, :3]  # noqa: N806
+        if not np.allclose(T[3], [0, 0, 0, 1]) or not np.allclose(R.T @ R, np.eye(3), atol=1e-3) \
+                or np.linalg.det(R) < 0:
+            return "is not a rigid transform (rotation must be orthonormal, last row 0 0 0 1)"
+        return None
+    return check
+
+
+def _count(n: int, positive: bool = False):
+    def check(values):
+        if len(values) != n or not all(math.isfinite(v) for v in values):
+            return f"needs {n} finite numbers, got {len(values)}"
+        if positive and not all(v > 0 for v in values[:2]):
+            return "fx and fy must be positive"
+        return None
+    return check
+
+
+def _intrinsics_check(values):
+    if not any(values):
+        return None  # all zeros = unset
+    return _count(4, positive=True)(values)
+
+
+PARAMETERS: dict[str, Param] = {
+    # -- inputs
+    "rgb_topic": Param("/camera/rgb/image_color", "str", "colour image (sensor_msgs/Image: rgb8, bgr8, rgba8, "
+                       "bgra8, mono8)", check=_not_empty),
+    "rgb_compressed": Param(False, "bool", "colour topic carries sensor_msgs/CompressedImage (jpeg/png)"),
+    "depth_topic": Param("/camera/depth/image", "str", "depth image registered to the colour camera "
+                         "(16UC1/mono16 scaled by depth_scale, or 32FC1 metres)", check=_not_empty),
+    "camera_info_topic": Param("/camera/rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
+                               "with the images when intrinsics_source is camera_info)"),
+    "imu_topic": Param("", "str", "sensor_msgs/Imu in the body frame; empty = no IMU"),
+    "control_topic": Param("", "str", "commands for the control transition model; empty = none"),
+    "control_type": Param("accel", "str", "accel: geometry_msgs/AccelStamped (linear = commanded body "
+                          "acceleration, angular = commanded body rates); twist: geometry_msgs/TwistStamped "
+                          "(acceleration from consecutive linear velocities, rates from angular)",
+                          check=_one_of(("accel", "twist"))),
+    "rgb_qos": Param("sensor_data", "str", "QoS of the colour subscription", check=_one_of(QOS_NAMES)),
+    "depth_qos": Param("sensor_data", "str", "QoS of the depth subscription", check=_one_of(QOS_NAMES)),
+    "camera_info_qos": Param("sensor_data", "str", "QoS of the CameraInfo subscription", check=_one_of(QOS_NAMES)),
+    "imu_qos": Param("sensor_data", "str", "QoS of the IMU subscription", check=_one_of(QOS_NAMES)),
+    "control_qos": Param("reliable", "str", "QoS of the control subscription", check=_one_of(QOS_NAMES)),
+    "frame_queue": Param(1, "int", "frames waiting for the filter: 1 keeps only the newest (live sensors: "
+                         "never lag behind); more queues them (complete bag replays; the oldest is dropped "
+                         "when full)", check=lambda v: None if v >= 1 else "must be >= 1"),
+    "queue_size": Param(10, "int", "depth of the image subscriptions and of the synchroniser queues (IMU: "
+                        "100x, control: 10x)", check=lambda v: None if v >= 1 else "must be >= 1"),
+    "sync_slop": Param(0.02, "float", "seconds within which colour, depth and CameraInfo stamps must lie",
+                       dynamic=True, check=_non_negative),
+    "depth_scale": Param(0.001, "float", "metres per unit of integer (16UC1/mono16) depth; 32FC1 is metres",
+                         dynamic=True, check=_positive),
+    "min_valid_depth_fraction": Param(0.05, "float", "frames with fewer valid depth pixels (finite, > 0, < "
+                                      "max_depth of the filter config) are rejected as bad_depth",
+                                      dynamic=True, check=_fraction),
+    "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; "
+                               "parameters: from `intrinsics` and `distortion` (colour and depth only are "
+                               "synchronised)", check=_one_of(("camera_info", "parameters"))),
+    "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the colour camera (intrinsics_source: "
+                        "parameters)", check=_intrinsics_check),
+    "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
+                        check=_count(5)),
+    "depth_intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the depth camera when it differs "
+                              "from the colour camera (zeros: depth is registered to colour)",
+                              check=_intrinsics_check),
+    # -- filter
+    "filter_config": Param("", "str", "FilterConfig YAML: a path, or a file name in config/ (e.g. "
+                           "prism_tum.yaml); empty = built-in defaults"),
+    "transition_model": Param("", "str", "constant_velocity | imu | control; empty = the filter config's",
+                              check=_one_of(TRANSITION_MODELS, allow_empty=True)),
+    "device": Param("", "str", "auto | cpu | cuda | cuda:N; empty = the filter config's"),
+    "T_body_camera": Param([], "floats", "camera -> body (IMU) transform, 16 numbers row-major; empty = the "
+                           "filter config's", check=_transform(allow_empty=True)),
+    "T_base_camera": Param(list(IDENTITY16), "floats", "camera -> base_frame transform, 16 numbers row-major",
+                           check=_transform(allow_empty=False)),
+    # -- behaviour
+    "time_jump_threshold": Param(1.0, "float", "a frame this many seconds older than the last one is a time "
+                                 "jump (looped bag): filter and map reset; less is out of order: dropped",
+                                 dynamic=True, check=_positive),
+    "input_timeout": Param(1.0, "float", "seconds with images arriving but no synchronised set before a "
+                           "missing or unsynchronised stream is reported", dynamic=True, check=_positive),
+    "publish_when_lost": Param(True, "bool", "publish the predicted pose while tracking is lost", dynamic=True),
+    # -- outputs
+    "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=_not_empty),
+    "odom_frame": Param("odom", "str", "odometry frame (map -> odom is the identity)", dynamic=True,
+                        check=_not_empty),
+    "base_frame": Param("base_link", "str", "robot frame; the camera is placed by T_base_camera", dynamic=True,
+                        check=_not_empty),
+    "publish_tf": Param(True, "bool", "broadcast map -> odom -> base_frame (needs tf2_ros)", dynamic=True),
+    "path_max_length": Param(1000, "int", "poses kept on ~/path", dynamic=True,
+                             check=lambda v: None if v >= 1 else "must be >= 1"),
+    "map_publish_period": Param(1.0, "float", "seconds between mesh/cloud updates (steady clock)", dynamic=True,
+                                check=_positive),
+    "map_colouring": Param("colour", "str", "mesh and cloud colours: colour | uncertainty",
+                           check=_one_of(("colour", "uncertainty"))),
+    "diagnostics_period": Param(1.0, "float", "seconds between /diagnostics messages (steady clock)",
+                                check=_positive),
+    "map_path": Param("prism_map.pt", "str", "file of ~/save_map and ~/load_map (relative to the working "
+                      "directory; the mesh goes next to it as .ply)", dynamic=True, check=_not_empty),
+}
+
+
+def convert_parameter(name: str, value: Any) -> Any:
+    """The typed value of parameter ``name`` (launch files pass "1" for floats and "true" for bools);
+    InputError naming the parameter, the problem and the fix."""
+    spec = PARAMETERS[name]
+    try:
+        if spec.kind == "str":
+            if not isinstance(value, str):
+                raise TypeError(f"expected a string, got {value!r}")
+            converted = value
+        elif spec.kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                converted = value.strip().lower() in ("true", "1", "yes")
+            elif isinstance(value, bool):
+                converted = value
+            else:
+                raise TypeError(f"expected true or false, got {value!r}")
+        elif spec.kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError(f"expected an integer, got {value!r}")
+            converted = int(value)
+        elif spec.kind == "float":
+            if isinstance(value, bool):
+                raise TypeError(f"expected a number, got {value!r}")
+            converted = float(value)
+        else:  # floats
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise TypeError(f"expected a list of numbers, got {value!r}")
+            converted = [float(v) for v in value]
+    except (TypeError, ValueError) as error:
+        raise InputError(f"parameter {name}: {error}", f"see config/prism.yaml ({spec.doc})") from None
+    problem = spec.check(converted) if spec.check else None
+    if problem:
+        raise InputError(f"parameter {name}={value!r} {problem}", f"see config/prism.yaml ({spec.doc})")
+    return converted
+
+
+def qos_profile(name: str, depth: int) -> QoSProfile:
+    """sensor_data (best effort), reliable, or system_default, keep last ``depth``."""
+    if name == "sensor_data":
+        return sensor_qos(depth)
+    if name == "reliable":
+        return reliable_qos(depth)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.SYSTEM_DEFAULT,
+                      durability=DurabilityPolicy.SYSTEM_DEFAULT)
+
+
+def resolve_config_path(value: str) -> Path:
+    """A filter_config value: an existing path, or a file name found in config/."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    from prism_ros.resources import config_file  # noqa: PLC0415
+
+    found = config_file(value, required=False) if "/" not in value else None
+    if found is None:
+        raise InputError(f"filter_config {value!r} not found", "give a YAML path or a file name in config/ "
+                         "(e.g. prism_tum.yaml)")
+    return found
+
+
+def build_filter_config(values: dict) -> FilterConfig:
+    """FilterConfig from the filter_config file and the transition_model/device/T_body_camera overrides."""
+    config = FilterConfig.from_yaml(resolve_config_path(values["filter_config"])) if values["filter_config"] \
+        else FilterConfig()
+    if values["transition_model"]:
+        config = replace(config, dynamics=replace(config.dynamics, model=values["transition_model"]))
+    if values["device"]:
+        config = replace(config, device=values["device"])
+    if values["T_body_camera"]:
+        config = replace(config, T_body_camera=tuple(values["T_body_camera"]))
+    if config.dynamics.model not in TRANSITION_MODELS:
+        raise InputError(f"transition model {config.dynamics.model!r} is unknown",
+                         f"use one of {', '.join(TRANSITION_MODELS)}")
+    config.resolved_device()  # InputError for cuda without CUDA, and below for nonsense names
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.device(config.resolved_device())
+    except RuntimeError as error:
+        raise InputError(f"device {config.device!r} is not valid ({error})", "use auto, cpu, cuda or cuda:N") from None
+    if config.dynamics.model == "imu" and not values["imu_topic"]:
+        raise InputError("transition model imu needs IMU samples but imu_topic is empty",
+                         "set imu_topic, or transition_model:=constant_velocity")
+    if config.dynamics.model == "control" and not values["control_topic"]:
+        raise InputError("transition model control needs commands but control_topic is empty",
+                         "set control_topic (and control_type), or transition_model:=constant_velocity")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# frames: covariance and twist conversions (frame changes only)
+# ---------------------------------------------------------------------------------------------
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """6x6 covariance of the left perturbation [rho, phi] of a pose at ``position`` -> ROS (position error,
+    world-fixed-axis rotation error): dp = rho + phi x p, dR = Exp(phi) R."""
+    J = np.eye(6)  # noqa: N806
+    J[:3, 3:] = -skew(position)
+    return J @ np.asarray(covariance) @ J.T
+
+
+def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_body: np.ndarray,  # noqa: N803
+               T_world_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    """The filter's velocity [v_world of the body origin, omega in the body frame] (and its covariance) as the
+    base's twist in the base frame: [v of the base origin, omega], both in base coordinates."""
+    R_wb, R_wbase = T_world_body[:3, :3], T_world_base[:3, :3]  # noqa: N806
+    lever = T_world_base[:3, 3] - T_world_body[:3, 3]
+    J = np.zeros((6, 6))  # noqa: N806
+    J[:3, :3] = R_wbase.T
+    J[:3, 3:] = -R_wbase.T @ skew(lever) @ R_wb
+    J[3:, 3:] = R_wbase.T @ R_wb
+    return J @ np.asarray(velocity), J @ np.asarray(velocity_covariance) @ J.T
+
+
+# ---------------------------------------------------------------------------------------------
+# the mailbox between the executor and the worker
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PendingFrame:
+    """One synchronised set waiting for the worker (messages still undecoded)."""
+
+    rgb: Any
+    depth: Any
+    info: Any
+    stamp_ns: int
+    received: float  # time.monotonic() when the set was complete
+    reset_reason: str | None = None
+
+
+class Mailbox:
+    """Frames waiting for the worker, at most ``capacity``: ``put`` drops the oldest when full (returning it);
+    ``take`` waits for the oldest. Capacity 1 is the "latest frame" slot. A dropped frame's reset request
+    passes to the next frame, so a time jump is never lost with the frame that carried it."""
+
+    def __init__(self, capacity: int = 1):
+        self.capacity = capacity
+        self._items: deque[PendingFrame] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: PendingFrame) -> PendingFrame | None:
+        with self._ready:
+            self._items.append(item)
+            dropped = self._items.popleft() if len(self._items) > self.capacity else None
+            if dropped is not None and dropped.reset_reason and not self._items[0].reset_reason:
+                self._items[0].reset_reason = dropped.reset_reason
+            self._ready.notify()
+        return dropped
+
+    def take(self, timeout: float) -> PendingFrame | None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> None:
+        with self._ready:
+            self._items.clear()
+
+    def wake(self) -> None:
+        with self._ready:
+            self._ready.notify_all()
+
+
+class BadInput(Exception):
+    def __init__(self, cause: str, problem: str, fix: str):
+        super().__init__(f"{problem} -> {fix}")
+        self.cause, self.problem, self.fix = cause, problem, fix
+
+
+@dataclass
+class Stats:
+    received: int = 0  # synchronised sets
+    processed: int = 0  # frames the filter stepped
+    lost: int = 0  # of those, tracking lost (not fused)
+    dropped: int = 0  # replaced in the mailbox (processing behind)
+    skipped_paused: int = 0
+    resets: int = 0
+    time_jumps: int = 0
+    bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+    failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
+    latency_ms: float = float("nan")  # set complete -> outputs published
+    step_ms: float = float("nan")  # PrismFilter.step
+    tracking_ok: bool | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the node
+# ---------------------------------------------------------------------------------------------
+
+
+class PrismNode(Node):
+    """See the module docstring. Construct, then :meth:`configure` (InputError on bad parameters), then
+    :meth:`start` the worker; :meth:`stop` before destroying."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for name, spec in PARAMETERS.items():
+            self.declare_parameter(name, spec.default, ParameterDescriptor(
+                description=spec.doc, dynamic_typing=True,
+                additional_constraints="" if spec.dynamic else "read-only at runtime (restart to change)"))
+        self.values: dict[str, Any] = {}
+        self.stats = Stats()
+        self._stats_lock = threading.Lock()
+        self._logged: set[str] = set()
+        self._map_lock = threading.RLock()
+        self._order_lock = threading.Lock()
+        self._input_lock = threading.Lock()
+        self._mailbox = Mailbox()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._paused = False
+        self._last_stamp_ns: int | None = None  # newest set accepted into the mailbox
+        self._last_processed_t: float | None = None
+        self._last_stamp_msg = None
+        self._frame_index = 0
+        self._imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
+        self._control: deque = deque(maxlen=CONTROL_BUFFER)  # (t, (6,))
+        self._last_twist: tuple[float, np.ndarray] | None = None
+        self._path: deque = deque()
+        self._map_dirty = False  # fused since the last map publish
+        self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
+        self._publish_lock = threading.Lock()  # map publishing vs clearing the display
+        self._map_thread: threading.Thread | None = None
+        self._arrivals: list[float | None] = []
+        self._arrival_stamps: list[int | None] = []
+        self._last_match: float | None = None
+        self.filter = None
+        self.map_publisher = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        """Read and check every parameter, build the filter and the ROS interfaces; InputError if invalid."""
+        problems = []
+        for name in PARAMETERS:
+            try:
+                self.values[name] = convert_parameter(name, self.get_parameter(name).value)
+            except InputError as error:
+                problems.append(str(error))
+        if problems:
+            raise InputError("; ".join(problems))
+        v = self.values
+        if v["intrinsics_source"] == "camera_info" and not v["camera_info_topic"]:
+            raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
+                             "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
+        if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
+            raise InputError("intrinsics_source is parameters but intrinsics is unset",
+                             "set intrinsics:=[fx, fy, cx, cy] (pixels)")
+        self._mailbox = Mailbox(v["frame_queue"])
+        self.filter_config = build_filter_config(v)
+        self._set_extrinsics()
+        try:
+            self.filter = self._new_filter()
+        except (ValueError, RuntimeError) as error:  # e.g. a transition or map setting the filter refuses
+            raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
+                             "overrides (transition_model, device, T_body_camera)") from None
+        self.device = str(self.filter.device)
+        self._create_interfaces()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        model = self.filter_config.dynamics.model
+        self.get_logger().info(
+            f"PRISM on {self.device}, transition model {model}, inputs {v['rgb_topic']} + {v['depth_topic']}"
+            + (f" + {v['camera_info_topic']}" if v["intrinsics_source"] == "camera_info" else " (intrinsics from "
+               "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
+            + (f", control {v['control_topic']}" if v["control_topic"] else ""))
+
+    def _set_extrinsics(self) -> None:
+        self.T_base_camera = np.asarray(self.values["T_base_camera"]).reshape(4, 4)
+        self.T_camera_base = np.linalg.inv(self.T_base_camera)
+        T_body_camera = np.asarray(self.filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
+        self.T_camera_body = np.linalg.inv(T_body_camera)
+
+    def _new_filter(self, initial_pose: np.ndarray | None = None):
+        from prism_ros.filter import PrismFilter  # noqa: PLC0415 - torch-heavy, after the parameter checks
+
+        return PrismFilter(self.filter_config, initial_pose=initial_pose)
+
+    def _create_interfaces(self) -> None:
+        v = self.values
+        depth = v["queue_size"]
+        rgb_type = CompressedImage if v["rgb_compressed"] else Image
+        inputs = [(rgb_type, v["rgb_topic"], qos_profile(v["rgb_qos"], depth)),
+                  (Image, v["depth_topic"], qos_profile(v["depth_qos"], depth))]
+        self._roles = ["rgb", "depth"]
+        if v["intrinsics_source"] == "camera_info":
+            inputs.append((CameraInfo, v["camera_info_topic"], qos_profile(v["camera_info_qos"], depth)))
+            self._roles.append("camera_info")
+        self._arrivals = [None] * len(inputs)
+        self._arrival_stamps = [None] * len(inputs)
+        self._unmatched = 0
+        self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], self._on_synchronised)
+        self._watch_arrivals()
+        if v["imu_topic"]:
+            self.create_subscription(Imu, v["imu_topic"], self._on_imu, qos_profile(v["imu_qos"], 100 * depth))
+        if v["control_topic"]:
+            control_type = AccelStamped if v["control_type"] == "accel" else TwistStamped
+            self.create_subscription(control_type, v["control_topic"], self._on_control,
+                                     qos_profile(v["control_qos"], 10 * depth))
+        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
+        self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
+        self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
+        self.tf_broadcaster = make_tf_broadcaster(self, warn=lambda text: self._log_once("tf", text))
+        self.tf_available = has_ros_piece("tf2_ros")
+        self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1)
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
+        self.create_service(Trigger, "~/pause", self._srv_pause, callback_group=services)
+        self.create_service(Trigger, "~/resume", self._srv_resume, callback_group=services)
+        self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
+        self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        timers = MutuallyExclusiveCallbackGroup()
+        self.create_timer(v["diagnostics_period"], self._publish_diagnostics, callback_group=timers, clock=steady)
+        self.create_timer(min(0.25, v["input_timeout"] / 2), self._watchdog, callback_group=timers, clock=steady)
+
+    def _watch_arrivals(self) -> None:
+        """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
+        if self.sync.implementation == "message_filters":
+            for index, subscriber in enumerate(self.sync.subscriptions):
+                subscriber.registerCallback(lambda msg, i=index: self._arrived(i, msg))
+            return
+        inner = self.sync.synchronizer
+        add = inner.add
+
+        def add_and_note(index, msg):
+            self._arrived(index, msg)
+            add(index, msg)
+        inner.add = add_and_note
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="prism_worker", daemon=True)
+        self._worker.start()
+        self._map_thread = threading.Thread(target=self._publish_maps, name="prism_map", daemon=True)
+        self._map_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._mailbox.wake()
+        for thread in (self._worker, self._map_thread):
+            if thread is not None:
+                thread.join(timeout)
+
+    # -- logging and counting -------------------------------------------------------------------
+
+    def _log_once(self, key: str, text: str, level: str = "warning") -> None:
+        with self._stats_lock:
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        if level == "info":  # one call site per severity: rclpy refuses a severity change at a call site
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
+
+    def _bad_input(self, cause: str, problem: str, fix: str, count: int = 1) -> None:
+        with self._stats_lock:
+            self.stats.bad_input[cause] += count
+        self._log_once(f"bad:{cause}", f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics as "
+                       f"bad_input.{cause}; logged once)")
+
+    def _failure(self, name: str, text: str) -> None:
+        with self._stats_lock:
+            self.stats.failures[name] += 1
+        self.get_logger().error(text)
+
+    # -- executor side: inputs ------------------------------------------------------------------
+
+    def _arrived(self, index: int, msg) -> None:
+        with self._input_lock:
+            self._arrivals[index] = time.monotonic()
+            self._arrival_stamps[index] = header_ns(msg)
+            if index == 0:
+                self._unmatched += 1
+
+    def _on_synchronised(self, rgb, depth, info=None) -> None:
+        now = time.monotonic()
+        with self._input_lock:
+            self._last_match = now
+            self._unmatched = 0
+        with self._stats_lock:
+            self.stats.received += 1
+        if self._paused:
+            with self._stats_lock:
+                self.stats.skipped_paused += 1
+            return
+        stamp = header_ns(rgb)
+        reset = None
+        with self._order_lock:
+            last = self._last_stamp_ns
+            if last is not None and stamp <= last:
+                back = (last - stamp) / 1e9
+                if back <= self.values["time_jump_threshold"]:
+                    self._bad_input("out_of_order", f"frame stamped {stamp / 1e9:.6f} s is {back:.3f} s older than "
+                                    f"the previous one ({last / 1e9:.6f} s); dropped",
+                                    "publish frames in stamp order with unique stamps")
+                    return
+                reset = f"time jumped back by {back:.3f} s (looped bag or restarted clock)"
+            self._last_stamp_ns = stamp
+        item = PendingFrame(rgb, depth, info, stamp, now, reset)
+        dropped = self._mailbox.put(item)
+        if dropped is not None:
+            with self._stats_lock:
+                self.stats.dropped += 1
+            self._log_once("dropped", "processing falls behind the input: the oldest waiting frame is dropped "
+                           f"(frame_queue={self.values['frame_queue']}; counted in /diagnostics as frames_dropped; "
+                           "logged once) -> lower the input rate, use device:=cuda or smaller images (bag replays: "
+                           "a longer frame_queue)")
+
+    def _on_imu(self, msg: Imu) -> None:
+        t = header_ns(msg) / 1e9
+        gyro = np.array([msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z])
+        accel = np.array([msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z])
+        if not (np.isfinite(gyro).all() and np.isfinite(accel).all()):
+            self._bad_input("bad_imu", f"IMU sample at {t:.6f} s has non-finite values", "fix the IMU driver")
+            return
+        with self._input_lock:
+            if self._imu and t < self._imu[-1][0] - self.values["time_jump_threshold"]:
+                self._imu.clear()  # the stream restarted (looped bag)
+            if self._imu and t <= self._imu[-1][0]:
+                if any(s[0] == t for s in self._imu):
+                    return  # duplicate
+                samples = sorted([*self._imu, (t, gyro, accel)], key=lambda s: s[0])
+                self._imu.clear()
+                self._imu.extend(samples)
+            else:
+                self._imu.append((t, gyro, accel))
+
+    def _on_control(self, msg) -> None:
+        t = header_ns(msg) / 1e9
+        if isinstance(msg, AccelStamped):
+            a, w = msg.accel.linear, msg.accel.angular
+            command = np.array([a.x, a.y, a.z, w.x, w.y, w.z])
+        else:
+            lin, w = msg.twist.linear, msg.twist.angular
+            velocity = np.array([lin.x, lin.y, lin.z])
+            previous, self._last_twist = self._last_twist, (t, velocity)
+            if previous is None or t <= previous[0]:
+                return  # acceleration needs two commands
+            command = np.concatenate([(velocity - previous[1]) / (t - previous[0]), [w.x, w.y, w.z]])
+        if not np.isfinite(command).all():
+            self._bad_input("bad_control", f"control command at {t:.6f} s has non-finite values",
+                            "fix the command publisher")
+            return
+        with self._input_lock:
+            if self._control and t < self._control[-1][0] - self.values["time_jump_threshold"]:
+                self._control.clear()
+            self._control.append((t, command))
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        frame = msg.header.frame_id.lstrip("/")
+        if frame and frame != self.values["map_frame"]:
+            self._bad_input("bad_initial_pose", f"/initialpose is in frame {frame!r}, not {self.values['map_frame']!r}",
+                            "send it in map_frame (this node does not look up TF)")
+            return
+        try:
+            T_map_base = pose_to_matrix(msg.pose.pose)  # noqa: N806
+        except InputError as error:
+            self._bad_input("bad_initial_pose", f"/initialpose: {error.problem}", error.fix or "send a unit quaternion")
+            return
+        if not np.isfinite(T_map_base).all():
+            self._bad_input("bad_initial_pose", "/initialpose has non-finite values", "send a finite pose")
+            return
+        self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
+                    f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera)
+
+    def _watchdog(self) -> None:
+        """Images arrive but no set is complete: name the missing stream, or the stamps that disagree."""
+        now = time.monotonic()
+        timeout = self.values["input_timeout"]
+        with self._input_lock:
+            recent = [a is not None and now - a < timeout for a in self._arrivals]
+            stale_match = self._last_match is None or now - self._last_match > timeout
+            unmatched, stamps = self._unmatched, list(self._arrival_stamps)
+            if not (any(recent) and stale_match and not self._paused):
+                return
+            self._unmatched = 0
+        count = max(1, unmatched)
+        missing = [role for role, ok in zip(self._roles, recent) if not ok]
+        if missing:
+            role = missing[0]
+            topic = self.values[f"{role}_topic"]
+            fixes = {"camera_info": "publish the camera's CameraInfo (remap camera_info_topic), or set "
+                                    "intrinsics_source:=parameters with intrinsics:=[fx, fy, cx, cy]",
+                     "depth": "check depth_topic (and that the depth driver runs)",
+                     "rgb": "check rgb_topic (and rgb_compressed for CompressedImage)"}
+            self._bad_input(f"missing_{role}", f"no {role} on {topic} for {timeout:.1f} s while "
+                            f"{', '.join(r for r, ok in zip(self._roles, recent) if ok)} arrive; frames cannot be "
+                            "synchronised", fixes[role], count)
+            return
+        spread = (max(stamps) - min(stamps)) / 1e9
+        latest = ", ".join(f"{role} {s / 1e9:.6f}" for role, s in zip(self._roles, stamps))
+        self._bad_input("unsynchronised", f"{', '.join(self._roles)} arrive but their stamps never lie within "
+                        f"sync_slop={self.values['sync_slop']} s (latest: {latest}; spread {spread:.3f} s)",
+                        "stamp all streams from the same clock, or raise sync_slop", count)
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            item = self._mailbox.take(timeout=0.1)
+            if item is None:
+                continue
+            try:
+                self._process(item)
+            except Exception as error:  # noqa: BLE001 - the worker must survive anything
+                if self._stop.is_set():
+                    return  # shutting down: the context may already be gone
+                self._bad_input("filter_error", f"unexpected {type(error).__name__}: {error}\n"
+                                f"{traceback.format_exc()}", "report this with the log")
+
+    def _process(self, item: PendingFrame) -> None:
+        if item.reset_reason:
+            with self._stats_lock:
+                self.stats.time_jumps += 1
+            self._log_once("time_jump", f"{item.reset_reason}: filter and map reset (counted in /diagnostics as "
+                           "time_jumps; logged once)", level="info")
+            self._reset(item.reset_reason, log=False)
+        try:
+            frame = self._frame_from(item)
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
+            return
+        with self._map_lock:
+            if self._paused:
+                with self._stats_lock:
+                    self.stats.skipped_paused += 1
+                return
+            frame.imu = self._take_imu(frame.timestamp)
+            frame.control = self._control_at(frame.timestamp)
+            model = self.filter_config.dynamics.model
+            if model == "imu" and self.filter.state is not None and not len(frame.imu):
+                self._bad_input("missing_imu", f"no IMU sample on {self.values['imu_topic']} between the previous "
+                                f"frame and {frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
+                                "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
+                return
+            if model == "control" and frame.control is None:
+                self._bad_input("missing_control", f"no command on {self.values['control_topic']} at or before "
+                                f"{frame.timestamp:.6f} s; frame skipped (the control model cannot predict)",
+                                "check control_topic and control_type, or use transition_model:=constant_velocity")
+                return
+            started = time.perf_counter()
+            try:
+                estimate = self.filter.step(frame)
+            except InputError as error:
+                self._bad_input("filter_error", f"the filter rejected the frame: {error}",
+                                error.fix or "check the input")
+                return
+            step_ms = 1e3 * (time.perf_counter() - started)
+            self._last_processed_t = frame.timestamp
+            self._map_dirty = self._map_dirty or estimate.tracking_ok
+        with self._stats_lock:
+            self.stats.processed += 1
+            self.stats.lost += int(not estimate.tracking_ok)
+            self.stats.tracking_ok = bool(estimate.tracking_ok)
+            self.stats.step_ms = step_ms
+        if not estimate.tracking_ok:
+            reasons = ", ".join(map(str, estimate.quality.get("reasons", []))) or "see the tracking quality"
+            self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
+                           "(counted in /diagnostics as frames_lost; logged once)")
+        stamp = item.rgb.header.stamp
+        self._last_stamp_msg = stamp
+        camera_frame = item.rgb.header.frame_id
+        if estimate.tracking_ok or self.values["publish_when_lost"]:
+            self._publish_estimate(estimate, stamp)
+        if estimate.render is not None and self.map_publisher is not None:
+            self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
+        with self._stats_lock:
+            self.stats.latency_ms = 1e3 * (time.monotonic() - item.received)
+
+    def _frame_from(self, item: PendingFrame) -> Frame:
+        """Decode and check one set (BadInput names the cause and the fix)."""
+        v = self.values
+        rgb = self._decode_rgb(item.rgb)
+        depth_msg = item.depth
+        if depth_msg.encoding not in DEPTH_ENCODINGS:
+            raise BadInput("bad_encoding", f"depth on {v['depth_topic']} has encoding {depth_msg.encoding!r}",
+                           f"publish depth as {', '.join(DEPTH_ENCODINGS)} (16-bit scaled by depth_scale)")
+        try:
+            depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding, v["depth_scale"])
+        except InputError as error:
+            raise BadInput("bad_image", f"depth on {v['depth_topic']}: {error.problem}",
+                           error.fix or "fix the publisher") from None
+        if rgb.shape[:2] != depth.shape[:2]:
+            raise BadInput("size_mismatch", f"colour is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
+                           f"{depth.shape[1]}x{depth.shape[0]}", "publish depth registered to the colour camera at "
+                           "the same resolution (e.g. aligned_depth_to_color)")
+        intrinsics = self._intrinsics(item.info, rgb.shape)
+        depth_intrinsics = None
+        if any(v["depth_intrinsics"]):
+            fx, fy, cx, cy = v["depth_intrinsics"]
+            depth_intrinsics = Intrinsics(fx, fy, cx, cy, depth.shape[1], depth.shape[0])
+        max_depth = self.filter_config.max_depth
+        finite = np.isfinite(depth)
+        valid = finite & (depth > 0) & (depth < max_depth)
+        fraction = float(valid.mean()) if valid.size else 0.0
+        if fraction < v["min_valid_depth_fraction"]:
+            values = depth[finite]
+            typical = f"median {np.median(values):.3g} m" if values.size else "no finite value"
+            raise BadInput("bad_depth", f"depth has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
+                           f"{max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)",
+                           f"check depth_topic and depth_scale ({v['depth_scale']} m per unit for 16-bit depth)")
+        self._frame_index += 1
+        return Frame(index=self._frame_index - 1, timestamp=item.stamp_ns / 1e9, rgb=rgb, depth=depth,
+                     intrinsics=intrinsics, depth_intrinsics=depth_intrinsics)
+
+    def _decode_rgb(self, msg) -> np.ndarray:
+        topic = self.values["rgb_topic"]
+        if isinstance(msg, CompressedImage):
+            encoding = compressed_source_encoding(msg.format)
+            try:
+                pixels = compressed_to_numpy(msg)
+            except InputError as error:
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}", error.fix or "publish jpeg or png")
+        else:
+            encoding = msg.encoding
+            if encoding not in RGB_ENCODINGS:
+                raise BadInput("bad_encoding", f"colour on {topic} has encoding {encoding!r}",
+                               f"publish {', '.join(RGB_ENCODINGS[:5])}")
+            try:
+                pixels = image_to_numpy(msg)
+            except InputError as error:
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}", error.fix or "fix the publisher")
+        try:
+            return to_rgb(pixels, encoding)
+        except (InputError, Exception) as error:  # noqa: BLE001 - OpenCV raises cv2.error on odd shapes
+            raise BadInput("bad_encoding", f"colour on {topic} ({encoding}, shape {pixels.shape}) is not a colour "
+                           f"image: {error}", f"publish {', '.join(RGB_ENCODINGS[:5])}")
+
+    def _intrinsics(self, info: CameraInfo | None, shape) -> Intrinsics:
+        height, width = shape[:2]
+        v = self.values
+        if info is None:
+            fx, fy, cx, cy = v["intrinsics"]
+            return Intrinsics(fx, fy, cx, cy, width, height, tuple(v["distortion"]))
+        try:
+            intrinsics = camera_info_to_intrinsics(info)
+        except InputError as error:
+            raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']}: {error.problem}",
+                           error.fix or "publish a calibrated CameraInfo")
+        if (info.width or info.height) and (info.width, info.height) != (width, height):
+            raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
+                           f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
+        return replace(intrinsics, width=width, height=height)
+
+    def _take_imu(self, t: float) -> ImuSamples | None:
+        """IMU samples in (last processed frame, t], removed from the buffer."""
+        if not self.values["imu_topic"]:
+            return None
+        with self._input_lock:
+            samples = [s for s in self._imu if s[0] <= t]
+            for _ in samples:
+                self._imu.popleft()
+        start = self._last_processed_t
+        if start is not None:
+            samples = [s for s in samples if s[0] > start]
+        if not samples:
+            return ImuSamples.empty()
+        return ImuSamples(np.array([s[0] for s in samples]), np.stack([s[1] for s in samples]),
+                          np.stack([s[2] for s in samples]))
+
+    def _control_at(self, t: float) -> np.ndarray | None:
+        """The last command at or before ``t`` (held), or None."""
+        with self._input_lock:
+            before = [c for c in self._control if c[0] <= t]
+        return before[-1][1].copy() if before else None
+
+    def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True) -> None:
+        """A fresh filter and empty map (``initial_pose``: T_world_camera of the next frame). ``log=False`` is
+        the worker's reset on a time jump, which keeps the stamp order (the jump's frame set it)."""
+        with self._map_lock:
+            self.filter = self._new_filter(initial_pose)
+            self._last_processed_t = None
+            self._path.clear()
+            self._clear_map_display()
+        if log:  # requested: any stamp is welcome next
+            with self._order_lock:
+                self._last_stamp_ns = None
+        with self._stats_lock:
+            self.stats.resets += 1
+            self.stats.tracking_ok = None
+        if log:
+            self.get_logger().info(f"{reason}: filter and map reset")
+
+    def _publish_estimate(self, estimate, stamp) -> None:
+        v = self.values
+        T_world_camera = np.asarray(estimate.T_world_camera, dtype=np.float64)  # noqa: N806
+        T_map_base = T_world_camera @ self.T_camera_base  # noqa: N806
+        covariance = left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3])
+        pose = matrix_to_pose_with_covariance(T_map_base, covariance, stamp, v["map_frame"])
+        self.pose_pub.publish(pose)
+        T_world_body = T_world_camera @ self.T_camera_body  # noqa: N806
+        twist, twist_covariance = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
+        self.odom_pub.publish(matrix_to_odometry(T_map_base, stamp, v["odom_frame"], v["base_frame"], covariance,
+                                                 twist, twist_covariance))
+        self._path.append(PoseStamped(header=make_header(v["map_frame"], stamp), pose=pose.pose.pose))
+        while len(self._path) > v["path_max_length"]:
+            self._path.popleft()
+        self.path_pub.publish(PathMsg(header=make_header(v["map_frame"], stamp), poses=list(self._path)))
+        if v["publish_tf"]:
+            self.tf_broadcaster.sendTransform([
+                matrix_to_transform_stamped(np.eye(4), stamp, v["map_frame"], v["odom_frame"]),
+                matrix_to_transform_stamped(T_map_base, stamp, v["odom_frame"], v["base_frame"])])
+
+    def _publish_maps(self) -> None:
+        """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
+
+        The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while
+        the mesh is built and sent, which takes far longer than a frame (0.6-0.9 s for a 160x120 room on
+        this 2-core CPU)."""
+        while not self._stop.wait(self.values["map_publish_period"]):
+            try:
+                self._publish_map_snapshot()
+            except Exception as error:  # noqa: BLE001 - the thread must survive anything
+                if self._stop.is_set():
+                    return
+                self._bad_input("filter_error", f"map publishing failed: {type(error).__name__}: {error}\n"
+                                f"{traceback.format_exc()}", "report this with the log")
+
+    def _publish_map_snapshot(self) -> None:
+        with self._map_lock:
+            if not self._map_dirty or self.map_publisher is None:
+                return
+            self._map_dirty = False
+            snapshot, stamp, generation = self.filter.map.clone(), self._last_stamp_msg, self._map_generation
+        with self._publish_lock:
+            if generation == self._map_generation:
+                self.map_publisher.publish_map(snapshot, stamp)
+
+    def _clear_map_display(self) -> None:
+        """After a reset or load (map lock held): forget the published mesh; the next publish sends all."""
+        self._map_generation += 1
+        self._map_dirty = False
+        if self.map_publisher is not None:
+            with self._publish_lock:
+                self.map_publisher.reset()
+
+    # -- diagnostics ----------------------------------------------------------------------------
+
+    def _state(self) -> str:
+        if self._paused:
+            return "paused"
+        if self.stats.tracking_ok is None:
+            return "waiting for frames" if self.stats.processed == 0 else "initialising"
+        return "tracking" if self.stats.tracking_ok else "lost"
+
+    def diagnostics_values(self) -> dict[str, str]:
+        with self._stats_lock:
+            s = self.stats
+            values = {
+                "state": self._state(), "frames_received": s.received, "frames_processed": s.processed,
+                "frames_lost": s.lost, "frames_dropped": s.dropped, "frames_skipped_paused": s.skipped_paused,
+                "resets": s.resets, "time_jumps": s.time_jumps, "bad_input_total": sum(s.bad_input.values()),
+                **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
+                **{f"failures.{k}": n for k, n in s.failures.items()},
+                "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",
+            }
+        sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
+        values["map_blocks"] = sdf_map.num_blocks
+        values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"
+        values.update({"device": self.device, "transition_model": self.filter_config.dynamics.model,
+                       "synchroniser": self.sync.implementation,
+                       "tf": "broadcast" if self.tf_available else "not broadcast (tf2_ros missing)",
+                       "imu_buffered": len(self._imu)})
+        return {k: str(v) for k, v in values.items()}
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        bad = int(values["bad_input_total"])
+        level = DiagnosticStatus.OK if values["state"] == "tracking" else DiagnosticStatus.WARN
+        message = values["state"] + (f", {bad} bad inputs" if bad else "")
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: PRISM SLAM", message=message,
+                                  hardware_id=self.device,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        self.diag_pub.publish(DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()),
+                                              status=[status]))
+
+    # -- parameters at runtime -------------------------------------------------------------------
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        converted = {}
+        for parameter in parameters:
+            name = parameter.name
+            if name not in PARAMETERS:
+                continue  # use_sim_time and friends: rclpy's business
+            if not PARAMETERS[name].dynamic:
+                reason = (f"{name} is read-only at runtime -> restart the node with -p {name}:=... (or change it in "
+                          "the parameters file)")
+                self._failure("rejected_parameter", f"rejected parameter change: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+            try:
+                converted[name] = convert_parameter(name, parameter.value)
+            except InputError as error:
+                self._failure("rejected_parameter", f"rejected parameter change: {error}")
+                return SetParametersResult(successful=False, reason=str(error))
+        self.values.update(converted)
+        if "sync_slop" in converted:
+            self._set_slop(converted["sync_slop"])
+        if "map_frame" in converted and self.map_publisher is not None:
+            self.map_publisher.map_frame = converted["map_frame"]
+        return SetParametersResult(successful=True)
+
+    def _set_slop(self, slop: float) -> None:
+        inner = self.sync.synchronizer
+        if hasattr(inner, "slop_ns"):
+            inner.slop_ns = int(round(slop * 1e9))
+        else:  # message_filters
+            from rclpy.duration import Duration  # noqa: PLC0415
+
+            inner.slop = Duration(seconds=slop)
+
+    # -- services -------------------------------------------------------------------------------
+
+    def _srv_reset(self, _request, response):
+        self._reset("reset requested (~/reset)")
+        response.success, response.message = True, "filter and map reset"
+        return response
+
+    def _srv_pause(self, _request, response):
+        was = self._paused
+        self._paused = True
+        self._mailbox.clear()
+        response.success = True
+        response.message = "already paused" if was else "paused: incoming frames are skipped"
+        if not was:
+            self.get_logger().info("paused (~/pause)")
+        return response
+
+    def _srv_resume(self, _request, response):
+        was = self._paused
+        self._paused = False
+        response.success = True
+        response.message = "resumed" if was else "was not paused"
+        if was:
+            self.get_logger().info("resumed (~/resume)")
+        return response
+
+    def _map_file(self) -> Path:
+        return Path(self.values["map_path"]).expanduser()
+
+    def _srv_save_map(self, _request, response):
+        path = self._map_file()
+        fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
+        try:
+            from prism_ros.mesh import extract_mesh, write_ply  # noqa: PLC0415
+
+            with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
+                sdf_map = self.filter.map.clone()
+            if sdf_map.num_blocks == 0:
+                raise InputError("the map is empty", "save after some frames were processed")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            sdf_map.save(partial)
+            partial.replace(path)
+            mesh = extract_mesh(sdf_map)
+            mesh_path = path.with_suffix(".ply")
+            write_ply(mesh, mesh_path)
+            blocks = sdf_map.num_blocks
+        except InputError as error:
+            response.success, response.message = False, f"cannot save the map to {path}: {error}"
+            self._failure("save_map", response.message)
+            return response
+        except (OSError, RuntimeError) as error:  # torch.save reports unwritable files as RuntimeError
+            try:
+                path.with_name(path.name + ".partial").unlink(missing_ok=True)
+            except OSError:
+                pass
+            reason = getattr(error, "strerror", None) or str(error)
+            response.success, response.message = False, f"cannot save the map to {path}: {reason} -> {fix}"
+            self._failure("save_map", response.message)
+            return response
+        response.success = True
+        response.message = f"saved {blocks} blocks to {path} and the mesh ({len(mesh.faces)} faces) to {mesh_path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _srv_load_map(self, _request, response):
+        from prism_ros.map import GaussianSdfMap  # noqa: PLC0415
+
+        path = self._map_file()
+        try:
+            loaded = GaussianSdfMap.load(path, self.filter.device)  # read before taking the lock
+            with self._map_lock:
+                self.filter.map = loaded
+                self._clear_map_display()
+                self._map_dirty = True
+        except InputError as error:
+            response.success, response.message = False, f"cannot load the map: {error}"
+            self._failure("load_map", response.message)
+            return response
+        response.success = True
+        response.message = (f"loaded {loaded.num_blocks} blocks from {path}; tracking continues from the current "
+                            "pose in the loaded map")
+        self.get_logger().info(response.message)
+        return response
+
+
+def parameters_yaml() -> str:
+    """config/prism.yaml: every parameter with its default and meaning (a ROS 2 parameters file)."""
+    import yaml  # noqa: PLC0415
+
+    lines = ["# prism_node parameters with their defaults (a ROS 2 parameters file: --params-file config/prism.yaml).",
+             "# Sensor presets that override some of them: config/sensors/<sensor>.yaml. `dynamic` ones may be changed",
+             "# at runtime (ros2 param set); the others are read at start-up (invalid values: exit code 2).",
+             "/**:", "  ros__parameters:"]
+    for name, spec in PARAMETERS.items():
+        value = yaml.safe_dump({name: spec.default}, default_flow_style=True, width=1000).strip()[1:-1]
+        lines.append(f"    # {spec.doc}{' [dynamic]' if spec.dynamic else ''}")
+        lines.append(f"    {value}")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM; 2 on invalid parameters. The signals stop the worker before the
+    context goes down (rclpy's own handlers would invalidate the publishers under a running step)."""
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = PrismNode()
+    try:
+        node.configure()
+    except InputError as error:
+        print(f"{NODE_NAME}: invalid parameters: {error}", file=sys.stderr, flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    node.start()
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.get_logger().info("shutting down")
+        node.stop()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
