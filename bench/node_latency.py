@@ -1,0 +1,289 @@
+"""prism_node live latency and sustained rate over real DDS (a benchmark, not a test).
+
+Per resolution (QVGA 320x240, VGA 640x480) and device (cpu, plus cuda when available) a synthetic bag is
+played in real time (rate 1.0, 30 Hz) by the bag player into prism_node, both started as separate processes
+with :func:`prism_ros.nodes.launcher.start_graph` (loopback DDS settings, one random domain). The node runs
+its default live settings (``frame_queue`` 1: only the newest frame waits, the rest are dropped) with the
+synthetic sensor preset and ``use_sim_time`` off, so its outputs carry the input stamps.
+
+This process joins the same domain (loopback settings applied before rclpy is imported) and records, with
+one monotonic clock: the arrival of each colour image (raw CDR, stamp read from the header; best effort so
+it never holds the player back), each ``/prism_node/pose`` and the node's ``/diagnostics``.
+
+    latency   = pose arrival - arrival of the colour image with the same stamp (stamp -> publish)
+    rate      = poses received / (last pose arrival - first colour arrival)
+    dropped   = frames sent - poses received (the node's own frames_dropped counter is shown too)
+    vs target = rate / 10 Hz (the target is stated for QVGA)
+
+    python bench/node_latency.py [--frames 60] [--resolutions qvga,vga] [--device cpu,cuda]
+                                 [--out out/bench/node_latency]
+
+Bags are cached in --out (``seq_<W>x<H>_<frames>``; --regenerate rewrites them): rendering is slow on CPU
+(about 0.5 s per QVGA frame, 2 s per VGA frame). Timings are wall clock on this machine, in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from prism_ros.loopback import apply_loopback_env, random_domain_id
+
+RESOLUTIONS = {"qvga": (320, 240), "vga": (640, 480)}
+TARGET_HZ = 10.0
+RGB_TOPIC = "/camera/rgb/image_color"
+POSE_TOPIC = "/prism_node/pose"
+NODE_NAME = "prism_node"
+
+
+def ensure_bag(out: Path, width: int, height: int, frames: int, seed: int, regenerate: bool) -> Path:
+    """The synthetic sequence's bag folder (generated unless cached)."""
+    from prism_ros.synthetic import generate
+
+    seq = out / f"seq_{width}x{height}_{frames}"
+    if regenerate or not (seq / "bag").is_dir() or not (seq / "groundtruth.txt").is_file():
+        started = time.perf_counter()
+        print(f"generating {frames} synthetic frames at {width}x{height} into {seq} ...", flush=True)
+        generate(seq, frames=frames, seed=seed, motion="handheld", bag="mcap", width=width, height=height,
+                 progress=False, overwrite=True)
+        print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    return seq / "bag"
+
+
+def header_stamp_ns(raw: bytes) -> int:
+    """Stamp of a serialised message whose first field is std_msgs/Header (CDR, after the 4-byte encapsulation)."""
+    little = raw[1] & 1  # 0x0001 = CDR_LE, 0x0000 = CDR_BE
+    sec, nanosec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+class Probe:
+    """In-process ROS node: colour arrivals, poses and the node's diagnostics, with monotonic wall times."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+
+        from prism_ros.nodes.compat import reliable_qos, sensor_qos
+
+        self.lock = threading.Lock()
+        self.reset()
+        self.node = rclpy.create_node("node_latency_probe")
+        self.node.create_subscription(Image, RGB_TOPIC, self._on_rgb, sensor_qos(100), raw=True)
+        self.node.create_subscription(PoseWithCovarianceStamped, POSE_TOPIC, self._on_pose, reliable_qos(1000))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, reliable_qos(100))
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.rgb: dict[int, float] = {}  # stamp ns -> first arrival (monotonic s)
+            self.poses: list[tuple[int, float]] = []  # (stamp ns, arrival)
+            self.diag: dict[str, str] = {}
+            self.diag_count = 0
+
+    def _on_rgb(self, raw: bytes) -> None:
+        now = time.monotonic()
+        stamp = header_stamp_ns(raw)
+        with self.lock:
+            self.rgb.setdefault(stamp, now)
+
+    def _on_pose(self, msg) -> None:
+        now = time.monotonic()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.poses.append((stamp, now))
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(NODE_NAME):
+                with self.lock:
+                    self.diag = {kv.key: kv.value for kv in status.values}
+                    self.diag_count += 1
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.rgb), list(self.poses), dict(self.diag), self.diag_count
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, out: Path, label: str,
+             rate: float) -> dict:
+    """Play the bag into a fresh prism_node; the measured figures of this case."""
+    from prism_ros.nodes.graph import bag_player_spec, config_path, prism_node_spec, share_dir
+    from prism_ros.nodes.launcher import start_graph
+
+    share = share_dir()
+    node = prism_node_spec(config_path("prism.yaml", share), share / "config/sensors/synthetic.yaml",
+                           use_sim_time=False)
+    node = replace(node, parameters={**node.parameters, "device": device, "diagnostics_period": 0.25,
+                                     "map_path": str(out / "prism_map.pt")})
+    player = bag_player_spec(str(bag), rate=rate, qos="reliable", wait_for_subscribers=2, quiet=True)
+    # no /clock (the node runs on wall time); node start-up (torch, filter) can be slow on a busy machine
+    player = replace(player, parameters={**player.parameters, "clock": False, "wait_timeout": 180.0})
+    probe.reset()
+    logs = {name: (out / f"{label}_{name}.log").open("w") for name in ("node", "player")}
+    # one start_graph call per process so each gets its own log (same domain, same loopback settings)
+    node_graph = start_graph([node], loopback=True, domain_id=domain_id, stdout=logs["node"],
+                             stderr=subprocess_stdout())
+    player_graph = start_graph([player], loopback=True, domain_id=domain_id, stdout=logs["player"],
+                               stderr=subprocess_stdout())
+    try:
+        play_timeout = 180.0 + frames / 30.0 / max(rate, 1e-3) + 30.0
+        codes = player_graph.wait(play_timeout)
+        if codes[0] is None:
+            raise RuntimeError(f"{label}: the player did not finish in {play_timeout:.0f} s "
+                               f"(see {out / (label + '_player.log')})")
+        if codes[0] != 0:
+            raise RuntimeError(f"{label}: the player exited with {codes[0]} (see {out / (label + '_player.log')})")
+        # drain: the node has taken in every frame and finished (processed/dropped/lost) all of them
+        deadline = time.monotonic() + 60.0
+        seen = probe.snapshot()[3]
+        while time.monotonic() < deadline:
+            _, poses, diag, count = probe.snapshot()
+            if node_graph.returncodes()[0] is not None:
+                raise RuntimeError(f"{label}: prism_node exited with {node_graph.returncodes()[0]} "
+                                   f"(see {out / (label + '_node.log')})")
+            if diag and count >= seen + 2:
+                received = int(diag["frames_received"])
+                done = (int(diag["frames_processed"]) + int(diag["frames_dropped"])
+                        + int(diag.get("frames_skipped_paused", 0)))
+                if received > 0 and done >= received and len(poses) >= int(diag["frames_processed"]):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        node_graph.stop(grace=5.0)
+        player_graph.stop(grace=1.0)
+        for log in logs.values():
+            log.close()
+    rgb, poses, diag, _ = probe.snapshot()
+    return summarise(label, device, frames, rgb, poses, diag)
+
+
+def subprocess_stdout():
+    import subprocess
+
+    return subprocess.STDOUT
+
+
+def summarise(label: str, device: str, frames: int, rgb: dict, poses: list, diag: dict) -> dict:
+    """Latency statistics, rate and drops of one case."""
+    # colour arrivals missed by the (best effort) probe: bag time -> wall time from the others (rate 1)
+    offsets = [wall - stamp / 1e9 for stamp, wall in rgb.items()]
+    offset = statistics.median(offsets) if offsets else None
+    latencies, estimated = [], 0
+    for stamp, wall in poses:
+        sent = rgb.get(stamp)
+        if sent is None and offset is not None:
+            sent, estimated = stamp / 1e9 + offset, estimated + 1
+        if sent is not None:
+            latencies.append(1e3 * (wall - sent))
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    first = min(rgb.values()) if rgb else (poses[0][1] if poses else None)
+    span = poses[-1][1] - first if poses and first is not None else float("nan")
+    rate = len(poses) / span if poses and span > 0 else 0.0
+    return {
+        "case": label, "device": diag.get("device", device), "frames_sent": frames,
+        "colour_seen_by_probe": len(rgb), "poses": len(poses),
+        "latency_median_ms": float(np.median(lat)), "latency_p95_ms": float(np.percentile(lat, 95)),
+        "latency_max_ms": float(np.max(lat)), "latency_estimated_from_rate": estimated,
+        "rate_hz": rate, "span_s": span, "dropped": frames - len(poses),
+        "node_frames_received": int(diag.get("frames_received", -1)),
+        "node_frames_processed": int(diag.get("frames_processed", -1)),
+        "node_frames_dropped": int(diag.get("frames_dropped", -1)),
+        "node_frames_lost": int(diag.get("frames_lost", -1)),
+        "node_step_ms_last": diag.get("step_ms"), "node_latency_ms_last": diag.get("latency_ms"),
+        "vs_target": rate / TARGET_HZ,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'case':<6} {'device':<7} {'sent':>5} {'poses':>5} {'lat p50 ms':>10} {'lat p95 ms':>10} "
+              f"{'fps':>6} {'dropped':>7} {'node drop':>9} {'step ms':>8} {'vs 10 Hz':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['case']:<6} {r['device']:<7} {r['frames_sent']:>5} {r['poses']:>5} "
+              f"{r['latency_median_ms']:>10.1f} {r['latency_p95_ms']:>10.1f} {r['rate_hz']:>6.2f} "
+              f"{r['dropped']:>7} {r['node_frames_dropped']:>9} {str(r['node_step_ms_last']):>8} "
+              f"{r['vs_target']:>7.2f}x")
+    print(f"(target: {TARGET_HZ:.0f} Hz at QVGA; input 30 Hz real time, frame_queue 1; 'vs 10 Hz' = fps / 10; "
+          "step ms = the node's last filter step)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=60, help="frames per synthetic bag (30 Hz)")
+    p.add_argument("--resolutions", default="qvga,vga", help="comma list of " + ", ".join(RESOLUTIONS))
+    p.add_argument("--out", type=Path, default=Path("out/bench/node_latency"))
+    p.add_argument("--device", default="", help="comma list (cpu, cuda, cuda:N); default cpu, plus cuda when "
+                   "torch.cuda.is_available()")
+    p.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time, 30 Hz)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regenerate", action="store_true", help="rewrite cached bags")
+    args = p.parse_args(argv)
+
+    resolutions = [r.strip().lower() for r in args.resolutions.split(",") if r.strip()]
+    unknown = [r for r in resolutions if r not in RESOLUTIONS]
+    if unknown:
+        p.error(f"unknown resolution(s) {unknown}; use {', '.join(RESOLUTIONS)}")
+    if args.device:
+        devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    else:
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bags = {r: ensure_bag(out, *RESOLUTIONS[r], args.frames, args.seed, args.regenerate) for r in resolutions}
+
+    domain_id = random_domain_id()
+    apply_loopback_env(domain_id)  # before rclpy: this process joins the graph's domain, loopback only
+    import rclpy
+
+    rclpy.init()
+    probe = Probe()
+    rows = []
+    try:
+        for r in resolutions:
+            for device in devices:
+                label = r
+                print(f"running {r} {RESOLUTIONS[r][0]}x{RESOLUTIONS[r][1]} on {device} "
+                      f"(domain {domain_id}) ...", flush=True)
+                started = time.perf_counter()
+                row = run_case(probe, bags[r], args.frames, device, domain_id, out, f"{r}_{device}", args.rate)
+                row["case"] = label
+                row["resolution"] = "x".join(map(str, RESOLUTIONS[r]))
+                rows.append(row)
+                print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    finally:
+        probe.close()
+        rclpy.shutdown()
+    print()
+    print_table(rows)
+    result = {"target_hz": TARGET_HZ, "input_hz": 30.0 * args.rate, "frames": args.frames, "frame_queue": 1,
+              "domain_id": domain_id, "rows": rows}
+    (out / "node_latency.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'node_latency.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
