@@ -89,12 +89,22 @@ def reliable_qos(depth: int = 10) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
+def system_default_qos(depth: int = 10) -> QoSProfile:
+    """Keep last ``depth`` with the middleware's default reliability and durability."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.SYSTEM_DEFAULT,
+                      durability=DurabilityPolicy.SYSTEM_DEFAULT)
+
+
+QOS_PROFILES = {"sensor": sensor_qos, "sensor_data": sensor_qos, "reliable": reliable_qos,
+                "system_default": system_default_qos}
+
+
 def qos_by_name(name: str, depth: int) -> QoSProfile:
-    """"sensor" or "reliable" -> the profile above."""
-    profiles = {"sensor": sensor_qos, "reliable": reliable_qos}
-    if name not in profiles:
-        raise ValueError(f"QoS must be sensor or reliable, not {name!r}")
-    return profiles[name](depth)
+    """"sensor" (or ROS's "sensor_data"), "reliable" or "system_default" -> the profile above."""
+    if name not in QOS_PROFILES:
+        raise ValueError(f"QoS must be sensor or reliable (or ROS's sensor_data, system_default), not {name!r}")
+    return QOS_PROFILES[name](depth)
 
 
 # ---------------------------------------------------------------------------------------------

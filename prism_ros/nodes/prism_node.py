@@ -67,7 +67,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_srvs.srv import Trigger
@@ -75,12 +74,13 @@ from std_srvs.srv import Trigger
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
-from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, reliable_qos, sensor_qos
+from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, header_ns, image_to_numpy,
                                          matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
+from prism_ros.tracking import skew3
 
 NODE_NAME = "prism_node"
 IDENTITY16 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -283,16 +283,6 @@ def convert_parameter(name: str, value: Any) -> Any:
     return converted
 
 
-def qos_profile(name: str, depth: int) -> QoSProfile:
-    """sensor_data (best effort), reliable, or system_default, keep last ``depth``."""
-    if name == "sensor_data":
-        return sensor_qos(depth)
-    if name == "reliable":
-        return reliable_qos(depth)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.SYSTEM_DEFAULT,
-                      durability=DurabilityPolicy.SYSTEM_DEFAULT)
-
-
 def resolve_config_path(value: str) -> Path:
     """A filter_config value: an existing path, or a file name found in config/."""
     path = Path(value).expanduser()
@@ -341,15 +331,11 @@ def build_filter_config(values: dict) -> FilterConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
     """6x6 covariance of the left perturbation [rho, phi] of a pose at ``position`` -> ROS (position error,
     world-fixed-axis rotation error): dp = rho + phi x p, dR = Exp(phi) R."""
     J = np.eye(6)  # noqa: N806
-    J[:3, 3:] = -skew(position)
+    J[:3, 3:] = -skew3(position)
     return J @ np.asarray(covariance) @ J.T
 
 
@@ -361,7 +347,7 @@ def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_bo
     lever = T_world_base[:3, 3] - T_world_body[:3, 3]
     J = np.zeros((6, 6))  # noqa: N806
     J[:3, :3] = R_wbase.T
-    J[:3, 3:] = -R_wbase.T @ skew(lever) @ R_wb
+    J[:3, 3:] = -R_wbase.T @ skew3(lever) @ R_wb
     J[3:, 3:] = R_wbase.T @ R_wb
     return J @ np.asarray(velocity), J @ np.asarray(velocity_covariance) @ J.T
 
@@ -535,11 +521,11 @@ class PrismNode(Node):
         v = self.values
         depth = v["queue_size"]
         rgb_type = CompressedImage if v["rgb_compressed"] else Image
-        inputs = [(rgb_type, v["rgb_topic"], qos_profile(v["rgb_qos"], depth)),
-                  (Image, v["depth_topic"], qos_profile(v["depth_qos"], depth))]
+        inputs = [(rgb_type, v["rgb_topic"], qos_by_name(v["rgb_qos"], depth)),
+                  (Image, v["depth_topic"], qos_by_name(v["depth_qos"], depth))]
         self._roles = ["rgb", "depth"]
         if v["intrinsics_source"] == "camera_info":
-            inputs.append((CameraInfo, v["camera_info_topic"], qos_profile(v["camera_info_qos"], depth)))
+            inputs.append((CameraInfo, v["camera_info_topic"], qos_by_name(v["camera_info_qos"], depth)))
             self._roles.append("camera_info")
         self._arrivals = [None] * len(inputs)
         self._arrival_stamps = [None] * len(inputs)
@@ -547,11 +533,11 @@ class PrismNode(Node):
         self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], self._on_synchronised)
         self._watch_arrivals()
         if v["imu_topic"]:
-            self.create_subscription(Imu, v["imu_topic"], self._on_imu, qos_profile(v["imu_qos"], 100 * depth))
+            self.create_subscription(Imu, v["imu_topic"], self._on_imu, qos_by_name(v["imu_qos"], 100 * depth))
         if v["control_topic"]:
             control_type = AccelStamped if v["control_type"] == "accel" else TwistStamped
             self.create_subscription(control_type, v["control_topic"], self._on_control,
-                                     qos_profile(v["control_qos"], 10 * depth))
+                                     qos_by_name(v["control_qos"], 10 * depth))
         self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
