@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
 
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.evaluation import map_error
 from prism_ros.geometry import PinholeCamera
 from prism_ros.map import GaussianSdfMap, MapConfig
 from prism_ros.observation import Observation, make_level
@@ -55,14 +55,10 @@ def integrate_sequence(noise: bool, frames=range(0, 240, 20), width=160, height=
     return sdf_map, seq
 
 
-def near_surface_errors(sdf_map: GaussianSdfMap, scene, every: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """|map mean - exact SDF| and map std of observed voxels within 2 voxels of a surface (every 3rd
-    observed voxel: an unbiased subsample that keeps the exact SDF evaluation short)."""
+def near_surface_errors(sdf_map: GaussianSdfMap, scene):
+    """evaluation.map_error of the observed voxels within 2 voxels of the exact surface."""
     voxels = sdf_map.voxel_centres_and_values()
-    centres, mean, std = voxels.centres[::every], voxels.mean[::every], voxels.std[::every]
-    truth = scene.sdf(centres.double()).float()
-    near = truth.abs() < 2 * sdf_map.config.voxel_size
-    return (mean - truth).abs()[near], std[near]
+    return map_error(voxels.centres, voxels.mean, voxels.std, scene.sdf, 2 * sdf_map.config.voxel_size)
 
 
 # ----------------------------------------------------------------------------- closed-form product
@@ -193,11 +189,9 @@ def clean_room():
 
 def test_synthetic_room_sdf_error_below_1cm(clean_room):
     sdf_map, seq = clean_room
-    error, std = near_surface_errors(sdf_map, seq.scene)
-    mean, p95 = float(error.mean()), float(error.quantile(0.95))
-    rho = spearmanr(std.numpy(), error.numpy()).statistic
-    print(f"\nnoise-free room, {len(error)} voxels within 2 voxels of a surface: mean |error| {mean * 1e3:.2f} mm,"
-          f" p95 {p95 * 1e3:.2f} mm, Spearman(std, error) {rho:.3f}")
+    error = near_surface_errors(sdf_map, seq.scene)
+    mean, p95, rho = error.mean_abs_m, error.p95_abs_m, error.std_error_spearman
+    print(f"\nnoise-free room: {error.summary_line()}")
     assert mean < 0.01
     assert p95 < 0.02
     assert rho > 0
@@ -205,11 +199,9 @@ def test_synthetic_room_sdf_error_below_1cm(clean_room):
 
 def test_synthetic_room_with_sensor_noise_stays_accurate():
     sdf_map, seq = integrate_sequence(noise=True)
-    error, std = near_surface_errors(sdf_map, seq.scene)
-    mean, p95 = float(error.mean()), float(error.quantile(0.95))
-    rho = spearmanr(std.numpy(), error.numpy()).statistic
-    print(f"\nnoisy room (Kinect-like depth noise), {len(error)} voxels: mean |error| {mean * 1e3:.2f} mm,"
-          f" p95 {p95 * 1e3:.2f} mm, Spearman(std, error) {rho:.3f}")
+    error = near_surface_errors(sdf_map, seq.scene)
+    mean, p95, rho = error.mean_abs_m, error.p95_abs_m, error.std_error_spearman
+    print(f"\nnoisy room (Kinect-like depth noise): {error.summary_line()}")
     assert mean < 0.015
     assert p95 < 0.04
     assert rho > 0  # larger std where the error is larger
