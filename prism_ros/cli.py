@@ -147,6 +147,47 @@ def run(
 
 @app.command()
 @reports_input_errors
+def replay(
+    bag: Annotated[Path, typer.Argument(help="rosbag2 folder (mcap/sqlite3) or ROS 1 .bag.")],
+    preset: Annotated[str, typer.Option(help="Bag layout: tum, euroc, blackbird or synthetic "
+                                        "(config/sensors/<preset>.yaml).")],
+    out: Annotated[Path, typer.Option(help="Output folder (the files of `prism-ros run`).")] = Path("out/replay"),
+    rate: Annotated[float, typer.Option(help="Playback speed factor (1 = real time).")] = 1.0,
+    config: Annotated[Optional[str], typer.Option(help="prism_node parameter YAML (default config/prism.yaml); "
+                                                  "the preset overrides it.")] = None,
+    ground_truth: Annotated[Optional[Path], typer.Option(help="TUM file of camera poses (default: the bag's "
+                                                         "ground-truth topic, if any).")] = None,
+    visualize: Annotated[bool, typer.Option(help="Keep publishing mesh and cloud for RViz.")] = False,
+    loopback: Annotated[bool, typer.Option(help="DDS on 127.0.0.1 and shared memory only, on a private domain; "
+                                           "--no-loopback uses the environment's set-up (to watch in RViz).")] = True,
+    domain_id: Annotated[Optional[int], typer.Option(help="DDS domain (default: random with --loopback, "
+                                                     "ROS_DOMAIN_ID or 0 without).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Replay a bag into prism_node (player and node as separate ROS 2 processes) and write what
+    `prism-ros run` writes: trajectory.tum, covariance.npz, mesh.ply, timing.csv, summary.json, a plot."""
+    import os
+
+    from prism_ros.nodes.replay import replay_bag
+
+    domain = domain_id if domain_id is not None or loopback else int(os.environ.get("ROS_DOMAIN_ID") or 0)
+    summary = replay_bag(bag, preset, out, rate=rate, config=config, ground_truth=ground_truth,
+                         visualize=visualize, progress=not quiet, loopback=loopback, domain_id=domain)
+    ate = f", ATE {summary['ate_rmse_m'] * 100:.2f} cm" if "ate_rmse_m" in summary else ""
+    typer.echo(f"{summary['frames']} of {summary['frames_in_bag']} frames processed, {summary['lost_frames']} "
+               f"lost, {summary['bad_input_total']} bad inputs, {summary['median_ms_per_frame']:.0f} ms/frame "
+               f"median on {summary['device']}{ate} -> {out}")
+    if summary.get("nees_median") is not None:
+        typer.echo(f"pose NEES median {summary['nees_median']:.1f} (ideal 5.3), "
+                   f"{100 * summary['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
+    if "map_error" in summary:
+        from prism_ros.evaluation import MapError
+
+        typer.echo(MapError(**summary["map_error"]).summary_line())
+
+
+@app.command()
+@reports_input_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
     frames: Annotated[int, typer.Option(min=10)] = 120,

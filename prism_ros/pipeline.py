@@ -54,7 +54,7 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
     if all(t is not None for t in truths):
         summary.update(score(out_dir, estimates, truths))
         if true_sdf is not None:
-            summary["map_error"] = score_map(slam, estimates[0].T_world_camera, truths[0], true_sdf)
+            summary["map_error"] = score_map(slam.map, estimates[0].T_world_camera, truths[0], true_sdf)
     if mesh:
         summary["mesh"] = export_mesh(slam, out_dir / "mesh.ply")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -116,16 +116,16 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
             "nees_fraction_in_95_band": float(inside[1:][ok[1:]].mean()) if ok[1:].any() else None}
 
 
-def score_map(slam: PrismFilter, first_estimate: np.ndarray, first_truth: np.ndarray, true_sdf) -> dict:
+def score_map(sdf_map, first_estimate: np.ndarray, first_truth: np.ndarray, true_sdf) -> dict:
     """Map SDF error within two voxels of the true surface, in the ground truth's world frame (the
     frames are tied at the first frame, as for NEES)."""
     from prism_ros.evaluation import map_error
     from prism_ros.geometry import transform_points
 
-    voxels = slam.map.voxel_centres_and_values()
+    voxels = sdf_map.voxel_centres_and_values()
     align = torch.as_tensor(first_truth @ np.linalg.inv(first_estimate))
     centres = transform_points(align, voxels.centres.double().cpu())
-    band = 2 * slam.config.map.voxel_size
+    band = 2 * sdf_map.config.voxel_size
     return map_error(centres, voxels.mean.cpu(), voxels.std.cpu(), true_sdf, band).to_dict()
 
 

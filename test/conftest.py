@@ -101,3 +101,13 @@ def ros_node(domain_id):
     yield node
     node.destroy_node()
     context.try_shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_sequence(tmp_path_factory) -> Path:
+    """A 30-frame 160x120 synthetic sequence (handheld, seed 0): TUM-style folder with its exact scene + an
+    mcap bag (preset "prism"), rendered once per session for the node and replay tests."""
+    from prism_ros.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic") / "seq", frames=30, seed=0, motion="handheld",
+                    bag="mcap", width=160, height=120, progress=False)

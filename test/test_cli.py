@@ -77,7 +77,7 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_demo_replays_over_ros2_and_evaluates(tmp_path):
-    """The main job end to end: synthetic bag -> player, estimator, recorder processes -> evo."""
+    """The main job end to end: synthetic bag -> player, prism_node, IMU baseline, recorder processes -> evo."""
     result = prism_ros("demo", "--out", tmp_path / "demo", "--frames", 30, timeout=200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
@@ -85,10 +85,12 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
     assert summary["transport_max_error_m"] < 1e-6
     baseline = summary["imu_odometry"]
     assert baseline["matched"] >= 20 and np.isfinite(baseline["ate_rmse"])
-    assert all(code == 0 for code in summary["node_exit_codes"][:1])  # the recorder finished by itself
     assert (tmp_path / "demo" / "imu_odometry.png").is_file()
     prism = summary["prism"]
+    assert prism["node_exit_codes"] == [0, 0, 0, 0]  # player, prism_node, recorder, IMU baseline: clean exits
+    assert prism["frames"] == prism["frames_in_bag"] == 30 and prism["bad_input_total"] == 0
     assert prism["lost_frames"] == 0 and prism["ate_rmse_m"] < 0.01
+    assert (tmp_path / "demo" / "prism" / "mesh.ply").is_file() and (tmp_path / "demo" / "prism" / "map.pt").is_file()
     assert prism["map_error"]["mean_abs_m"] < 0.02 and prism["nees_fraction_in_95_band"] is not None
 
 

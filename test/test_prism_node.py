@@ -33,12 +33,9 @@ NODE_MODULE = ["-m", "prism_ros.nodes.prism_node"]
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    """A 30-frame 160x120 synthetic sequence: TUM-style folder + mcap bag (preset "prism")."""
-    from prism_ros.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("prism_node") / "seq", frames=FRAMES, seed=0, motion="handheld",
-                    bag="mcap", width=WIDTH, height=HEIGHT, progress=False)
+def synthetic(synthetic_sequence) -> Path:
+    """The session's 30-frame 160x120 synthetic sequence (conftest): TUM-style folder + mcap bag."""
+    return synthetic_sequence
 
 
 def _ros_args(**params) -> list[str]:

@@ -26,7 +26,8 @@ in ``map_frame``), ``~/odometry`` (nav_msgs/Odometry ``odom_frame`` -> ``base_fr
 TF ``map -> odom`` (identity: no external odometry is fused) and ``odom -> base_link`` (through
 :func:`compat.make_tf_broadcaster`; without tf2_ros it says so once and the topics carry everything),
 and through :class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
-``~/rendered/depth``, ``~/rendered/uncertainty``.
+``~/rendered/depth``, ``~/rendered/uncertainty``; ``~/frame_timing`` (diagnostic_msgs/DiagnosticArray per
+processed frame, stamped with it: stage times, step and latency in ms).
 
 Frames: ``map_frame`` is the filter's world frame (the first camera pose, or the pose sent on
 /initialpose). The base pose is ``T_world_camera @ inv(T_base_camera)``. Pose covariances are converted
@@ -543,6 +544,7 @@ class PrismNode(Node):
         self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
         self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
+        self.timing_pub = self.create_publisher(DiagnosticArray, "~/frame_timing", reliable_qos(10))
         self.tf_broadcaster = make_tf_broadcaster(self, warn=lambda text: self._log_once("tf", text))
         self.tf_available = has_ros_piece("tf2_ros")
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1)
@@ -808,8 +810,10 @@ class PrismNode(Node):
             self._publish_estimate(estimate, stamp)
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
+        latency_ms = 1e3 * (time.monotonic() - item.received)
         with self._stats_lock:
-            self.stats.latency_ms = 1e3 * (time.monotonic() - item.received)
+            self.stats.latency_ms = latency_ms
+        self._publish_frame_timing(estimate, stamp, step_ms, latency_ms)
 
     def _frame_from(self, item: PendingFrame) -> Frame:
         """Decode and check one set (BadInput names the cause and the fix)."""
@@ -944,6 +948,16 @@ class PrismNode(Node):
             self.tf_broadcaster.sendTransform([
                 matrix_to_transform_stamped(np.eye(4), stamp, v["map_frame"], v["odom_frame"]),
                 matrix_to_transform_stamped(T_map_base, stamp, v["odom_frame"], v["base_frame"])])
+
+    def _publish_frame_timing(self, estimate, stamp, step_ms: float, latency_ms: float) -> None:
+        """``~/frame_timing``: per processed frame, the filter's stage times, the whole step and the latency
+        (set complete -> outputs published), all in ms, stamped with the frame (profiling, `prism-ros replay`)."""
+        values = {**{f"{stage}_ms": ms for stage, ms in estimate.timings_ms.items()}, "step_ms": step_ms,
+                  "latency_ms": latency_ms}
+        status = DiagnosticStatus(level=DiagnosticStatus.OK if estimate.tracking_ok else DiagnosticStatus.WARN,
+                                  name=f"{NODE_NAME}: frame", message="tracking" if estimate.tracking_ok else "lost",
+                                  values=[KeyValue(key=k, value=f"{ms:.3f}") for k, ms in values.items()])
+        self.timing_pub.publish(DiagnosticArray(header=make_header(self.values["map_frame"], stamp), status=[status]))
 
     def _publish_maps(self) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
