@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,21 @@ def test_sensor_presets_hold_valid_parameters(sensor):
     assert model != "imu" or (values["imu_topic"] and values.get("T_body_camera"))
     if values.get("filter_config"):
         assert (REPO / "config" / values["filter_config"]).is_file()
+
+
+@pytest.mark.parametrize("sensor", ["tum", "euroc"])
+def test_node_starts_with_the_parameter_file_and_a_sensor_preset_as_the_launch_files_pass_them(
+        sensor, spawn_python, ros_node, tmp_path):
+    """config/prism.yaml then config/sensors/<sensor>.yaml (prism.launch.py's order): the empty lists of the
+    defaults (which rcl leaves unset) must not stop the node."""
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, "--params-file", str(REPO / "config/prism.yaml"), "--params-file",
+                       str(REPO / f"config/sensors/{sensor}.yaml"), device="cpu")
+    deadline = time.monotonic() + 60.0
+    while ros_node.count_publishers("/prism_node/pose") == 0 and node.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert node.poll() is None and ros_node.count_publishers("/prism_node/pose") == 1, log.read_text()[-2000:]
+    assert _stop(node) == 0
 
 
 def test_covariance_and_twist_conversions_match_finite_differences():

@@ -6,6 +6,14 @@ scaled by ``depth_scale``, or 32FC1 metres) and CameraInfo, approximate-time syn
 control (geometry_msgs/AccelStamped or TwistStamped), buffered and handed to the filter with each frame
 (IMU samples in (previous processed frame, this frame], the last control at or before the frame).
 
+Stereo depth (``depth_source: stereo``, EuRoC-like rigs): the synchroniser takes the left image
+(``rgb_topic``), the right image (``right_topic``) and, with ``intrinsics_source: camera_info``, the left
+CameraInfo; the worker rectifies the pair and computes depth with OpenCV SGBM (:mod:`prism_ros.stereo`,
+the rectifier built once per calibration and image size). The filter then sees the **rectified left
+camera**: the rectified left image, its pinhole intrinsics (no distortion) and the depth. That camera is
+the left one rotated by ``T_left_rect``, so ``T_base_camera`` and ``T_body_camera`` (given for the left
+camera) are composed with it and the published base pose is the same as for the left camera.
+
 Threads: the executor callbacks only check stamps and queue: a synchronised set goes into a mailbox of
 ``frame_queue`` slots (1 by default: the "latest frame"); a worker thread decodes, validates and runs
 ``PrismFilter.step``. When the worker falls behind, the oldest waiting set is dropped and counted. A
@@ -16,9 +24,10 @@ around each step, by the snapshot and by the services) keeps the map consistent.
 Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
 unless it is more than ``time_jump_threshold`` seconds older: that is a time jump (a looped bag, a
 restarted clock) and the filter and map are reset before the frame is processed. Bad input (wrong
-encoding, size mismatch, depth without valid pixels, bad CameraInfo, non-finite IMU, a missing or
-unsynchronised stream) is logged once per cause with the fix, counted per cause in /diagnostics, and the
-frame never reaches the filter; a frame the filter loses is not fused (the filter's own rule).
+encoding, size mismatch, depth (or stereo depth) without enough valid pixels, bad CameraInfo or stereo
+calibration, non-finite IMU, a missing or unsynchronised stream) is logged once per cause with the fix,
+counted per cause in /diagnostics, and the frame never reaches the filter; a frame the filter loses is not
+fused (the filter's own rule).
 
 Outputs (``~/`` = the node's private namespace): ``~/pose`` (PoseWithCovarianceStamped of ``base_frame``
 in ``map_frame``), ``~/odometry`` (nav_msgs/Odometry ``odom_frame`` -> ``base_frame``, twist in
@@ -27,14 +36,16 @@ TF ``map -> odom`` (identity: no external odometry is fused) and ``odom -> base_
 :func:`compat.make_tf_broadcaster`; without tf2_ros it says so once and the topics carry everything),
 and through :class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
 ``~/rendered/depth``, ``~/rendered/uncertainty``; ``~/frame_timing`` (diagnostic_msgs/DiagnosticArray per
-processed frame, stamped with it: stage times, step and latency in ms).
+processed frame, stamped with it: stage times, step and latency in ms; with stereo depth also the stereo
+matching time).
 
-Frames: ``map_frame`` is the filter's world frame (the first camera pose, or the pose sent on
-/initialpose). The base pose is ``T_world_camera @ inv(T_base_camera)``. Pose covariances are converted
-from the filter's left (world-frame) se(3) perturbation [rho, phi] to the ROS meaning (position error
-and world-fixed-axis rotation error, x y z rx ry rz): the position block gains the lever arm of the
-rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``. The twist is the base's (linear velocity of the
-base origin and angular velocity, both in ``base_frame``), its covariance mapped with the same Jacobian.
+Frames: ``map_frame`` is the filter's world frame (the first camera pose (with stereo depth: of the
+rectified left camera), or the pose sent on /initialpose). The base pose is ``T_world_camera @
+inv(T_base_camera)``. Pose covariances are converted from the filter's left (world-frame) se(3)
+perturbation [rho, phi] to the ROS meaning (position error and world-fixed-axis rotation error, x y z rx
+ry rz): the position block gains the lever arm of the rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``.
+The twist is the base's (linear velocity of the base origin and angular velocity, both in
+``base_frame``), its covariance mapped with the same Jacobian.
 
 Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
 file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
@@ -81,6 +92,7 @@ from prism_ros.nodes.conversions import (camera_info_to_intrinsics, compressed_s
                                          matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
+from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
 
 NODE_NAME = "prism_node"
@@ -89,12 +101,14 @@ QOS_NAMES = ("sensor_data", "reliable", "system_default")
 TRANSITION_MODELS = ("constant_velocity", "imu", "control")
 RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "8UC3", "8UC4")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1", "64FC1")
+GREY_ENCODINGS = ("mono8", "8UC1")
+DEPTH_SOURCES = ("depth", "stereo")
 IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
 CONTROL_BUFFER = 400
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
-CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "unsynchronised", "bad_encoding", "bad_image",
-          "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
+CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
+          "bad_image", "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
           "missing_control", "bad_control", "bad_initial_pose", "filter_error")
 #: failed requests counted in /diagnostics (``failures.<name>``), logged each time
 FAILURES = ("rejected_parameter", "save_map", "load_map")
@@ -169,13 +183,28 @@ def _intrinsics_check(values):
     return _count(4, positive=True)(values)
 
 
+def _num_disparities(value):
+    return None if value > 0 and value % 16 == 0 else "must be a positive multiple of 16"
+
+
+def _block_size(value):
+    return None if value >= 1 and value % 2 == 1 else "must be odd and >= 1"
+
+
+def _stereo_max_depth(value):
+    if not (math.isfinite(value) and value > StereoConfig.min_depth):
+        return f"must be a number > {StereoConfig.min_depth} (the nearest stereo depth kept, m)"
+    return None
+
+
 PARAMETERS: dict[str, Param] = {
     # -- inputs
     "rgb_topic": Param("/camera/rgb/image_color", "str", "colour image (sensor_msgs/Image: rgb8, bgr8, rgba8, "
-                       "bgra8, mono8)", check=_not_empty),
+                       "bgra8, mono8); with stereo depth the left image", check=_not_empty),
     "rgb_compressed": Param(False, "bool", "colour topic carries sensor_msgs/CompressedImage (jpeg/png)"),
     "depth_topic": Param("/camera/depth/image", "str", "depth image registered to the colour camera "
-                         "(16UC1/mono16 scaled by depth_scale, or 32FC1 metres)", check=_not_empty),
+                         "(16UC1/mono16 scaled by depth_scale, or 32FC1 metres); unused with stereo depth",
+                         check=_not_empty),
     "camera_info_topic": Param("/camera/rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
                                "with the images when intrinsics_source is camera_info)"),
     "imu_topic": Param("", "str", "sensor_msgs/Imu in the body frame; empty = no IMU"),
@@ -204,13 +233,35 @@ PARAMETERS: dict[str, Param] = {
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; "
                                "parameters: from `intrinsics` and `distortion` (colour and depth only are "
                                "synchronised)", check=_one_of(("camera_info", "parameters"))),
-    "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the colour camera (intrinsics_source: "
-                        "parameters)", check=_intrinsics_check),
+    "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the colour (stereo: left) camera "
+                        "(intrinsics_source: parameters)", check=_intrinsics_check),
     "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
                         check=_count(5)),
     "depth_intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the depth camera when it differs "
                               "from the colour camera (zeros: depth is registered to colour)",
                               check=_intrinsics_check),
+    # -- stereo depth (depth_source: stereo)
+    "depth_source": Param("depth", "str", "depth: the depth image on depth_topic; stereo: depth computed from "
+                          "the left (rgb_topic) and right (right_topic) images, rectified + OpenCV SGBM; the "
+                          "filter's camera is then the rectified left camera (T_base_camera and T_body_camera "
+                          "stay those of the left camera)", check=_one_of(DEPTH_SOURCES)),
+    "right_topic": Param("", "str", "right image of the stereo pair (sensor_msgs/Image, mono8 or colour; same "
+                         "size and stamps as the left image on rgb_topic)"),
+    "right_qos": Param("sensor_data", "str", "QoS of the right image subscription", check=_one_of(QOS_NAMES)),
+    "right_intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the right camera (the left one: "
+                              "`intrinsics` or the CameraInfo)", check=_intrinsics_check),
+    "right_distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 of the right camera",
+                              check=_count(5)),
+    "T_left_right": Param([], "floats", "right camera -> left camera transform, 16 numbers row-major (EuRoC: "
+                          "inv(T_BS of cam0) @ T_BS of cam1); the right camera must lie to the right",
+                          check=_transform(allow_empty=True)),
+    "stereo_num_disparities": Param(StereoConfig.num_disparities, "int", "SGBM disparity search range in px, a "
+                                    "multiple of 16: the nearest depth seen is f * baseline / this (EuRoC: 0.5 m "
+                                    "at 96); more is slower", check=_num_disparities),
+    "stereo_block_size": Param(StereoConfig.block_size, "int", "SGBM matching window in px (odd): larger fills "
+                               "more of weakly textured surfaces, with blurrier depth edges", check=_block_size),
+    "stereo_max_depth": Param(StereoConfig.max_depth, "float", "stereo depth farther than this (m) is invalid; "
+                              "its error grows as z^2 / (f * baseline)", check=_stereo_max_depth),
     # -- filter
     "filter_config": Param("", "str", "FilterConfig YAML: a path, or a file name in config/ (e.g. "
                            "prism_tum.yaml); empty = built-in defaults"),
@@ -273,6 +324,8 @@ def convert_parameter(name: str, value: Any) -> Any:
                 raise TypeError(f"expected a number, got {value!r}")
             converted = float(value)
         else:  # floats
+            if value is None:  # `[]` in a parameter file: rcl cannot type an empty list and leaves it unset
+                value = []
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise TypeError(f"expected a list of numbers, got {value!r}")
             converted = [float(v) for v in value]
@@ -327,6 +380,52 @@ def build_filter_config(values: dict) -> FilterConfig:
     return config
 
 
+def stereo_config(values: dict) -> StereoConfig:
+    """The StereoConfig of the stereo_* parameters (the other SGBM settings keep the core's defaults)."""
+    return StereoConfig(num_disparities=values["stereo_num_disparities"], block_size=values["stereo_block_size"],
+                        max_depth=values["stereo_max_depth"]).check()
+
+
+def right_camera(values: dict, width: int, height: int) -> Intrinsics:
+    """The right camera's calibration (parameters) for images of ``width`` x ``height``."""
+    fx, fy, cx, cy = values["right_intrinsics"]
+    return Intrinsics(fx, fy, cx, cy, width, height, tuple(values["right_distortion"]))
+
+
+def check_stereo_parameters(values: dict) -> np.ndarray:
+    """Start-up checks of ``depth_source: stereo`` (InputError with the fix); ``T_left_rect`` of the rig.
+
+    The image size is only known with the first pair, so the rig is rectified here at a nominal size (twice
+    the principal point): that already catches a zero baseline, a vertical rig or swapped cameras, and gives
+    the rectifying rotation (which depends on the extrinsic only). Without left intrinsics (CameraInfo) the
+    right camera's stand in for this check."""
+    if not values["right_topic"].strip():
+        raise InputError("depth_source is stereo but right_topic is empty",
+                         "set right_topic to the right camera's image (e.g. /cam1/image_raw), or depth_source:=depth")
+    if not any(values["right_intrinsics"]):
+        raise InputError("depth_source is stereo but right_intrinsics is unset",
+                         "set right_intrinsics:=[fx, fy, cx, cy] and right_distortion of the right camera")
+    if not values["T_left_right"]:
+        raise InputError("depth_source is stereo but T_left_right is unset",
+                         "set T_left_right (16 numbers, right camera -> left camera; EuRoC: "
+                         "inv(T_BS cam0) @ T_BS cam1)")
+    if any(values["depth_intrinsics"]):
+        raise InputError("depth_intrinsics is set but stereo depth is computed in the rectified left camera",
+                         "leave depth_intrinsics unset with depth_source:=stereo")
+    config = stereo_config(values)
+    known = values["intrinsics_source"] == "parameters"
+    left = values["intrinsics"] if known else values["right_intrinsics"]
+    width = int(round(2 * max(left[2], values["right_intrinsics"][2]))) + 1
+    height = int(round(2 * max(left[3], values["right_intrinsics"][3]))) + 1
+    left_camera = Intrinsics(*left, width, height, tuple(values["distortion" if known else "right_distortion"]))
+    try:
+        rig = StereoRectifier(left_camera, right_camera(values, width, height), values["T_left_right"], config=config)
+    except InputError as error:
+        raise InputError(f"stereo rig: {error.problem}", f"{error.fix}; check T_left_right (right camera -> left "
+                         "camera), intrinsics, right_intrinsics and the distortions") from None
+    return rig.T_left_rect
+
+
 # ---------------------------------------------------------------------------------------------
 # frames: covariance and twist conversions (frame changes only)
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +459,8 @@ def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_bo
 
 @dataclass
 class PendingFrame:
-    """One synchronised set waiting for the worker (messages still undecoded)."""
+    """One synchronised set waiting for the worker (messages still undecoded); ``depth`` is None and ``right``
+    the right image with stereo depth."""
 
     rgb: Any
     depth: Any
@@ -368,6 +468,7 @@ class PendingFrame:
     stamp_ns: int
     received: float  # time.monotonic() when the set was complete
     reset_reason: str | None = None
+    right: Any = None
 
 
 class Mailbox:
@@ -423,6 +524,8 @@ class Stats:
     failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
     latency_ms: float = float("nan")  # set complete -> outputs published
     step_ms: float = float("nan")  # PrismFilter.step
+    stereo_ms: float = float("nan")  # decoding, rectification and SGBM of the last stereo pair
+    stereo_valid_fraction: float = float("nan")  # of the last pair matched (before the valid-depth check)
     tracking_ok: bool | None = None
 
 
@@ -469,6 +572,11 @@ class PrismNode(Node):
         self._last_match: float | None = None
         self.filter = None
         self.map_publisher = None
+        self._stereo_config: StereoConfig | None = None
+        self._rectifier: StereoRectifier | None = None  # built by the worker for the pairs' calibration and size
+        self._rectifier_key: tuple | None = None
+        self.T_left_rect = np.eye(4)  # the filter's camera -> the left camera (identity without stereo)
+        self._T_left_right = np.eye(4)  # stereo extrinsic, right -> left (parameter T_left_right)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -490,8 +598,13 @@ class PrismNode(Node):
             raise InputError("intrinsics_source is parameters but intrinsics is unset",
                              "set intrinsics:=[fx, fy, cx, cy] (pixels)")
         self._mailbox = Mailbox(v["frame_queue"])
-        self.filter_config = build_filter_config(v)
-        self._set_extrinsics()
+        stereo = v["depth_source"] == "stereo"
+        if stereo:
+            self.T_left_rect = check_stereo_parameters(v)
+            self._stereo_config = stereo_config(v)
+            self._T_left_right = np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4)
+        self._left_filter_config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
+        self._set_extrinsics(self.T_left_rect)
         try:
             self.filter = self._new_filter()
         except (ValueError, RuntimeError) as error:  # e.g. a transition or map setting the filter refuses
@@ -501,16 +614,24 @@ class PrismNode(Node):
         self._create_interfaces()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         model = self.filter_config.dynamics.model
+        second = f"{v['right_topic']} (stereo depth)" if stereo else v["depth_topic"]
         self.get_logger().info(
-            f"PRISM on {self.device}, transition model {model}, inputs {v['rgb_topic']} + {v['depth_topic']}"
+            f"PRISM on {self.device}, transition model {model}, inputs {v['rgb_topic']} + {second}"
             + (f" + {v['camera_info_topic']}" if v["intrinsics_source"] == "camera_info" else " (intrinsics from "
                "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
             + (f", control {v['control_topic']}" if v["control_topic"] else ""))
 
-    def _set_extrinsics(self) -> None:
-        self.T_base_camera = np.asarray(self.values["T_base_camera"]).reshape(4, 4)
+    def _set_extrinsics(self, T_left_rect: np.ndarray) -> None:  # noqa: N803
+        """Place the filter's camera: the left camera rotated by ``T_left_rect`` (the rectified camera with stereo
+        depth, else the identity). T_base_camera and the filter config's T_body_camera are the left camera's."""
+        self.T_left_rect = np.asarray(T_left_rect, dtype=np.float64)
+        T_base_left = np.asarray(self.values["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
+        self.T_base_camera = T_base_left @ self.T_left_rect
         self.T_camera_base = np.linalg.inv(self.T_base_camera)
-        T_body_camera = np.asarray(self.filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
+        T_body_left = np.asarray(self._left_filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
+        T_body_camera = T_body_left @ self.T_left_rect  # noqa: N806
+        self.filter_config = self._left_filter_config if np.array_equal(self.T_left_rect, np.eye(4)) else \
+            replace(self._left_filter_config, T_body_camera=tuple(T_body_camera.ravel().tolist()))
         self.T_camera_body = np.linalg.inv(T_body_camera)
 
     def _new_filter(self, initial_pose: np.ndarray | None = None):
@@ -522,9 +643,13 @@ class PrismNode(Node):
         v = self.values
         depth = v["queue_size"]
         rgb_type = CompressedImage if v["rgb_compressed"] else Image
-        inputs = [(rgb_type, v["rgb_topic"], qos_by_name(v["rgb_qos"], depth)),
-                  (Image, v["depth_topic"], qos_by_name(v["depth_qos"], depth))]
-        self._roles = ["rgb", "depth"]
+        inputs = [(rgb_type, v["rgb_topic"], qos_by_name(v["rgb_qos"], depth))]
+        if v["depth_source"] == "stereo":
+            inputs.append((Image, v["right_topic"], qos_by_name(v["right_qos"], depth)))
+            self._roles = ["rgb", "right"]
+        else:
+            inputs.append((Image, v["depth_topic"], qos_by_name(v["depth_qos"], depth)))
+            self._roles = ["rgb", "depth"]
         if v["intrinsics_source"] == "camera_info":
             inputs.append((CameraInfo, v["camera_info_topic"], qos_by_name(v["camera_info_qos"], depth)))
             self._roles.append("camera_info")
@@ -618,7 +743,7 @@ class PrismNode(Node):
             if index == 0:
                 self._unmatched += 1
 
-    def _on_synchronised(self, rgb, depth, info=None) -> None:
+    def _on_synchronised(self, rgb, depth_or_right, info=None) -> None:
         now = time.monotonic()
         with self._input_lock:
             self._last_match = now
@@ -642,7 +767,10 @@ class PrismNode(Node):
                     return
                 reset = f"time jumped back by {back:.3f} s (looped bag or restarted clock)"
             self._last_stamp_ns = stamp
-        item = PendingFrame(rgb, depth, info, stamp, now, reset)
+        if self.values["depth_source"] == "stereo":
+            item = PendingFrame(rgb, None, info, stamp, now, reset, right=depth_or_right)
+        else:
+            item = PendingFrame(rgb, depth_or_right, info, stamp, now, reset)
         dropped = self._mailbox.put(item)
         if dropped is not None:
             with self._stats_lock:
@@ -706,8 +834,9 @@ class PrismNode(Node):
         if not np.isfinite(T_map_base).all():
             self._bad_input("bad_initial_pose", "/initialpose has non-finite values", "send a finite pose")
             return
-        self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
-                    f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera)
+        with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
+            self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
+                        f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera)
 
     def _watchdog(self) -> None:
         """Images arrive but no set is complete: name the missing stream, or the stamps that disagree."""
@@ -728,6 +857,7 @@ class PrismNode(Node):
             fixes = {"camera_info": "publish the camera's CameraInfo (remap camera_info_topic), or set "
                                     "intrinsics_source:=parameters with intrinsics:=[fx, fy, cx, cy]",
                      "depth": "check depth_topic (and that the depth driver runs)",
+                     "right": "check right_topic (the right camera's image, stamped like the left one)",
                      "rgb": "check rgb_topic (and rgb_compressed for CompressedImage)"}
             self._bad_input(f"missing_{role}", f"no {role} on {topic} for {timeout:.1f} s while "
                             f"{', '.join(r for r, ok in zip(self._roles, recent) if ok)} arrive; frames cannot be "
@@ -813,12 +943,39 @@ class PrismNode(Node):
         latency_ms = 1e3 * (time.monotonic() - item.received)
         with self._stats_lock:
             self.stats.latency_ms = latency_ms
-        self._publish_frame_timing(estimate, stamp, step_ms, latency_ms)
+        self._publish_frame_timing(estimate, stamp, step_ms, latency_ms, frame.extras.get("stereo_ms"))
 
     def _frame_from(self, item: PendingFrame) -> Frame:
-        """Decode and check one set (BadInput names the cause and the fix)."""
+        """Decode and check one set (BadInput names the cause and the fix): an RGB-D frame from registered
+        depth, or from the stereo pair (the rectified left camera)."""
         v = self.values
         rgb = self._decode_rgb(item.rgb)
+        if v["depth_source"] == "stereo":
+            frame = self._stereo_frame(item, rgb)
+            fix = ("point the cameras at textured, lit surfaces; check that right_topic is this rig's right camera "
+                   "and its calibration (right_intrinsics, right_distortion, T_left_right): a wrong one matches "
+                   f"nothing; stereo_num_disparities={v['stereo_num_disparities']} sees down to "
+                   f"{self._rectifier.focal * self._rectifier.baseline / v['stereo_num_disparities']:.2f} m")
+        else:
+            frame = self._registered_frame(item, rgb)
+            fix = f"check depth_topic and depth_scale ({v['depth_scale']} m per unit for 16-bit depth)"
+        depth = frame.depth
+        max_depth = self.filter_config.max_depth
+        finite = np.isfinite(depth)
+        valid = finite & (depth > 0) & (depth < max_depth)
+        fraction = float(valid.mean()) if valid.size else 0.0
+        if fraction < v["min_valid_depth_fraction"]:
+            values = depth[finite]
+            typical = f"median {np.median(values):.3g} m" if values.size else "no finite value"
+            kind = "stereo depth" if v["depth_source"] == "stereo" else "depth"
+            raise BadInput("bad_depth", f"{kind} has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
+                           f"{max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)", fix)
+        self._frame_index += 1
+        return frame
+
+    def _registered_frame(self, item: PendingFrame, rgb: np.ndarray) -> Frame:
+        """Colour + registered depth image (+ CameraInfo or parameters)."""
+        v = self.values
         depth_msg = item.depth
         if depth_msg.encoding not in DEPTH_ENCODINGS:
             raise BadInput("bad_encoding", f"depth on {v['depth_topic']} has encoding {depth_msg.encoding!r}",
@@ -837,19 +994,86 @@ class PrismNode(Node):
         if any(v["depth_intrinsics"]):
             fx, fy, cx, cy = v["depth_intrinsics"]
             depth_intrinsics = Intrinsics(fx, fy, cx, cy, depth.shape[1], depth.shape[0])
-        max_depth = self.filter_config.max_depth
-        finite = np.isfinite(depth)
-        valid = finite & (depth > 0) & (depth < max_depth)
-        fraction = float(valid.mean()) if valid.size else 0.0
-        if fraction < v["min_valid_depth_fraction"]:
-            values = depth[finite]
-            typical = f"median {np.median(values):.3g} m" if values.size else "no finite value"
-            raise BadInput("bad_depth", f"depth has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
-                           f"{max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)",
-                           f"check depth_topic and depth_scale ({v['depth_scale']} m per unit for 16-bit depth)")
-        self._frame_index += 1
-        return Frame(index=self._frame_index - 1, timestamp=item.stamp_ns / 1e9, rgb=rgb, depth=depth,
+        return Frame(index=self._frame_index, timestamp=item.stamp_ns / 1e9, rgb=rgb, depth=depth,
                      intrinsics=intrinsics, depth_intrinsics=depth_intrinsics)
+
+    def _stereo_frame(self, item: PendingFrame, left: np.ndarray) -> Frame:
+        """The rectified left image, its pinhole intrinsics and the SGBM depth of the pair (worker thread)."""
+        v = self.values
+        started = time.perf_counter()
+        right = self._decode_right(item.right)
+        if left.shape[:2] != right.shape[:2]:
+            raise BadInput("size_mismatch", f"left image on {v['rgb_topic']} is {left.shape[1]}x{left.shape[0]} but "
+                           f"right on {v['right_topic']} is {right.shape[1]}x{right.shape[0]}",
+                           "publish both cameras of the stereo pair at the same resolution (same binning and ROI)")
+        left_camera = self._intrinsics(item.info, left.shape)
+        right_camera_ = right_camera(v, right.shape[1], right.shape[0])
+        rectifier = self._stereo_rectifier(left_camera, right_camera_)
+        pair = Frame(index=self._frame_index, timestamp=item.stamp_ns / 1e9, rgb=left, depth=None,
+                     intrinsics=left_camera, right=right, right_intrinsics=right_camera_,
+                     T_left_right=self._T_left_right)
+        try:
+            frame = rgbd_frame(pair, rectifier)
+        except InputError as error:
+            raise BadInput("bad_image", f"stereo pair: {error.problem}", error.fix or "fix the publishers") from None
+        stereo_ms = 1e3 * (time.perf_counter() - started)
+        frame.extras["stereo_ms"] = stereo_ms
+        with self._stats_lock:
+            self.stats.stereo_ms = stereo_ms
+            self.stats.stereo_valid_fraction = frame.extras["stereo_valid_fraction"]
+        return frame
+
+    def _decode_right(self, msg: Image) -> np.ndarray:
+        """The right image as HxW uint8 grey (SGBM matches grey images)."""
+        import cv2  # noqa: PLC0415
+
+        topic = self.values["right_topic"]
+        if msg.encoding not in RGB_ENCODINGS:
+            raise BadInput("bad_encoding", f"right image on {topic} has encoding {msg.encoding!r}",
+                           f"publish the right camera like the left one ({', '.join(RGB_ENCODINGS[:5])})")
+        try:
+            pixels = image_to_numpy(msg)
+            if msg.encoding in GREY_ENCODINGS:
+                return np.ascontiguousarray(pixels.reshape(pixels.shape[:2]))
+            return cv2.cvtColor(to_rgb(pixels, msg.encoding), cv2.COLOR_RGB2GRAY)
+        except InputError as error:
+            raise BadInput("bad_image", f"right image on {topic}: {error.problem}",
+                           error.fix or "fix the publisher") from None
+        except cv2.error as error:
+            raise BadInput("bad_encoding", f"right image on {topic} ({msg.encoding}) is not an image: {error}",
+                           f"publish {', '.join(RGB_ENCODINGS[:5])}") from None
+
+    def _stereo_rectifier(self, left: Intrinsics, right: Intrinsics) -> StereoRectifier:
+        """The rectifier of this calibration and image size, built once (maps ~10 ms) and cached; a new one
+        (the first pair, a new CameraInfo or image size) also moves the filter's camera to its rectified one."""
+        key = (left, right)
+        if self._rectifier_key != key:
+            try:
+                rectifier = StereoRectifier(left, right, self._T_left_right, config=self._stereo_config)
+            except InputError as error:
+                raise BadInput("bad_camera_info", f"stereo calibration for {left.width}x{left.height} images: "
+                               f"{error.problem}", error.fix or "check the stereo calibration") from None
+            self._rectifier, self._rectifier_key = rectifier, key
+            self._adopt_rectification(rectifier.T_left_rect)
+        return self._rectifier
+
+    def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:  # noqa: N803
+        """Make the rectified left camera of ``T_left_rect`` the filter's camera. Before the first frame the
+        filter is rebuilt with it (an /initialpose kept: same base pose); later the filter and map are reset
+        (the map was fused in the old camera)."""
+        if np.allclose(T_left_rect, self.T_left_rect, atol=1e-9):
+            return
+        with self._map_lock:
+            started = self.filter.state is not None
+            initial = self.filter.initial_pose
+            if initial is not None:  # T_world_camera of the old camera -> of the new one, same base pose
+                initial = initial @ np.linalg.inv(self.T_left_rect) @ T_left_rect
+            self._set_extrinsics(T_left_rect)
+            if not started:
+                self.filter = self._new_filter(initial)
+                return
+        self._reset("stereo rectification changed", log=False)
+        self.get_logger().info("the stereo rectification changed (new calibration or image size): filter and map reset")
 
     def _decode_rgb(self, msg) -> np.ndarray:
         topic = self.values["rgb_topic"]
@@ -949,11 +1173,15 @@ class PrismNode(Node):
                 matrix_to_transform_stamped(np.eye(4), stamp, v["map_frame"], v["odom_frame"]),
                 matrix_to_transform_stamped(T_map_base, stamp, v["odom_frame"], v["base_frame"])])
 
-    def _publish_frame_timing(self, estimate, stamp, step_ms: float, latency_ms: float) -> None:
+    def _publish_frame_timing(self, estimate, stamp, step_ms: float, latency_ms: float,
+                              stereo_ms: float | None = None) -> None:
         """``~/frame_timing``: per processed frame, the filter's stage times, the whole step and the latency
-        (set complete -> outputs published), all in ms, stamped with the frame (profiling, `prism-ros replay`)."""
+        (set complete -> outputs published), all in ms, stamped with the frame (profiling, `prism-ros replay`);
+        with stereo depth also ``stereo_ms`` (decoding, rectification and SGBM, before the step)."""
         values = {**{f"{stage}_ms": ms for stage, ms in estimate.timings_ms.items()}, "step_ms": step_ms,
                   "latency_ms": latency_ms}
+        if stereo_ms is not None:
+            values["stereo_ms"] = stereo_ms
         status = DiagnosticStatus(level=DiagnosticStatus.OK if estimate.tracking_ok else DiagnosticStatus.WARN,
                                   name=f"{NODE_NAME}: frame", message="tracking" if estimate.tracking_ok else "lost",
                                   values=[KeyValue(key=k, value=f"{ms:.3f}") for k, ms in values.items()])
@@ -1012,6 +1240,8 @@ class PrismNode(Node):
                 **{f"failures.{k}": n for k, n in s.failures.items()},
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",
             }
+            if self.values["depth_source"] == "stereo":
+                values.update(stereo_ms=f"{s.stereo_ms:.1f}", stereo_valid_fraction=f"{s.stereo_valid_fraction:.3f}")
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
         values["map_blocks"] = sdf_map.num_blocks
         values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"

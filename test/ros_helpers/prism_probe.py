@@ -31,10 +31,11 @@ LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Reli
 
 class PrismProbe:
     """Subscribes to ``/prism_node/{pose,odometry,path,mesh,map_cloud}`` and ``/diagnostics``; publishes
-    colour, depth, CameraInfo and IMU on the given topics; calls services; sets parameters."""
+    colour, depth, CameraInfo and IMU on the given topics (and right images with ``right_topic``, for a node
+    with stereo depth); calls services; sets parameters."""
 
     def __init__(self, node, rgb_topic="/probe/rgb", depth_topic="/probe/depth", info_topic="/probe/camera_info",
-                 imu_topic="/probe/imu"):
+                 imu_topic="/probe/imu", right_topic: str | None = None):
         self.node = node
         self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(node)
@@ -52,6 +53,7 @@ class PrismProbe:
         self.depth_pub = node.create_publisher(Image, depth_topic, reliable_qos(50))
         self.info_pub = node.create_publisher(CameraInfo, info_topic, reliable_qos(50))
         self.imu_pub = node.create_publisher(Imu, imu_topic, reliable_qos(50))
+        self.right_pub = node.create_publisher(Image, right_topic, reliable_qos(50)) if right_topic else None
         self.initial_pose_pub = node.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
         self.clients: dict[str, object] = {}
 
@@ -98,8 +100,8 @@ class PrismProbe:
         ok = self.spin_until(lambda: self.diagnostics and all(
             s.get_publisher_count() >= 1 for s in self.subscriptions.values()), timeout)
         assert ok, "prism_node did not come up (no diagnostics or outputs not matched)"
-        ok = self.spin_until(lambda: all(p.get_subscription_count() >= 1 for p in
-                                         (self.rgb_pub, self.depth_pub)), 5.0)
+        inputs = (self.rgb_pub, self.right_pub if self.right_pub is not None else self.depth_pub)
+        ok = self.spin_until(lambda: all(p.get_subscription_count() >= 1 for p in inputs), 5.0)
 
     # -- services and parameters ---------------------------------------------------------------------
     def call(self, service: str, timeout: float = 20.0) -> Trigger.Response:
@@ -145,3 +147,14 @@ class PrismProbe:
             msg = camera_info or intrinsics_to_camera_info(intrinsics, frame_id=frame_id)
             msg.header.stamp = stamp
             self.info_pub.publish(msg)
+
+    def publish_stereo(self, left: np.ndarray, right: np.ndarray | None, stamp_ns: int, *, encoding: str = "mono8",
+                       right_encoding: str | None = None, frame_id: str = "cam0") -> None:
+        """One left/right pair with the same stamp (needs ``right_topic``); ``right=None``: the left image only."""
+        pairs = ((self.rgb_pub, left, encoding), (self.right_pub, right, right_encoding or encoding))
+        for publisher, pixels, pixel_encoding in pairs:
+            if pixels is None:
+                continue
+            msg = numpy_to_image(pixels, pixel_encoding, frame_id=frame_id)
+            msg.header.stamp = ns_to_stamp(stamp_ns)
+            publisher.publish(msg)
