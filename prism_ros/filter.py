@@ -90,6 +90,24 @@ class PrismFilter:
                 self.drift.update(pose.covariance, pose.quality["coverage"])
         return self.estimate(pose.ok, pose.quality, rendered)
 
+    def relocalize(self, T_world_camera: np.ndarray, t: float, pose_covariance: np.ndarray | None = None) -> None:
+        """Put the camera at a pose found by relocalization (e.g. ACE) at time ``t``, keeping the map.
+
+        The state restarts there with zero mean velocity of the initial uncertainty, so the next frame is
+        predicted from ``t`` and tracked against the existing map. ``pose_covariance`` (left, 6x6, of the
+        relocalization; default: the initial one) becomes the pose prior that the tracking refines. Before
+        the first frame this sets the initial pose instead."""
+        T_camera = torch.as_tensor(np.asarray(T_world_camera), dtype=torch.float64, device=self.device)
+        if self.state is None:
+            self.initial_pose = T_camera.cpu().numpy()
+            return
+        state = GaussianState.initial(T_camera @ self.T_camera_body, t=t, device=self.device,
+                                      velocity_std=self.config.initial_velocity_std)
+        if pose_covariance is not None:
+            state.covariance[:6, :6] = torch.as_tensor(np.asarray(pose_covariance), dtype=torch.float64,
+                                                       device=self.device)
+        self.state = state
+
     # -- the steps ---------------------------------------------------------------------------
 
     def initialise(self, obs: Observation) -> Estimate:

@@ -98,6 +98,35 @@ def test_kidnap_is_flagged_lost_map_kept_and_tracking_resumes(sequence):
     assert np.linalg.norm(back[-1].T_world_camera[:3, 3] - sequence.poses[13][:3, 3]) < 0.02
 
 
+def test_relocalization_puts_a_kidnapped_camera_back_on_the_kept_map(sequence):
+    """Kidnapped while lost, the filter tracks again from the relocalized pose (e.g. ACE's) against the map
+    it kept; without that pose the same frames stay lost."""
+    jump = se3_exp(torch.tensor([0.3, 0.0, 0.0, 0.0, 0.0, np.pi / 6], dtype=torch.float64)).numpy()
+    kidnapped = [frame_at(sequence, i, pose=jump @ sequence.poses[i]) for i in (8, 9, 10)]
+    for relocalize in (False, True):
+        slam, _ = run(sequence, [frame_at(sequence, i) for i in range(8)])
+        blocks = slam.map.num_blocks
+        lost = slam.step(kidnapped[0])
+        assert not lost.tracking_ok
+        if relocalize:  # the pose of the lost frame, found by relocalization, with a covariance of ~1 cm / 1 deg
+            covariance = np.diag([1e-4] * 3 + [3e-4] * 3)
+            slam.relocalize(kidnapped[0].pose, kidnapped[0].timestamp, covariance)
+            assert np.allclose(slam.state.pose_covariance.numpy(), covariance) and slam.map.num_blocks == blocks
+        after = [slam.step(frame) for frame in kidnapped[1:]]
+        errors = [np.linalg.norm(e.T_world_camera[:3, 3] - f.pose[:3, 3]) for e, f in zip(after, kidnapped[1:])]
+        if relocalize:
+            assert all(e.tracking_ok for e in after) and max(errors) < 0.01, errors
+        else:
+            assert not any(e.tracking_ok for e in after)
+
+
+def test_relocalization_before_the_first_frame_sets_the_initial_pose(sequence):
+    slam = PrismFilter(small_config())
+    slam.relocalize(sequence.poses[3], t=0.0)
+    first = slam.step(frame_at(sequence, 3))
+    assert np.allclose(first.T_world_camera, sequence.poses[3])
+
+
 def test_imu_model_with_a_camera_to_body_extrinsic(tmp_path):
     """IMU-driven prediction with the synthetic rig's non-trivial T_imu_camera: the map is fused from the
     camera pose (not the body pose) and tracking stays at millimetres."""

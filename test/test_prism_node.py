@@ -172,8 +172,10 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
 def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python, ros_node, tmp_path):
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from sensor_msgs.msg import Imu
+    from std_msgs.msg import Bool
 
     from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import (intrinsics_to_camera_info, matrix_to_pose, ns_to_stamp,
                                              pose_to_matrix)
     from ros_helpers.prism_probe import PrismProbe
@@ -310,6 +312,30 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     send(1, t0 + 20 * period)
     assert probe.spin_until(lambda: len(probe.got["pose"]) > count, 15)
     assert np.allclose(pose_to_matrix(probe.got["pose"][-1].pose.pose), T, atol=1e-6)
+
+    # ~/set_pose (a relocalizer's answer) moves the filter and keeps the map; one in another frame is refused
+    set_pose = ros_node.create_publisher(PoseWithCovarianceStamped, "/prism_node/set_pose", reliable_qos(10))
+    tracking = []
+    ros_node.create_subscription(Bool, "/prism_node/tracking_ok", lambda m: tracking.append(m.data), reliable_qos(10))
+    kept = probe.wait_diag(lambda d: int(d["map_blocks"]) > 0)
+    wrong = PoseWithCovarianceStamped()
+    wrong.header.frame_id = "odom"
+    wrong.pose.pose = matrix_to_pose(T)
+    relocalized = PoseWithCovarianceStamped()
+    relocalized.header.frame_id = "map"
+    relocalized.header.stamp = ns_to_stamp(t0 + 20 * period + period // 2)
+    relocalized.pose.pose = matrix_to_pose(T)
+    relocalized.pose.covariance = list(np.diag([1e-4] * 3 + [3e-4] * 3).ravel())
+    assert probe.spin_until(lambda: set_pose.get_subscription_count() > 0, 10)
+    set_pose.publish(wrong)
+    set_pose.publish(relocalized)
+    moved = probe.wait_diag(lambda d: d["relocalizations"] == "1" and int(d["bad_input.bad_initial_pose"]) >= 1)
+    assert moved["map_blocks"] == kept["map_blocks"] and moved["resets"] == "2", moved
+    count = len(probe.got["pose"])
+    send(2, t0 + 21 * period)
+    assert probe.spin_until(lambda: len(probe.got["pose"]) > count and tracking, 15)
+    assert np.linalg.norm(pose_to_matrix(probe.got["pose"][-1].pose.pose)[:3, 3] - T[:3, 3]) < 0.05
+    assert tracking[-1] is True
 
     assert node.poll() is None
     assert _stop(node) == 0

@@ -50,7 +50,9 @@ The twist is the base's (linear velocity of the base origin and angular velocity
 Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
 file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
 success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate", in ``map_frame``)
-restarts the filter at that base pose with an empty map.
+restarts the filter at that base pose with an empty map; ``~/set_pose`` (a relocalized base pose in
+``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and keeps the map. ``~/tracking_ok``
+(std_msgs/Bool, per processed frame) tells a relocalizer when tracking is lost.
 
 Parameters: :data:`PARAMETERS` (documented in config/prism.yaml; sensor presets in config/sensors/).
 Invalid parameters at start-up: one line on stderr and exit code 2; at runtime: the change is rejected
@@ -81,13 +83,14 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
+from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (camera_info_to_intrinsics, compressed_source_encoding,
+from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, header_ns, image_to_numpy,
                                          matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
@@ -439,6 +442,13 @@ def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.n
     return J @ np.asarray(covariance) @ J.T
 
 
+def ros_covariance_to_left(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`left_covariance_to_ros`: J^-1 = [[I, [p]x], [0, I]]."""
+    J_inv = np.eye(6)  # noqa: N806
+    J_inv[:3, 3:] = skew3(position)
+    return J_inv @ np.asarray(covariance) @ J_inv.T
+
+
 def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_body: np.ndarray,  # noqa: N803
                T_world_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
     """The filter's velocity [v_world of the body origin, omega in the body frame] (and its covariance) as the
@@ -520,6 +530,7 @@ class Stats:
     skipped_paused: int = 0
     resets: int = 0
     time_jumps: int = 0
+    relocalizations: int = 0  # poses taken from ~/set_pose
     bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
     latency_ms: float = float("nan")  # set complete -> outputs published
@@ -665,6 +676,8 @@ class PrismNode(Node):
             self.create_subscription(control_type, v["control_topic"], self._on_control,
                                      qos_by_name(v["control_qos"], 10 * depth))
         self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
+        self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
+        self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
         self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
@@ -820,19 +833,45 @@ class PrismNode(Node):
                 self._control.clear()
             self._control.append((t, command))
 
-    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+    def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> np.ndarray | None:
+        """T_map_base of a pose input in map_frame, or None (counted as bad_initial_pose)."""
         frame = msg.header.frame_id.lstrip("/")
         if frame and frame != self.values["map_frame"]:
-            self._bad_input("bad_initial_pose", f"/initialpose is in frame {frame!r}, not {self.values['map_frame']!r}",
+            self._bad_input("bad_initial_pose", f"{topic} is in frame {frame!r}, not {self.values['map_frame']!r}",
                             "send it in map_frame (this node does not look up TF)")
-            return
+            return None
         try:
             T_map_base = pose_to_matrix(msg.pose.pose)  # noqa: N806
         except InputError as error:
-            self._bad_input("bad_initial_pose", f"/initialpose: {error.problem}", error.fix or "send a unit quaternion")
+            self._bad_input("bad_initial_pose", f"{topic}: {error.problem}", error.fix or "send a unit quaternion")
+            return None
+        if not np.isfinite(T_map_base).all() or not np.isfinite(msg.pose.covariance).all():
+            self._bad_input("bad_initial_pose", f"{topic} has non-finite values", "send a finite pose and covariance")
+            return None
+        return T_map_base
+
+    def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """A relocalized base pose (e.g. from ace_node): the filter continues from it on the map it has."""
+        T_map_base = self._pose_input(msg, "~/set_pose")  # noqa: N806
+        if T_map_base is None:
             return
-        if not np.isfinite(T_map_base).all():
-            self._bad_input("bad_initial_pose", "/initialpose has non-finite values", "send a finite pose")
+        covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
+        if not np.all(np.linalg.eigvalsh(0.5 * (covariance + covariance.T)) > 0):
+            covariance = None  # no usable covariance: the filter's initial one
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        with self._map_lock:
+            t = stamp if stamp > 0 else (self._last_processed_t or 0.0)
+            self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
+            self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
+        with self._stats_lock:
+            self.stats.relocalizations += 1
+            self.stats.tracking_ok = None
+        self.get_logger().info(f"pose set on ~/set_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
+                               f"{self.values['map_frame']}; tracking continues on the kept map")
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        T_map_base = self._pose_input(msg, "/initialpose")  # noqa: N806
+        if T_map_base is None:
             return
         with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
             self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
@@ -938,6 +977,7 @@ class PrismNode(Node):
         camera_frame = item.rgb.header.frame_id
         if estimate.tracking_ok or self.values["publish_when_lost"]:
             self._publish_estimate(estimate, stamp)
+        self.tracking_pub.publish(Bool(data=bool(estimate.tracking_ok)))
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
         latency_ms = 1e3 * (time.monotonic() - item.received)
@@ -1235,7 +1275,7 @@ class PrismNode(Node):
             values = {
                 "state": self._state(), "frames_received": s.received, "frames_processed": s.processed,
                 "frames_lost": s.lost, "frames_dropped": s.dropped, "frames_skipped_paused": s.skipped_paused,
-                "resets": s.resets, "time_jumps": s.time_jumps, "bad_input_total": sum(s.bad_input.values()),
+                "resets": s.resets, "time_jumps": s.time_jumps, "relocalizations": s.relocalizations, "bad_input_total": sum(s.bad_input.values()),
                 **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
                 **{f"failures.{k}": n for k, n in s.failures.items()},
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",

@@ -164,23 +164,13 @@ class ReplayMonitor:
         self.context.try_shutdown()
 
 
-def ros_covariance_to_left(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`prism_ros.nodes.prism_node.left_covariance_to_ros`: ROS pose covariance (position
-    error, world-axis rotation error) of a pose at ``position`` -> the left perturbation [rho, phi]."""
-    from prism_ros.tracking import skew3  # noqa: PLC0415
-
-    J_inv = np.eye(6)  # noqa: N806 - J = [[I, -[p]x], [0, I]], so J^-1 = [[I, [p]x], [0, I]]
-    J_inv[:3, 3:] = skew3(position)
-    return J_inv @ np.asarray(covariance) @ J_inv.T
-
-
 def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]], values: dict) -> list:
     """The node's odometry messages back in the filter's terms (:class:`prism_ros.filter.Estimate`):
     camera pose ``T_map_base @ T_base_camera``, the left se(3) covariance (undoing the ROS lever arm), and
     the velocity [world velocity of the body origin, body rates] (undoing :func:`base_twist`)."""
     from prism_ros.filter import Estimate  # noqa: PLC0415
     from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix  # noqa: PLC0415
-    from prism_ros.nodes.prism_node import base_twist, build_filter_config  # noqa: PLC0415
+    from prism_ros.nodes.prism_node import base_twist, build_filter_config, ros_covariance_to_left  # noqa: PLC0415
 
     T_base_camera = np.asarray(values["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
     T_body_camera = np.asarray(build_filter_config(values).T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
