@@ -69,14 +69,14 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -95,6 +95,8 @@ from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_f
                                          matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
+from prism_ros.nodes.parameters import (Param, convert_value, count, declare, fraction, intrinsics_check, non_negative,
+                                      not_empty, one_of, parameters_file, positive, read_all, transform)
 from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
 
@@ -122,70 +124,6 @@ FAILURES = ("rejected_parameter", "save_map", "load_map")
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    kind: str  # str | bool | int | float | floats
-    doc: str
-    dynamic: bool = False  # may change at runtime
-    check: Callable[[Any], str | None] | None = None  # converted value -> problem, or None
-
-
-def _one_of(choices, allow_empty: bool = False):
-    def check(value):
-        if (value == "" and allow_empty) or value in choices:
-            return None
-        return f"must be one of {', '.join(choices)}" + (" (or empty)" if allow_empty else "")
-    return check
-
-
-def _positive(value):
-    return None if value > 0 and math.isfinite(value) else "must be a positive number"
-
-
-def _non_negative(value):
-    return None if value >= 0 and math.isfinite(value) else "must be >= 0"
-
-
-def _fraction(value):
-    return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
-
-
-def _not_empty(value):
-    return None if value.strip() else "must not be empty"
-
-
-def _transform(allow_empty: bool):
-    def check(values):
-        if allow_empty and not values:
-            return None
-        if len(values) != 16 or not all(math.isfinite(v) for v in values):
-            return f"needs 16 finite numbers (a row-major 4x4 matrix), got {len(values)}"
-        T = np.asarray(values).reshape(4, 4)  # noqa: N806
-        R = T[:3, :3]  # noqa: N806
-        if not np.allclose(T[3], [0, 0, 0, 1]) or not np.allclose(R.T @ R, np.eye(3), atol=1e-3) \
-                or np.linalg.det(R) < 0:
-            return "is not a rigid transform (rotation must be orthonormal, last row 0 0 0 1)"
-        return None
-    return check
-
-
-def _count(n: int, positive: bool = False):
-    def check(values):
-        if len(values) != n or not all(math.isfinite(v) for v in values):
-            return f"needs {n} finite numbers, got {len(values)}"
-        if positive and not all(v > 0 for v in values[:2]):
-            return "fx and fy must be positive"
-        return None
-    return check
-
-
-def _intrinsics_check(values):
-    if not any(values):
-        return None  # all zeros = unset
-    return _count(4, positive=True)(values)
-
-
 def _num_disparities(value):
     return None if value > 0 and value % 16 == 0 else "must be a positive multiple of 16"
 
@@ -203,11 +141,11 @@ def _stereo_max_depth(value):
 PARAMETERS: dict[str, Param] = {
     # -- inputs
     "rgb_topic": Param("/camera/rgb/image_color", "str", "colour image (sensor_msgs/Image: rgb8, bgr8, rgba8, "
-                       "bgra8, mono8); with stereo depth the left image", check=_not_empty),
+                       "bgra8, mono8); with stereo depth the left image", check=not_empty),
     "rgb_compressed": Param(False, "bool", "colour topic carries sensor_msgs/CompressedImage (jpeg/png)"),
     "depth_topic": Param("/camera/depth/image", "str", "depth image registered to the colour camera "
                          "(16UC1/mono16 scaled by depth_scale, or 32FC1 metres); unused with stereo depth",
-                         check=_not_empty),
+                         check=not_empty),
     "camera_info_topic": Param("/camera/rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
                                "with the images when intrinsics_source is camera_info)"),
     "imu_topic": Param("", "str", "sensor_msgs/Imu in the body frame; empty = no IMU"),
@@ -215,49 +153,49 @@ PARAMETERS: dict[str, Param] = {
     "control_type": Param("accel", "str", "accel: geometry_msgs/AccelStamped (linear = commanded body "
                           "acceleration, angular = commanded body rates); twist: geometry_msgs/TwistStamped "
                           "(acceleration from consecutive linear velocities, rates from angular)",
-                          check=_one_of(("accel", "twist"))),
-    "rgb_qos": Param("sensor_data", "str", "QoS of the colour subscription", check=_one_of(QOS_NAMES)),
-    "depth_qos": Param("sensor_data", "str", "QoS of the depth subscription", check=_one_of(QOS_NAMES)),
-    "camera_info_qos": Param("sensor_data", "str", "QoS of the CameraInfo subscription", check=_one_of(QOS_NAMES)),
-    "imu_qos": Param("sensor_data", "str", "QoS of the IMU subscription", check=_one_of(QOS_NAMES)),
-    "control_qos": Param("reliable", "str", "QoS of the control subscription", check=_one_of(QOS_NAMES)),
+                          check=one_of(("accel", "twist"))),
+    "rgb_qos": Param("sensor_data", "str", "QoS of the colour subscription", check=one_of(QOS_NAMES)),
+    "depth_qos": Param("sensor_data", "str", "QoS of the depth subscription", check=one_of(QOS_NAMES)),
+    "camera_info_qos": Param("sensor_data", "str", "QoS of the CameraInfo subscription", check=one_of(QOS_NAMES)),
+    "imu_qos": Param("sensor_data", "str", "QoS of the IMU subscription", check=one_of(QOS_NAMES)),
+    "control_qos": Param("reliable", "str", "QoS of the control subscription", check=one_of(QOS_NAMES)),
     "frame_queue": Param(1, "int", "frames waiting for the filter: 1 keeps only the newest (live sensors: "
                          "never lag behind); more queues them (complete bag replays; the oldest is dropped "
                          "when full)", check=lambda v: None if v >= 1 else "must be >= 1"),
     "queue_size": Param(10, "int", "depth of the image subscriptions and of the synchroniser queues (IMU: "
                         "100x, control: 10x)", check=lambda v: None if v >= 1 else "must be >= 1"),
     "sync_slop": Param(0.02, "float", "seconds within which colour, depth and CameraInfo stamps must lie",
-                       dynamic=True, check=_non_negative),
+                       dynamic=True, check=non_negative),
     "depth_scale": Param(0.001, "float", "metres per unit of integer (16UC1/mono16) depth; 32FC1 is metres",
-                         dynamic=True, check=_positive),
+                         dynamic=True, check=positive),
     "min_valid_depth_fraction": Param(0.05, "float", "frames with fewer valid depth pixels (finite, > 0, < "
                                       "max_depth of the filter config) are rejected as bad_depth",
-                                      dynamic=True, check=_fraction),
+                                      dynamic=True, check=fraction),
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; "
                                "parameters: from `intrinsics` and `distortion` (colour and depth only are "
-                               "synchronised)", check=_one_of(("camera_info", "parameters"))),
+                               "synchronised)", check=one_of(("camera_info", "parameters"))),
     "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the colour (stereo: left) camera "
-                        "(intrinsics_source: parameters)", check=_intrinsics_check),
+                        "(intrinsics_source: parameters)", check=intrinsics_check),
     "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
-                        check=_count(5)),
+                        check=count(5)),
     "depth_intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the depth camera when it differs "
                               "from the colour camera (zeros: depth is registered to colour)",
-                              check=_intrinsics_check),
+                              check=intrinsics_check),
     # -- stereo depth (depth_source: stereo)
     "depth_source": Param("depth", "str", "depth: the depth image on depth_topic; stereo: depth computed from "
                           "the left (rgb_topic) and right (right_topic) images, rectified + OpenCV SGBM; the "
                           "filter's camera is then the rectified left camera (T_base_camera and T_body_camera "
-                          "stay those of the left camera)", check=_one_of(DEPTH_SOURCES)),
+                          "stay those of the left camera)", check=one_of(DEPTH_SOURCES)),
     "right_topic": Param("", "str", "right image of the stereo pair (sensor_msgs/Image, mono8 or colour; same "
                          "size and stamps as the left image on rgb_topic)"),
-    "right_qos": Param("sensor_data", "str", "QoS of the right image subscription", check=_one_of(QOS_NAMES)),
+    "right_qos": Param("sensor_data", "str", "QoS of the right image subscription", check=one_of(QOS_NAMES)),
     "right_intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the right camera (the left one: "
-                              "`intrinsics` or the CameraInfo)", check=_intrinsics_check),
+                              "`intrinsics` or the CameraInfo)", check=intrinsics_check),
     "right_distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 of the right camera",
-                              check=_count(5)),
+                              check=count(5)),
     "T_left_right": Param([], "floats", "right camera -> left camera transform, 16 numbers row-major (EuRoC: "
                           "inv(T_BS of cam0) @ T_BS of cam1); the right camera must lie to the right",
-                          check=_transform(allow_empty=True)),
+                          check=transform(allow_empty=True)),
     "stereo_num_disparities": Param(StereoConfig.num_disparities, "int", "SGBM disparity search range in px, a "
                                     "multiple of 16: the nearest depth seen is f * baseline / this (EuRoC: 0.5 m "
                                     "at 96); more is slower", check=_num_disparities),
@@ -269,75 +207,42 @@ PARAMETERS: dict[str, Param] = {
     "filter_config": Param("", "str", "FilterConfig YAML: a path, or a file name in config/ (e.g. "
                            "prism_tum.yaml); empty = built-in defaults"),
     "transition_model": Param("", "str", "constant_velocity | imu | control; empty = the filter config's",
-                              check=_one_of(TRANSITION_MODELS, allow_empty=True)),
+                              check=one_of(TRANSITION_MODELS, allow_empty=True)),
     "device": Param("", "str", "auto | cpu | cuda | cuda:N; empty = the filter config's"),
     "T_body_camera": Param([], "floats", "camera -> body (IMU) transform, 16 numbers row-major; empty = the "
-                           "filter config's", check=_transform(allow_empty=True)),
+                           "filter config's", check=transform(allow_empty=True)),
     "T_base_camera": Param(list(IDENTITY16), "floats", "camera -> base_frame transform, 16 numbers row-major",
-                           check=_transform(allow_empty=False)),
+                           check=transform(allow_empty=False)),
     # -- behaviour
     "time_jump_threshold": Param(1.0, "float", "a frame this many seconds older than the last one is a time "
                                  "jump (looped bag): filter and map reset; less is out of order: dropped",
-                                 dynamic=True, check=_positive),
+                                 dynamic=True, check=positive),
     "input_timeout": Param(1.0, "float", "seconds with images arriving but no synchronised set before a "
-                           "missing or unsynchronised stream is reported", dynamic=True, check=_positive),
+                           "missing or unsynchronised stream is reported", dynamic=True, check=positive),
     "publish_when_lost": Param(True, "bool", "publish the predicted pose while tracking is lost", dynamic=True),
     # -- outputs
-    "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=_not_empty),
+    "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=not_empty),
     "odom_frame": Param("odom", "str", "odometry frame (map -> odom is the identity)", dynamic=True,
-                        check=_not_empty),
+                        check=not_empty),
     "base_frame": Param("base_link", "str", "robot frame; the camera is placed by T_base_camera", dynamic=True,
-                        check=_not_empty),
+                        check=not_empty),
     "publish_tf": Param(True, "bool", "broadcast map -> odom -> base_frame (needs tf2_ros)", dynamic=True),
     "path_max_length": Param(1000, "int", "poses kept on ~/path", dynamic=True,
                              check=lambda v: None if v >= 1 else "must be >= 1"),
     "map_publish_period": Param(1.0, "float", "seconds between mesh/cloud updates (steady clock)", dynamic=True,
-                                check=_positive),
+                                check=positive),
     "map_colouring": Param("colour", "str", "mesh and cloud colours: colour | uncertainty",
-                           check=_one_of(("colour", "uncertainty"))),
+                           check=one_of(("colour", "uncertainty"))),
     "diagnostics_period": Param(1.0, "float", "seconds between /diagnostics messages (steady clock)",
-                                check=_positive),
+                                check=positive),
     "map_path": Param("prism_map.pt", "str", "file of ~/save_map and ~/load_map (relative to the working "
-                      "directory; the mesh goes next to it as .ply)", dynamic=True, check=_not_empty),
+                      "directory; the mesh goes next to it as .ply)", dynamic=True, check=not_empty),
 }
 
 
 def convert_parameter(name: str, value: Any) -> Any:
-    """The typed value of parameter ``name`` (launch files pass "1" for floats and "true" for bools);
-    InputError naming the parameter, the problem and the fix."""
-    spec = PARAMETERS[name]
-    try:
-        if spec.kind == "str":
-            if not isinstance(value, str):
-                raise TypeError(f"expected a string, got {value!r}")
-            converted = value
-        elif spec.kind == "bool":
-            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-                converted = value.strip().lower() in ("true", "1", "yes")
-            elif isinstance(value, bool):
-                converted = value
-            else:
-                raise TypeError(f"expected true or false, got {value!r}")
-        elif spec.kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError(f"expected an integer, got {value!r}")
-            converted = int(value)
-        elif spec.kind == "float":
-            if isinstance(value, bool):
-                raise TypeError(f"expected a number, got {value!r}")
-            converted = float(value)
-        else:  # floats
-            if value is None:  # `[]` in a parameter file: rcl cannot type an empty list and leaves it unset
-                value = []
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError(f"expected a list of numbers, got {value!r}")
-            converted = [float(v) for v in value]
-    except (TypeError, ValueError) as error:
-        raise InputError(f"parameter {name}: {error}", f"see config/prism.yaml ({spec.doc})") from None
-    problem = spec.check(converted) if spec.check else None
-    if problem:
-        raise InputError(f"parameter {name}={value!r} {problem}", f"see config/prism.yaml ({spec.doc})")
-    return converted
+    """The typed, checked value of parameter ``name``; InputError naming the parameter, the problem and the fix."""
+    return convert_value(PARAMETERS[name], name, value, "config/prism.yaml")
 
 
 def resolve_config_path(value: str) -> Path:
@@ -551,10 +456,7 @@ class PrismNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, spec in PARAMETERS.items():
-            self.declare_parameter(name, spec.default, ParameterDescriptor(
-                description=spec.doc, dynamic_typing=True,
-                additional_constraints="" if spec.dynamic else "read-only at runtime (restart to change)"))
+        declare(self, PARAMETERS)
         self.values: dict[str, Any] = {}
         self.stats = Stats()
         self._stats_lock = threading.Lock()
@@ -593,14 +495,7 @@ class PrismNode(Node):
 
     def configure(self) -> None:
         """Read and check every parameter, build the filter and the ROS interfaces; InputError if invalid."""
-        problems = []
-        for name in PARAMETERS:
-            try:
-                self.values[name] = convert_parameter(name, self.get_parameter(name).value)
-            except InputError as error:
-                problems.append(str(error))
-        if problems:
-            raise InputError("; ".join(problems))
+        self.values = read_all(self, PARAMETERS, "config/prism.yaml")
         v = self.values
         if v["intrinsics_source"] == "camera_info" and not v["camera_info_topic"]:
             raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
@@ -1424,17 +1319,10 @@ class PrismNode(Node):
 
 def parameters_yaml() -> str:
     """config/prism.yaml: every parameter with its default and meaning (a ROS 2 parameters file)."""
-    import yaml  # noqa: PLC0415
-
-    lines = ["# prism_node parameters with their defaults (a ROS 2 parameters file: --params-file config/prism.yaml).",
-             "# Sensor presets that override some of them: config/sensors/<sensor>.yaml. `dynamic` ones may be changed",
-             "# at runtime (ros2 param set); the others are read at start-up (invalid values: exit code 2).",
-             "/**:", "  ros__parameters:"]
-    for name, spec in PARAMETERS.items():
-        value = yaml.safe_dump({name: spec.default}, default_flow_style=True, width=1000).strip()[1:-1]
-        lines.append(f"    # {spec.doc}{' [dynamic]' if spec.dynamic else ''}")
-        lines.append(f"    {value}")
-    return "\n".join(lines) + "\n"
+    return parameters_file(PARAMETERS, [
+        "prism_node parameters with their defaults (a ROS 2 parameters file: --params-file config/prism.yaml).",
+        "Sensor presets that override some of them: config/sensors/<sensor>.yaml. `dynamic` ones may be changed",
+        "at runtime (ros2 param set); the others are read at start-up (invalid values: exit code 2)."])
 
 
 def main(args: list[str] | None = None) -> int:
