@@ -136,6 +136,11 @@ def run(
     ate = f", ATE {summary['ate_rmse_m'] * 100:.2f} cm" if "ate_rmse_m" in summary else ""
     typer.echo(f"{summary['frames']} frames, {summary['lost_frames']} lost, "
                f"{summary['median_ms_per_frame']:.0f} ms/frame median on {summary['device']}{ate} -> {out}")
+    echo_scores(summary)
+
+
+def echo_scores(summary: dict) -> None:
+    """The pose NEES calibration and the map error of a run's summary, when ground truth gave them."""
     if summary.get("nees_median") is not None:
         typer.echo(f"pose NEES median {summary['nees_median']:.1f} (ideal 5.3), "
                    f"{100 * summary['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
@@ -177,13 +182,7 @@ def replay(
     typer.echo(f"{summary['frames']} of {summary['frames_in_bag']} frames processed, {summary['lost_frames']} "
                f"lost, {summary['bad_input_total']} bad inputs, {summary['median_ms_per_frame']:.0f} ms/frame "
                f"median on {summary['device']}{ate} -> {out}")
-    if summary.get("nees_median") is not None:
-        typer.echo(f"pose NEES median {summary['nees_median']:.1f} (ideal 5.3), "
-                   f"{100 * summary['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
-    if "map_error" in summary:
-        from prism_ros.evaluation import MapError
-
-        typer.echo(MapError(**summary["map_error"]).summary_line())
+    echo_scores(summary)
 
 
 @app.command()

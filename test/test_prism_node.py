@@ -24,6 +24,7 @@ import yaml
 
 from prism_ros.nodes.prism_node import (PARAMETERS, base_twist, build_filter_config, convert_parameter,
                                         left_covariance_to_ros, parameters_yaml)
+from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -39,20 +40,9 @@ def synthetic(synthetic_sequence) -> Path:
     return synthetic_sequence
 
 
-def _ros_args(**params) -> list[str]:
-    args = []
-    for name, value in params.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            value = "[" + ",".join(repr(float(v)) for v in value) + "]"
-        args += ["-p", f"{name}:={value}"]
-    return args
-
-
 def _start_node(spawn_python, log: Path, *extra: str, **params) -> subprocess.Popen:
     sink = log.open("w")
-    return spawn_python(NODE_MODULE, "--ros-args", *extra, *_ros_args(**params), stdout=sink,
+    return spawn_python(NODE_MODULE, "--ros-args", *extra, *ros_args(**params), stdout=sink,
                         stderr=subprocess.STDOUT)
 
 
@@ -415,7 +405,7 @@ def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthet
     ({"filter_config": "/nonexistent/prism.yaml"}, ["filter_config '/nonexistent/prism.yaml' not found"]),
 ])
 def test_invalid_parameters_at_startup_exit_2_with_the_reason(params, needles, spawn_python):
-    process = spawn_python(NODE_MODULE, "--ros-args", *_ros_args(**params))
+    process = spawn_python(NODE_MODULE, "--ros-args", *ros_args(**params))
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2, (out, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -30,6 +30,7 @@ import yaml
 from prism_ros.errors import InputError
 from prism_ros.nodes.prism_node import (PARAMETERS, build_filter_config, check_stereo_parameters, convert_parameter,
                                         stereo_config)
+from ros_helpers.ros_args import ros_args
 from shared_data import sample
 
 pytestmark = pytest.mark.timeout(150)
@@ -54,23 +55,10 @@ def _preset_values() -> dict:
     return {name: convert_parameter(name, value) for name, value in values.items()}
 
 
-def _ros_args(**params) -> list[str]:
-    args = []
-    for name, value in params.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            value = "[" + ",".join(repr(float(v)) for v in value) + "]"
-        elif value == "":
-            value = "''"  # YAML's empty string (rcl refuses an empty override)
-        args += ["-p", f"{name}:={value}"]
-    return args
-
-
 def _start_node(spawn_python, log: Path, **params) -> subprocess.Popen:
     """The node with the EuRoC preset, reliable inputs and the given overrides."""
     params = {"rgb_qos": "reliable", "right_qos": "reliable", "imu_qos": "reliable", **params}
-    return spawn_python(NODE_MODULE, "--ros-args", "--params-file", PRESET, *_ros_args(**params),
+    return spawn_python(NODE_MODULE, "--ros-args", "--params-file", PRESET, *ros_args(**params),
                         stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -265,7 +253,7 @@ def _swapped_rig() -> list[float]:
 ], ids=["no_right_topic", "not_a_rotation", "swapped_cameras"])
 def test_invalid_stereo_parameters_at_startup_exit_2_with_the_reason(params, needles, spawn_python):
     params = {name: _swapped_rig() if value == "swapped" else value for name, value in params.items()}
-    process = spawn_python(NODE_MODULE, "--ros-args", "--params-file", PRESET, *_ros_args(**params))
+    process = spawn_python(NODE_MODULE, "--ros-args", "--params-file", PRESET, *ros_args(**params))
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2, (out, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

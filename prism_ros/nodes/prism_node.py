@@ -61,7 +61,6 @@ with the reason (read-only parameters name the restart that changes them).
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
@@ -72,16 +71,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -97,6 +93,7 @@ from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_f
 from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (Param, convert_value, count, declare, fraction, intrinsics_check, non_negative,
                                       not_empty, one_of, parameters_file, positive, read_all, transform)
+from prism_ros.nodes.runner import run_node
 from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
 
@@ -1326,35 +1323,8 @@ def parameters_yaml() -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM; 2 on invalid parameters. The signals stop the worker before the
-    context goes down (rclpy's own handlers would invalidate the publishers under a running step)."""
-    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = PrismNode()
-    try:
-        node.configure()
-    except InputError as error:
-        print(f"{NODE_NAME}: invalid parameters: {error}", file=sys.stderr, flush=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    node.start()
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.get_logger().info("shutting down")
-        node.stop()
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Run until SIGINT/SIGTERM; 2 on invalid parameters."""
+    return run_node(PrismNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""The process around a prism_ros node: set-up with exit code 2 on invalid parameters, a multi-threaded
+executor, and a clean stop on SIGINT/SIGTERM.
+
+The nodes' own worker threads are stopped before the context goes down (rclpy's default signal handlers
+would invalidate publishers under a running step), so this installs its own handlers.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from prism_ros.errors import InputError
+
+
+def run_node(node_class, name: str, args: list[str] | None = None, threads: int = 3) -> int:
+    """Construct ``node_class()``, ``configure()`` it (InputError: one line on stderr, exit code 2), ``start()``
+    it and spin until SIGINT/SIGTERM; then ``stop()`` it and shut down. 0 on a clean stop."""
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = node_class()
+    try:
+        node.configure()
+    except InputError as error:
+        print(f"{name}: invalid parameters: {error}", file=sys.stderr, flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    executor = MultiThreadedExecutor(num_threads=threads)
+    executor.add_node(node)
+    node.start()
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.get_logger().info("shutting down")
+        node.stop()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
