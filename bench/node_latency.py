@@ -133,7 +133,7 @@ class Probe:
 
 
 def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, out: Path, label: str,
-             rate: float) -> dict:
+             rate: float, node_parameters: dict | None = None) -> dict:
     """Play the bag into a fresh prism_node; the measured figures of this case."""
     from prism_ros.nodes.graph import bag_player_spec, config_path, prism_node_spec, share_dir
     from prism_ros.nodes.launcher import start_graph
@@ -141,7 +141,8 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
     share = share_dir()
     node = prism_node_spec(config_path("prism.yaml", share), share / "config/sensors/synthetic.yaml",
                            use_sim_time=False)
-    node = replace(node, parameters={**node.parameters, "device": device, "diagnostics_period": 0.25,
+    node = replace(node, parameters={**node.parameters, **(node_parameters or {}), "device": device,
+                                     "diagnostics_period": 0.25,
                                      "map_path": str(out / "prism_map.pt")})
     player = bag_player_spec(str(bag), rate=rate, qos="reliable", wait_for_subscribers=2, quiet=True)
     # no /clock (the node runs on wall time); node start-up (torch, filter) can be slow on a busy machine
@@ -251,6 +252,16 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['case']} {r['device']}: node-side latency p50 {r['node_latency_p50_ms']:.1f} ms; stages p50 ms: {stages}")
 
 
+def node_parameter(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` (the value parsed as YAML) -> (name, value)."""
+    import yaml
+
+    name, _, value = text.partition("=")
+    if not name or not _:
+        raise SystemExit(f"--node-param {text!r}: write NAME=VALUE")
+    return name.strip(), yaml.safe_load(value)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=60, help="frames per synthetic bag (30 Hz)")
@@ -261,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time, 30 Hz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regenerate", action="store_true", help="rewrite cached bags")
+    p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="prism_node parameter override (YAML value), e.g. map_publish_period=1000 (repeatable)")
     args = p.parse_args(argv)
 
     resolutions = [r.strip().lower() for r in args.resolutions.split(",") if r.strip()]
@@ -291,7 +304,8 @@ def main(argv=None) -> int:
                 print(f"running {r} {RESOLUTIONS[r][0]}x{RESOLUTIONS[r][1]} on {device} "
                       f"(domain {domain_id}) ...", flush=True)
                 started = time.perf_counter()
-                row = run_case(probe, bags[r], args.frames, device, domain_id, out, f"{r}_{device}", args.rate)
+                row = run_case(probe, bags[r], args.frames, device, domain_id, out, f"{r}_{device}", args.rate,
+                               dict(node_parameter(text) for text in args.node_param))
                 row["case"] = label
                 row["resolution"] = "x".join(map(str, RESOLUTIONS[r]))
                 rows.append(row)
