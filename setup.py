@@ -45,6 +45,7 @@ NODES = {
     "trajectory_recorder": "prism_ros.nodes.recorder:main",
     "imu_odometry": "prism_ros.nodes.imu_odometry:main",
     "prism_node": "prism_ros.nodes.prism_node:main",
+    "ace_node": "prism_ros.nodes.ace_node:main",
 }
 
 setup(
@@ -59,7 +60,7 @@ setup(
         ("share/" + PACKAGE + "/config/sensors", glob("config/sensors/*.yaml")),
         ("share/" + PACKAGE + "/rviz", glob("rviz/*.rviz")),
     ],
-    package_data={PACKAGE: ["py.typed"]},
+    package_data={PACKAGE: ["py.typed"], f"{PACKAGE}.ace": ["weights/*.pt", "weights/README.md"]},
     install_requires=CORE,
     extras_require={
         "ros": ROS_WHEELS,

@@ -1,42 +1,86 @@
-"""ros2 launch prism_ros suite.launch.py [sensor:=euroc] [bag:=/path/to/bag] [rviz:=true] [ace:=false] [dmn:=false]
+"""ros2 launch prism_ros suite.launch.py [sensor:=euroc] [bag:=/path/to/bag] [rviz:=true] [ace:=true] [ace_map:=FILE]
 
-The whole prism_ros suite. Today that is prism.launch.py (included; every one of its arguments --
-config, sensor, use_sim_time, rviz, bag, rate, loop -- passes through unchanged). The relocalization
-nodes ACE and DMN arrive in later releases: their switches exist so that command lines stay valid, and
-for now they only log that the node is not part of this release (no executable is started).
+The whole prism_ros suite: the PRISM graph of prism.launch.py (same arguments, same meaning) plus, with
+ace:=true, ace_node on the same sensor preset (relocalization on request, and the automatic recovery of
+prism_node when its tracking is lost). The nodes come from prism_ros.nodes.graph.suite_graph, the same
+NodeSpecs that `python -m prism_ros.nodes.launcher suite [BAG] --ace ...` runs when ROS 2 launch is not
+installed. The DMN localization node arrives in a later release: its switch exists so that command lines
+stay valid, and for now it only logs that the node is not part of this release.
 
 | argument | default | choices | description |
 | --- | --- | --- | --- |
-| ace | false | true, false | ACE relocalization node (later release: logs a notice only) |
-| dmn | false | true, false | DMN relocalization node (later release: logs a notice only) |
+| config | prism.yaml | path | prism_node parameter YAML: a path, or a file name in share/prism_ros/config (default: the installed config/prism.yaml) |
+| sensor | tum | tum, euroc, blackbird, 7scenes, realsense, synthetic | sensor preset share/prism_ros/config/sensors/<sensor>.yaml, loaded after config (and after config/ace.yaml for ace_node) |
+| use_sim_time | auto | auto, true, false | use /clock time in every node; auto = true exactly when bag is given |
+| rviz | false | true, false | also start rviz2 with share/prism_ros/rviz/prism.rviz |
+| bag | "" | path | ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock ("" = none: live sensors or another player) |
+| rate | 1.0 | number | bag playback speed factor (0 = as fast as possible); only with bag |
+| loop | false | true, false | restart the bag at its end; only with bag |
+| ace | false | true, false | also start ace_node (ACE relocalization and recovery of prism_node) |
+| ace_map | "" | path | ACE map file for ace_node ("" = map_path of config/ace.yaml) |
+| dmn | false | true, false | DMN localization node (later release: logs a notice only) |
 """
-import os
-
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, LogInfo
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
-from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
 
-PRISM_LAUNCH = "prism.launch.py"  # beside this file, in the source tree and in share/prism_ros/launch
+from prism_ros.errors import InputError
+from prism_ros.nodes.graph import missing_files, suite_graph
 
 ARGUMENTS = {
-    "ace": ("false", "ACE relocalization node (later release: logs a notice only)"),
-    "dmn": ("false", "DMN relocalization node (later release: logs a notice only)"),
+    "config": ("prism.yaml", "prism_node parameter YAML: a path, or a file name in share/prism_ros/config "
+                             "(default: the installed config/prism.yaml)"),
+    "sensor": ("tum", "sensor preset share/prism_ros/config/sensors/<sensor>.yaml, loaded after config"),
+    "use_sim_time": ("auto", "use /clock time in every node; auto = true exactly when bag is given"),
+    "rviz": ("false", "also start rviz2 with share/prism_ros/rviz/prism.rviz"),
+    "bag": ("", "ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock (empty: none)"),
+    "rate": ("1.0", "bag playback speed factor (0 = as fast as possible); only with bag"),
+    "loop": ("false", "restart the bag at its end; only with bag"),
+    "ace": ("false", "also start ace_node (ACE relocalization and recovery of prism_node)"),
+    "ace_map": ("", "ACE map file for ace_node (empty: map_path of config/ace.yaml)"),
+    "dmn": ("false", "DMN localization node (later release: logs a notice only)"),
 }
-CHOICES = {"ace": ["true", "false"], "dmn": ["true", "false"]}
-# Placeholder notices for nodes that do not exist yet; replace each by its Node action when it lands.
+CHOICES = {
+    "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],
+    "use_sim_time": ["auto", "true", "false"],
+    "rviz": ["true", "false"],
+    "loop": ["true", "false"],
+    "ace": ["true", "false"],
+    "dmn": ["true", "false"],
+}
+GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "ace", "ace_map")
+# Notices for nodes that do not exist yet; replace each by the graph's node when it lands.
 LATER = {
-    "ace": "ace:=true: the ACE relocalization node arrives in a later prism_ros release; not started",
-    "dmn": "dmn:=true: the DMN relocalization node arrives in a later prism_ros release; not started",
+    "dmn": "dmn:=true: the DMN localization node arrives in a later prism_ros release; not started",
 }
+
+
+def _declare(name, default, description):
+    return DeclareLaunchArgument(name, default_value=default, description=description,
+                                 **({"choices": CHOICES[name]} if name in CHOICES else {}))
+
+
+def _node(spec):
+    return Node(package=spec.package, executable=spec.executable, name=spec.name,
+                parameters=[*spec.parameter_files, spec.parameters], remappings=list(spec.remappings),
+                arguments=list(spec.arguments), output="screen")
+
+
+def _nodes(context):
+    """The graph for the resolved launch arguments; missing parameter/rviz files stop the launch."""
+    values = {name: LaunchConfiguration(name).perform(context) for name in GRAPH_ARGUMENTS}
+    specs = suite_graph(**values)
+    missing = missing_files(specs)
+    if missing:
+        raise InputError(f"{', '.join(missing)} not found",
+                         "give config:=<existing file> or install prism_ros with its config/ and rviz/ folders")
+    return [_node(spec) for spec in specs]
 
 
 def generate_launch_description():
-    """ace/dmn arguments, prism.launch.py (its arguments pass through) and the later-release notices."""
-    arguments = [DeclareLaunchArgument(name, default_value=default, description=text, choices=CHOICES[name])
-                 for name, (default, text) in ARGUMENTS.items()]
-    prism = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(os.path.dirname(os.path.abspath(__file__)), PRISM_LAUNCH)))
+    """The launch arguments of the table above, the suite graph's nodes and the later-release notices."""
+    arguments = [_declare(name, default, text) for name, (default, text) in ARGUMENTS.items()]
     notices = [LogInfo(msg=text, condition=IfCondition(LaunchConfiguration(name))) for name, text in LATER.items()]
-    return LaunchDescription(arguments + [prism] + notices)
+    return LaunchDescription(arguments + [OpaqueFunction(function=_nodes)] + notices)

@@ -6,7 +6,6 @@ one line (problem -> fix) with exit code 2, never a traceback.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,25 +13,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from prism_ros.errors import InputError
+from prism_ros.errors import InputError, reports_input_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="prism_ros: probabilistic dense SLAM and relocalization for ROS 2.")
 console = Console(stderr=True)
-
-
-def reports_input_errors(command):
-    """Turn InputError into a one-line message and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except InputError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 @app.command()
@@ -205,6 +190,16 @@ def doctor():
     from prism_ros.nodes.compat import format_ros_pieces
 
     typer.echo(format_ros_pieces())
+
+
+def _mount_subcommands() -> None:
+    """`prism-ros ace ...` (ACE mapping, relocalization, encoder pretraining); cheap to import (lazy torch)."""
+    from prism_ros.ace.cli import app as ace_app
+
+    app.add_typer(ace_app, name="ace")
+
+
+_mount_subcommands()
 
 
 def main(argv: list[str] | None = None) -> int:

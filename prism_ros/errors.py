@@ -13,3 +13,21 @@ class InputError(Exception):
         self.problem, self.fix, self.path = problem, fix, path
         where = f"{path}: " if path is not None else ""
         super().__init__(f"{where}{problem}" + (f" -> {fix}" if fix else ""))
+
+
+def reports_input_errors(command):
+    """Decorator for CLI commands: an InputError becomes one line on stderr and exit code 2, no traceback."""
+    import functools  # noqa: PLC0415
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            import typer  # noqa: PLC0415
+            from rich.console import Console  # noqa: PLC0415
+
+            Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper

@@ -21,7 +21,7 @@ import yaml
 
 from prism_ros.errors import InputError
 from prism_ros.nodes import launcher
-from prism_ros.nodes.graph import GRAPHS, SENSORS, NodeSpec, missing_files, play_graph, prism_graph
+from prism_ros.nodes.graph import GRAPHS, SENSORS, NodeSpec, missing_files, play_graph, prism_graph, suite_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -81,6 +81,8 @@ def every_node(function_name: str) -> list[NodeSpec]:
         return play_graph("/some/bag")
     if function_name == "prism_graph":
         return prism_graph(bag="/some/bag", rviz=True, share=ROOT)
+    if function_name == "suite_graph":
+        return suite_graph(bag="/some/bag", rviz=True, ace=True, share=ROOT)
     raise AssertionError(f"unknown graph function {function_name}: teach this test its optional nodes")
 
 
@@ -102,7 +104,7 @@ def test_every_executable_is_a_console_script_or_known_external(path):
     specs = [spec for name in graph_functions(tree) for spec in every_node(name)]
     literal_executables = [kw.value.value for call in calls(tree, "Node") for kw in call.keywords
                            if kw.arg == "executable" and isinstance(kw.value, ast.Constant)]
-    assert specs or literal_executables or path.name == "suite.launch.py", f"{path.name} starts no node"
+    assert specs or literal_executables, f"{path.name} starts no node"
     for executable in literal_executables + [s.executable for s in specs]:
         if executable in EXTERNAL_EXECUTABLES or executable in nodes:
             continue
@@ -190,15 +192,27 @@ def test_prism_launch_arguments_are_the_graph_arguments():
     assert specs[0].parameter_files == (str(ROOT / "config/prism.yaml"), str(ROOT / "config/sensors/tum.yaml"))
 
 
-def test_suite_includes_prism_and_starts_no_invented_node():
+def test_suite_launch_arguments_are_the_prism_arguments_plus_ace_and_dmn():
     tree = parse(LAUNCH / "suite.launch.py")
     arguments, later = literal(tree, "ARGUMENTS"), literal(tree, "LATER")
-    assert set(arguments) == {"ace", "dmn"} and set(later) == {"ace", "dmn"}
-    assert all(default == "false" for default, _ in arguments.values())
-    assert all("later" in text for text in later.values())
-    assert not calls(tree, "Node"), "suite.launch.py must not start nodes that do not exist yet"
-    assert literal(tree, "PRISM_LAUNCH") == "prism.launch.py" and calls(tree, "IncludeLaunchDescription")
-    assert calls(tree, "LogInfo") and calls(tree, "IfCondition")
+    prism = literal(parse(LAUNCH / "prism.launch.py"), "ARGUMENTS")
+    assert list(arguments)[:len(prism)] == list(prism) and set(arguments) - set(prism) == {"ace", "ace_map", "dmn"}
+    assert all(arguments[name] == prism[name] or name == "sensor" for name in prism)
+    assert set(later) == {"dmn"} and "later" in later["dmn"]
+    assert literal(tree, "GRAPH_ARGUMENTS") == tuple(a for a in arguments if a != "dmn")
+    # the launch defaults build the default suite graph: prism_node alone (ACE off)
+    values = {name: default for name, (default, _) in arguments.items() if name != "dmn"}
+    assert [s.executable for s in suite_graph(**values, share=ROOT)] == ["prism_node"]
+
+
+def test_suite_graph_with_ace_runs_ace_node_on_the_same_sensor_preset():
+    specs = suite_graph(sensor="euroc", ace="true", ace_map="/maps/room.ace", bag="/bags/v101", share=ROOT)
+    assert [s.executable for s in specs] == ["bag_player", "prism_node", "ace_node"]
+    prism, ace = specs[1], specs[2]
+    assert ace.parameter_files == (str(ROOT / "config/ace.yaml"), prism.parameter_files[1])
+    assert ace.parameters == {"use_sim_time": True, "map_path": "/maps/room.ace"}
+    assert not missing_files(specs)
+    assert "map_path" not in suite_graph(ace=True, share=ROOT)[1].parameters
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,
@@ -285,15 +299,23 @@ def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
         opaque.kwargs["function"](context)
 
 
-def test_suite_launch_file_code_runs_against_stub_launch(stub_launch):
+def test_suite_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatch):
+    import prism_ros.nodes.graph as graph
+
+    monkeypatch.setattr(graph, "share_dir", lambda: ROOT)
     module = load_launch_file("suite.launch.py")
     entities = module.generate_launch_description().args[0]
     kinds = [type(e).__name__ for e in entities]
-    assert kinds == ["DeclareLaunchArgument"] * 2 + ["IncludeLaunchDescription"] + ["LogInfo"] * 2
-    include = entities[2].args[0].args[0]
-    assert Path(include) == LAUNCH / "prism.launch.py"
-    notices = entities[3:]
-    assert [n.kwargs["condition"].args[0].args[0] for n in notices] == ["ace", "dmn"]
+    assert kinds == ["DeclareLaunchArgument"] * len(module.ARGUMENTS) + ["OpaqueFunction", "LogInfo"]
+    (opaque,) = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    context = {name: default for name, (default, _) in module.ARGUMENTS.items()}
+    context.update(sensor="tum", ace="true", ace_map="/maps/kitchen.ace")
+    prism, ace = opaque.kwargs["function"](context)
+    assert prism.kwargs["executable"] == "prism_node" and ace.kwargs["executable"] == "ace_node"
+    assert ace.kwargs["parameters"][0].endswith("config/ace.yaml")
+    assert ace.kwargs["parameters"][1].endswith("config/sensors/tum.yaml")
+    assert ace.kwargs["parameters"][2]["map_path"] == "/maps/kitchen.ace"
+    assert entities[-1].kwargs["condition"].args[0].args[0] == "dmn"
 
 
 # ------------------------------------------------------------------------------------- pending config files

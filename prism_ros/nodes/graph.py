@@ -143,6 +143,32 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     return specs
 
 
+ACE_CONFIG = "config/ace.yaml"
+
+
+def ace_node_spec(ace_config: Any, sensor_config: Any, ace_map: Any = "", use_sim_time: bool = False,
+                  name: str = "ace_node") -> NodeSpec:
+    """The ACE relocalization node: its parameter file, then the sensor preset (the same topics, intrinsics
+    and T_base_camera as prism_node's), then the map file when given."""
+    parameters = {"use_sim_time": use_sim_time, **({"map_path": str(ace_map)} if str(ace_map or "").strip() else {})}
+    return NodeSpec(PACKAGE, "ace_node", name, parameters, module="prism_ros.nodes.ace_node",
+                    parameter_files=(str(ace_config), str(sensor_config)))
+
+
+def suite_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
+                rviz: Any = False, rate: Any = 1.0, loop: Any = False, ace: Any = False, ace_map: Any = "",
+                share: Path | None = None, **player: Any) -> list[NodeSpec]:
+    """Graph of ``suite.launch.py``: :func:`prism_graph` plus, with ``ace``, ace_node on the same sensor preset
+    (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s)."""
+    share = share or share_dir()
+    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, share=share, **player)
+    if as_bool(ace, "ace"):
+        prism = next(s for s in specs if s.executable == "prism_node")
+        specs.insert(specs.index(prism) + 1, ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
+                                                           prism.parameters["use_sim_time"]))
+    return specs
+
+
 def missing_files(specs: list[NodeSpec]) -> list[str]:
     """Parameter files and ``-d`` (rviz) configuration files of ``specs`` that do not exist."""
     missing = []
@@ -155,4 +181,5 @@ def missing_files(specs: list[NodeSpec]) -> list[str]:
 
 
 #: graph name -> function building it (used by the launcher's command line)
-GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {"play": play_graph, "prism": prism_graph}
+GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {"play": play_graph, "prism": prism_graph,
+                                                     "suite": suite_graph}
