@@ -103,6 +103,11 @@ PARAMETERS: dict[str, Param] = {
     "hypotheses": Param(64, "int", "RANSAC hypotheses per image", dynamic=True, check=_at_least(1)),
     "covariance_scale": Param(25.0, "float", "factor on ACE's inlier covariance (it ignores correlated errors)",
                               dynamic=True, check=positive),
+    "position_std_floor": Param(0.05, "float", "added position std (m, per axis) of a relocalized pose: ACE is "
+                                "rarely better than a few cm, whatever its inlier covariance says", dynamic=True,
+                                check=non_negative),
+    "rotation_std_floor_deg": Param(2.0, "float", "added rotation std (deg, per axis) of a relocalized pose",
+                                    dynamic=True, check=non_negative),
     # -- frames
     "map_frame": Param("map", "str", "world frame of the ACE map and of ~/pose", dynamic=True, check=not_empty),
     "T_base_camera": Param(list(IDENTITY16), "floats", "camera -> base_frame transform, 16 numbers row-major "
@@ -146,15 +151,20 @@ def parameters_yaml() -> str:
 
 
 def camera_covariance_to_ros(covariance: np.ndarray, T_world_camera: np.ndarray,  # noqa: N803
-                             T_map_base: np.ndarray) -> np.ndarray:  # noqa: N803
+                             T_map_base: np.ndarray, scale: float = 1.0,  # noqa: N803
+                             floor: np.ndarray | None = None) -> np.ndarray:
     """ACE's covariance of a right perturbation T exp(xi) of the camera pose -> ROS pose covariance of the base:
-    left = Ad(T) cov Ad(T)^T (invariant to the constant camera -> base transform), then the ROS lever arm."""
+    left = scale Ad(T) cov Ad(T)^T + diag(floor^2) (invariant to the constant camera -> base transform), then
+    the ROS lever arm. ``floor``: std per [rho, phi] axis added in the world frame."""
     import torch  # noqa: PLC0415
 
     from prism_ros.geometry import se3_adjoint  # noqa: PLC0415
 
     adjoint = se3_adjoint(torch.as_tensor(T_world_camera, dtype=torch.float64)).numpy()
-    return left_covariance_to_ros(adjoint @ covariance @ adjoint.T, T_map_base[:3, 3])
+    left = scale * adjoint @ covariance @ adjoint.T
+    if floor is not None:
+        left = left + np.diag(np.asarray(floor, dtype=np.float64) ** 2)
+    return left_covariance_to_ros(left, T_map_base[:3, 3])
 
 
 def is_new_keyframe(T: np.ndarray, keyframes: list[np.ndarray], distance: float, angle_deg: float) -> bool:  # noqa: N803
@@ -468,7 +478,8 @@ class AceNode(Node):
             return False, (f"rejected ({reason}): {result.inliers} inliers < {v['min_inliers']}"
                            + (f" ({result.reason})" if result.reason else ""))
         T_map_base = result.pose @ self.T_camera_base  # noqa: N806
-        covariance = v["covariance_scale"] * camera_covariance_to_ros(result.covariance, result.pose, T_map_base)
+        floor = [v["position_std_floor"]] * 3 + [np.radians(v["rotation_std_floor_deg"])] * 3
+        covariance = camera_covariance_to_ros(result.covariance, result.pose, T_map_base, v["covariance_scale"], floor)
         msg = matrix_to_pose_with_covariance(T_map_base, covariance, item.rgb.header.stamp, v["map_frame"])
         self.pose_pub.publish(msg)
         if reason == "recovery":
