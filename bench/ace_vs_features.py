@@ -128,7 +128,8 @@ def run_features(mapping, frames, args) -> tuple[list, list[float], float, dict]
 
 
 def run_ace(mapping, frames, args) -> tuple[list, list[float], float, dict]:
-    from prism_ros.ace import get_recipe, load_encoder, map_scene, relocalize
+    from prism_ros.ace import get_recipe, load_encoder, map_scene
+    from prism_ros.ace.relocalize import relocalize
 
     encoder = load_encoder(args.ace_encoder, device=args.device)
     recipe = get_recipe(args.ace_recipe or ("test" if args.quick else "cpu"))

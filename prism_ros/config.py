@@ -22,6 +22,22 @@ from prism_ros.tracking import TrackingConfig
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
+def resolve_device(name: str) -> str:
+    """A torch device name: 'auto' picks CUDA when available; 'cuda[:N]' without CUDA, or a name torch does not
+    know, is an input error (the filter, the ACE tools and the nodes all choose devices this way)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available", "use --device cpu or --device auto")
+    try:
+        torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"device {name!r} is not valid ({error})", "use auto, cpu, cuda or cuda:N") from None
+    return name
+
+
 @dataclass
 class FilterConfig:
     map: MapConfig = field(default_factory=MapConfig)
@@ -48,15 +64,8 @@ class FilterConfig:
                              f"levels 0..{self.levels - 1}", "lower them or raise `levels`")
 
     def resolved_device(self) -> str:
-        """'auto' picks CUDA when available; an explicit 'cuda' without CUDA is an input error."""
-        import torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {self.device!r} requested but CUDA is not available",
-                             "use --device cpu or --device auto")
-        return self.device
+        """The torch device name of :attr:`device` (see :func:`resolve_device`)."""
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

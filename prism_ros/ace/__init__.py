@@ -6,11 +6,21 @@ ACE's augmentations), :mod:`mapping` (curriculum, recipes), :mod:`relocalize` (R
 :mod:`mapfile` (save/load/validate), :mod:`ensemble` (k-means chunks), :mod:`pretrain` (encoder training
 on procedural scenes), :mod:`cli` (``prism-ros ace ...``). No ROS imports.
 """
-from prism_ros.ace.encoder import Encoder, load_encoder, random_encoder
-from prism_ros.ace.mapfile import AceMap, load_map, save_map
-from prism_ros.ace.mapping import CPU_RECIPE, GPU_RECIPE, TEST_RECIPE, Recipe, get_recipe, map_scene
-from prism_ros.ace.relocalize import Relocalization, ransac_pnp, relocalize
+import importlib
 
-__all__ = ["AceMap", "CPU_RECIPE", "Encoder", "GPU_RECIPE", "Recipe", "Relocalization", "TEST_RECIPE",
-           "get_recipe", "load_encoder", "load_map", "map_scene", "random_encoder", "ransac_pnp", "relocalize",
-           "save_map"]
+#: public name -> module that defines it; imported on first use (PEP 562), so mounting the `prism-ros ace`
+#: commands (prism_ros.ace.cli) does not load torch for `prism-ros --help`
+_EXPORTS = {
+    "Encoder": "encoder", "load_encoder": "encoder", "random_encoder": "encoder",
+    "AceMap": "mapfile", "load_map": "mapfile", "save_map": "mapfile",
+    "CPU_RECIPE": "mapping", "GPU_RECIPE": "mapping", "TEST_RECIPE": "mapping", "Recipe": "mapping",
+    "get_recipe": "mapping", "map_scene": "mapping",
+    "Relocalization": "relocalize", "ransac_pnp": "relocalize",
+}  # relocalize() itself: import it from prism_ros.ace.relocalize (the name is also the submodule's)
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"prism_ros.ace.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,14 +19,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 
-def _device(name: str):
-    import torch
+def resolve_device(name: str) -> str:
+    """:func:`prism_ros.config.resolve_device`, imported when a command runs (it pulls in torch; --help stays quick)."""
+    from prism_ros.config import resolve_device as resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA requested but not available", "use --device cpu")
-    return name
+    return resolve(name)
 
 
 def _threads(threads: int) -> None:
@@ -58,7 +55,7 @@ def map_command(
     from prism_ros.datasets import open_dataset
 
     _threads(threads)
-    dev = _device(device)
+    dev = resolve_device(device)
     chosen = get_recipe(recipe, steps=steps)
     net = load_encoder(encoder, dev)
     data = open_dataset(dataset, frames=frames)
@@ -95,7 +92,7 @@ def localize_command(
     if solver not in ("p3p", "usac"):
         raise InputError(f"unknown solver {solver!r}", "use --solver p3p or --solver usac")
     _threads(threads)
-    dev = _device(device)
+    dev = resolve_device(device)
     net = load_encoder(encoder, dev)
     ace_map = load_map(map_file, net.encoder_id, dev)
     data = open_dataset(dataset, frames=frames)
@@ -139,5 +136,5 @@ def pretrain_command(
             raise InputError("real sequence not found", "give an existing dataset folder", path)
     _threads(threads)
     cfg = PretrainConfig(scenes=scenes, steps=steps, minutes=minutes or None, seed=seed)
-    encoder = pretrain_encoder(out, cfg, [str(p) for p in real or []], CONFIGS[config], _device(device))
+    encoder = pretrain_encoder(out, cfg, [str(p) for p in real or []], CONFIGS[config], resolve_device(device))
     typer.echo(f"encoder {encoder.encoder_id} -> {out}")

@@ -48,6 +48,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
 
+from prism_ros.config import resolve_device
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
@@ -239,7 +240,7 @@ class AceNode(Node):
             raise InputError("intrinsics_source is parameters but intrinsics is unset", "set intrinsics:=[fx, fy, cx, cy]")
         self.T_base_camera = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
         self.T_camera_base = np.linalg.inv(self.T_base_camera)
-        self.device = self._device(v["device"])
+        self.device = resolve_device(v["device"])
         self.encoder = load_encoder(v["encoder_path"] or None, self.device)
         path = Path(v["map_path"]).expanduser()
         if path.is_file():
@@ -251,19 +252,6 @@ class AceNode(Node):
                                    else ": load one with ~/load_map (relocalization answers 'no map' until then)"))
         self._create_interfaces()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-    @staticmethod
-    def _device(name: str) -> str:
-        import torch  # noqa: PLC0415
-
-        if name == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {name} requested but CUDA is not available", "use device:=cpu")
-        try:
-            return str(torch.device(name))
-        except RuntimeError as error:
-            raise InputError(f"device {name!r} is not valid ({error})", "use cpu, cuda, cuda:N or auto") from None
 
     def _read_map(self, path: Path):
         from prism_ros.ace import load_map  # noqa: PLC0415
@@ -444,7 +432,7 @@ class AceNode(Node):
                 done["event"].set()
 
     def _relocalize(self, item: ImageSet | None, reason: str) -> tuple[bool, str]:
-        from prism_ros.ace import relocalize  # noqa: PLC0415
+        from prism_ros.ace.relocalize import relocalize  # noqa: PLC0415
 
         if item is None:
             with self._lock:
