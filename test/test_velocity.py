@@ -1,7 +1,6 @@
 """Closed-form velocity (prism_ros.velocity): Gaussian conditioning identities and convergence on
 synthetic trajectories with the constant-velocity transition model."""
 import numpy as np
-import pytest
 import torch
 from torch.func import jacfwd
 

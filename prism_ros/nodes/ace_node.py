@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,9 @@ from prism_ros.errors import InputError
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, depth_to_metres, header_ns, image_to_numpy,
                                          make_header, matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
-from prism_ros.nodes.parameters import (Param, convert_value, count, declare, intrinsics_check, non_negative,
+from prism_ros.nodes.parameters import (Param, checked_changes, count, declare, intrinsics_check, non_negative,
                                         not_empty, one_of, parameters_file, positive, read_all, transform)
-from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS,
+from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS, BadInput,
                                         left_covariance_to_ros)
 from prism_ros.nodes.runner import run_node
 
@@ -137,11 +137,6 @@ PARAMETERS: dict[str, Param] = {
     "mapping_steps": Param(0, "int", "head training steps; 0 = the recipe's", check=non_negative),
     "diagnostics_period": Param(1.0, "float", "seconds between /diagnostics messages", check=positive),
 }
-
-
-def convert_parameter(name: str, value: Any) -> Any:
-    """The typed, checked value of parameter ``name``; InputError naming the problem and the fix."""
-    return convert_value(PARAMETERS[name], name, value, "config/ace.yaml")
 
 
 def parameters_yaml() -> str:
@@ -361,8 +356,8 @@ class AceNode(Node):
             return
         try:
             frame = self._frame(match, with_depth=True)
-        except InputError as error:
-            self._bad_input(getattr(error, "cause", "bad_image"), error.problem, error.fix or "")
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
             return
         from prism_ros.ace.buffer import prepare_frame  # noqa: PLC0415
         from prism_ros.ace.mapping import get_recipe  # noqa: PLC0415
@@ -377,13 +372,13 @@ class AceNode(Node):
             self.stats.keyframes = len(self._keyframes)
 
     def _frame(self, item: ImageSet, with_depth: bool = False) -> Frame:
-        """Decode one set into a Frame (InputError with a cause attribute on bad input)."""
+        """Decode one set into a Frame (BadInput naming the cause, the problem and the fix)."""
         rgb_msg = item.rgb
         if rgb_msg.encoding not in RGB_ENCODINGS:
-            raise _bad("bad_encoding", f"colour has encoding {rgb_msg.encoding!r}", f"publish {', '.join(RGB_ENCODINGS[:5])}")
+            raise BadInput("bad_encoding", f"colour has encoding {rgb_msg.encoding!r}", f"publish {', '.join(RGB_ENCODINGS[:5])}")
         v = self.values
         if item.info is None and v["intrinsics_source"] == "camera_info":
-            raise _bad("missing_camera_info", f"no CameraInfo on {v['camera_info_topic']} yet",
+            raise BadInput("missing_camera_info", f"no CameraInfo on {v['camera_info_topic']} yet",
                        "publish the colour camera's CameraInfo")
         try:
             rgb = to_rgb(image_to_numpy(rgb_msg), rgb_msg.encoding)
@@ -393,18 +388,19 @@ class AceNode(Node):
                 fx, fy, cx, cy = v["intrinsics"]
                 intrinsics = Intrinsics(fx, fy, cx, cy, rgb.shape[1], rgb.shape[0], tuple(v["distortion"]))
         except InputError as error:
-            raise _bad("bad_image", error.problem, error.fix or "fix the publisher") from None
+            raise BadInput("bad_image", error.problem, error.fix or "fix the publisher") from None
         height, width = rgb.shape[:2]
-        from dataclasses import replace  # noqa: PLC0415
-
         intrinsics = replace(intrinsics, width=width, height=height)
         depth = None
         if with_depth and item.depth is not None:
             if item.depth.encoding not in DEPTH_ENCODINGS:
-                raise _bad("bad_encoding", f"depth has encoding {item.depth.encoding!r}", "publish 16UC1 or 32FC1")
-            depth = depth_to_metres(image_to_numpy(item.depth), item.depth.encoding, self.values["depth_scale"])
+                raise BadInput("bad_encoding", f"depth has encoding {item.depth.encoding!r}", "publish 16UC1 or 32FC1")
+            try:
+                depth = depth_to_metres(image_to_numpy(item.depth), item.depth.encoding, self.values["depth_scale"])
+            except InputError as error:
+                raise BadInput("bad_image", f"depth: {error.problem}", error.fix or "fix the publisher") from None
             if depth.shape[:2] != rgb.shape[:2]:
-                raise _bad("bad_image", "depth and colour sizes differ", "publish depth registered to colour")
+                raise BadInput("bad_image", "depth and colour sizes differ", "publish depth registered to colour")
         return Frame(index=0, timestamp=header_ns(rgb_msg) / 1e9, rgb=rgb, depth=depth, intrinsics=intrinsics)
 
     # -- relocalization -------------------------------------------------------------------------
@@ -448,9 +444,9 @@ class AceNode(Node):
             return False, "no ACE map loaded"
         try:
             frame = self._frame(item)
-        except InputError as error:
-            self._bad_input(getattr(error, "cause", "bad_image"), error.problem, error.fix or "")
-            return False, str(error)
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
+            return False, str(bad)
         v = self.values
         started = time.perf_counter()
         result = relocalize(ace_map, self.encoder, frame.rgb, frame.intrinsics, threshold_px=v["threshold_px"] or None,
@@ -561,19 +557,10 @@ class AceNode(Node):
         return response
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        converted = {}
-        for parameter in parameters:
-            if parameter.name not in PARAMETERS:
-                continue
-            if not PARAMETERS[parameter.name].dynamic:
-                reason = f"{parameter.name} is read-only at runtime -> restart the node with -p {parameter.name}:=..."
-                self._failure("rejected_parameter", f"rejected parameter change: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
-            try:
-                converted[parameter.name] = convert_parameter(parameter.name, parameter.value)
-            except InputError as error:
-                self._failure("rejected_parameter", f"rejected parameter change: {error}")
-                return SetParametersResult(successful=False, reason=str(error))
+        converted, refused = checked_changes(PARAMETERS, parameters, "config/ace.yaml")
+        if refused:
+            self._failure("rejected_parameter", f"rejected parameter change: {refused}")
+            return SetParametersResult(successful=False, reason=refused)
         self.values.update(converted)
         return SetParametersResult(successful=True)
 
@@ -599,12 +586,6 @@ class AceNode(Node):
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.diag_pub.publish(DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()),
                                               status=[status]))
-
-
-def _bad(cause: str, problem: str, fix: str) -> InputError:
-    error = InputError(problem, fix)
-    error.cause = cause
-    return error
 
 
 def main(args: list[str] | None = None) -> int:

@@ -139,6 +139,24 @@ def read_all(node, table: dict[str, Param], reference: str) -> dict[str, Any]:
     return values
 
 
+def checked_changes(table: dict[str, Param], parameters, reference: str) -> tuple[dict[str, Any], str | None]:
+    """A runtime change request (rclpy Parameters): the checked values of ``table``'s parameters, or the reason
+    to refuse the whole request (a read-only parameter, an invalid value). Others (use_sim_time...) pass by."""
+    converted = {}
+    for parameter in parameters:
+        name = parameter.name
+        if name not in table:
+            continue
+        if not table[name].dynamic:
+            return {}, (f"{name} is read-only at runtime -> restart the node with -p {name}:=... (or change it in "
+                        "the parameters file)")
+        try:
+            converted[name] = convert_value(table[name], name, parameter.value, reference)
+        except InputError as error:
+            return {}, str(error)
+    return converted, None
+
+
 def parameters_file(table: dict[str, Param], header: list[str]) -> str:
     """A ROS 2 parameters file (``/**`` section) with every parameter, its default and its meaning."""
     import yaml  # noqa: PLC0415

@@ -91,8 +91,9 @@ from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_f
                                          matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
-from prism_ros.nodes.parameters import (Param, convert_value, count, declare, fraction, intrinsics_check, non_negative,
-                                      not_empty, one_of, parameters_file, positive, read_all, transform)
+from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
+                                      intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
+                                      read_all, transform)
 from prism_ros.nodes.runner import run_node
 from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
@@ -1191,21 +1192,10 @@ class PrismNode(Node):
     # -- parameters at runtime -------------------------------------------------------------------
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        converted = {}
-        for parameter in parameters:
-            name = parameter.name
-            if name not in PARAMETERS:
-                continue  # use_sim_time and friends: rclpy's business
-            if not PARAMETERS[name].dynamic:
-                reason = (f"{name} is read-only at runtime -> restart the node with -p {name}:=... (or change it in "
-                          "the parameters file)")
-                self._failure("rejected_parameter", f"rejected parameter change: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
-            try:
-                converted[name] = convert_parameter(name, parameter.value)
-            except InputError as error:
-                self._failure("rejected_parameter", f"rejected parameter change: {error}")
-                return SetParametersResult(successful=False, reason=str(error))
+        converted, refused = checked_changes(PARAMETERS, parameters, "config/prism.yaml")
+        if refused:
+            self._failure("rejected_parameter", f"rejected parameter change: {refused}")
+            return SetParametersResult(successful=False, reason=refused)
         self.values.update(converted)
         if "sync_slop" in converted:
             self._set_slop(converted["sync_slop"])

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -228,11 +226,11 @@ def replay_bag(bag: Path, preset: str, out: Path, rate: float = 1.0, config: str
         (out / stale).unlink(missing_ok=True)
     overrides = {"use_sim_time": True, "frame_queue": frames_in_bag + 1, "queue_size": 100,
                  "map_path": str((out / "map.pt").resolve()), "diagnostics_period": 0.25,
-                 **{f"{role}_qos": "reliable" for role in ("rgb", "depth", "camera_info", "imu", "control")},
+                 **{f"{role}_qos": "reliable" for role in ("rgb", "depth", "right", "camera_info", "imu", "control")},
                  **({} if visualize else {"map_publish_period": 1e6}), **(node_overrides or {})}
-    values = node_parameter_values([node_config, sensor_config], overrides)
+    values.update(overrides)
     node_spec = prism_node_spec(node_config, sensor_config, use_sim_time=True)
-    node_spec = NodeSpec(**{**node_spec.__dict__, "parameters": overrides})
+    node_spec = replace(node_spec, parameters={**node_spec.parameters, **overrides})
     player = bag_player_spec(str(bag.resolve()), rate=rate, qos="reliable",
                              wait_for_subscribers=1 + len(extra_nodes), quiet=True)
 
