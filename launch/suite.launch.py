@@ -24,10 +24,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
-from prism_ros.errors import InputError
-from prism_ros.nodes.graph import missing_files, suite_graph
+from prism_ros.nodes.graph import launch_nodes, suite_graph
 
 ARGUMENTS = {
     "config": ("prism.yaml", "prism_node parameter YAML: a path, or a file name in share/prism_ros/config "
@@ -62,21 +60,10 @@ def _declare(name, default, description):
                                  **({"choices": CHOICES[name]} if name in CHOICES else {}))
 
 
-def _node(spec):
-    return Node(package=spec.package, executable=spec.executable, name=spec.name,
-                parameters=[*spec.parameter_files, spec.parameters], remappings=list(spec.remappings),
-                arguments=list(spec.arguments), output="screen")
-
-
 def _nodes(context):
-    """The graph for the resolved launch arguments; missing parameter/rviz files stop the launch."""
+    """The graph's nodes for the resolved launch arguments (missing parameter/rviz files stop the launch)."""
     values = {name: LaunchConfiguration(name).perform(context) for name in GRAPH_ARGUMENTS}
-    specs = suite_graph(**values)
-    missing = missing_files(specs)
-    if missing:
-        raise InputError(f"{', '.join(missing)} not found",
-                         "give config:=<existing file> or install prism_ros with its config/ and rviz/ folders")
-    return [_node(spec) for spec in specs]
+    return launch_nodes(suite_graph(**values))
 
 
 def generate_launch_description():

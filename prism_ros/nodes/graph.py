@@ -180,6 +180,20 @@ def missing_files(specs: list[NodeSpec]) -> list[str]:
     return missing
 
 
+def launch_nodes(specs: list[NodeSpec]) -> list:
+    """``launch_ros.actions.Node`` actions for ``specs`` (launch files only: needs launch_ros); a missing
+    parameter or rviz file stops the launch with an InputError naming it."""
+    from launch_ros.actions import Node  # noqa: PLC0415
+
+    missing = missing_files(specs)
+    if missing:
+        raise InputError(f"{', '.join(missing)} not found",
+                         "give config:=<existing file> or install prism_ros with its config/ and rviz/ folders")
+    return [Node(package=spec.package, executable=spec.executable, name=spec.name,
+                 parameters=[*spec.parameter_files, spec.parameters], remappings=list(spec.remappings),
+                 arguments=list(spec.arguments), output="screen") for spec in specs]
+
+
 #: graph name -> function building it (used by the launcher's command line)
 GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {"play": play_graph, "prism": prism_graph,
                                                      "suite": suite_graph}
