@@ -31,3 +31,15 @@ def reports_input_errors(command):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def read_torch_file(path, problem: str, fix: str, detail: bool = True):
+    """``torch.load`` of a tensors-only file (``weights_only``: no pickled code runs); any unreadable file
+    (corrupt, truncated, not torch) is an InputError "<problem> (<error type>[: <message>])" naming the path."""
+    import torch  # noqa: PLC0415
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        reason = f"{type(error).__name__}: {str(error)[:120]}" if detail else type(error).__name__
+        raise InputError(f"{problem} ({reason})", fix, path) from None

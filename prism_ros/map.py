@@ -67,7 +67,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from prism_ros.errors import InputError
+from prism_ros.errors import InputError, read_torch_file
 from prism_ros.geometry import PinholeCamera, transform_points
 from prism_ros.observation import ObservationLevel
 
@@ -807,11 +807,7 @@ class GaussianSdfMap:
         path = Path(path)
         if not path.is_file():
             raise InputError("map file not found", "check the path", path)
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the same input error
-            raise InputError(f"not a readable map file ({type(error).__name__})",
-                             "re-create it with GaussianSdfMap.save", path) from None
+        data = read_torch_file(path, "not a readable map file", "re-create it with GaussianSdfMap.save", detail=False)
         config = check_saved_map(data, path)
         loaded = GaussianSdfMap(config, device)
         loaded._load_state(data["block_coords"], data)

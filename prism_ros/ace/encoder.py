@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prism_ros.errors import InputError
+from prism_ros.errors import InputError, read_torch_file
 
 OUTPUT_STRIDE = 8
 GREY_MEAN, GREY_STD = 0.4, 0.25
@@ -149,11 +149,8 @@ def load_encoder(path: str | Path | None = None, device: str | torch.device = "c
         fix = ("reinstall prism_ros (the weights ship inside the package) or run `prism-ros ace pretrain-encoder`"
                if path == SHIPPED_WEIGHTS else "give the file written by `prism-ros ace pretrain-encoder`")
         raise InputError("encoder weights not found", fix, path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise InputError(f"cannot read encoder weights ({type(error).__name__}: {str(error)[:120]})",
-                         "the file is corrupt or not an encoder: re-run pretrain-encoder or reinstall", path) from None
+    blob = read_torch_file(path, "cannot read encoder weights",
+                           "the file is corrupt or not an encoder: re-run pretrain-encoder or reinstall")
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise InputError("not an ACE encoder file", "give a file written by `prism-ros ace pretrain-encoder`", path)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from prism_ros.ace.head import Head
-from prism_ros.errors import InputError
+from prism_ros.errors import InputError, read_torch_file
 
 MAP_FORMAT = "prism_ros.ace.map"
 MAP_VERSION = 1
@@ -68,11 +68,8 @@ def load_map(path: str | Path, encoder_id: str | None = None, device="cpu") -> A
     path = Path(path)
     if not path.is_file():
         raise InputError("map file not found", "give the file written by `prism-ros ace map --out`", path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise InputError(f"cannot read the map ({type(error).__name__}: {str(error)[:120]})",
-                         "the file is corrupt or truncated: map the scene again with `prism-ros ace map`", path) from None
+    blob = read_torch_file(path, "cannot read the map",
+                           "the file is corrupt or truncated: map the scene again with `prism-ros ace map`")
     if not isinstance(blob, dict) or blob.get("format") != MAP_FORMAT:
         raise InputError("not an ACE map file", "give a file written by `prism-ros ace map --out`", path)
     if blob.get("version") != MAP_VERSION:
