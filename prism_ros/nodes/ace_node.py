@@ -15,6 +15,10 @@ A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, thread
 - Recovery: with ``recovery``, after ``lost_frames_for_recovery`` consecutive false on
   ``<prism_node>/tracking_ok`` the node relocalizes the newest image (at most once per ``recovery_period``)
   and sends an accepted pose to ``<prism_node>/set_pose``: PRISM continues from it on the map it kept.
+- Initial localization: with ``initial_localization``, a map read from a file (at start-up or by
+  ``~/load_map``) is in its own world, not in the frame PRISM started in: the node relocalizes incoming
+  images (at most once per ``recovery_period``) until one is accepted and sends it once to ``/initialpose``,
+  so PRISM restarts there and builds its map in the ACE map's frame (recovery poses then fit PRISM's map).
 - Online mapping: with ``online_mapping``, sets whose stamp matches a ``<prism_node>/pose`` become
   keyframes (``keyframe_distance`` / ``keyframe_angle_deg`` from every other keyframe); every
   ``remap_after_keyframes`` new keyframes a background thread maps them all again with the recipe and
@@ -22,7 +26,7 @@ A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, thread
 - Services ``~/save_map`` / ``~/load_map`` (file: ``map_path``).
 
 Frames: the ACE map's world is ``map_frame`` (maps made offline from dataset poses are in the dataset's
-world: start PRISM there with /initialpose). The base pose is ``T_world_camera @ inv(T_base_camera)``.
+world: initial localization starts PRISM there). The base pose is ``T_world_camera @ inv(T_base_camera)``.
 Bad input (wrong encodings, missing CameraInfo, relocalization without a map) is logged once per cause,
 counted in /diagnostics, and the node keeps running.
 """
@@ -118,6 +122,9 @@ PARAMETERS: dict[str, Param] = {
                       dynamic=True),
     "prism_node": Param("/prism_node", "str", "the PRISM node: its tracking_ok, pose and set_pose topics",
                         check=not_empty),
+    "initial_localization": Param(True, "bool", "after a map is read from a file, relocalize until a pose is "
+                                  "accepted and send it to /initialpose (PRISM restarts in the map's frame)",
+                                  dynamic=True),
     "lost_frames_for_recovery": Param(2, "int", "consecutive lost frames before relocalizing", dynamic=True,
                                       check=_at_least(1)),
     "recovery_period": Param(1.0, "float", "seconds between relocalization attempts while lost", dynamic=True,
@@ -188,6 +195,7 @@ class Stats:
     accepted: int = 0
     rejected: int = 0
     recoveries_sent: int = 0
+    initial_poses_sent: int = 0
     last_inliers: int = 0
     last_ms: float = float("nan")
     keyframes: int = 0
@@ -216,6 +224,7 @@ class AceNode(Node):
         self._new_keyframes = 0
         self._lost_run = 0
         self._last_recovery = 0.0
+        self._initial_pending = False  # a map was read from a file: PRISM still has to start in its frame
         self._jobs: deque = deque(maxlen=4)
         self._job_ready = threading.Condition()
         self._stop = threading.Event()
@@ -242,6 +251,7 @@ class AceNode(Node):
             self.ace_map = self._read_map(path)  # a bad file at start-up: InputError, exit code 2
             self.get_logger().info(f"ACE map {path}: {len(self.ace_map.heads)} head(s), working height "
                                    f"{self.ace_map.image_height}")
+            self._initial_pending = v["initial_localization"]
         else:
             self.get_logger().info(f"no ACE map at {path} yet" + (": online mapping builds it" if v["online_mapping"]
                                    else ": load one with ~/load_map (relocalization answers 'no map' until then)"))
@@ -271,6 +281,7 @@ class AceNode(Node):
         if v["online_mapping"]:
             self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose", self._on_prism_pose, reliable_qos(50))
         self.set_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/set_pose", reliable_qos(10))
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.inliers_pub = self.create_publisher(Int32, "~/inliers", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
@@ -323,6 +334,8 @@ class AceNode(Node):
             self._latest_info = item.info or self._latest_info
             if self.values["online_mapping"]:
                 self._recent.append(item)
+        if self._initial_pending:
+            self._request_at_most_every_period("initial")
 
     def _on_query(self, msg: Image) -> None:
         with self._lock:
@@ -333,10 +346,14 @@ class AceNode(Node):
         v = self.values
         self._lost_run = 0 if msg.data else self._lost_run + 1
         now = time.monotonic()
-        if (v["recovery"] and self._lost_run >= v["lost_frames_for_recovery"]
-                and now - self._last_recovery >= v["recovery_period"]):
+        if v["recovery"] and self._lost_run >= v["lost_frames_for_recovery"] and not self._initial_pending:
+            self._request_at_most_every_period("recovery")
+
+    def _request_at_most_every_period(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last_recovery >= self.values["recovery_period"]:
             self._last_recovery = now
-            self._request(None, "recovery")
+            self._request(None, reason)
 
     def _on_prism_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """Online mapping: the image set with this stamp becomes a keyframe when it shows a new viewpoint."""
@@ -470,8 +487,16 @@ class AceNode(Node):
             self.set_pose_pub.publish(msg)
             with self._lock:
                 self.stats.recoveries_sent += 1
+            self._lost_run = 0  # frames PRISM lost before it got this pose must not trigger another one
             self.get_logger().info(f"recovery: sent {v['prism_node']}/set_pose ({result.inliers} inliers, base at "
                                    f"{np.round(T_map_base[:3, 3], 3).tolist()})")
+        elif reason == "initial" and self._initial_pending:
+            self._initial_pending = False
+            self.initial_pose_pub.publish(msg)
+            with self._lock:
+                self.stats.initial_poses_sent += 1
+            self.get_logger().info(f"initial localization: sent /initialpose ({result.inliers} inliers, base at "
+                                   f"{np.round(T_map_base[:3, 3], 3).tolist()}): PRISM restarts in the map's frame")
         position = np.round(T_map_base[:3, 3], 3).tolist()
         return True, f"base at {position} in {v['map_frame']}, {result.inliers} inliers, {ms:.0f} ms ({reason})"
 
@@ -552,6 +577,7 @@ class AceNode(Node):
             return response
         with self._map_lock:
             self.ace_map = loaded
+        self._initial_pending = self.values["initial_localization"]
         response.success, response.message = True, f"loaded {len(loaded.heads)} head(s) from {path}"
         self.get_logger().info(response.message)
         return response
@@ -570,6 +596,7 @@ class AceNode(Node):
             s = self.stats
             values = {"map": "loaded" if self.ace_map is not None else "none", "attempts": s.attempts,
                       "accepted": s.accepted, "rejected": s.rejected, "recoveries_sent": s.recoveries_sent,
+                      "initial_poses_sent": s.initial_poses_sent,
                       "last_inliers": s.last_inliers, "last_ms": f"{s.last_ms:.1f}", "keyframes": s.keyframes,
                       "mappings": s.mappings, "last_mapping_s": f"{s.last_mapping_s:.1f}",
                       "bad_input_total": sum(s.bad_input.values()),

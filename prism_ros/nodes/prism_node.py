@@ -425,6 +425,7 @@ class Stats:
     lost: int = 0  # of those, tracking lost (not fused)
     dropped: int = 0  # replaced in the mailbox (processing behind)
     skipped_paused: int = 0
+    superseded: int = 0  # frames stamped before a pose set on ~/set_pose (already behind the relocalization)
     resets: int = 0
     time_jumps: int = 0
     relocalizations: int = 0  # poses taken from ~/set_pose
@@ -827,6 +828,10 @@ class PrismNode(Node):
                 with self._stats_lock:
                     self.stats.skipped_paused += 1
                 return
+            if self.filter.state is not None and frame.timestamp <= self.filter.state.t:
+                with self._stats_lock:  # queued before a relocalized pose arrived: it would predict backwards
+                    self.stats.superseded += 1
+                return
             frame.imu = self._take_imu(frame.timestamp)
             frame.control = self._control_at(frame.timestamp)
             model = self.filter_config.dynamics.model
@@ -1162,7 +1167,8 @@ class PrismNode(Node):
             values = {
                 "state": self._state(), "frames_received": s.received, "frames_processed": s.processed,
                 "frames_lost": s.lost, "frames_dropped": s.dropped, "frames_skipped_paused": s.skipped_paused,
-                "resets": s.resets, "time_jumps": s.time_jumps, "relocalizations": s.relocalizations, "bad_input_total": sum(s.bad_input.values()),
+                "frames_superseded": s.superseded, "resets": s.resets, "time_jumps": s.time_jumps,
+                "relocalizations": s.relocalizations, "bad_input_total": sum(s.bad_input.values()),
                 **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
                 **{f"failures.{k}": n for k, n in s.failures.items()},
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",

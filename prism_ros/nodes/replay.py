@@ -294,7 +294,7 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
     try:
         while True:
             monitor.spin(0.1)
-            done = monitor.count("frames_processed") + monitor.count("frames_dropped")
+            done = sum(monitor.count(key) for key in ("frames_processed", "frames_dropped", "frames_superseded"))
             bar.n = min(done, frames_in_bag)
             bar.set_postfix(lost=monitor.count("frames_lost"), bad=monitor.count("bad_input_total"), refresh=False)
             bar.refresh()
@@ -329,6 +329,8 @@ def write_replay_outputs(out: Path, estimates: list, timing: dict, diagnostics: 
         "frames_received": int(diagnostics.get("frames_received", 0)),
         "lost_frames": int(sum(not e.tracking_ok for e in estimates)),
         "dropped_frames": int(diagnostics.get("frames_dropped", 0)),
+        "relocalizations": int(diagnostics.get("relocalizations", 0)),
+        "superseded_frames": int(diagnostics.get("frames_superseded", 0)),
         "bad_input_total": int(diagnostics.get("bad_input_total", 0)),
         "median_ms_per_frame": float(np.median([s["step_ms"] for s in stats[1:]] or [np.nan])),
         "median_ms_per_stage": {k[:-3]: float(np.median([s[k] for s in stats[1:] if k in s] or [np.nan]))
