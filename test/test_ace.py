@@ -207,3 +207,27 @@ def test_cli_map_and_localize(synthetic_sequence, tmp_path):
     result = runner.invoke(app, ["localize", "--map", str(tmp_path / "poses.tum"), "--dataset",
                                  str(synthetic_sequence), "--out", str(tmp_path / "x.tum")])
     assert result.exit_code == 2 and ("not an ACE map" in result.output or "corrupt" in result.output)
+
+
+def test_ensemble_maps_chunks_and_answers_with_the_head_that_sees_the_query(synthetic_sequence, tmp_path):
+    """Two k-means chunks of the camera path, one head each: the file keeps both, and a held-out query is
+    answered by the head of its own chunk (most inliers) at the single-head test's accuracy."""
+
+    torch.manual_seed(0)
+    encoder = load_encoder()
+    mapping = open_dataset(synthetic_sequence, frames="0:120:4")
+    ace_map = map_scene(mapping, encoder, TEST_RECIPE, chunks=2, progress=False)
+    assert len(ace_map.heads) == 2 and ace_map.centres.shape == (2, 3)
+    ace_map = load_map(save_map(ace_map, tmp_path / "two.ace"), encoder.encoder_id)
+    assert len(ace_map.heads) == 2
+    queries = open_dataset(synthetic_sequence, frames="2:120:8")
+    chosen, own, errors = [], [], []
+    for frame in queries:
+        result = relocalize(ace_map, encoder, frame.rgb, frame.intrinsics, min_inliers=20)
+        if result.accepted:
+            chosen.append(result.head)
+            own.append(int(np.argmin(np.linalg.norm(ace_map.centres - frame.pose[:3, 3], axis=1))))
+            errors.append(pose_errors(result.pose, frame.pose)[0][0])
+    assert len(errors) >= 0.7 * len(queries) and set(chosen) == {0, 1}, chosen
+    assert np.mean(np.equal(chosen, own)) >= 0.8, (chosen, own)
+    assert np.median(errors) < 0.05, errors
