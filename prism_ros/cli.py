@@ -193,10 +193,12 @@ def doctor():
 
 
 def _mount_subcommands() -> None:
-    """`prism-ros ace ...` (ACE mapping, relocalization, encoder pretraining); cheap to import (lazy torch)."""
+    """`prism-ros ace ...` (ACE) and `prism-ros dmn ...` (DMN localization); cheap to import (lazy torch)."""
     from prism_ros.ace.cli import app as ace_app
+    from prism_ros.dmn.cli import app as dmn_app
 
     app.add_typer(ace_app, name="ace")
+    app.add_typer(dmn_app, name="dmn")
 
 
 _mount_subcommands()

@@ -1,0 +1,268 @@
+"""Episodes, end-to-end training and evaluation of the DMN methods (Karkus et al. 2020, appendix C.4).
+
+An episode is one environment: ``Nc`` context views (image + pose) and a query trajectory of ``T`` views in
+random order, with the odometry between consecutive queries (the exact relative pose). Episodes come from a
+stored data set (``prism-ros dmn generate``) or are rendered on the fly from fresh environments of a seed
+split (the ray caster makes thousands of views per second, so training never sees an environment twice and
+train/test never share one).
+
+Training follows the paper: the tracking setting (Gaussian initial belief around the true pose, σx = σy =
+0.3, σψ = 30°), one step (T = 1), Nc = 4 contexts, K = 32 particles, Adam on
+L = (x−x*)² + (y−y*)² + 0.5 (ψ−ψ*)², early stopping on a fixed validation set. Evaluation: global
+localization (uniform initial belief, K = 2048) one-step (T = 1) and sequential (T = 5), success = squared
+x-y error below 0.2 at the last step; tracking (K = 256, T = 5): mean squared x-y error at the last step.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from prism_ros.dmn.environments import domain_config, make_environments, render, sample_poses, split_seeds
+from prism_ros.dmn.model import DmnConfig, LocalizationMethod, build_method, parameter_count
+from prism_ros.dmn.particles import gaussian_particles, initial_belief, pose_loss, relative, uniform_particles
+from prism_ros.errors import InputError, read_torch_file
+
+SUCCESS_MSE = 0.2  # the paper's success threshold (squared normalised units)
+
+
+@dataclass
+class Episode:
+    """A batch of episodes: contexts (B,Nc,3,S,S) float in [0,1] + poses (B,Nc,3); queries (B,T,3,S,S) + true
+    poses (B,T,3); odometry (B,T,3), the motion from query t-1 to t in the frame of t-1 (zero at t = 0)."""
+
+    context_images: Tensor
+    context_poses: Tensor
+    query_images: Tensor
+    query_poses: Tensor
+    odometry: Tensor
+
+
+def odometry_of(poses: Tensor) -> Tensor:
+    """(B,T,3) relative motions between consecutive poses, zero for the first."""
+    steps = relative(poses[:, :-1], poses[:, 1:])
+    return torch.cat((torch.zeros_like(poses[:, :1]), steps), dim=1)
+
+
+def episode_from_views(images: Tensor, poses: Tensor, contexts: int) -> Episode:
+    """Split views (B,V,...) in the order given into ``contexts`` contexts and V - contexts queries."""
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    queries = poses[:, contexts:]
+    return Episode(images[:, :contexts], poses[:, :contexts], images[:, contexts:], queries, odometry_of(queries))
+
+
+class StreamedEpisodes:
+    """Episodes from fresh environments of a seed ``split``, rendered on demand: only the Nc + T views an
+    episode needs. Seeds are consumed in order from ``start``, so a source is reproducible."""
+
+    def __init__(self, domain: str, split: str, image_size: int = 32, start: int = 0):
+        self.config = domain_config(domain, image_size)
+        self.split, self.next_seed = split, start
+
+    def sample(self, batch: int, contexts: int, steps: int) -> Episode:
+        seeds = split_seeds(self.split, batch, self.next_seed)
+        self.next_seed += batch
+        envs = make_environments(self.config, seeds)
+        poses = sample_poses(envs, contexts + steps)
+        return episode_from_views(render(envs, poses), poses, contexts)
+
+
+class StoredEpisodes:
+    """Episodes from a data set file of ``prism-ros dmn generate``: random environments and random distinct
+    views of each (a random order makes the query trajectory, as in the paper)."""
+
+    def __init__(self, data: dict, seed: int = 0):
+        self.images, self.poses = data["images"], data["poses"]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch: int, contexts: int, steps: int) -> Episode:
+        environments, views = self.poses.shape[:2]
+        if contexts + steps > views:
+            raise InputError(f"an episode needs {contexts + steps} views but the data set has {views} per "
+                             "environment", "use fewer contexts/steps or generate more views per environment")
+        env = torch.randint(environments, (batch,), generator=self.generator)
+        order = torch.rand(batch, views, generator=self.generator).argsort(dim=1)[:, :contexts + steps]
+        return episode_from_views(self.images[env[:, None], order], self.poses[env[:, None], order], contexts)
+
+
+def localize(method: LocalizationMethod, episode: Episode, mode: str, particles: int,
+             generator: torch.Generator | None = None):
+    """Run ``method`` on a batch of episodes from the initial belief ``mode`` ("global" or "tracking")."""
+    start, log_weights = initial_belief(mode, episode.query_poses[:, 0], particles, generator=generator)
+    return method(episode.context_images, episode.context_poses, episode.query_images, episode.odometry, start,
+                  log_weights, true_poses=episode.query_poses, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------ training
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's training setting, scaled to a CPU budget (``minutes``)."""
+
+    steps: int = 20000
+    batch: int = 32
+    learning_rate: float = 1e-3
+    contexts: int = 4
+    query_steps: int = 1
+    discrimination_weight: float = 1.0  # the auxiliary loss of particle filters (see discrimination_loss)
+    validate_every: int = 250
+    validation_episodes: int = 256
+    validation_particles: int = 256
+    patience: int = 12  # validations without improvement before stopping
+    minutes: float = 0.0  # wall-clock budget; 0 = none
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    method: LocalizationMethod
+    steps: int = 0
+    seconds: float = 0.0
+    best_validation: float = float("nan")
+    history: list = field(default_factory=list)  # (step, train loss, validation loss)
+
+
+def discrimination_loss(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
+                        candidates: int = 64) -> Tensor:
+    """Cross-entropy of the true pose among candidate poses (half near it, as in tracking, half uniform) under
+    the observation model's log-likelihoods.
+
+    An addition to the paper's end-to-end pose loss: at initialisation the likelihood is nearly flat, and the
+    pose loss of a 32-particle weighted mean gives it a weak, noisy signal (no progress in 3,400 CPU steps on
+    Rooms). Scoring the truth against alternatives trains the same network directly; the pose loss stays."""
+    observation = method.observation
+    view_map = observation.build_map(episode.context_images, episode.context_poses)
+    query = observation.encode_queries(episode.query_images[:, :1])
+    query = type(query)(*(x[:, 0] for x in query))
+    truth = episode.query_poses[:, 0]
+    near = gaussian_particles(truth, candidates // 2, generator=generator)
+    far = uniform_particles(len(truth), candidates - candidates // 2 - 1, generator=generator,
+                            device=truth.device, dtype=truth.dtype)
+    logits = observation(view_map, query, torch.cat((truth[:, None], near, far), dim=1))[..., 0]
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(truth), dtype=torch.long, device=logits.device))
+
+
+def validation_loss(method: LocalizationMethod, episodes: list[Episode], particles: int, seed: int) -> float:
+    """Mean squared x-y error of one-step global localization (uniform belief) on fixed episodes with a fixed
+    belief draw: the quantity Table 1 scores, comparable across validations. (The tracking pose loss is a poor
+    guide: the uniform-weight mean of 32 particles around the truth already scores 0.006, and a likelihood
+    on its way to being useful first raises it.)"""
+    generator = torch.Generator().manual_seed(seed)
+    method.eval()
+    with torch.no_grad():
+        errors = [((localize(method, e, "global", particles, generator).estimates[:, -1, :2]
+                    - e.query_poses[:, -1, :2]) ** 2).sum(-1) for e in episodes]
+    method.train()
+    return float(torch.cat(errors).mean())
+
+
+def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn_config: DmnConfig = DmnConfig(),
+          source=None, progress: bool = True) -> TrainResult:
+    """Train one method end to end on the pose loss (tracking setting); returns the best validated weights."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    torch.manual_seed(train_config.seed)
+    method = build_method(name, dmn_config)
+    if parameter_count(method) == 0:
+        return TrainResult(method)
+    source = source or StreamedEpisodes(domain, "train", dmn_config.image_size)
+    validation = StreamedEpisodes(domain, "val", dmn_config.image_size)
+    chunk = min(128, train_config.validation_episodes)
+    val_episodes = [validation.sample(chunk, train_config.contexts, train_config.query_steps)
+                    for _ in range(max(1, train_config.validation_episodes // chunk))]
+    optimiser = torch.optim.Adam(method.parameters(), lr=train_config.learning_rate)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    result = TrainResult(method)
+    best_state, best, waited, running = None, float("inf"), 0, []
+    started = time.perf_counter()
+    bar = tqdm(range(1, train_config.steps + 1), desc=f"train {name} ({domain})", unit="step", disable=not progress)
+    for step in bar:
+        episode = source.sample(train_config.batch, train_config.contexts, train_config.query_steps)
+        output = localize(method, episode, "tracking", dmn_config.particles_train, generator)
+        loss = pose_loss(output.estimates, episode.query_poses, dmn_config.loss_yaw_weight).mean()
+        if method.uses_particles and train_config.discrimination_weight > 0:
+            loss = loss + train_config.discrimination_weight * discrimination_loss(method, episode, generator)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(method.parameters(), 10.0)
+        optimiser.step()
+        running.append(float(loss.detach()))
+        out_of_time = train_config.minutes > 0 and time.perf_counter() - started > 60 * train_config.minutes
+        if step % train_config.validate_every and step != train_config.steps and not out_of_time:
+            continue
+        score = validation_loss(method, val_episodes, train_config.validation_particles, train_config.seed)
+        result.history.append((step, sum(running) / len(running), score))
+        running = []
+        bar.set_postfix(val=f"{score:.3f}", best=f"{min(best, score):.3f}", refresh=False)
+        if score < best:
+            best, best_state, waited = score, copy.deepcopy(method.state_dict()), 0
+        else:
+            waited += 1
+        if waited >= train_config.patience or out_of_time:
+            break
+    bar.close()
+    method.load_state_dict(best_state)
+    result.steps, result.seconds, result.best_validation = step, time.perf_counter() - started, best
+    return result
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+SETTINGS = {  # name: (initial belief, query steps, particles attribute of DmnConfig)
+    "sequential": ("global", 5, "particles_global_eval"),
+    "one_step": ("global", 1, "particles_global_eval"),
+    "tracking": ("tracking", 5, "particles_tracking_eval"),
+}
+
+
+def evaluate(method: LocalizationMethod, domain: str, setting: str, episodes: int = 1000, contexts: int = 4,
+             dmn_config: DmnConfig = DmnConfig(), batch: int = 50, seed: int = 0, progress: bool = False) -> dict:
+    """Success rate (squared x-y error < 0.2 at the last step) and mean squared x-y error of ``method`` on
+    held-out test environments. Every method sees the same episodes and belief draws (seeded)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    mode, steps, particles_field = SETTINGS[setting]
+    particles = getattr(dmn_config, particles_field)
+    source = StreamedEpisodes(domain, "test", dmn_config.image_size, start=seed * episodes)
+    generator = torch.Generator().manual_seed(seed)
+    errors, batch = [], min(batch, episodes)
+    method.eval()
+    with torch.no_grad():
+        for _ in tqdm(range(0, episodes, batch), desc=f"eval {setting}", disable=not progress):
+            episode = source.sample(batch, contexts, steps)
+            final = localize(method, episode, mode, particles, generator).estimates[:, -1]
+            errors.append(((final[:, :2] - episode.query_poses[:, -1, :2]) ** 2).sum(-1))
+    errors = torch.cat(errors)[:episodes]
+    return {"setting": setting, "episodes": len(errors), "success_rate": float((errors < SUCCESS_MSE).float().mean()),
+            "mse_xy": float(errors.mean()), "particles": particles, "steps": steps, "contexts": contexts}
+
+
+# ------------------------------------------------------------------------------------------- weights
+def save_method(result: TrainResult, name: str, domain: str, dmn_config: DmnConfig, train_config: TrainConfig,
+                path: Path, command: str = "") -> Path:
+    """Weights (fp16) with how they were made: method, domain, configs, steps, time, validation loss."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in result.method.state_dict().items()}
+    torch.save({"kind": "prism_ros.dmn", "method": name, "domain": domain, "dmn_config": asdict(dmn_config),
+                "train_config": asdict(train_config), "steps": result.steps, "seconds": result.seconds,
+                "best_validation": result.best_validation, "history": result.history, "command": command,
+                "state": state}, path)
+    return path
+
+
+def load_method(path: Path) -> tuple[LocalizationMethod, dict]:
+    """(method with its weights, the file's record); a missing, corrupt or foreign file is an InputError."""
+    blob = read_torch_file(path, "cannot read the DMN weights", "give a file written by `prism-ros dmn train`")
+    if not isinstance(blob, dict) or blob.get("kind") != "prism_ros.dmn":
+        raise InputError("not a DMN weights file", "give a file written by `prism-ros dmn train`", path)
+    config = DmnConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["dmn_config"].items()})
+    method = build_method(blob["method"], config)
+    try:
+        method.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()})
+    except RuntimeError as error:
+        raise InputError(f"the weights do not fit method {blob['method']!r}: {error}",
+                         "retrain with this version of prism_ros", path) from None
+    return method, blob
