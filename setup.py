@@ -46,6 +46,7 @@ NODES = {
     "imu_odometry": "prism_ros.nodes.imu_odometry:main",
     "prism_node": "prism_ros.nodes.prism_node:main",
     "ace_node": "prism_ros.nodes.ace_node:main",
+    "dmn_node": "prism_ros.nodes.dmn_node:main",
 }
 
 setup(
@@ -60,7 +61,8 @@ setup(
         ("share/" + PACKAGE + "/config/sensors", glob("config/sensors/*.yaml")),
         ("share/" + PACKAGE + "/rviz", glob("rviz/*.rviz")),
     ],
-    package_data={PACKAGE: ["py.typed"], f"{PACKAGE}.ace": ["weights/*.pt", "weights/README.md"]},
+    package_data={PACKAGE: ["py.typed"], f"{PACKAGE}.ace": ["weights/*.pt", "weights/README.md"],
+                  f"{PACKAGE}.dmn": ["weights/*/*.pt", "weights/README.md"]},
     install_requires=CORE,
     extras_require={
         "ros": ROS_WHEELS,

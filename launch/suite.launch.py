@@ -1,4 +1,5 @@
 """ros2 launch prism_ros suite.launch.py [sensor:=euroc] [bag:=/path/to/bag] [rviz:=true] [ace:=true] [ace_map:=FILE]
+    [dmn:=true] [dmn_contexts:=FILE]
 
 The whole prism_ros suite: the PRISM graph of prism.launch.py (same arguments, same meaning) plus, with
 ace:=true, ace_node on the same sensor preset (relocalization on request, and the automatic recovery of
@@ -18,11 +19,11 @@ stay valid, and for now it only logs that the node is not part of this release.
 | loop | false | true, false | restart the bag at its end; only with bag |
 | ace | false | true, false | also start ace_node (ACE relocalization and recovery of prism_node) |
 | ace_map | "" | path | ACE map file for ace_node ("" = map_path of config/ace.yaml) |
-| dmn | false | true, false | DMN localization node (later release: logs a notice only) |
+| dmn | false | true, false | also start dmn_node (DMN particle-filter localization; particles in RViz) |
+| dmn_contexts | "" | path | DMN context file for dmn_node ("" = context_path of config/dmn.yaml) |
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
 from prism_ros.nodes.graph import launch_nodes, suite_graph
@@ -38,7 +39,8 @@ ARGUMENTS = {
     "loop": ("false", "restart the bag at its end; only with bag"),
     "ace": ("false", "also start ace_node (ACE relocalization and recovery of prism_node)"),
     "ace_map": ("", "ACE map file for ace_node (empty: map_path of config/ace.yaml)"),
-    "dmn": ("false", "DMN localization node (later release: logs a notice only)"),
+    "dmn": ("false", "also start dmn_node (DMN particle-filter localization)"),
+    "dmn_contexts": ("", "DMN context file for dmn_node (empty: context_path of config/dmn.yaml)"),
 }
 CHOICES = {
     "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],
@@ -48,11 +50,8 @@ CHOICES = {
     "ace": ["true", "false"],
     "dmn": ["true", "false"],
 }
-GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "ace", "ace_map")
-# Notices for nodes that do not exist yet; replace each by the graph's node when it lands.
-LATER = {
-    "dmn": "dmn:=true: the DMN localization node arrives in a later prism_ros release; not started",
-}
+GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "ace", "ace_map", "dmn",
+                   "dmn_contexts")
 
 
 def _declare(name, default, description):
@@ -67,7 +66,6 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    """The launch arguments of the table above, the suite graph's nodes and the later-release notices."""
+    """The launch arguments of the table above and the suite graph's nodes."""
     arguments = [_declare(name, default, text) for name, (default, text) in ARGUMENTS.items()]
-    notices = [LogInfo(msg=text, condition=IfCondition(LaunchConfiguration(name))) for name, text in LATER.items()]
-    return LaunchDescription(arguments + [OpaqueFunction(function=_nodes)] + notices)
+    return LaunchDescription(arguments + [OpaqueFunction(function=_nodes)])

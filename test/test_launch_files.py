@@ -194,14 +194,14 @@ def test_prism_launch_arguments_are_the_graph_arguments():
 
 def test_suite_launch_arguments_are_the_prism_arguments_plus_ace_and_dmn():
     tree = parse(LAUNCH / "suite.launch.py")
-    arguments, later = literal(tree, "ARGUMENTS"), literal(tree, "LATER")
+    arguments = literal(tree, "ARGUMENTS")
     prism = literal(parse(LAUNCH / "prism.launch.py"), "ARGUMENTS")
-    assert list(arguments)[:len(prism)] == list(prism) and set(arguments) - set(prism) == {"ace", "ace_map", "dmn"}
+    assert list(arguments)[:len(prism)] == list(prism)
+    assert set(arguments) - set(prism) == {"ace", "ace_map", "dmn", "dmn_contexts"}
     assert all(arguments[name] == prism[name] or name == "sensor" for name in prism)
-    assert set(later) == {"dmn"} and "later" in later["dmn"]
-    assert literal(tree, "GRAPH_ARGUMENTS") == tuple(a for a in arguments if a != "dmn")
-    # the launch defaults build the default suite graph: prism_node alone (ACE off)
-    values = {name: default for name, (default, _) in arguments.items() if name != "dmn"}
+    assert literal(tree, "GRAPH_ARGUMENTS") == tuple(arguments)
+    # the launch defaults build the default suite graph: prism_node alone (ACE and DMN off)
+    values = {name: default for name, (default, _) in arguments.items()}
     assert [s.executable for s in suite_graph(**values, share=ROOT)] == ["prism_node"]
 
 
@@ -213,6 +213,15 @@ def test_suite_graph_with_ace_runs_ace_node_on_the_same_sensor_preset():
     assert ace.parameters == {"use_sim_time": True, "map_path": "/maps/room.ace"}
     assert not missing_files(specs)
     assert "map_path" not in suite_graph(ace=True, share=ROOT)[1].parameters
+
+
+def test_suite_graph_with_dmn_runs_dmn_node_on_the_same_camera():
+    specs = suite_graph(sensor="tum", ace=True, dmn="true", dmn_contexts="/maps/room.ctx", share=ROOT)
+    assert [s.executable for s in specs] == ["prism_node", "ace_node", "dmn_node"]
+    prism, dmn = specs[0], specs[2]
+    assert dmn.parameter_files == (str(ROOT / "config/dmn.yaml"), prism.parameter_files[1])
+    assert dmn.parameters == {"use_sim_time": False, "context_path": "/maps/room.ctx"}
+    assert not missing_files(specs)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,
@@ -306,7 +315,7 @@ def test_suite_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
     module = load_launch_file("suite.launch.py")
     entities = module.generate_launch_description().args[0]
     kinds = [type(e).__name__ for e in entities]
-    assert kinds == ["DeclareLaunchArgument"] * len(module.ARGUMENTS) + ["OpaqueFunction", "LogInfo"]
+    assert kinds == ["DeclareLaunchArgument"] * len(module.ARGUMENTS) + ["OpaqueFunction"]
     (opaque,) = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
     context = {name: default for name, (default, _) in module.ARGUMENTS.items()}
     context.update(sensor="tum", ace="true", ace_map="/maps/kitchen.ace")
@@ -315,7 +324,6 @@ def test_suite_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
     assert ace.kwargs["parameters"][0].endswith("config/ace.yaml")
     assert ace.kwargs["parameters"][1].endswith("config/sensors/tum.yaml")
     assert ace.kwargs["parameters"][2]["map_path"] == "/maps/kitchen.ace"
-    assert entities[-1].kwargs["condition"].args[0].args[0] == "dmn"
 
 
 # ------------------------------------------------------------------------------------- pending config files

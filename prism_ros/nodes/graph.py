@@ -143,6 +143,7 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     return specs
 
 
+DMN_CONFIG = "config/dmn.yaml"
 ACE_CONFIG = "config/ace.yaml"
 
 
@@ -155,17 +156,32 @@ def ace_node_spec(ace_config: Any, sensor_config: Any, ace_map: Any = "", use_si
                     parameter_files=(str(ace_config), str(sensor_config)))
 
 
+def dmn_node_spec(dmn_config: Any, sensor_config: Any, contexts: Any = "", use_sim_time: bool = False,
+                  name: str = "dmn_node") -> NodeSpec:
+    """The DMN localization node: its parameter file, then the sensor preset (the camera topic), then the
+    context file when given."""
+    parameters = {"use_sim_time": use_sim_time,
+                  **({"context_path": str(contexts)} if str(contexts or "").strip() else {})}
+    return NodeSpec(PACKAGE, "dmn_node", name, parameters, module="prism_ros.nodes.dmn_node",
+                    parameter_files=(str(dmn_config), str(sensor_config)))
+
+
 def suite_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
                 rviz: Any = False, rate: Any = 1.0, loop: Any = False, ace: Any = False, ace_map: Any = "",
-                share: Path | None = None, **player: Any) -> list[NodeSpec]:
+                dmn: Any = False, dmn_contexts: Any = "", share: Path | None = None, **player: Any) -> list[NodeSpec]:
     """Graph of ``suite.launch.py``: :func:`prism_graph` plus, with ``ace``, ace_node on the same sensor preset
-    (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s)."""
+    (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s) and,
+    with ``dmn``, dmn_node (``dmn_contexts``: its context file, else ``config/dmn.yaml``'s)."""
     share = share or share_dir()
     specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, share=share, **player)
+    prism = next(s for s in specs if s.executable == "prism_node")
+    after = specs.index(prism) + 1
+    if as_bool(dmn, "dmn"):
+        specs.insert(after, dmn_node_spec(share / DMN_CONFIG, prism.parameter_files[1], dmn_contexts,
+                                          prism.parameters["use_sim_time"]))
     if as_bool(ace, "ace"):
-        prism = next(s for s in specs if s.executable == "prism_node")
-        specs.insert(specs.index(prism) + 1, ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
-                                                           prism.parameters["use_sim_time"]))
+        specs.insert(after, ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
+                                          prism.parameters["use_sim_time"]))
     return specs
 
 

@@ -9,7 +9,7 @@ children share one random DDS domain and the loopback-only Fast DDS profile.
     python -m prism_ros.nodes.launcher play BAG [--rate R] [--loop] [--loopback] [--dry-run]
     python -m prism_ros.nodes.launcher prism [BAG] [--sensor euroc] [--config FILE] [--rviz]
                                              [--use-sim-time auto|true|false] [--rate R] [--loop] ...
-    python -m prism_ros.nodes.launcher suite [BAG] [--ace] [--ace-map MAP] [the prism graph's options]
+    python -m prism_ros.nodes.launcher suite [BAG] [--ace] [--ace-map MAP] [--dmn] [--dmn-contexts FILE] [...]
 
 ``prism`` runs :func:`prism_ros.nodes.graph.prism_graph`, the graph of ``prism.launch.py``: the bag
 player (when a BAG is given), prism_node with ``--params-file`` config and sensor preset, rviz2.
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite = p.add_argument_group("suite graph (suite.launch.py's arguments, plus the prism graph's)")
     suite.add_argument("--ace", action="store_true", help="also start ace_node (relocalization, recovery)")
     suite.add_argument("--ace-map", default="", help="ACE map file for ace_node (default: config/ace.yaml's)")
+    suite.add_argument("--dmn", action="store_true", help="also start dmn_node (DMN particle-filter localization)")
+    suite.add_argument("--dmn-contexts", default="", help="DMN context file (default: config/dmn.yaml's)")
     p.add_argument("--loopback", action="store_true",
                    help="random DDS domain, traffic on 127.0.0.1/shared memory only")
     p.add_argument("--domain-id", type=int, default=None)
@@ -235,7 +237,8 @@ def graph_arguments(args: argparse.Namespace) -> dict:
     arguments = {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
                  "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config}
     if args.graph == "suite":
-        arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "")
+        arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "",
+                         dmn=args.dmn, dmn_contexts=str(Path(args.dmn_contexts).resolve()) if args.dmn_contexts else "")
     return arguments
 
 

@@ -1,0 +1,143 @@
+"""dmn_node over real DDS with a tiny model: a context file of one procedural room, camera images and
+odometry from the test's probe node (separate process, loopback profile, fresh domain); particles and the
+estimate come back; ~/global_localization spreads the belief, /initialpose concentrates it; bad images are
+counted and the node keeps running; a missing weights file ends start-up with exit code 2 and one line."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from ros_helpers.ros_args import ros_args
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def tiny_dmn(tmp_path_factory):
+    """Weights of a 2-step pf-dmn and a context file of six views of one test room (+ four query views)."""
+    from prism_ros.dmn.environments import denormalise_pose, domain_config, generate, split_seeds
+    from prism_ros.dmn.localizer import Area, save_contexts
+    from prism_ros.dmn.model import DmnConfig
+    from prism_ros.dmn.training import TrainConfig, save_method, train
+
+    folder = tmp_path_factory.mktemp("dmn")
+    config = DmnConfig()
+    result = train("pf-dmn", "rooms", TrainConfig(steps=2, batch=2, validate_every=1, validation_episodes=2), config,
+                   progress=False)
+    weights = save_method(result, "pf-dmn", "rooms", config, TrainConfig(), folder / "tiny.pt")
+    data = generate("rooms", split_seeds("test", 1), views=10, image_size=64)
+    images = data["images"][0].permute(0, 2, 3, 1).numpy()  # (10, 64, 64, 3)
+    room = domain_config("rooms")
+    poses = denormalise_pose(data["poses"][0].double(), room).numpy()
+    low, high = room.extent
+    contexts = save_contexts(folder / "room.ctx", images[:6], poses[:6], Area(low, low, high - low))
+    return weights, contexts, images[6:], poses[6:], Area(low, low, high - low)
+
+
+def planar_matrix(x, y, yaw):
+    T = np.eye(4)
+    T[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+    T[:2, 3] = x, y
+    return T
+
+
+def test_dmn_node_localizes_with_images_and_odometry(tiny_dmn, spawn_python, ros_node, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+
+    from prism_ros.nodes.compat import reliable_qos
+    from prism_ros.nodes.conversions import matrix_to_odometry, matrix_to_pose_with_covariance, numpy_to_image
+
+    weights, contexts, queries, query_poses, area = tiny_dmn
+    got = {"particles": [], "pose": [], "diag": []}
+    ros_node.create_subscription(PoseArray, "/dmn_node/particles", got["particles"].append, reliable_qos(20))
+    ros_node.create_subscription(PoseWithCovarianceStamped, "/dmn_node/pose", got["pose"].append, reliable_qos(20))
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].extend(
+        {kv.key: kv.value for kv in s.values} for s in m.status if s.name.startswith("dmn_node")), reliable_qos(50))
+    images = ros_node.create_publisher(Image, "/probe/rgb", reliable_qos(10))
+    odometry = ros_node.create_publisher(Odometry, "/probe/odom", reliable_qos(50))
+    initial = ros_node.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(ros_node)
+
+    def spin_until(condition, timeout):
+        end = time.monotonic() + timeout
+        while not condition() and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    log = tmp_path / "dmn.log"
+    spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
+        weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable",
+        odometry_topic="/probe/odom", particles=256, diagnostics_period=0.2), stdout=log.open("w"),
+        stderr=subprocess.STDOUT)
+    assert spin_until(lambda: got["diag"] and got["diag"][-1]["contexts"] == "6", 60), log.read_text()
+    assert spin_until(lambda: images.get_subscription_count() > 0 and odometry.get_subscription_count() > 0, 10)
+
+    def send(k: int, stamp_ns: int) -> None:
+        x, y, yaw = query_poses[k]
+        odometry.publish(matrix_to_odometry(planar_matrix(x, y, yaw), stamp=stamp_ns / 1e9, frame_id="odom"))
+        executor.spin_once(timeout_sec=0.05)
+        images.publish(numpy_to_image(queries[k], "rgb8", stamp=stamp_ns / 1e9))
+
+    for k in range(4):
+        send(k, (k + 1) * 10**9)
+        assert spin_until(lambda: len(got["particles"]) >= k + 1, 20), (got["diag"][-1:], log.read_text()[-2000:])
+    assert len(got["particles"][-1].poses) == 256 and got["pose"][-1].header.frame_id == "map"
+    assert np.isfinite(got["pose"][-1].pose.covariance).all()
+
+    def particle_xy() -> np.ndarray:
+        return np.array([[p.position.x, p.position.y] for p in got["particles"][-1].poses])
+
+    # /initialpose: tracking mode, the particles gather around it (σ = 0.3 normalised = 0.75 m in this room)
+    x, y, yaw = query_poses[3]
+    initial.publish(matrix_to_pose_with_covariance(planar_matrix(x, y, yaw), np.eye(6) * 0.01, frame_id="map"))
+    executor.spin_once(timeout_sec=0.2)
+    count = len(got["particles"])
+    send(3, 6 * 10**9)
+    assert spin_until(lambda: len(got["particles"]) > count, 20)
+    near = np.linalg.norm(particle_xy() - [x, y], axis=1) < 1.5
+    assert near.mean() > 0.8, near.mean()
+
+    # ~/global_localization: uniform again (about 28 % of a 5 m square lies within 1.5 m of a point)
+    client = ros_node.create_client(Trigger, "/dmn_node/global_localization")
+    assert spin_until(client.service_is_ready, 10)
+    future = client.call_async(Trigger.Request())
+    assert spin_until(future.done, 10) and future.result().success
+    count = len(got["particles"])
+    send(3, 7 * 10**9)
+    assert spin_until(lambda: len(got["particles"]) > count, 20)
+    near = np.linalg.norm(particle_xy() - [x, y], axis=1) < 1.5
+    assert near.mean() < 0.6, near.mean()
+    spread = particle_xy()
+    assert (spread.min(0) < area.x0 + 1.0).all() and (spread.max(0) > area.x0 + area.side - 1.0).all()
+
+    # a bad image is counted; the node keeps running
+    images.publish(numpy_to_image(np.zeros((8, 8), np.uint16), "16UC1", stamp=8.0))
+    assert spin_until(lambda: got["diag"][-1].get("bad_input.bad_encoding") == "1", 10), got["diag"][-1]
+    send(2, 9 * 10**9)
+    count = len(got["particles"])
+    assert spin_until(lambda: len(got["particles"]) > count, 20)
+
+
+def test_dmn_node_start_up_errors_and_parameter_file(spawn_python, tmp_path):
+    import yaml
+
+    from pathlib import Path
+
+    from prism_ros.nodes.dmn_node import PARAMETERS, parameters_yaml
+
+    bad = spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args",
+                       *ros_args(weights_path=tmp_path / "missing.pt", context_path=tmp_path / "x.ctx"))
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "not found" in err and len(err.strip().splitlines()) == 1, err
+    text = (Path(__file__).resolve().parents[1] / "config/dmn.yaml").read_text()
+    assert text == parameters_yaml(), "config/dmn.yaml is stale: regenerate with dmn_node.parameters_yaml()"
+    assert yaml.safe_load(text)["/**"]["ros__parameters"] == {n: p.default for n, p in PARAMETERS.items()}
