@@ -209,24 +209,25 @@ class DmnNode(Node):
                 self._recent_images.append(msg)
         self._wake.set()
 
-    def _on_odometry(self, msg: Odometry) -> None:
+    def _planar(self, pose, topic: str) -> np.ndarray | None:
+        """(x, y, yaw) of a geometry_msgs/Pose, or None (counted as bad_pose)."""
         from prism_ros.dmn.localizer import planar_pose  # noqa: PLC0415
 
         try:
-            pose = planar_pose(pose_to_matrix(msg.pose.pose))
+            return planar_pose(pose_to_matrix(pose))
         except InputError as error:
-            self._bad_input("bad_pose", f"{self.values['odometry_topic']}: {error.problem}", "send unit quaternions")
-            return
-        with self._lock:
-            self._odometry.append((header_ns(msg), pose))
+            self._bad_input("bad_pose", f"{topic}: {error.problem}", "send unit quaternions")
+            return None
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        pose = self._planar(msg.pose.pose, self.values["odometry_topic"])
+        if pose is not None:
+            with self._lock:
+                self._odometry.append((header_ns(msg), pose))
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
-        from prism_ros.dmn.localizer import planar_pose  # noqa: PLC0415
-
-        try:
-            pose = planar_pose(pose_to_matrix(msg.pose.pose))
-        except InputError as error:
-            self._bad_input("bad_pose", f"/initialpose: {error.problem}", "send a unit quaternion")
+        pose = self._planar(msg.pose.pose, "/initialpose")
+        if pose is None:
             return
         with self._lock:
             self.localizer.track_from(pose)
@@ -234,14 +235,12 @@ class DmnNode(Node):
 
     def _on_prism_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """A new context when PRISM's pose of an image we hold is a new viewpoint."""
-        from prism_ros.dmn.localizer import planar_pose  # noqa: PLC0415
-
         stamp = header_ns(msg)
         with self._lock:
             image = next((m for m in self._recent_images if header_ns(m) == stamp), None)
-        if image is None:
+        pose = None if image is None else self._planar(msg.pose.pose, f"{self.values['prism_node']}/pose")
+        if pose is None:
             return
-        pose = planar_pose(pose_to_matrix(msg.pose.pose))
         known = np.array([p for _, p in self._contexts]) if self._contexts else np.zeros((0, 3))
         if len(known):
             gaps = np.linalg.norm(known[:, :2] - pose[:2], axis=1)
