@@ -2,8 +2,6 @@
 hand cases, filter steps, a filter with a perfect likelihood, gradients and every Table 1 method."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -21,7 +19,8 @@ def close(a, b, atol=1e-5):
 
 def same_pose(a, b, atol=1e-5):
     """Poses equal, yaw compared modulo a full turn."""
-    return close(a[..., :2], b[..., :2], atol) and close(wrap_yaw(a[..., 2] - b[..., 2] + 0.5) - 0.5, 0.0 * a[..., 2], atol)
+    yaw_difference = wrap_yaw(a[..., 2] - b[..., 2] + 0.5) - 0.5
+    return close(a[..., :2], b[..., :2], atol) and close(yaw_difference, torch.zeros_like(yaw_difference), atol)
 
 
 def episode_batch(batch=2, contexts=4, steps=3, size=32, seed=0):

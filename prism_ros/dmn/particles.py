@@ -43,7 +43,8 @@ def compose(pose: Tensor, delta: Tensor) -> Tensor:
 
 
 def relative(origin: Tensor, pose: Tensor) -> Tensor:
-    """``origin ⊖ pose``: ``pose`` expressed in the frame of ``origin`` (so ``compose(origin, relative(origin, pose)) == pose``).
+    """``origin ⊖ pose``: ``pose`` expressed in the frame of ``origin``, so
+    ``compose(origin, relative(origin, pose)) == pose``.
 
     Also the odometry between consecutive poses: ``relative(s[t-1], s[t])``. Shapes (..., 3), broadcast.
     """
