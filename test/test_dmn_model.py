@@ -94,6 +94,11 @@ def test_beliefs_update_and_statistics():
     assert close(effective_sample_size(torch.tensor([[0.0, -1e4, -1e4]])), [1.0])
     particles, log_weights = initial_belief("tracking", mean, 8, generator=g)
     assert particles.shape == (1, 8, 3) and close(log_weights.exp().sum(), 1.0)
+    # the tracking belief's centre is drawn around the truth: its mean misses by about the std, not std/sqrt(K)
+    truth = torch.zeros(4000, 3)
+    particles, log_weights = initial_belief("tracking", truth, 64, generator=g)
+    miss = weighted_mean(particles, log_weights)[:, :2].pow(2).sum(-1).mean()
+    assert 0.15 < float(miss) < 0.21, miss  # 2 * (0.09 + 0.09 / 64)
     with pytest.raises(ValueError):
         initial_belief("somewhere", mean, 8)
 

@@ -69,13 +69,15 @@ def test_training_moves_weights_and_files_round_trip(tmp_path):
 
 def test_evaluation_scores_the_oracle_and_the_uninformed_estimate():
     """Closest context (an oracle of the true pose) succeeds far more often than the uninformed estimate, and
-    the tracking error of a belief centred on the truth is small: the scoring is not constant."""
+    the tracking error is that of the perturbed initial belief: the scoring is not constant."""
     oracle = evaluate(build_method("closest-context"), "rooms", "one_step", episodes=40, batch=20)
     blind = evaluate(build_method("uninformed"), "rooms", "one_step", episodes=40, batch=20)
     tracking = evaluate(build_method("uninformed"), "rooms", "tracking", episodes=20, batch=20)
     assert oracle["episodes"] == blind["episodes"] == 40
     assert oracle["success_rate"] > blind["success_rate"] + 0.2, (oracle, blind)
-    assert tracking["mse_xy"] < SUCCESS_MSE < blind["mse_xy"], (tracking, blind)
+    # tracking starts from a belief whose centre is off by the tracking std (0.3 per axis, 30 deg), so the blind
+    # estimate misses by at least 2 * 0.09 and drifts further with the odometry (its heading is off)
+    assert tracking["mse_xy"] > 0.15 and SUCCESS_MSE < blind["mse_xy"], (tracking, blind)
 
 
 def test_cli_generate_train_eval_table(tmp_path):

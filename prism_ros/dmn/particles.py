@@ -100,13 +100,16 @@ def initial_belief(mode: str, first_pose: Tensor, num_particles: int, *,
                    tracking_std: float | Sequence[float] | Tensor = TRACKING_STD,
                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Initial particles and log weights for ``mode`` "global" (uniform over [-1, 1]^3, ``first_pose``
-    only gives batch size and device) or "tracking" (Gaussian around the true ``first_pose`` (B, 3))."""
+    only gives batch size and device) or "tracking": a Gaussian of std ``tracking_std`` whose centre is itself
+    drawn from that Gaussian around the true ``first_pose`` (B, 3). A belief centred exactly on the truth would
+    give its mean for free (error about std / sqrt(K)): nothing to learn or to measure."""
     batch_size = first_pose.shape[0]
     if mode == "global":
         particles = uniform_particles(batch_size, num_particles, generator=generator,
                                       device=first_pose.device, dtype=first_pose.dtype)
     elif mode == "tracking":
-        particles = gaussian_particles(first_pose, num_particles, tracking_std, generator=generator)
+        centre = gaussian_particles(first_pose, 1, tracking_std, generator=generator)[:, 0]
+        particles = gaussian_particles(centre, num_particles, tracking_std, generator=generator)
     else:
         raise ValueError(f"unknown belief mode {mode!r}: expected 'global' or 'tracking'")
     return particles, uniform_log_weights(batch_size, num_particles, device=first_pose.device, dtype=first_pose.dtype)
