@@ -214,7 +214,11 @@ def test_bad_stereo_pairs_are_counted_with_their_cause_and_tracking_goes_on(euro
     send(second.rgb, second.right, _ns(times[1]))
     tracked = probe.wait_diag(lambda d: d["frames_processed"] == "2", 30)
     assert tracked["state"] == "tracking" and tracked["frames_lost"] == "0", tracked
-    assert tracked["bad_input_total"] == "3", tracked
+    assert all(tracked[f"bad_input.{cause}"] == "1" for cause in ("size_mismatch", "bad_encoding", "bad_depth"))
+    # on a loaded machine one image of a set may arrive after input_timeout (0.4 s): timing, not content
+    timing = sum(int(tracked[f"bad_input.{cause}"]) for cause in ("missing_rgb", "missing_right",
+                                                                   "missing_camera_info", "unsynchronised"))
+    assert int(tracked["bad_input_total"]) - timing == 3, {k: v for k, v in tracked.items() if k.startswith("bad") and v != "0"}
 
     # the right camera goes quiet: named after input_timeout
     for k in range(1, 9):
