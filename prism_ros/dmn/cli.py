@@ -101,7 +101,7 @@ def train_command(
     from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
 
     _setup(threads, domain)
-    _refuse_gpu_only(device)
+    _note_cpu_only(device)
     names = LEARNED if method == "all" else (method,)
     for name in names:
         if name not in LEARNED:
@@ -116,7 +116,7 @@ def train_command(
                    f"{result.best_validation:.4f} -> {path}")
 
 
-def _refuse_gpu_only(device: str) -> None:
+def _note_cpu_only(device: str) -> None:
     from prism_ros.config import resolve_device
 
     if resolve_device(device) != "cpu":
