@@ -525,8 +525,14 @@ class _private_node:  # noqa: N801 - used as a context manager
         self.node = Node("bag_player", context=self.context)
         return self.node
 
-    def __exit__(self, *_exc) -> bool:
-        self.node.destroy_node()
+    def __exit__(self, exc_type, *_exc) -> bool:
+        try:
+            self.node.destroy_node()
+        except (ValueError, RuntimeError):
+            # Ctrl-C inside rclpy's create_publisher leaves a half-registered publisher that destroy_node
+            # cannot remove; the process is ending anyway, so let the interrupt (exit code 130) through
+            if exc_type is None:
+                raise
         self.context.try_shutdown()
         return False
 
