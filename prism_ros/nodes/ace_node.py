@@ -345,7 +345,6 @@ class AceNode(Node):
     def _on_tracking(self, msg: Bool) -> None:
         v = self.values
         self._lost_run = 0 if msg.data else self._lost_run + 1
-        now = time.monotonic()
         if v["recovery"] and self._lost_run >= v["lost_frames_for_recovery"] and not self._initial_pending:
             self._request_at_most_every_period("recovery")
 
