@@ -236,7 +236,8 @@ def test_keyframes_are_new_viewpoints():
 
 
 def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic_sequence, domain_id, tmp_path):
-    """The suite on a synthetic bag with a kidnap (the camera teleported back to its start while time runs on).
+    """The suite on a synthetic bag with a kidnap (the camera teleported back to its start while time runs on,
+    then held still for 15 frames so frames keep coming after a late recovery on a loaded machine).
     ace_node starts with a map made offline in the scene's frame: it localizes the first images and sends
     /initialpose, so PRISM runs in that frame. At the kidnap prism_node loses tracking; ace_node relocalizes
     the newest image and sends it to /prism_node/set_pose; PRISM tracks the kidnapped frames on the map it
@@ -251,7 +252,7 @@ def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic
     from prism_ros.trajectory_io import read_tum
 
     bag = tmp_path / "kidnap"
-    kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4)
+    kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4, hold=15)
     share = share_dir()
     ace = ace_node_spec(share / "config/ace.yaml", share / "config/sensors/synthetic.yaml", ace_map_file,
                         use_sim_time=True)
