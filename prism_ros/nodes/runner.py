@@ -20,6 +20,9 @@ from prism_ros.errors import InputError
 def run_node(node_class, name: str, args: list[str] | None = None, threads: int = 3) -> int:
     """Construct ``node_class()``, ``configure()`` it (InputError: one line on stderr, exit code 2), ``start()``
     it and spin until SIGINT/SIGTERM; then ``stop()`` it and shut down. 0 on a clean stop."""
+    stop = threading.Event()  # handlers first: a Ctrl-C during set-up (interfaces already visible) stops cleanly
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = node_class()
     try:
@@ -29,9 +32,6 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     executor = MultiThreadedExecutor(num_threads=threads)
     executor.add_node(node)
     node.start()
