@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prism_ros.dmn.model import LocalizationMethod
+from prism_ros.dmn.model import LocalizationMethod, query_step
 from prism_ros.dmn.particles import (TRACKING_STD, effective_sample_size, gaussian_particles, transition,
                                      uniform_log_weights, uniform_particles, update, weighted_covariance, weighted_mean)
 from prism_ros.errors import InputError, read_torch_file
@@ -133,8 +133,7 @@ class DmnLocalizer:
         observation = self.method.observation
         with torch.no_grad():
             moved = transition(self.particles, self.area.metric_delta(odometry)[None], self.noise, self.generator)
-            query = observation.encode_queries(prepare_image(rgb, self.image_size)[None, None])
-            query = type(query)(*(x[:, 0] for x in query))
+            query = query_step(observation.encode_queries(prepare_image(rgb, self.image_size)[None, None]), 0)
             self.log_weights = update(self.log_weights, observation(self.view_map, query, moved)[..., 0])
             self.particles = moved
             if float(effective_sample_size(self.log_weights)[0]) < 0.5 * self.count:

@@ -260,7 +260,23 @@ class EgocentricAttentionObservation(nn.Module):
         return self.head(attended + query.features[:, None])
 
 
-class LatentImageObservation(nn.Module):
+class _PoseConditionedQuery(nn.Module):
+    """The query side of the unstructured (latent image / vector) maps: the query image's first conv once per
+    step, then the candidate pose added as constant channels (no attention, no egocentric frame)."""
+
+    query_encoder: ViewEncoder
+
+    def encode_queries(self, query_images: Tensor) -> QueryEncoding:
+        first_layer = self.query_encoder.image_part(query_images)
+        return QueryEncoding(first_layer.new_zeros(first_layer.shape[:2] + (0,)), first_layer)
+
+    def query_features(self, query: QueryEncoding, particles: Tensor) -> Tensor:
+        """(B, K, C, g, g) features of the query image seen as if taken at each particle."""
+        encoder = self.query_encoder
+        return encoder.finish(query.features[:, None] + encoder.first.vectors(pose_features(particles)))
+
+
+class LatentImageObservation(_PoseConditionedQuery):
     """Latent image map: the mean over contexts of CNN([image ; global pose channels]), (C, g, g).
 
     No attention and no egocentric frame: the candidate pose enters as constant channels of the
@@ -282,17 +298,12 @@ class LatentImageObservation(nn.Module):
         latent_image = self.context_encoder(context_images, pose_features(context_poses)).mean(dim=1)
         return self.map_value(latent_image)
 
-    def encode_queries(self, query_images: Tensor) -> QueryEncoding:
-        first_layer = self.query_encoder.image_part(query_images)
-        return QueryEncoding(first_layer.new_zeros(first_layer.shape[:2] + (0,)), first_layer)
-
     def forward(self, map_value: Tensor, query: QueryEncoding, particles: Tensor) -> Tensor:
-        encoder = self.query_encoder
-        features = encoder.finish(query.features[:, None] + encoder.first.vectors(pose_features(particles)))
+        features = self.query_features(query, particles)
         return self.head(map_value[:, None] + _over_leading(self.query_value, features))
 
 
-class LatentVectorObservation(nn.Module):
+class LatentVectorObservation(_PoseConditionedQuery):
     """Latent vector map: the mean over contexts of conv-dense([image ; global pose channels]), a flat vector.
 
     The candidate pose enters the query image as for the image map; the map vector is concatenated
@@ -315,13 +326,8 @@ class LatentVectorObservation(nn.Module):
         latent_vector = self.context_dense(features.flatten(start_dim=-3)).mean(dim=1)
         return self.head_first.vectors(latent_vector)
 
-    def encode_queries(self, query_images: Tensor) -> QueryEncoding:
-        first_layer = self.query_encoder.image_part(query_images)
-        return QueryEncoding(first_layer.new_zeros(first_layer.shape[:2] + (0,)), first_layer)
-
     def forward(self, map_value: Tensor, query: QueryEncoding, particles: Tensor) -> Tensor:
-        encoder = self.query_encoder
-        features = encoder.finish(query.features[:, None] + encoder.first.vectors(pose_features(particles)))
+        features = self.query_features(query, particles)
         return self.head(map_value[:, None] + self.head_first.features(features))
 
 
@@ -336,7 +342,8 @@ class LocalizationOutput:
     log_weights: Tensor | None = None
 
 
-def _step(query: QueryEncoding, t: int) -> QueryEncoding:
+def query_step(query: QueryEncoding, t: int) -> QueryEncoding:
+    """The encoding of query step ``t`` of a (B, T, ...) query encoding."""
     return QueryEncoding(*(x[:, t] for x in query))
 
 
@@ -386,7 +393,7 @@ class ParticleFilterLocalizer(LocalizationMethod):
         queries = self.observation.encode_queries(query_images)
 
         def log_likelihood(t: int, particles: Tensor) -> Tensor:
-            return self.observation(view_map, _step(queries, t), particles)[..., 0]
+            return self.observation(view_map, query_step(queries, t), particles)[..., 0]
 
         estimates, particles, log_weights = run_particle_filter(
             log_likelihood, initial_particles, odometry, initial_log_weights=initial_log_weights,
@@ -421,7 +428,7 @@ class RegressionLocalizer(LocalizationMethod):
         for t in range(odometry.shape[1]):
             if t > 0:
                 belief_mean = compose(estimates[-1], odometry[:, t])
-            offset = self.observation(view_map, _step(queries, t), belief_mean[:, None])[:, 0]
+            offset = self.observation(view_map, query_step(queries, t), belief_mean[:, None])[:, 0]
             estimates.append(compose(belief_mean, offset))
         return LocalizationOutput(torch.stack(estimates, dim=1))
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from prism_ros.dmn.environments import domain_config, make_environments, render, sample_poses, split_seeds
-from prism_ros.dmn.model import DmnConfig, LocalizationMethod, build_method, parameter_count
+from prism_ros.dmn.model import DmnConfig, LocalizationMethod, build_method, parameter_count, query_step
 from prism_ros.dmn.particles import gaussian_particles, initial_belief, pose_loss, relative, uniform_particles
 from prism_ros.errors import InputError, read_torch_file
 
@@ -135,8 +135,7 @@ def discrimination_loss(method: LocalizationMethod, episode: Episode, generator:
     Rooms). Scoring the truth against alternatives trains the same network directly; the pose loss stays."""
     observation = method.observation
     view_map = observation.build_map(episode.context_images, episode.context_poses)
-    query = observation.encode_queries(episode.query_images[:, :1])
-    query = type(query)(*(x[:, 0] for x in query))
+    query = query_step(observation.encode_queries(episode.query_images[:, :1]), 0)
     truth = episode.query_poses[:, 0]
     near = gaussian_particles(truth, candidates // 2, generator=generator)
     far = uniform_particles(len(truth), candidates - candidates // 2 - 1, generator=generator,
