@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -56,8 +56,8 @@ from prism_ros.config import resolve_device
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (camera_info_to_intrinsics, depth_to_metres, header_ns, image_to_numpy,
-                                         make_header, matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
+from prism_ros.nodes.conversions import (camera_info_to_intrinsics, depth_to_metres, diagnostics_message, header_ns,
+                                         image_to_numpy, matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
 from prism_ros.nodes.parameters import (Param, checked_changes, count, declare, intrinsics_check, non_negative,
                                         not_empty, one_of, parameters_file, positive, read_all, transform)
 from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS, BadInput,
@@ -606,12 +606,9 @@ class AceNode(Node):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        level = DiagnosticStatus.OK if values["map"] == "loaded" else DiagnosticStatus.WARN
-        status = DiagnosticStatus(level=level, name=f"{NODE_NAME}: relocalization", hardware_id=self.device,
-                                  message="ready" if level == DiagnosticStatus.OK else "no map",
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        self.diag_pub.publish(DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()),
-                                              status=[status]))
+        ready = values["map"] == "loaded"
+        self.diag_pub.publish(diagnostics_message(f"{NODE_NAME}: relocalization", ready, "ready" if ready else "no map",
+                                                  values, self.get_clock().now().to_msg(), self.device))
 
 
 def main(args: list[str] | None = None) -> int:

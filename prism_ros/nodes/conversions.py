@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import (Pose, PoseStamped, PoseWithCovarianceStamped, Transform,
                                TransformStamped)
 from nav_msgs.msg import Odometry
@@ -78,6 +79,14 @@ def as_stamp(stamp: Time | float | int | None) -> Time:
 def make_header(frame_id: str = "", stamp: Time | float | int | None = None) -> Header:
     """std_msgs/Header; ``stamp`` is a Time message or seconds."""
     return Header(stamp=as_stamp(stamp), frame_id=frame_id)
+
+
+def diagnostics_message(name: str, ok: bool, message: str, values: dict, stamp=None, hardware_id: str = "",
+                        frame_id: str = "") -> DiagnosticArray:
+    """A DiagnosticArray of one status (OK, else WARN) whose key/values are ``values`` (already strings)."""
+    status = DiagnosticStatus(level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN, name=name, message=message,
+                              hardware_id=hardware_id, values=[KeyValue(key=k, value=v) for k, v in values.items()])
+    return DiagnosticArray(header=make_header(frame_id, stamp), status=[status])
 
 
 def header_ns(msg) -> int:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -39,8 +39,8 @@ from std_srvs.srv import Trigger
 
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (header_ns, image_to_numpy, make_header, matrix_to_pose_with_covariance,
-                                         pose_to_matrix, to_rgb)
+from prism_ros.nodes.conversions import (diagnostics_message, header_ns, image_to_numpy, make_header,
+                                         matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
 from prism_ros.nodes.prism_node import QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import run_node
@@ -341,12 +341,10 @@ class DmnNode(Node):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        level = DiagnosticStatus.OK if int(values["contexts"]) else DiagnosticStatus.WARN
-        status = DiagnosticStatus(level=level, name=f"{NODE_NAME}: localization", hardware_id="cpu",
-                                  message="localizing" if level == DiagnosticStatus.OK else "no contexts",
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        self.diag_pub.publish(DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()),
-                                              status=[status]))
+        ready = int(values["contexts"]) > 0
+        self.diag_pub.publish(diagnostics_message(f"{NODE_NAME}: localization", ready,
+                                                  "localizing" if ready else "no contexts", values,
+                                                  self.get_clock().now().to_msg(), "cpu"))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
@@ -87,8 +87,8 @@ from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
-                                         compressed_to_numpy, depth_to_metres, header_ns, image_to_numpy,
-                                         matrix_to_odometry, matrix_to_pose_with_covariance,
+                                         compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
+                                         image_to_numpy, matrix_to_odometry, matrix_to_pose_with_covariance,
                                          matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
@@ -1114,10 +1114,9 @@ class PrismNode(Node):
                   "latency_ms": latency_ms}
         if stereo_ms is not None:
             values["stereo_ms"] = stereo_ms
-        status = DiagnosticStatus(level=DiagnosticStatus.OK if estimate.tracking_ok else DiagnosticStatus.WARN,
-                                  name=f"{NODE_NAME}: frame", message="tracking" if estimate.tracking_ok else "lost",
-                                  values=[KeyValue(key=k, value=f"{ms:.3f}") for k, ms in values.items()])
-        self.timing_pub.publish(DiagnosticArray(header=make_header(self.values["map_frame"], stamp), status=[status]))
+        self.timing_pub.publish(diagnostics_message(
+            f"{NODE_NAME}: frame", estimate.tracking_ok, "tracking" if estimate.tracking_ok else "lost",
+            {k: f"{ms:.3f}" for k, ms in values.items()}, stamp, frame_id=self.values["map_frame"]))
 
     def _publish_maps(self) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
@@ -1187,13 +1186,9 @@ class PrismNode(Node):
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
         bad = int(values["bad_input_total"])
-        level = DiagnosticStatus.OK if values["state"] == "tracking" else DiagnosticStatus.WARN
         message = values["state"] + (f", {bad} bad inputs" if bad else "")
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: PRISM SLAM", message=message,
-                                  hardware_id=self.device,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        self.diag_pub.publish(DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()),
-                                              status=[status]))
+        self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
+                                                  message, values, self.get_clock().now().to_msg(), self.device))
 
     # -- parameters at runtime -------------------------------------------------------------------
 
