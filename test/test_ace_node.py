@@ -9,6 +9,7 @@ profile, a fresh domain per test); nothing is mocked.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,12 +27,15 @@ ACE_DIAG = "ace_node"
 
 @pytest.fixture(scope="module")
 def ace_map_file(synthetic_sequence, tmp_path_factory) -> Path:
-    """An ACE map of the synthetic sequence (shipped encoder, test recipe: seconds)."""
-    from prism_ros.ace import TEST_RECIPE, load_encoder, map_scene, save_map
+    """An ACE map of the synthetic sequence (shipped encoder, test recipe cut to 400 steps: ~20 s; coarse but
+    plenty for the node tests, which check the plumbing; test_ace checks ACE's accuracy)."""
+    from prism_ros.ace import load_encoder, map_scene, save_map
+    from prism_ros.ace.mapping import get_recipe
     from prism_ros.datasets import open_dataset
 
     torch.manual_seed(0)
-    ace_map = map_scene(open_dataset(synthetic_sequence, fmt="tum"), load_encoder(), TEST_RECIPE, progress=False)
+    ace_map = map_scene(open_dataset(synthetic_sequence, fmt="tum"), load_encoder(), get_recipe("test", steps=400),
+                        progress=False)
     return save_map(ace_map, tmp_path_factory.mktemp("ace") / "room.ace")
 
 
@@ -80,8 +84,9 @@ def test_online_mapping_from_prism_poses_then_relocalization(synthetic_sequence,
     log = tmp_path / "ace.log"
     ace_node = spawn_python(["-m", "prism_ros.nodes.ace_node"], "--ros-args", *ros_args(
         rgb_topic="/probe/rgb", camera_info_topic="/probe/camera_info", depth_topic="/probe/depth",
-        image_qos="reliable", map_path=map_path, online_mapping=True, mapping_recipe="test", keyframe_distance=0.02,
-        keyframe_angle_deg=3.0, remap_after_keyframes=12, recovery=False, min_inliers=20, diagnostics_period=0.1),
+        image_qos="reliable", map_path=map_path, online_mapping=True, mapping_recipe="test", mapping_steps=400,
+        keyframe_distance=0.02, keyframe_angle_deg=3.0, remap_after_keyframes=12, recovery=False, min_inliers=20,
+        diagnostics_period=0.1),
         stdout=log.open("w"), stderr=subprocess.STDOUT)
     probe.wait_ready(timeout=90)
     assert client.spin_until(lambda: ace.last().get("map") == "none", 60), log.read_text()
@@ -237,13 +242,14 @@ def test_keyframes_are_new_viewpoints():
 
 def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic_sequence, domain_id, tmp_path):
     """The suite on a synthetic bag with a kidnap (the camera teleported back to its start while time runs on,
-    then held still for 20 frames so frames keep coming after a late recovery on a loaded machine; the bag
-    plays at 0.05x so a slow prism_node does not fall far behind the newest image that ace_node relocalizes).
-    ace_node starts with a map made offline in the scene's frame: it localizes the first images and sends
-    /initialpose, so PRISM runs in that frame. At the kidnap prism_node loses tracking; ace_node relocalizes
-    the newest image and sends it to /prism_node/set_pose; PRISM tracks the kidnapped frames on the map it
-    kept. Without the relocalized pose these frames stay lost (the filter is 0.43 m and 30+ degrees away;
-    test_filter checks that case in-process)."""
+    then held still for 10 frames). ace_node starts with a map made offline in the scene's frame: it localizes
+    an early image and sends /initialpose stamped like it, so PRISM restarts in that frame at that image. At
+    the kidnap prism_node loses tracking; ace_node relocalizes the image PRISM lost (named on
+    /prism_node/tracking_lost) and sends its pose to /prism_node/set_pose; PRISM tracks the rest of the
+    kidnapped frames on the map it kept. Both poses carry their image's stamp, so the outcome does not depend
+    on how far prism_node lags behind the bag (it queues every frame in a replay). Without the relocalized
+    pose these frames stay lost (the filter is 0.43 m and 30+ degrees away; test_filter checks that case
+    in-process)."""
     from dataclasses import replace
 
     from ros_helpers.kidnap_bag import write_kidnap_bag
@@ -253,14 +259,14 @@ def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic
     from prism_ros.trajectory_io import read_tum
 
     bag = tmp_path / "kidnap"
-    kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4, hold=20)
+    kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4, hold=10)
     share = share_dir()
     ace = ace_node_spec(share / "config/ace.yaml", share / "config/sensors/synthetic.yaml", ace_map_file,
                         use_sim_time=True)
     ace = replace(ace, parameters={**ace.parameters, "image_qos": "reliable", "min_inliers": 20,
-                                   "recovery_period": 0.3, "diagnostics_period": 0.2})
+                                   "recovery_period": 0.3, "diagnostics_period": 0.2, "image_buffer": 100})
     out = tmp_path / "replay"
-    summary = replay_bag(bag, "synthetic", out, rate=0.05, extra_nodes=[ace], progress=False, domain_id=domain_id,
+    summary = replay_bag(bag, "synthetic", out, rate=0.2, extra_nodes=[ace], progress=False, domain_id=domain_id,
                          node_overrides={"transition_model": "constant_velocity", "publish_when_lost": False})
     ace_log, prism_log = (out / "other_nodes.log").read_text(), (out / "prism_node.log").read_text()
     assert "initial localization: sent /initialpose" in ace_log and "initial pose received" in prism_log, ace_log
@@ -268,11 +274,17 @@ def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic
 
     times, poses = read_tum(out / "trajectory.tum")  # tracked frames only (publish_when_lost false)
     truth_times, truth = bag_ground_truth(bag, PRESETS["synthetic"])
-    errors = np.linalg.norm(poses[:, :3, 3] - truth[np.searchsorted(truth_times, times - 1e-6), :3, 3], axis=1)
+    offsets = poses[:, :3, 3] - truth[np.searchsorted(truth_times, times - 1e-6), :3, 3]
     kidnap, last = kidnap_ns / 1e9, kidnap_ns / 1e9 + (kidnapped - 1) / 30
     assert not np.isclose(times, kidnap, rtol=0, atol=1e-3).any(), "the kidnapped frame was not lost"
     assert np.isclose(times, last, rtol=0, atol=1e-3).any(), (times, last, summary)  # tracking again at the end
-    after = times > kidnap + 1e-3  # how many depends on the machine's load: relocalization runs while frames queue
-    assert after.sum() >= 2, (after.sum(), kidnapped, summary)
-    # PRISM's frame is the map's up to the initial localization's error (the test recipe at 160x120: ~2 cm)
-    assert errors[~after][-10:].max() < 0.05 and errors[after].max() < 0.05, errors
+    # ACE answered for a frame PRISM lost, not for the newest image (which a lagging PRISM has not reached)
+    recovered = float(re.search(r"set_pose for the image at ([0-9.]+) s", ace_log).group(1))
+    assert kidnap - 1e-3 < recovered < last and not np.isclose(times, recovered, rtol=0, atol=1e-3).any(), recovered
+    after = times > kidnap + 1e-3  # frames processed while ACE relocalizes are lost too: a few, more under load
+    assert after.sum() >= kidnapped // 2, (after.sum(), kidnapped, summary)
+    # PRISM's frame is the ACE map's up to the initial localization's error (the 400-step map at 160x120: ~5 cm);
+    # after the recovery PRISM tracks on its own map again, so the kidnapped frames carry that same offset
+    before = offsets[~after][-10:]
+    assert np.linalg.norm(before, axis=1).max() < 0.10, before
+    assert np.linalg.norm(offsets[after] - before.mean(axis=0), axis=1).max() < 0.02, (offsets[after], before)

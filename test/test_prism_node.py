@@ -289,13 +289,15 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     jumped = probe.wait_diag(lambda d: d["time_jumps"] == "1" and int(d["frames_processed"]) == int(processed) + 1)
     assert jumped["resets"] == "1" and 0 < int(jumped["map_blocks"]) < int(blocks), jumped
 
-    # /initialpose restarts at the given base pose; the next frame is published there
+    # /initialpose restarts at the given base pose; the next frame is published there. Its stamp lies ahead of
+    # every frame received (RViz on another clock): it applies to the next frame, which is not skipped
     T = np.eye(4)
     T[:3, 3] = [1.0, -2.0, 0.5]
     T[:3, :3] = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     initial = PoseWithCovarianceStamped()
     initial.header.frame_id = "map"
     initial.pose.pose = matrix_to_pose(T)
+    initial.header.stamp = ns_to_stamp(t0 + 40 * period)
     probe.initial_pose_pub.publish(initial)
     probe.wait_diag(lambda d: d["resets"] == "2")
     count = len(probe.got["pose"])
@@ -326,6 +328,19 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     assert probe.spin_until(lambda: len(probe.got["pose"]) > count and tracking, 15)
     assert np.linalg.norm(pose_to_matrix(probe.got["pose"][-1].pose.pose)[:3, 3] - T[:3, 3]) < 0.05
     assert tracking[-1] is True
+
+    # a stamped /initialpose for an image already received (ace_node's initial localization): frames queued
+    # before it are skipped, the next one starts the new map at that pose
+    before = probe.diag()
+    initial.header.stamp = ns_to_stamp(t0 + 21 * period)
+    probe.initial_pose_pub.publish(initial)
+    probe.wait_diag(lambda d: d["resets"] == "3")
+    send(2, t0 + 21 * period - period // 2)
+    probe.wait_diag(lambda d: int(d["frames_superseded"]) == int(before["frames_superseded"]) + 1)
+    count = len(probe.got["pose"])
+    send(1, t0 + 21 * period)
+    assert probe.spin_until(lambda: len(probe.got["pose"]) > count, 15)
+    assert np.allclose(pose_to_matrix(probe.got["pose"][-1].pose.pose), T, atol=1e-6)
 
     assert node.poll() is None
     assert _stop(node) == 0

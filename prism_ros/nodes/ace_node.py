@@ -13,8 +13,11 @@ A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, thread
   covariance ignores correlated errors), ``~/inliers`` (std_msgs/Int32, every attempt, 0 when rejected) and
   ``/diagnostics``.
 - Recovery: with ``recovery``, after ``lost_frames_for_recovery`` consecutive false on
-  ``<prism_node>/tracking_ok`` the node relocalizes the newest image (at most once per ``recovery_period``)
-  and sends an accepted pose to ``<prism_node>/set_pose``: PRISM continues from it on the map it kept.
+  ``<prism_node>/tracking_ok`` the node relocalizes the image PRISM lost last (its stamp comes on
+  ``<prism_node>/tracking_lost``; the newest image when that one has left the ``image_buffer`` recent sets),
+  at most once per ``recovery_period``, and sends an accepted pose, stamped like that image, to
+  ``<prism_node>/set_pose``: PRISM continues from it on the map it kept. Answering for the frame PRISM lost,
+  not the newest one, keeps the two in step when PRISM lags behind its input (a replay, a slow machine).
 - Initial localization: with ``initial_localization``, a map read from a file (at start-up or by
   ``~/load_map``) is in its own world, not in the frame PRISM started in: the node relocalizes incoming
   images (at most once per ``recovery_period``) until one is accepted and sends it once to ``/initialpose``,
@@ -49,7 +52,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Bool, Int32
+from std_msgs.msg import Bool, Header, Int32
 from std_srvs.srv import Trigger
 
 from prism_ros.config import resolve_device
@@ -129,6 +132,9 @@ PARAMETERS: dict[str, Param] = {
                                       check=_at_least(1)),
     "recovery_period": Param(1.0, "float", "seconds between relocalization attempts while lost", dynamic=True,
                              check=positive),
+    "image_buffer": Param(60, "int", "recent image sets kept, so recovery relocalizes the frame PRISM lost and "
+                          "online mapping pairs PRISM's poses with their images (memory: one set each)",
+                          check=_at_least(1)),
     # -- online mapping
     "online_mapping": Param(False, "bool", "keyframes from prism_node's poses; the head is trained in the "
                             "background and checkpointed to map_path"),
@@ -219,7 +225,8 @@ class AceNode(Node):
         self._logged: set[str] = set()
         self._latest: ImageSet | None = None
         self._latest_info: CameraInfo | None = None
-        self._recent: deque[ImageSet] = deque(maxlen=60)  # sets waiting for their PRISM pose (online mapping)
+        self._recent: deque[ImageSet] = deque(maxlen=60)  # recent sets by stamp (recovery, online mapping)
+        self._lost_stamp_ns: int | None = None  # the frame PRISM lost last (<prism_node>/tracking_lost)
         self._keyframes: deque = deque()  # (T_world_camera, MappingFrame)
         self._new_keyframes = 0
         self._lost_run = 0
@@ -242,6 +249,7 @@ class AceNode(Node):
                              "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
         if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
             raise InputError("intrinsics_source is parameters but intrinsics is unset", "set intrinsics:=[fx, fy, cx, cy]")
+        self._recent = deque(maxlen=v["image_buffer"])
         self.T_base_camera = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
         self.T_camera_base = np.linalg.inv(self.T_base_camera)
         self.device = resolve_device(v["device"])
@@ -278,6 +286,7 @@ class AceNode(Node):
         self.create_subscription(Image, "~/query", self._on_query, reliable_qos(2))
         prism = v["prism_node"].rstrip("/")
         self.create_subscription(Bool, f"{prism}/tracking_ok", self._on_tracking, reliable_qos(10))
+        self.create_subscription(Header, f"{prism}/tracking_lost", self._on_tracking_lost, reliable_qos(10))
         if v["online_mapping"]:
             self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose", self._on_prism_pose, reliable_qos(50))
         self.set_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/set_pose", reliable_qos(10))
@@ -332,8 +341,7 @@ class AceNode(Node):
         with self._lock:
             self._latest = item
             self._latest_info = item.info or self._latest_info
-            if self.values["online_mapping"]:
-                self._recent.append(item)
+            self._recent.append(item)
         if self._initial_pending:
             self._request_at_most_every_period("initial")
 
@@ -347,6 +355,21 @@ class AceNode(Node):
         self._lost_run = 0 if msg.data else self._lost_run + 1
         if v["recovery"] and self._lost_run >= v["lost_frames_for_recovery"] and not self._initial_pending:
             self._request_at_most_every_period("recovery")
+
+    def _on_tracking_lost(self, msg: Header) -> None:
+        with self._lock:
+            self._lost_stamp_ns = header_ns(msg)
+
+    def _lost_image(self) -> ImageSet | None:
+        """The set PRISM lost last; the newest set if it has left the buffer (or PRISM never said which)."""
+        with self._lock:
+            stamp, latest = self._lost_stamp_ns, self._latest
+            match = next((s for s in reversed(self._recent) if header_ns(s.rgb) == stamp), None)
+        if match is None and stamp is not None:
+            self._log_once("lost_image_gone", f"the image PRISM lost ({stamp / 1e9:.3f} s) is no longer among the "
+                           f"{self.values['image_buffer']} buffered sets: relocalizing the newest one (raise "
+                           "image_buffer when PRISM lags this far behind)")
+        return match or latest
 
     def _request_at_most_every_period(self, reason: str) -> None:
         now = time.monotonic()
@@ -446,6 +469,8 @@ class AceNode(Node):
     def _relocalize(self, item: ImageSet | None, reason: str) -> tuple[bool, str]:
         from prism_ros.ace.relocalize import relocalize  # noqa: PLC0415
 
+        if item is None and reason == "recovery":
+            item = self._lost_image()
         if item is None:
             with self._lock:
                 item = self._latest
@@ -487,7 +512,8 @@ class AceNode(Node):
             with self._lock:
                 self.stats.recoveries_sent += 1
             self._lost_run = 0  # frames PRISM lost before it got this pose must not trigger another one
-            self.get_logger().info(f"recovery: sent {v['prism_node']}/set_pose ({result.inliers} inliers, base at "
+            self.get_logger().info(f"recovery: sent {v['prism_node']}/set_pose for the image at "
+                                   f"{header_ns(item.rgb) / 1e9:.6f} s ({result.inliers} inliers, base at "
                                    f"{np.round(T_map_base[:3, 3], 3).tolist()})")
         elif reason == "initial" and self._initial_pending:
             self._initial_pending = False

@@ -51,8 +51,11 @@ Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_ma
 file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
 success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate", in ``map_frame``)
 restarts the filter at that base pose with an empty map; ``~/set_pose`` (a relocalized base pose in
-``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and keeps the map. ``~/tracking_ok``
-(std_msgs/Bool, per processed frame) tells a relocalizer when tracking is lost.
+``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and keeps the map. Both are poses
+at their stamp: queued frames stamped before it are skipped (``frames_superseded``), so a node that lags
+behind its input (a replay) starts from the right frame. ``~/tracking_ok`` (std_msgs/Bool, per processed
+frame) tells a relocalizer when tracking is lost and ``~/tracking_lost`` (std_msgs/Header, per lost frame)
+which image it lost, so the relocalizer answers for that frame and not for a newer one PRISM has not reached.
 
 Parameters: :data:`PARAMETERS` (documented in config/prism.yaml; sensor presets in config/sensors/).
 Invalid parameters at start-up: one line on stderr and exit code 2; at runtime: the change is rejected
@@ -79,7 +82,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 
 from prism_ros.config import FilterConfig
@@ -463,6 +466,7 @@ class PrismNode(Node):
         self._paused = False
         self._last_stamp_ns: int | None = None  # newest set accepted into the mailbox
         self._last_processed_t: float | None = None
+        self._start_after = 0.0  # frames stamped before an /initialpose are skipped (seconds; 0: none)
         self._last_stamp_msg = None
         self._frame_index = 0
         self._imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
@@ -566,6 +570,7 @@ class PrismNode(Node):
         self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
         self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
         self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
+        self.lost_pub = self.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
         self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
@@ -761,9 +766,15 @@ class PrismNode(Node):
         T_map_base = self._pose_input(msg, "/initialpose")  # noqa: N806
         if T_map_base is None:
             return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        with self._order_lock:
+            newest = self._last_stamp_ns
         with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
             self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                         f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera)
+            # the pose of an image already received (ace_node's initial localization): older queued frames are
+            # skipped; unstamped, or stamped ahead of the input (RViz on another clock): the next frame's pose
+            self._start_after = stamp if newest is not None and 0 < stamp <= newest / 1e9 else 0.0
 
     def _watchdog(self) -> None:
         """Images arrive but no set is complete: name the missing stream, or the stamps that disagree."""
@@ -828,8 +839,9 @@ class PrismNode(Node):
                 with self._stats_lock:
                     self.stats.skipped_paused += 1
                 return
-            if self.filter.state is not None and frame.timestamp <= self.filter.state.t:
-                with self._stats_lock:  # queued before a relocalized pose arrived: it would predict backwards
+            if (self.filter.state is not None and frame.timestamp <= self.filter.state.t) or \
+                    frame.timestamp < self._start_after:
+                with self._stats_lock:  # older than a relocalized or initial pose: it would predict backwards
                     self.stats.superseded += 1
                 return
             frame.imu = self._take_imu(frame.timestamp)
@@ -869,6 +881,8 @@ class PrismNode(Node):
         camera_frame = item.rgb.header.frame_id
         if estimate.tracking_ok or self.values["publish_when_lost"]:
             self._publish_estimate(estimate, stamp)
+        if not estimate.tracking_ok:  # before tracking_ok, so a relocalizer counting lost frames knows which
+            self.lost_pub.publish(Header(stamp=stamp, frame_id=camera_frame))
         self.tracking_pub.publish(Bool(data=bool(estimate.tracking_ok)))
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
@@ -1074,6 +1088,7 @@ class PrismNode(Node):
         with self._map_lock:
             self.filter = self._new_filter(initial_pose)
             self._last_processed_t = None
+            self._start_after = 0.0
             self._path.clear()
             self._clear_map_display()
         if log:  # requested: any stamp is welcome next
