@@ -48,8 +48,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Header, Int32
@@ -65,7 +64,7 @@ from prism_ros.nodes.parameters import (Param, checked_changes, count, declare, 
                                         not_empty, one_of, parameters_file, positive, read_all, transform)
 from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS, BadInput,
                                         left_covariance_to_ros)
-from prism_ros.nodes.runner import run_node
+from prism_ros.nodes.runner import Periodic, run_node
 
 NODE_NAME = "ace_node"
 RECIPES = ("cpu", "gpu", "test")
@@ -236,6 +235,7 @@ class AceNode(Node):
         self._job_ready = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._periodic: list[Periodic] = []  # diagnostics (and continuous relocalization)
         self.ace_map = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -298,12 +298,11 @@ class AceNode(Node):
         self.create_service(Trigger, "~/relocalize", self._srv_relocalize, callback_group=services)
         self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
         self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(v["diagnostics_period"], self._publish_diagnostics, callback_group=timers, clock=steady)
+        self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "ace_diagnostics",
+                                   self._periodic_error)]
         if v["continuous_rate"] > 0:
-            self.create_timer(1.0 / v["continuous_rate"], lambda: self._request(None, "continuous"),
-                              callback_group=timers, clock=steady)
+            self._periodic.append(Periodic(1.0 / v["continuous_rate"], lambda: self._request(None, "continuous"),
+                                           "ace_continuous", self._periodic_error))
 
     def start(self) -> None:
         targets = [self._work] + ([self._map_in_background] if self.values["online_mapping"] else [])
@@ -311,15 +310,23 @@ class AceNode(Node):
             thread = threading.Thread(target=target, name=f"ace_{target.__name__}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        for periodic in self._periodic:
+            periodic.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        for periodic in self._periodic:
+            periodic.stop()
         with self._job_ready:
             self._job_ready.notify_all()
         for thread in self._threads:
             thread.join(timeout)
 
     # -- bookkeeping ----------------------------------------------------------------------------
+    def _periodic_error(self, error: Exception) -> None:
+        self._log_once(f"periodic:{type(error).__name__}", f"diagnostics failed: {type(error).__name__}: {error} "
+                       f"(logged once; the loop goes on)\n{traceback.format_exc()}")
+
     def _log_once(self, key: str, text: str) -> None:
         if key not in self._logged:
             self._logged.add(key)
@@ -550,10 +557,10 @@ class AceNode(Node):
                 seconds = time.perf_counter() - started
                 with self._map_lock:
                     self.ace_map = ace_map
-                with self._lock:
+                saved = self._save(ace_map)
+                with self._lock:  # counted once the file is in place: a client seeing mappings >= 1 can read it
                     self.stats.mappings += 1
                     self.stats.last_mapping_s = seconds
-                saved = self._save(ace_map)
                 self.get_logger().info(f"online mapping: {len(views)} keyframes mapped in {seconds:.1f} s; {saved}")
             except Exception as error:  # noqa: BLE001 - the thread must survive anything
                 if self._stop.is_set():

@@ -31,8 +31,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
@@ -43,7 +41,7 @@ from prism_ros.nodes.conversions import (diagnostics_message, header_ns, image_t
                                          matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
 from prism_ros.nodes.prism_node import QOS_NAMES, RGB_ENCODINGS
-from prism_ros.nodes.runner import run_node
+from prism_ros.nodes.runner import Periodic, run_node
 
 NODE_NAME = "dmn_node"
 CAUSES = ("bad_encoding", "bad_image", "bad_pose", "no_contexts", "no_odometry")
@@ -136,6 +134,7 @@ class DmnNode(Node):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._diagnostics: Periodic | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def configure(self) -> None:
@@ -178,17 +177,19 @@ class DmnNode(Node):
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
         self.create_service(Trigger, "~/global_localization", self._srv_global)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(v["diagnostics_period"], self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup(), clock=steady)
+        self._diagnostics = Periodic(v["diagnostics_period"], self._publish_diagnostics, "dmn_diagnostics",
+                                     lambda error: self.get_logger().error(f"diagnostics failed: {error!r}"))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="dmn_filter", daemon=True)
         self._thread.start()
+        self._diagnostics.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self._diagnostics:
+            self._diagnostics.stop()
         if self._thread:
             self._thread.join(timeout)
 

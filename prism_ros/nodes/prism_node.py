@@ -79,7 +79,6 @@ from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamp
 from nav_msgs.msg import Odometry, Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_msgs.msg import Bool, Header
@@ -97,7 +96,7 @@ from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
                                       intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
                                       read_all, transform)
-from prism_ros.nodes.runner import run_node
+from prism_ros.nodes.runner import Periodic, run_node
 from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
 
@@ -477,6 +476,7 @@ class PrismNode(Node):
         self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
         self._publish_lock = threading.Lock()  # map publishing vs clearing the display
         self._map_thread: threading.Thread | None = None
+        self._periodic: list[Periodic] = []  # diagnostics and the input watchdog
         self._arrivals: list[float | None] = []
         self._arrival_stamps: list[int | None] = []
         self._last_match: float | None = None
@@ -585,10 +585,10 @@ class PrismNode(Node):
         self.create_service(Trigger, "~/resume", self._srv_resume, callback_group=services)
         self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
         self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(v["diagnostics_period"], self._publish_diagnostics, callback_group=timers, clock=steady)
-        self.create_timer(min(0.25, v["input_timeout"] / 2), self._watchdog, callback_group=timers, clock=steady)
+        self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
+                                   self._periodic_error),
+                          Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
+                                   self._periodic_error)]
 
     def _watch_arrivals(self) -> None:
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
@@ -609,10 +609,14 @@ class PrismNode(Node):
         self._worker.start()
         self._map_thread = threading.Thread(target=self._publish_maps, name="prism_map", daemon=True)
         self._map_thread.start()
+        for periodic in self._periodic:
+            periodic.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._mailbox.wake()
+        for periodic in self._periodic:
+            periodic.stop()
         for thread in (self._worker, self._map_thread):
             if thread is not None:
                 thread.join(timeout)
@@ -634,6 +638,10 @@ class PrismNode(Node):
             self.stats.bad_input[cause] += count
         self._log_once(f"bad:{cause}", f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics as "
                        f"bad_input.{cause}; logged once)")
+
+    def _periodic_error(self, error: Exception) -> None:
+        self._log_once(f"periodic:{type(error).__name__}", f"diagnostics or watchdog failed: {type(error).__name__}: "
+                       f"{error} (logged once; the loop goes on)\n{traceback.format_exc()}")
 
     def _failure(self, name: str, text: str) -> None:
         with self._stats_lock:

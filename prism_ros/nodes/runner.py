@@ -1,5 +1,5 @@
 """The process around a prism_ros node: set-up with exit code 2 on invalid parameters, a multi-threaded
-executor, and a clean stop on SIGINT/SIGTERM.
+executor, a clean stop on SIGINT/SIGTERM, and :class:`Periodic` for the work that must not wait on the executor.
 
 The nodes' own worker threads are stopped before the context goes down (rclpy's default signal handlers
 would invalidate publishers under a running step), so this installs its own handlers.
@@ -15,6 +15,38 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from prism_ros.errors import InputError
+
+
+class Periodic:
+    """Calls ``callback`` every ``period`` seconds on its own daemon thread, from ``start()`` to ``stop()``.
+
+    The nodes' diagnostics and watchdogs run here, not on executor timers: under load the steady-clock
+    timers of a MultiThreadedExecutor were seen to stop firing (prism_node's /diagnostics stayed frozen for
+    over 15 s while its worker went on processing; compare rclpy#1223), and a node that looks dead to
+    monitoring is worse than a slow one. Publishing from a plain thread is safe in rclpy. An exception is
+    passed to ``on_error`` and the loop goes on."""
+
+    def __init__(self, period: float, callback, name: str, on_error):
+        self.period, self.callback, self.on_error = period, callback, on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.callback()
+            except Exception as error:  # noqa: BLE001 - diagnostics must outlive any one failure
+                if not self._stop.is_set():
+                    self.on_error(error)
 
 
 def run_node(node_class, name: str, args: list[str] | None = None, threads: int = 3) -> int:
