@@ -14,6 +14,7 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Imu
 
@@ -89,7 +90,7 @@ def main(args: list[str] | None = None) -> int:
     node = ImuOdometryNode()
     try:
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C/SIGTERM, also when it lands mid-wait
         pass
     finally:
         node.destroy_node()

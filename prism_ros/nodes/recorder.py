@@ -16,6 +16,7 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from prism_ros.nodes.compat import reliable_qos
@@ -109,7 +110,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         while rclpy.ok() and not node.done:
             rclpy.spin_once(node, timeout_sec=0.1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C/SIGTERM, also when it lands mid-wait
         pass
     finally:
         node.flush()
