@@ -38,7 +38,7 @@ demo: venv
 
 test: venv
 	@echo "==> pytest"
-	@$(PY) -m pytest -q test
+	@$(PY) -m pytest -q test --durations=25
 
 clean-venv:
 	rm -rf $(VENV)
