@@ -193,12 +193,15 @@ def doctor():
 
 
 def _mount_subcommands() -> None:
-    """`prism-ros ace ...` (ACE) and `prism-ros dmn ...` (DMN localization); cheap to import (lazy torch)."""
+    """`prism-ros ace ...` (ACE), `prism-ros dmn ...` (DMN localization) and `prism-ros dynamics ...` (the learned
+    residual transition); cheap to import (lazy torch)."""
     from prism_ros.ace.cli import app as ace_app
     from prism_ros.dmn.cli import app as dmn_app
+    from prism_ros.dynamics_cli import app as dynamics_app
 
     app.add_typer(ace_app, name="ace")
     app.add_typer(dmn_app, name="dmn")
+    app.add_typer(dynamics_app, name="dynamics")
 
 
 _mount_subcommands()

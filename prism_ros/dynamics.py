@@ -10,7 +10,8 @@ with white noise ``n``). The prediction is ``N(f(x, u), F P F^T + G S_u G^T + Q)
 through the very propagation code, residual MLP included, so the linearisation cannot drift from the
 dynamics and there are no hand-derived Jacobians to get wrong (reverse mode on a batch of 12 copies:
 one forward, one backward; see :meth:`TransitionModel.linearise`). ``Q`` is the continuous process noise
-of the constant-velocity model (zero for the input-driven ones, whose noise is in ``S_u``).
+of the constant-velocity model (zero for the input-driven ones, whose noise is in ``S_u``), plus the learned
+velocity noise of a residual's std head (VSSM-LM's ``MLP_sigma``; trained in :mod:`prism_ros.dynamics_learning`).
 
 Models (:func:`make_transition` by ``DynamicsConfig.model``):
 - ``constant_velocity``: ``R' = R Exp(omega dt)``, ``p' = p + v dt``, ``v' = v`` (exact for a screw motion
@@ -138,25 +139,47 @@ def residual_features(T: torch.Tensor, v: torch.Tensor, u: torch.Tensor, dt: flo
     return torch.cat([velocity_in_body, v[..., 3:], up_in_body, u_mean, torch.full_like(v[..., :1], dt)], -1)
 
 
-class ResidualMLP(nn.Module):
-    """Learned correction of the velocity update (VSSM-LM): features (16,) -> [dv body (3), domega body (3)].
+LOG_STD_UNTRAINED = -30.0  # log-std of the untrained noise head: exp(-30)^2 ~ 1e-26, no added variance
 
-    The output layer starts at zero, so an untrained residual leaves the engineered dynamics unchanged.
-    Any module with this signature can be plugged in; it is trained elsewhere.
+
+class ResidualMLP(nn.Module):
+    """Learned correction of the velocity update (VSSM-LM): features (16,) -> mean [dv body (3), domega body (3)]
+    and the log-std (6,) of extra white noise on that velocity update (the paper's ``MLP_mu`` and ``MLP_sigma``
+    on one shared trunk).
+
+    Both heads start with zero weights: the mean at zero and the log-std at ``log_std_init``, so an untrained
+    residual leaves the engineered dynamics, mean and covariance, unchanged (to ~1e-26). Training starts the
+    std head from a useful value (:func:`prism_ros.dynamics_learning.train_residual`): at exp(-30) its gradient
+    would vanish. ``feature_offset``/``feature_scale`` whiten the inputs (identity until training sets them
+    from the data: the accelerometer's ~9.8 m/s^2 would otherwise saturate the tanh units).
+    Any module with the ``forward`` signature can be plugged in; ``distribution`` is optional.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 2, dtype=torch.float64):
+    def __init__(self, hidden: int = 64, layers: int = 2, dtype=torch.float64,
+                 log_std_init: float = LOG_STD_UNTRAINED):
         super().__init__()
         sizes = [FEATURES] + [hidden] * layers
-        hidden_layers = [m for a, b in zip(sizes[:-1], sizes[1:])
-                         for m in (nn.Linear(a, b, dtype=dtype), nn.Tanh())]
+        self.trunk = nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
+                                     for m in (nn.Linear(a, b, dtype=dtype), nn.Tanh())])
         self.output = nn.Linear(sizes[-1], 6, dtype=dtype)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
-        self.net = nn.Sequential(*hidden_layers, self.output)
+        self.log_std = nn.Linear(sizes[-1], 6, dtype=dtype)
+        for head, bias in ((self.output, 0.0), (self.log_std, log_std_init)):
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, bias)
+        self.register_buffer("feature_offset", torch.zeros(FEATURES, dtype=dtype))
+        self.register_buffer("feature_scale", torch.ones(FEATURES, dtype=dtype))
+
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        return self.trunk((features - self.feature_offset) * self.feature_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        """Mean correction (..., 6)."""
+        return self.output(self.hidden(features))
+
+    def distribution(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean correction and log-std (..., 6) of the extra velocity noise, from one pass of the trunk."""
+        h = self.hidden(features)
+        return self.output(h), self.log_std(h)
 
 
 # ----------------------------------------------------------------------------- models
@@ -178,22 +201,59 @@ class TransitionModel:
         window = self.inputs(state, t_next, imu, control)
         T, v, F, G = self.linearise(state.T, state.velocity, window)
         P = F @ state.covariance @ F.T + (G * window.variance) @ G.T + self.process_noise(T, window.dt)
+        P = P + self.residual_noise(state.T, state.velocity, window.values, window.dt)
         return GaussianState(t_next, T, v, symmetrise(P))
 
     def propagate(self, T: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
                   window: InputWindow) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean dynamics: engineered step, plus the residual MLP on the velocity when there is one."""
+        T_next, v_next, _ = self.propagate_with_std(T, v, u, window)
+        return T_next, v_next
+
+    def propagate_with_std(self, T: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+                           window: InputWindow) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`propagate` and the std (..., 6) of the residual's extra velocity noise, in the residual's body
+        coordinates (None without a residual or a std head): what multi-step training rolls out."""
         T_next, v_next = self.step(T, v, u, window)
         if self.residual is None:
-            return T_next, v_next
-        return T_next, v_next + self.residual_increment(T, v, u, window.dt)
+            return T_next, v_next, None
+        increment, std = self.residual_outputs(T, v, u, window.dt)
+        return T_next, v_next + increment, std
+
+    def residual_outputs(self, T, v, u, dt: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The MLP's velocity correction in state coordinates (its linear part rotated to the world) and its
+        noise std (..., 6) in body coordinates, or None when the module has no ``distribution`` head."""
+        features = residual_features(T, v, u, dt)
+        weight = next(self.residual.parameters(), features)  # the MLP may be float32 and elsewhere
+        features, std = features.to(weight), None
+        if hasattr(self.residual, "distribution"):
+            r, log_std = self.residual.distribution(features)
+            std = log_std.to(v).exp()
+        else:
+            r = self.residual(features)
+        r = r.to(v)
+        return torch.cat([(T[..., :3, :3] @ r[..., :3, None])[..., 0], r[..., 3:]], -1), std
 
     def residual_increment(self, T, v, u, dt: float) -> torch.Tensor:
         """The MLP's velocity correction in state coordinates: its linear part rotated to the world."""
-        features = residual_features(T, v, u, dt)
-        weight = next(self.residual.parameters(), features)  # the MLP may be float32 and elsewhere
-        r = self.residual(features.to(weight)).to(v)
-        return torch.cat([(T[..., :3, :3] @ r[..., :3, None])[..., 0], r[..., 3:]], -1)
+        return self.residual_outputs(T, v, u, dt)[0]
+
+    def residual_noise(self, T: torch.Tensor, v: torch.Tensor, u: torch.Tensor, dt: float) -> torch.Tensor:
+        """(12, 12) covariance the residual's std head adds at the state: ``diag(std^2)`` on the velocity block,
+        the linear part rotated to the world (``R diag(std_lin^2) R^T``) as the mean correction is; zero
+        without a std head. Evaluated at the prior mean (the noise enters after the step, so F does not act on
+        it)."""
+        Q = T.new_zeros(12, 12)
+        if self.residual is None:
+            return Q
+        with torch.no_grad():
+            _, std = self.residual_outputs(T.detach(), v.detach(), u.detach(), dt)
+        if std is None:
+            return Q
+        R, variance = T[:3, :3].detach(), std.detach() ** 2
+        Q[6:9, 6:9] = (R * variance[:3]) @ R.T
+        Q[9:, 9:] = torch.diag(variance[3:])
+        return Q
 
     def linearise(self, T: torch.Tensor, v: torch.Tensor, window: InputWindow):
         """Propagated mean (T', v') and the exact Jacobians F (12,12) w.r.t. the state and G (12, M*6) w.r.t.

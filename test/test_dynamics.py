@@ -311,6 +311,29 @@ def test_zero_initialised_residual_leaves_prediction_unchanged(name):
     assert torch.allclose(plain.covariance, hooked.covariance, rtol=0, atol=1e-18)
 
 
+def test_untrained_std_head_adds_no_covariance_and_a_trained_one_adds_diag_std2():
+    """The untrained residual (mean head zero, log-std exp(-30)) predicts exactly the engineered mean and the
+    same covariance; a std head of s adds R diag(s_lin^2) R^T and diag(s_ang^2) on the velocity block only."""
+    trajectory, samples, _ = imu_stream("drone", noisy=True)
+    state = state_at(trajectory, 1.0, random_covariance(12, torch.full((12,), 0.05, **F64)))
+    t1 = 1.0 + 1 / FPS
+    plain = make_transition(DynamicsConfig(model="imu")).predict(state, t1, imu=samples)
+    mlp = ResidualMLP(hidden=16)
+    hooked = make_transition(DynamicsConfig(model="imu"), mlp).predict(state, t1, imu=samples)
+    assert torch.equal(plain.T, hooked.T) and torch.equal(plain.velocity, hooked.velocity)
+    assert torch.allclose(plain.covariance, hooked.covariance, rtol=0, atol=1e-18)
+    std = torch.tensor([0.1, 0.2, 0.3, 0.01, 0.02, 0.03], **F64)
+    with torch.no_grad():
+        mlp.log_std.bias.copy_(std.log())
+    noisy = make_transition(DynamicsConfig(model="imu"), mlp).predict(state, t1, imu=samples)
+    assert torch.equal(plain.T, noisy.T) and torch.equal(plain.velocity, noisy.velocity)
+    R = state.T[:3, :3]
+    expected = torch.zeros(12, 12, **F64)
+    expected[6:9, 6:9] = R @ torch.diag(std[:3] ** 2) @ R.T
+    expected[9:, 9:] = torch.diag(std[3:] ** 2)
+    assert torch.allclose(noisy.covariance - plain.covariance, expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["constant_velocity", "imu"])
 def test_linearisation_includes_the_residual_jacobian(name):
     """A trained (here: random) residual shifts the velocity by [R r_lin, r_ang] and its Jacobian enters F."""
