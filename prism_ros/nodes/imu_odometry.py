@@ -22,6 +22,7 @@ from prism_ros.imu import ImuDeadReckoning
 from prism_ros.nodes.compat import reliable_qos
 from prism_ros.nodes.conversions import (imu_to_arrays, matrix_to_odometry, pose_stamped_to_matrix,
                                          stamp_to_sec)
+from prism_ros.nodes.runner import interruptible
 
 
 class ImuOdometryNode(Node):
@@ -86,6 +87,7 @@ class ImuOdometryNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    interruptible()
     rclpy.init(args=args if args is not None else sys.argv)
     node = ImuOdometryNode()
     try:

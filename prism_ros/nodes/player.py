@@ -641,6 +641,9 @@ def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script: 0 at the end of the bag, 2 for bad input, 130 when interrupted."""
+    from prism_ros.nodes.runner import interruptible  # noqa: PLC0415 - rclpy-heavy module, after argument errors
+
+    interruptible()
     cli, ros_args = split_ros_args(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(cli)
     defaults = _cli_defaults(args)

@@ -23,6 +23,7 @@ from prism_ros.nodes.compat import reliable_qos
 from prism_ros.nodes.conversions import (odometry_to_matrix, pose_stamped_to_matrix,
                                          pose_with_covariance_to_matrix, stamp_to_sec,
                                          transform_stamped_to_matrix)
+from prism_ros.nodes.runner import interruptible
 from prism_ros.trajectory_io import write_tum
 
 #: graph type name -> (message class, message -> 4x4 pose)
@@ -105,6 +106,7 @@ class TrajectoryRecorder(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    interruptible()
     rclpy.init(args=args if args is not None else sys.argv)
     node = TrajectoryRecorder()
     try:

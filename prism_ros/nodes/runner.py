@@ -17,6 +17,16 @@ from rclpy.signals import SignalHandlerOptions
 from prism_ros.errors import InputError
 
 
+def interruptible() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt in this process even if it was started with SIGINT ignored.
+
+    A process whose parent ignores SIGINT inherits the ignore across exec, and Python then installs no
+    handler: a player or recorder started that way never stops on Ctrl-C (seen: the launcher's player hung
+    in full test runs, where the parent process had SIGINT ignored). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Periodic:
     """Calls ``callback`` every ``period`` seconds on its own daemon thread, from ``start()`` to ``stop()``.
 
