@@ -193,15 +193,17 @@ def doctor():
 
 
 def _mount_subcommands() -> None:
-    """`prism-ros ace ...` (ACE), `prism-ros dmn ...` (DMN localization) and `prism-ros dynamics ...` (the learned
-    residual transition); cheap to import (lazy torch)."""
+    """`prism-ros ace ...` (ACE), `prism-ros dmn ...` (DMN localization), `prism-ros dynamics ...` (the learned
+    residual transition) and `prism-ros costmap` (collision cost on a map slice); cheap to import (lazy torch)."""
     from prism_ros.ace.cli import app as ace_app
+    from prism_ros.costmap_cli import costmap_command
     from prism_ros.dmn.cli import app as dmn_app
     from prism_ros.dynamics_cli import app as dynamics_app
 
     app.add_typer(ace_app, name="ace")
     app.add_typer(dmn_app, name="dmn")
     app.add_typer(dynamics_app, name="dynamics")
+    app.command(name="costmap")(costmap_command)
 
 
 _mount_subcommands()
