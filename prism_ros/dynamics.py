@@ -79,6 +79,9 @@ class DynamicsConfig:
     residual_mlp: bool = False
     residual_hidden: int = 64
     residual_layers: int = 2
+    # a file from `prism-ros dynamics train`: predict with that learned residual (mean and velocity noise) on
+    # top of this config's engineered model, which must be the one it was trained for; "" = none
+    residual_model: str = ""
 
 
 # ----------------------------------------------------------------------------- state tangent
@@ -484,12 +487,26 @@ class ControlEuler(EulerModel):
 TRANSITIONS = {"constant_velocity": ConstantVelocity, "imu": ImuEuler, "control": ControlEuler}
 
 
+def trained_residual(config: DynamicsConfig) -> nn.Module:
+    """The residual in ``config.residual_model`` (InputError when unreadable or trained for another model)."""
+    from prism_ros.dynamics_learning import load_residual  # noqa: PLC0415 - it imports this module
+    from prism_ros.errors import InputError  # noqa: PLC0415
+
+    residual, trained, _, _ = load_residual(config.residual_model)
+    if trained.model != config.model:
+        raise InputError(f"the residual in {config.residual_model} was trained for the {trained.model} model, not "
+                         f"{config.model}", f"set dynamics.model: {trained.model} or train one for {config.model}")
+    return residual
+
+
 def make_transition(config: DynamicsConfig | None = None, residual: nn.Module | None = None) -> TransitionModel:
-    """The transition model named by ``config.model``; a zero-initialised :class:`ResidualMLP` when
-    ``config.residual_mlp`` and no ``residual`` module is given."""
+    """The transition model named by ``config.model``, with ``residual`` if given, else the trained one in
+    ``config.residual_model`` if set, else a zero-initialised :class:`ResidualMLP` when ``config.residual_mlp``."""
     config = config or DynamicsConfig()
     if config.model not in TRANSITIONS:
         raise ValueError(f"unknown dynamics model {config.model!r}; use one of {', '.join(TRANSITIONS)}")
+    if residual is None and config.residual_model:
+        residual = trained_residual(config)
     if residual is None and config.residual_mlp:
         residual = ResidualMLP(config.residual_hidden, config.residual_layers)
     return TRANSITIONS[config.model](config, residual)

@@ -128,6 +128,17 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     with pytest.raises(InputError, match="no such model file"):
         load_residual(tmp_path / "missing.pt")
 
+    # the filter's switch: dynamics.residual_model makes make_transition predict with the trained residual
+    from dataclasses import replace
+
+    from prism_ros.dynamics import make_transition
+
+    switched = make_transition(replace(dynamics, residual_mlp=False, residual_model=str(path)))
+    c = rollout(switched, windows)
+    assert torch.equal(a.positions, c.positions) and torch.equal(a.cov_position, c.cov_position)
+    with pytest.raises(InputError, match="trained for the imu model, not control"):
+        make_transition(replace(dynamics, model="control", residual_model=str(path)))
+
 
 def test_cli_trains_and_evaluates_on_euroc(tmp_path, capsys):
     """A short real run: V1_01's first 40 s (held-out: the last 25 %), then V1_02's first 15 s (all windows)."""
