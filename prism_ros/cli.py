@@ -194,7 +194,8 @@ def doctor():
 
 def _mount_subcommands() -> None:
     """`prism-ros ace ...` (ACE), `prism-ros dmn ...` (DMN localization), `prism-ros dynamics ...` (the learned
-    residual transition) and `prism-ros costmap` (collision cost on a map slice); cheap to import (lazy torch)."""
+    residual transition, predictive rollouts) and `prism-ros costmap` (collision cost on a map slice); cheap to
+    import (lazy torch)."""
     from prism_ros.ace.cli import app as ace_app
     from prism_ros.costmap_cli import costmap_command
     from prism_ros.dmn.cli import app as dmn_app
