@@ -198,23 +198,26 @@ class Costmap:
 
 
 # ----------------------------------------------------------------------------- building
-def map_plane_bounds(sdf_map, up: str) -> tuple[float, float, float, float]:
-    """(u0, v0, u1, v1): the allocated blocks' bounding box projected on the grid plane (metres)."""
+def block_box(sdf_map, up: str) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high corners (3,) of the allocated blocks' bounding box in grid coordinates (u, v, up), metres."""
     if sdf_map.num_blocks == 0:
         raise InputError("the map is empty (no blocks)", "build a map first")
     extent = sdf_map.config.block_extent
     coords = sdf_map.block_coords.cpu().double().numpy() * extent
     corners = np.concatenate([coords, coords + extent]) @ plane_axes(up)  # (2N,3) in (u, v, up)
-    low, high = corners.min(0), corners.max(0)
+    return corners.min(0), corners.max(0)
+
+
+def map_plane_bounds(sdf_map, up: str) -> tuple[float, float, float, float]:
+    """(u0, v0, u1, v1): the allocated blocks' bounding box projected on the grid plane (metres)."""
+    low, high = block_box(sdf_map, up)
     return float(low[0]), float(low[1]), float(high[0]), float(high[1])
 
 
 def map_height_range(sdf_map, up: str) -> tuple[float, float]:
     """The allocated blocks' extent along the up axis (metres)."""
-    extent = sdf_map.config.block_extent
-    coords = sdf_map.block_coords.cpu().double().numpy() * extent
-    along = np.concatenate([coords, coords + extent]) @ plane_axes(up)[:, 2]
-    return float(along.min()), float(along.max())
+    low, high = block_box(sdf_map, up)
+    return float(low[2]), float(high[2])
 
 
 def slice_grid(sdf_map, height: float, config: CostmapConfig | None = None, box=None) -> Costmap:

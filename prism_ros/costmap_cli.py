@@ -10,20 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from prism_ros.cli_support import parse_floats, use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
-
-
-def parse_floats(text: str | None, count: int, option: str, example: str) -> tuple[float, ...] | None:
-    """'1.0,2.5' -> (1.0, 2.5); InputError naming the option unless there are exactly ``count`` numbers."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise InputError(f"bad {option} '{text}'", f"give {count} comma-separated numbers, e.g. {option} {example}")
-    return values
 
 
 @reports_input_errors
@@ -44,12 +32,10 @@ def costmap_command(
     npz: Annotated[bool, typer.Option(help="Also write costmap.npz (every layer + grid geometry).")] = True,
 ):
     """Collision cost (0 far from obstacles, 1 at them) and cost-to-go to --goal on a slice of the SDF map."""
-    import torch
-
     from prism_ros.costmap import CostmapConfig, build_costmap, map_height_range, save_png
     from prism_ros.map import GaussianSdfMap
 
-    torch.set_num_threads(1)
+    use_cpu_threads(1)
     config = CostmapConfig(resolution=resolution, robot_radius=robot_radius, inflation_scale=inflation_scale,
                            confidence_k=confidence_k, unknown=unknown, up=up, cost_weight=cost_weight)
     goal_uv = parse_floats(goal, 2, "--goal", "1.0,2.0")

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prism_ros.cli_support import parse_floats, use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,6 +20,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "predictive rollouts.")
 
 SPLITS = ("auto", "held-out", "all")
+# the motion-data options of train and eval
+Dataset = Annotated[Path, typer.Option(help="EuRoC/ASL folder (IMU csv + ground truth).")]
+Format = Annotated[str, typer.Option("--format", help="Dataset format: euroc.")]
+Seconds = Annotated[Optional[str], typer.Option(help="Use only START:END s from the first IMU sample.")]
+ImuFile = Annotated[Optional[Path], typer.Option(help="IMU csv (default: found in --dataset).")]
+GroundTruthFile = Annotated[Optional[Path], typer.Option(help="Ground truth, TUM or ASL csv.")]
 
 
 def _load(dataset: Path, fmt: str, seconds: str | None, imu: Path | None, groundtruth: Path | None):
@@ -35,19 +42,12 @@ def _load(dataset: Path, fmt: str, seconds: str | None, imu: Path | None, ground
     return data.slice(start or 0.0, end if end is not None else float("inf"))
 
 
-def _threads(threads: int) -> None:
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 @app.command("train")
 @reports_input_errors
 def train_command(
-    dataset: Annotated[Path, typer.Option(help="EuRoC/ASL folder (IMU csv + ground truth).")],
+    dataset: Dataset,
     out: Annotated[Path, typer.Option(help="Model file to write (.pt).")],
-    fmt: Annotated[str, typer.Option("--format", help="Dataset format: euroc.")] = "euroc",
+    fmt: Format = "euroc",
     steps: Annotated[int, typer.Option(min=0, help="Adam steps.")] = 300,
     horizon: Annotated[float, typer.Option(min=0.01, help="Rollout horizon (s).")] = 1.0,
     step: Annotated[float, typer.Option(min=0.001, help="Transition step (s), a whole number of IMU periods.")] = 0.05,
@@ -55,14 +55,14 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Initialisation and batch seed.")] = 0,
     calibrate_still: Annotated[bool, typer.Option(help="Give the engineered model the biases of the still start "
                                                   "(default: the config's zero biases).")] = False,
-    seconds: Annotated[Optional[str], typer.Option(help="Use only START:END s from the first IMU sample.")] = None,
-    imu: Annotated[Optional[Path], typer.Option(help="IMU csv (default: found in --dataset).")] = None,
-    groundtruth: Annotated[Optional[Path], typer.Option(help="Ground truth, TUM or ASL csv.")] = None,
+    seconds: Seconds = None,
+    imu: ImuFile = None,
+    groundtruth: GroundTruthFile = None,
     threads: int = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Train the residual MLP (mean + std heads) on the first part of a sequence; print held-out figures."""
-    _threads(threads)
+    use_cpu_threads(threads)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -99,17 +99,17 @@ def train_command(
 @reports_input_errors
 def eval_command(
     model: Annotated[Path, typer.Option(help="Model file written by `prism-ros dynamics train`.")],
-    dataset: Annotated[Path, typer.Option(help="EuRoC/ASL folder (IMU csv + ground truth).")],
-    fmt: Annotated[str, typer.Option("--format", help="Dataset format: euroc.")] = "euroc",
+    dataset: Dataset,
+    fmt: Format = "euroc",
     split: Annotated[str, typer.Option(help="auto (held-out part when the data overlap the training sequence, "
                                        "else all), held-out or all.")] = "auto",
-    seconds: Annotated[Optional[str], typer.Option(help="Use only START:END s from the first IMU sample.")] = None,
-    imu: Annotated[Optional[Path], typer.Option(help="IMU csv (default: found in --dataset).")] = None,
-    groundtruth: Annotated[Optional[Path], typer.Option(help="Ground truth, TUM or ASL csv.")] = None,
+    seconds: Seconds = None,
+    imu: ImuFile = None,
+    groundtruth: GroundTruthFile = None,
     threads: int = 1,
 ):
     """Multi-step position error at 0.5 s and 1 s, engineered Euler vs learned, and the learned 95 % coverage."""
-    _threads(threads)
+    use_cpu_threads(threads)
     from prism_ros.dynamics_learning import compare, format_table, load_residual
 
     if split not in SPLITS:
@@ -150,8 +150,6 @@ def _pose(text: str | None, option: str):
     import numpy as np
     from scipy.spatial.transform import Rotation
 
-    from prism_ros.costmap_cli import parse_floats
-
     T = np.eye(4)
     if text is None:
         return T
@@ -170,7 +168,6 @@ def _controls(model, name: str, command: str | None, command_file: Path | None, 
     held IMU sample (imu / learned; default: at rest, the gravity reaction and no rotation)."""
     import numpy as np
 
-    from prism_ros.costmap_cli import parse_floats
     from prism_ros.datasets.base import ImuSamples
     from prism_ros.dynamics import ImuEuler
 
@@ -231,13 +228,12 @@ def predict_command(
     threads: int = 1,
 ):
     """Sample future trajectories from a start state: rollouts.npz, TUM files, a top-view plot, predicted depth."""
-    _threads(threads)
+    use_cpu_threads(threads)
     import time
 
     import numpy as np
     import torch
 
-    from prism_ros.costmap_cli import parse_floats
     from prism_ros.rollout import sample_rollouts, save_plot, save_rollouts
     from prism_ros.state import GaussianState
 

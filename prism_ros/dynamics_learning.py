@@ -39,6 +39,7 @@ from prism_ros.datasets.common import check_increasing, numeric, read_rows, read
 from prism_ros.dynamics import (DynamicsConfig, ImuEuler, InputWindow, ResidualMLP, TransitionModel,
                                 residual_features)
 from prism_ros.errors import InputError, read_torch_file
+from prism_ros.imu import GRAVITY
 
 FILE_FORMAT = "prism_ros.dynamics_residual"
 CHI2_95_3D = 7.814727903251178  # chi-square quantile, 3 degrees of freedom, 0.95
@@ -162,7 +163,7 @@ def still_biases(data: MotionData, speed: float = 0.02, margin: float = 0.2) -> 
         raise InputError("the sequence does not start still (no 0.1 s at rest)", "give the biases explicitly")
     rotations = Rotation.from_matrix(data.poses[:, :3, :3])
     R = Slerp(data.t, rotations)(data.imu.t[still])
-    reaction = R.inv().apply([0.0, 0.0, 9.81])
+    reaction = R.inv().apply([0.0, 0.0, GRAVITY])
     return data.imu.gyro[still].mean(0), (data.imu.accel[still] - reaction).mean(0)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from prism_ros.cli_support import use_cpu_threads
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame
 from prism_ros.drift import MapDrift
@@ -52,8 +53,8 @@ class PrismFilter:
     def __init__(self, config: FilterConfig | None = None, initial_pose: np.ndarray | None = None):
         self.config = config or FilterConfig()
         self.device = torch.device(self.config.resolved_device())
-        if self.device.type == "cpu" and self.config.cpu_threads > 0:
-            torch.set_num_threads(self.config.cpu_threads)
+        if self.device.type == "cpu":
+            use_cpu_threads(self.config.cpu_threads)
         self.map = GaussianSdfMap(self.config.map, device=self.device)
         self.transition = make_transition(self.config.dynamics)
         self.T_body_camera = torch.as_tensor(np.asarray(self.config.T_body_camera).reshape(4, 4),

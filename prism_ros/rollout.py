@@ -24,6 +24,7 @@ No ROS import: a node calls :func:`sample_rollouts` (and :func:`predicted_depth`
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,25 @@ def step_controls(model: TransitionModel, controls, steps: int) -> list[dict]:
     return [{"control": row.numpy()} for row in commands]
 
 
+def horizon_steps(horizon_s: float, step_s: float) -> int:
+    """``K = round(horizon_s / step_s)`` (InputError for a non-finite or non-positive step, or horizon < step)."""
+    if not (np.isfinite(horizon_s) and np.isfinite(step_s) and step_s > 0 and horizon_s >= step_s):
+        raise InputError(f"bad horizon {horizon_s} s / step {step_s} s", "use step > 0 and horizon >= step")
+    return int(round(horizon_s / step_s))
+
+
+@contextmanager
+def held_sample_kept(model: TransitionModel):
+    """Restore the model's held input sample (``EulerModel.previous``) afterwards: a rollout of the filter's own
+    model must not change what its next real prediction holds."""
+    previous = getattr(model, "previous", None)
+    try:
+        yield
+    finally:
+        if hasattr(model, "previous"):
+            model.previous = previous
+
+
 def psd_sqrt(P: torch.Tensor) -> torch.Tensor:
     """A square root ``L`` with ``L L^T = P`` of a symmetric positive semi-definite matrix (zero-safe)."""
     values, vectors = torch.linalg.eigh(symmetrise(P))
@@ -147,11 +167,9 @@ def sample_rollouts(model: TransitionModel, state: GaussianState, controls, hori
     ``noise=False`` skips the per-step noise (the samples then differ only by their initial state).
     ``generator`` makes the draws reproducible (``torch.Generator().manual_seed(seed)``).
     """
-    if not (np.isfinite(horizon_s) and np.isfinite(step_s) and step_s > 0 and horizon_s >= step_s):
-        raise InputError(f"bad horizon {horizon_s} s / step {step_s} s", "use step > 0 and horizon >= step")
+    steps = horizon_steps(horizon_s, step_s)
     if samples < 0:
         raise InputError(f"samples must be >= 0, got {samples}", "give 0 (nominal only) or more")
-    steps = int(round(horizon_s / step_s))
     per_step = step_controls(model, controls, steps)
     T0, v0, P = state.T.detach(), state.velocity.detach(), state.covariance.detach()
     options = dict(dtype=T0.dtype, device=T0.device)
@@ -163,8 +181,7 @@ def sample_rollouts(model: TransitionModel, state: GaussianState, controls, hori
     d = (randn(samples + 1, 12) @ psd_sqrt(P).T) * keep
     T, v = se3_exp(d[:, :6]) @ T0, v0 + d[:, 6:]
     poses, velocities = [T], [v]
-    previous = getattr(model, "previous", None)
-    try:
+    with held_sample_kept(model):
         for k in range(steps):
             t0, t1 = float(times[k]), float(times[k + 1])
             window = model.inputs(GaussianState(t0, T[0], v[0], P), t1, **per_step[k])
@@ -184,9 +201,6 @@ def sample_rollouts(model: TransitionModel, state: GaussianState, controls, hori
                 v = v + e[:, 6:]
             poses.append(T)
             velocities.append(v)
-    finally:
-        if hasattr(model, "previous"):
-            model.previous = previous
     poses, velocities = torch.stack(poses, 1), torch.stack(velocities, 1)  # (N+1, K+1, ...)
     nominal, sampled = poses[0], poses[1:]
     if samples:
@@ -205,19 +219,13 @@ def linearised_rollout(model: TransitionModel, state: GaussianState, controls, h
                        step_s: float) -> list[GaussianState]:
     """The filter's Gaussian prediction chained over the same K steps (K+1 states, ``state`` first): the
     closed-form counterpart of :func:`sample_rollouts` (cheap ellipses; what the samples are tested against)."""
-    if not (np.isfinite(horizon_s) and np.isfinite(step_s) and step_s > 0 and horizon_s >= step_s):
-        raise InputError(f"bad horizon {horizon_s} s / step {step_s} s", "use step > 0 and horizon >= step")
-    steps = int(round(horizon_s / step_s))
+    steps = horizon_steps(horizon_s, step_s)
     per_step = step_controls(model, controls, steps)
-    previous = getattr(model, "previous", None)
     states = [state]
-    try:
+    with held_sample_kept(model):
         for k in range(steps):
             # TransitionModel.predict: an ImuEuler still aligning gravity is not fed (sampling uses its gravity)
             states.append(TransitionModel.predict(model, states[-1], state.t + step_s * (k + 1), **per_step[k]))
-    finally:
-        if hasattr(model, "previous"):
-            model.previous = previous
     return states
 
 

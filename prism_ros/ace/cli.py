@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from prism_ros.cli_support import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,13 +25,6 @@ def resolve_device(name: str) -> str:
     from prism_ros.config import resolve_device as resolve
 
     return resolve(name)
-
-
-def _threads(threads: int) -> None:
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 @app.command("map")
@@ -54,7 +48,7 @@ def map_command(
     from prism_ros.ace.mapping import get_recipe, map_scene
     from prism_ros.datasets import open_dataset
 
-    _threads(threads)
+    use_cpu_threads(threads)
     dev = resolve_device(device)
     chosen = get_recipe(recipe, steps=steps)
     net = load_encoder(encoder, dev)
@@ -91,7 +85,7 @@ def localize_command(
 
     if solver not in ("p3p", "usac"):
         raise InputError(f"unknown solver {solver!r}", "use --solver p3p or --solver usac")
-    _threads(threads)
+    use_cpu_threads(threads)
     dev = resolve_device(device)
     net = load_encoder(encoder, dev)
     ace_map = load_map(map_file, net.encoder_id, dev)
@@ -134,7 +128,7 @@ def pretrain_command(
     for path in real or []:
         if not path.exists():
             raise InputError("real sequence not found", "give an existing dataset folder", path)
-    _threads(threads)
+    use_cpu_threads(threads)
     cfg = PretrainConfig(scenes=scenes, steps=steps, minutes=minutes or None, seed=seed)
     encoder = pretrain_encoder(out, cfg, [str(p) for p in real or []], CONFIGS[config], resolve_device(device))
     typer.echo(f"encoder {encoder.encoder_id} -> {out}")

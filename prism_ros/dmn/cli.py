@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prism_ros.cli_support import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,13 +29,10 @@ TABLE_ROWS = (("View-embedding", "PF (DMN)", "pf-dmn"), ("View-embedding", "Regr
 
 
 def _setup(threads: int, domain: str) -> None:
-    import torch
-
     from prism_ros.dmn.environments import domain_config
 
     domain_config(domain)  # InputError for an unknown domain
-    if threads > 0:
-        torch.set_num_threads(threads)
+    use_cpu_threads(threads)
 
 
 def weights_path(domain: str, method: str, folder: Path | None = None) -> Path:

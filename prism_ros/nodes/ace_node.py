@@ -224,7 +224,7 @@ class AceNode(Node):
         self._logged: set[str] = set()
         self._latest: ImageSet | None = None
         self._latest_info: CameraInfo | None = None
-        self._recent: deque[ImageSet] = deque(maxlen=60)  # recent sets by stamp (recovery, online mapping)
+        self._recent: deque[ImageSet] = deque()  # recent sets by stamp (recovery, online mapping); sized by configure
         self._lost_stamp_ns: int | None = None  # the frame PRISM lost last (<prism_node>/tracking_lost)
         self._keyframes: deque = deque()  # (T_world_camera, MappingFrame)
         self._new_keyframes = 0
@@ -368,15 +368,16 @@ class AceNode(Node):
             self._lost_stamp_ns = header_ns(msg)
 
     def _lost_image(self) -> ImageSet | None:
-        """The set PRISM lost last; the newest set if it has left the buffer (or PRISM never said which)."""
+        """The set PRISM lost last; None if it has left the buffer or PRISM never said which (the caller then
+        takes the newest set)."""
         with self._lock:
-            stamp, latest = self._lost_stamp_ns, self._latest
+            stamp = self._lost_stamp_ns
             match = next((s for s in reversed(self._recent) if header_ns(s.rgb) == stamp), None)
         if match is None and stamp is not None:
             self._log_once("lost_image_gone", f"the image PRISM lost ({stamp / 1e9:.3f} s) is no longer among the "
                            f"{self.values['image_buffer']} buffered sets: relocalizing the newest one (raise "
                            "image_buffer when PRISM lags this far behind)")
-        return match or latest
+        return match
 
     def _request_at_most_every_period(self, reason: str) -> None:
         now = time.monotonic()

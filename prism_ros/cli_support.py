@@ -1,0 +1,29 @@
+"""Small pieces the ``prism-ros`` sub-commands share: comma-separated option values and the torch thread count.
+
+Light on purpose (torch is imported when a command runs, so ``--help`` stays quick).
+"""
+from __future__ import annotations
+
+from prism_ros.errors import InputError
+
+
+def parse_floats(text: str | None, count: int, option: str, example: str) -> tuple[float, ...] | None:
+    """'1.0,2.5' -> (1.0, 2.5); InputError naming the option unless there are exactly ``count`` numbers."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise InputError(f"bad {option} '{text}'", f"give {count} comma-separated numbers, e.g. {option} {example}")
+    return values
+
+
+def use_cpu_threads(threads: int) -> None:
+    """Torch's intra-op CPU threads (a command's ``--threads``, ``FilterConfig.cpu_threads``); 0 keeps torch's
+    default."""
+    if threads > 0:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
