@@ -91,7 +91,8 @@ from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_bro
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
                                          image_to_numpy, matrix_to_odometry, matrix_to_pose_with_covariance,
-                                         matrix_to_transform_stamped, make_header, pose_to_matrix, to_rgb)
+                                         matrix_to_transform_stamped, make_header, pose_to_matrix, stamp_to_sec,
+                                         to_rgb)
 from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
                                       intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
@@ -759,7 +760,7 @@ class PrismNode(Node):
         covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
         if not np.all(np.linalg.eigvalsh(0.5 * (covariance + covariance.T)) > 0):
             covariance = None  # no usable covariance: the filter's initial one
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
         with self._map_lock:
             t = stamp if stamp > 0 else (self._last_processed_t or 0.0)
             self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
@@ -774,7 +775,7 @@ class PrismNode(Node):
         T_map_base = self._pose_input(msg, "/initialpose")  # noqa: N806
         if T_map_base is None:
             return
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
         with self._order_lock:
             newest = self._last_stamp_ns
         with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
