@@ -355,9 +355,11 @@ def test_rviz_config_shows_the_prism_topics_in_map():
         assert key in displays, f"rviz/prism.rviz lacks {key}"
         assert displays[key]["Enabled"] is True
     # latched publishers (reliable + transient local) must be read with a compatible QoS
-    for key in ("MarkerArray /prism_node/mesh", "PointCloud2 /prism_node/map_cloud"):
+    for key in ("MarkerArray /prism_node/mesh", "PointCloud2 /prism_node/map_cloud", "Map /prism_node/costmap"):
         assert displays[key]["Topic"]["Reliability Policy"] == "Reliable"
         assert displays[key]["Topic"]["Durability Policy"] == "Transient Local"
+    # rollouts (reliable publisher) and the predicted path are there for rollout_samples > 0
+    assert {"MarkerArray /prism_node/rollouts", "Path /prism_node/predicted_path"} <= displays.keys()
 
 
 # ------------------------------------------------------------------------------------- the prism graph

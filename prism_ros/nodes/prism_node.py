@@ -37,7 +37,9 @@ TF ``map -> odom`` (identity: no external odometry is fused) and ``odom -> base_
 and through :class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
 ``~/rendered/depth``, ``~/rendered/uncertainty``; ``~/frame_timing`` (diagnostic_msgs/DiagnosticArray per
 processed frame, stamped with it: stage times, step and latency in ms; with stereo depth also the stereo
-matching time).
+matching time). Optional, each on its own thread (:mod:`prism_ros.nodes.prediction_publishing`): predictive
+rollouts (``rollout_samples``: ``~/rollouts``, ``~/predicted_path``, ``~/predicted_depth``) and the collision
+costmap of a map slice (``costmap_period``: ``~/costmap``, ``~/cost_cloud``).
 
 Frames: ``map_frame`` is the filter's world frame (the first camera pose (with stereo depth: of the
 rectified left camera), or the pose sent on /initialpose). The base pose is ``T_world_camera @
@@ -76,13 +78,14 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
-from nav_msgs.msg import Odometry, Path as PathMsg
+from nav_msgs.msg import OccupancyGrid, Odometry, Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
 from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
@@ -91,9 +94,10 @@ from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_bro
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
                                          image_to_numpy, matrix_to_odometry, matrix_to_pose_with_covariance,
-                                         matrix_to_transform_stamped, make_header, pose_to_matrix, stamp_to_sec,
-                                         to_rgb)
-from prism_ros.nodes.map_publishing import MapPublisher
+                                         matrix_to_transform_stamped, make_header, numpy_to_image, pose_to_matrix,
+                                         stamp_to_sec, to_rgb)
+from prism_ros.nodes import prediction_publishing
+from prism_ros.nodes.map_publishing import MapPublisher, latched_qos
 from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
                                       intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
                                       read_all, transform)
@@ -115,7 +119,7 @@ CONTROL_BUFFER = 400
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
 CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
           "bad_image", "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
-          "missing_control", "bad_control", "bad_initial_pose", "filter_error")
+          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal")
 #: failed requests counted in /diagnostics (``failures.<name>``), logged each time
 FAILURES = ("rejected_parameter", "save_map", "load_map")
 
@@ -238,6 +242,7 @@ PARAMETERS: dict[str, Param] = {
                                 check=positive),
     "map_path": Param("prism_map.pt", "str", "file of ~/save_map and ~/load_map (relative to the working "
                       "directory; the mesh goes next to it as .ply)", dynamic=True, check=not_empty),
+    **prediction_publishing.PARAMETERS,
 }
 
 
@@ -438,6 +443,10 @@ class Stats:
     step_ms: float = float("nan")  # PrismFilter.step
     stereo_ms: float = float("nan")  # decoding, rectification and SGBM of the last stereo pair
     stereo_valid_fraction: float = float("nan")  # of the last pair matched (before the valid-depth check)
+    rollouts: int = 0  # rollout sets published
+    rollout_ms: float = float("nan")  # sampling (+ predicted depth) of the last set
+    costmaps: int = 0  # costmap slices published
+    costmap_ms: float = float("nan")  # snapshot, slice and cost-to-go of the last one
     tracking_ok: bool | None = None
 
 
@@ -468,6 +477,8 @@ class PrismNode(Node):
         self._last_processed_t: float | None = None
         self._start_after = 0.0  # frames stamped before an /initialpose are skipped (seconds; 0: none)
         self._last_stamp_msg = None
+        self._render_camera = None  # the filter's render camera of the last frame (predicted depth)
+        self._camera_frame = ""
         self._frame_index = 0
         self._imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
         self._control: deque = deque(maxlen=CONTROL_BUFFER)  # (t, (6,))
@@ -501,6 +512,8 @@ class PrismNode(Node):
         if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
             raise InputError("intrinsics_source is parameters but intrinsics is unset",
                              "set intrinsics:=[fx, fy, cx, cy] (pixels)")
+        if prediction_publishing.mismatch(v):
+            raise InputError(prediction_publishing.mismatch(v), "set rollout_step <= rollout_horizon")
         self._mailbox = Mailbox(v["frame_queue"])
         stereo = v["depth_source"] == "stereo"
         if stereo:
@@ -590,6 +603,25 @@ class PrismNode(Node):
                                    self._periodic_error),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
                                    self._periodic_error)]
+        self._create_prediction_interfaces()
+
+    def _create_prediction_interfaces(self) -> None:
+        """Rollouts and costmap (:mod:`prediction_publishing`) on their own threads: the rollout thread always
+        runs (``rollout_samples`` may be raised from 0 at runtime), the costmap's with ``costmap_period > 0``."""
+        v = self.values
+        import torch  # noqa: PLC0415 - torch-heavy, after the parameter checks
+
+        self._rollout_generator = torch.Generator().manual_seed(0)
+        self.rollout_pubs = (self.create_publisher(MarkerArray, "~/rollouts", reliable_qos(1)),
+                             self.create_publisher(PathMsg, "~/predicted_path", reliable_qos(1)),
+                             self.create_publisher(Image, "~/predicted_depth", qos_by_name("sensor_data", 1)))
+        self._periodic.append(Periodic(v["rollout_period"], self._publish_rollouts, "prism_rollouts",
+                                       self._periodic_error))
+        if v["costmap_period"] > 0:
+            self.costmap_pubs = (self.create_publisher(OccupancyGrid, "~/costmap", latched_qos(1)),
+                                 self.create_publisher(PointCloud2, "~/cost_cloud", latched_qos(1)))
+            self._periodic.append(Periodic(v["costmap_period"], self._publish_costmap, "prism_costmap",
+                                           self._periodic_error))
 
     def _watch_arrivals(self) -> None:
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
@@ -641,8 +673,9 @@ class PrismNode(Node):
                        f"bad_input.{cause}; logged once)")
 
     def _periodic_error(self, error: Exception) -> None:
-        self._log_once(f"periodic:{type(error).__name__}", f"diagnostics or watchdog failed: {type(error).__name__}: "
-                       f"{error} (logged once; the loop goes on)\n{traceback.format_exc()}")
+        self._log_once(f"periodic:{type(error).__name__}", "a periodic task (diagnostics, watchdog, rollouts or "
+                       f"costmap) failed: {type(error).__name__}: {error} (logged once; the loop goes on)\n"
+                       f"{traceback.format_exc()}")
 
     def _failure(self, name: str, text: str) -> None:
         with self._stats_lock:
@@ -887,7 +920,9 @@ class PrismNode(Node):
                            "(counted in /diagnostics as frames_lost; logged once)")
         stamp = item.rgb.header.stamp
         self._last_stamp_msg = stamp
-        camera_frame = item.rgb.header.frame_id
+        camera_frame = self._camera_frame = item.rgb.header.frame_id
+        if estimate.render is not None:
+            self._render_camera = estimate.render.camera
         if estimate.tracking_ok or self.values["publish_when_lost"]:
             self._publish_estimate(estimate, stamp)
         if not estimate.tracking_ok:  # before tracking_ok, so a relocalizer counting lost frames knows which
@@ -1175,6 +1210,91 @@ class PrismNode(Node):
             with self._publish_lock:
                 self.map_publisher.reset()
 
+    # -- prediction: rollouts and costmap (own threads) --------------------------------------------
+
+    def _current_controls(self, transition):
+        """The model to roll out and its held input: the newest IMU sample or command, as the filter would get
+        it (an IMU model still aligning gravity predicts with its constant-velocity fallback); None when the
+        model needs an input that has not arrived."""
+        alignment = getattr(transition, "alignment", None)
+        if alignment is not None:
+            return alignment.fallback, None
+        model = self.filter_config.dynamics.model
+        if model == "imu":
+            if not self._imu:
+                return None
+            _, gyro, accel = self._imu[-1]
+            return transition, ImuSamples(np.array([self.filter.state.t]), gyro[None], accel[None])
+        if model == "control":
+            return (transition, self._control[-1][1]) if self._control else None
+        return transition, None
+
+    def _publish_rollouts(self) -> None:
+        """``rollout_samples`` futures of the latest state (filter's model, current input held) and the depth
+        the map predicts at the horizon's mean camera pose. Sampling and rendering hold the map lock: they read
+        the model and map the worker changes (tens of ms for 64 x 20 at 160 x 120, once a period)."""
+        from prism_ros.rollout import predicted_depth, sample_rollouts  # noqa: PLC0415
+
+        v = self.values
+        if v["rollout_samples"] <= 0:
+            return
+        started = time.perf_counter()
+        with self._map_lock:
+            if self.filter.state is None or self._paused:
+                return
+            model_and_input = self._current_controls(self.filter.transition)
+            if model_and_input is None:
+                return
+            model, controls = model_and_input
+            rollouts = sample_rollouts(model, self.filter.state, controls, v["rollout_horizon"], v["rollout_step"],
+                                       v["rollout_samples"], self._rollout_generator)
+            T_body_camera = self.filter.T_body_camera  # noqa: N806
+            depth = None
+            if v["predicted_depth"] and self._render_camera is not None:
+                depth = predicted_depth(self.filter.map, rollouts.mean_poses[-1], T_body_camera, self._render_camera,
+                                        self.filter_config.render)[0].cpu().numpy()
+        T_body_base = T_body_camera.cpu().numpy() @ self.T_camera_base  # noqa: N806
+        times = rollouts.times.numpy()
+        markers, path = prediction_publishing.rollout_messages(rollouts.poses.cpu().numpy() @ T_body_base,
+                                                               rollouts.mean_poses.cpu().numpy() @ T_body_base,
+                                                               times, v["map_frame"])
+        marker_pub, path_pub, depth_pub = self.rollout_pubs
+        marker_pub.publish(markers)
+        path_pub.publish(path)
+        if depth is not None:
+            depth_pub.publish(numpy_to_image(depth, "32FC1", float(times[-1]), self._camera_frame))
+        with self._stats_lock:
+            self.stats.rollouts += 1
+            self.stats.rollout_ms = 1e3 * (time.perf_counter() - started)
+
+    def _publish_costmap(self) -> None:
+        """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
+        a snapshot of the map: only the clone holds the map lock."""
+        from prism_ros.costmap import build_costmap  # noqa: PLC0415
+
+        v = self.values
+        started = time.perf_counter()
+        with self._map_lock:
+            if self.filter.map.num_blocks == 0 or self._paused:
+                return
+            snapshot, stamp = self.filter.map.clone(), self._last_stamp_msg
+        config = prediction_publishing.costmap_config(v)
+        goal = tuple(v["costmap_goal"]) or None
+        try:
+            costmap = build_costmap(snapshot, v["costmap_height"], config, goal=goal)
+        except InputError as error:
+            if goal is None:
+                raise
+            self._bad_input("bad_costmap_goal", f"costmap_goal gives no cost-to-go: {error.problem}",
+                            "set costmap_goal to a free cell of ~/costmap (or costmap_unknown:=free, or [] for none)")
+            costmap = build_costmap(snapshot, v["costmap_height"], config)
+        grid_pub, cloud_pub = self.costmap_pubs
+        grid_pub.publish(prediction_publishing.occupancy_grid(costmap, v["map_frame"], stamp))
+        cloud_pub.publish(prediction_publishing.cost_cloud(costmap, v["map_frame"], stamp))
+        with self._stats_lock:
+            self.stats.costmaps += 1
+            self.stats.costmap_ms = 1e3 * (time.perf_counter() - started)
+
     # -- diagnostics ----------------------------------------------------------------------------
 
     def _state(self) -> str:
@@ -1196,6 +1316,10 @@ class PrismNode(Node):
                 **{f"failures.{k}": n for k, n in s.failures.items()},
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",
             }
+            if self.values["rollout_samples"] > 0 or s.rollouts:
+                values.update(rollouts_published=s.rollouts, rollout_ms=f"{s.rollout_ms:.1f}")
+            if self.values["costmap_period"] > 0:
+                values.update(costmaps_published=s.costmaps, costmap_ms=f"{s.costmap_ms:.1f}")
             if self.values["depth_source"] == "stereo":
                 values.update(stereo_ms=f"{s.stereo_ms:.1f}", stereo_valid_fraction=f"{s.stereo_valid_fraction:.3f}")
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
@@ -1218,6 +1342,7 @@ class PrismNode(Node):
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         converted, refused = checked_changes(PARAMETERS, parameters, "config/prism.yaml")
+        refused = refused or prediction_publishing.mismatch({**self.values, **converted})
         if refused:
             self._failure("rejected_parameter", f"rejected parameter change: {refused}")
             return SetParametersResult(successful=False, reason=refused)

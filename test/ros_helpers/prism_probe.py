@@ -123,6 +123,8 @@ class PrismProbe:
             pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
         elif isinstance(value, float):
             pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        elif isinstance(value, (list, tuple)):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=[float(v) for v in value])
         else:
             pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
         future = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
