@@ -95,7 +95,8 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
             probe.spin(0.03)
         done = probe.wait_diag(lambda d: int(d["frames_processed"]) == FRAMES, 60)
         assert done["frames_lost"] == "0" and done["bad_input_total"] == "0", done
-        assert probe.spin_until(lambda: len(probe.got["pose"]) == FRAMES, 10)  # counted before it is published
+        assert probe.spin_until(lambda: len(probe.got["pose"]) == len(probe.got["odometry"]) == FRAMES, 10)  # counted
+        # before they are published
         last = probe.got["pose"][-1]
         last_t = stamp_to_sec(last.header.stamp)
         assert abs(last_t - frames[-1].timestamp) < 1e-6
