@@ -52,6 +52,8 @@ def train_command(
     horizon: Annotated[float, typer.Option(min=0.01, help="Rollout horizon (s).")] = 1.0,
     step: Annotated[float, typer.Option(min=0.001, help="Transition step (s), a whole number of IMU periods.")] = 0.05,
     held_out: Annotated[float, typer.Option(min=0.05, max=0.9, help="Last fraction kept for evaluation.")] = 0.25,
+    calibration: Annotated[float, typer.Option(min=0.0, max=0.5, help="Fraction before the held-out part that "
+                                               "only scales the learned std to 95 % coverage (0: none).")] = 0.15,
     seed: Annotated[int, typer.Option(help="Initialisation and batch seed.")] = 0,
     calibrate_still: Annotated[bool, typer.Option(help="Give the engineered model the biases of the still start "
                                                   "(default: the config's zero biases).")] = False,
@@ -76,7 +78,8 @@ def train_command(
         bias_gyro, bias_accel = still_biases(data)
         dynamics = dataclasses.replace(dynamics, bias_gyro=tuple(bias_gyro.tolist()),
                                        bias_accel=tuple(bias_accel.tolist()))
-    config = TrainingConfig(step=step, horizon=horizon, held_out=held_out, steps=steps, seed=seed)
+    config = TrainingConfig(step=step, horizon=horizon, held_out=held_out, calibration=calibration, steps=steps,
+                            seed=seed)
     with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
                   console=Console(stderr=True), disable=quiet, transient=True) as bar:
@@ -87,8 +90,9 @@ def train_command(
     save_residual(out, result.residual, dynamics, config, {
         "source": data.source, "train_start": lo, "split_time": result.split_time, "data_end": hi,
         "held_out_before": result.held_out_before, "held_out_after": result.held_out_after, "held_out": results})
-    typer.echo(f"{result.extra['train_windows']} training / {result.extra['held_out_windows']} held-out windows, "
-               f"{steps} steps in {result.seconds:.1f} s; held-out NLL {result.held_out_before:.2f} -> "
+    typer.echo(f"{result.extra['train_windows']} training / {result.extra['calibration_windows']} calibration / "
+               f"{result.extra['held_out_windows']} held-out windows, {steps} steps in {result.seconds:.1f} s; std "
+               f"scaled x{result.extra['std_scale']:.2f}; held-out NLL {result.held_out_before:.2f} -> "
                f"{result.held_out_after:.2f} -> {out}")
     typer.echo(f"held-out (last {held_out:.0%}, {int(results['learned']['windows'])} windows of "
                f"{config.rollout_steps * config.step:g} s):")

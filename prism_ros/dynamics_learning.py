@@ -311,6 +311,7 @@ class TrainingConfig:
     stride: float = 0.05  # s between training window starts
     eval_stride: float = 0.1  # s between evaluation window starts
     held_out: float = 0.25  # last fraction of the sequence, never trained on
+    calibration: float = 0.15  # fraction just before the held-out part that only calibrates the std (0: none)
     steps: int = 300  # Adam steps
     batch: int = 256  # windows per Adam step
     learning_rate: float = 3e-3
@@ -342,17 +343,21 @@ def split_time(data: MotionData, held_out: float) -> float:
     return lo + (1.0 - held_out) * (hi - lo)
 
 
-def train_windows(data: MotionData, config: TrainingConfig) -> tuple[Windows, Windows, float]:
-    """Training windows (ending before the split) and held-out windows (starting after it)."""
+def train_windows(data: MotionData, config: TrainingConfig) -> tuple[Windows, Windows | None, Windows, float]:
+    """Training windows (ending before the calibration part), calibration windows (inside it; None without
+    one) and held-out windows (starting after the split), in time order, never overlapping."""
     split = split_time(data, config.held_out)
+    calibrate_from = split_time(data, config.held_out + config.calibration)
     horizon = config.rollout_steps * config.step
-    train = window_starts(data, horizon, config.stride, end=split)
+    train = window_starts(data, horizon, config.stride, end=calibrate_from)
+    calibration = window_starts(data, horizon, config.eval_stride, start=calibrate_from, end=split)
     test = window_starts(data, horizon, config.eval_stride, start=split)
-    if len(train) < 2 or len(test) < 1:
-        raise InputError(f"too short for {horizon:g} s windows on both sides of a {config.held_out:.0%} split "
-                         f"({len(train)} training, {len(test)} held-out windows)", "give a longer sequence")
-    steps = config.rollout_steps
-    return make_windows(data, train, steps, config.step), make_windows(data, test, steps, config.step), split
+    if len(train) < 2 or len(test) < 1 or (config.calibration > 0 and len(calibration) < 10):
+        raise InputError(f"too short for {horizon:g} s windows in every part of the split ({len(train)} training, "
+                         f"{len(calibration)} calibration, {len(test)} held-out windows)",
+                         "give a longer sequence (or --calibration 0)")
+    windows = lambda starts: make_windows(data, starts, config.rollout_steps, config.step)  # noqa: E731
+    return windows(train), windows(calibration) if config.calibration > 0 else None, windows(test), split
 
 
 def prepare_residual(model: TransitionModel, windows: Windows, config: TrainingConfig) -> None:
@@ -378,7 +383,7 @@ def train_residual(data: MotionData, dynamics: DynamicsConfig, config: TrainingC
     NLL of the training windows; ``progress(step, loss)`` after each Adam step."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    train, test, split = train_windows(data, config)
+    train, calibration, test, split = train_windows(data, config)
     residual = ResidualMLP(dynamics.residual_hidden, dynamics.residual_layers)
     model = ImuEuler(dynamics, residual)
     prepare_residual(model, train, config)
@@ -401,10 +406,40 @@ def train_residual(data: MotionData, dynamics: DynamicsConfig, config: TrainingC
             progress(step, losses[-1])
     for handle in handles:
         handle.remove()
+    shift = calibrate_std(model, calibration, config) if calibration is not None else 0.0
     with torch.no_grad():
         after = float(rollout_nll(rollout(model, test), test, *floors))
     return TrainingResult(residual, losses, before, after, float(split), time.perf_counter() - started,
-                          {"train_windows": len(train), "held_out_windows": len(test)})
+                          {"train_windows": len(train), "calibration_windows": len(calibration or ()),
+                           "held_out_windows": len(test), "std_scale": math.exp(shift)})
+
+
+def calibrate_std(model: TransitionModel, windows: Windows, config: TrainingConfig, target: float = 0.95) -> float:
+    """Scale the learned velocity noise so that ``target`` of the calibration windows' true positions lie in
+    their predicted 95 % ellipsoids (mean coverage over :data:`HORIZONS`): the NLL fit is over-confident on
+    data it was not trained on. The rollout covariance is the residual's alone, so scaling the std by s
+    scales it by s^2: one rollout, then bisection on log s (coverage grows with s). Only inflates (s >= 1):
+    where the ground-truth floor alone covers the errors, shrinking the std would say nothing. Shifts the
+    linear log-std bias by log s and returns it."""
+    with torch.no_grad():
+        prediction = rollout(model, windows)
+    steps = [int(round(h / windows.dt)) - 1 for h in HORIZONS if 0 <= int(round(h / windows.dt)) - 1 < windows.steps]
+    error = prediction.positions[:, steps] - windows.positions[:, steps]
+
+    def coverage(shift: float) -> float:
+        covariance = floored(math.exp(2 * shift) * prediction.cov_position[:, steps], config.position_floor)
+        mahalanobis = (error[..., None, :] @ torch.linalg.solve(covariance, error[..., None]))[..., 0, 0]
+        return float((mahalanobis <= CHI2_95_3D).double().mean())
+
+    if coverage(0.0) >= target:
+        return 0.0
+    low, high = 0.0, 4.0  # std x 1 .. x 55
+    for _ in range(30):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if coverage(middle) < target else (low, middle)
+    with torch.no_grad():
+        model.residual.log_std.bias[:3] += high
+    return high
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -11,9 +11,9 @@ import torch
 from prism_ros.cli import main
 from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics import DynamicsConfig, ImuEuler, ResidualMLP
-from prism_ros.dynamics_learning import (MotionData, TrainingConfig, compare, evaluate_model, load_residual,
-                                         make_windows, rollout, save_residual, still_biases, train_residual,
-                                         window_starts)
+from prism_ros.dynamics_learning import (MotionData, TrainingConfig, calibrate_std, compare, evaluate_model,
+                                         load_residual, make_windows, rollout, save_residual, still_biases,
+                                         train_residual, train_windows, window_starts)
 from prism_ros.errors import InputError
 from prism_ros.synthetic import ImuModel, make_trajectory, synthesize_imu
 from shared_data import sample
@@ -103,6 +103,34 @@ def test_learned_residual_removes_most_of_the_bias_error(trained):
     calibrated = dataclasses.replace(dynamics, bias_accel=tuple(BIAS_ACCEL))
     windows = make_windows(data, window_starts(data, 0.5, 0.1, start=result.split_time), 10, 0.05)
     assert evaluate_model(ImuEuler(calibrated), windows, FAST)["median_0.5"] < learned["median_0.5"]
+
+
+def test_std_calibration_undoes_an_over_confident_std(trained):
+    """The calibration part (between training and held-out) scales the learned std up to 95 % coverage there:
+    an over-confident std is brought to that point, and taking 2 off its log again gets exactly 2 back, with
+    the held-out coverage (a 0.1 mm ground-truth floor, so that the std, not the floor, decides the coverage of
+    these mm-sized errors)."""
+    import copy
+
+    data, dynamics, result = trained
+    assert result.extra["calibration_windows"] > 30 and result.extra["std_scale"] >= 1.0
+    config = dataclasses.replace(FAST, position_floor=1e-4)
+    _, calibration, held_out, _ = train_windows(data, config)
+    residual = copy.deepcopy(result.residual)
+    model = ImuEuler(dynamics, residual)
+    with torch.no_grad():
+        residual.log_std.bias[:3] -= 4.0  # std x 0.02
+    assert calibrate_std(model, calibration, config) > 0.0
+    coverage = lambda windows: [evaluate_model(model, windows, config)["coverage_0.5"]]  # noqa: E731 (FAST: 0.5 s)
+    assert abs(np.mean(coverage(calibration)) - 0.95) < 0.02
+    calibrated = coverage(held_out)
+    with torch.no_grad():
+        residual.log_std.bias[:3] -= 2.0  # std x 0.14
+    before = coverage(held_out)
+    assert abs(calibrate_std(model, calibration, config) - 2.0) < 1e-3
+    assert np.allclose(coverage(held_out), calibrated)
+    assert max(before) < 0.6 and min(calibrated) > 0.8, (before, calibrated)
+    assert calibrate_std(model, calibration, config) == 0.0  # calibrated: nothing more to inflate
 
 
 def test_model_file_round_trip_and_bad_files(trained, tmp_path):
