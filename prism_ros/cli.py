@@ -104,7 +104,7 @@ def run(
     preset: Annotated[Optional[str], typer.Option(help="Bag topic preset: tum, euroc or prism.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
-    """Run the PRISM filter offline on a dataset; writes trajectory.tum, covariance.npz, mesh.ply,
+    """Run the PRISM filter offline on a dataset; writes trajectory.tum, covariance.npz, map.pt, mesh.ply,
     timing.csv, summary.json and a plot."""
     from prism_ros.config import preset_config
     from prism_ros.datasets import open_dataset

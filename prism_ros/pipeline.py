@@ -1,7 +1,8 @@
 """Offline runner: the filter over a dataset, writing what `prism-ros run` promises.
 
 Outputs in ``out_dir``: ``trajectory.tum`` (camera-to-world), ``covariance.npz`` (per-frame 6x6 pose
-and velocity covariances, velocities, tracking flags), ``mesh.ply``, ``timing.csv`` (ms per stage per
+and velocity covariances, velocities, tracking flags), ``map.pt`` (the map: ``prism-ros costmap``,
+``prism_node``'s ``~/load_map``), ``mesh.ply``, ``timing.csv`` (ms per stage per
 frame), ``summary.json`` (frames, lost frames, median ms/frame, peak memory, map memory, ATE and
 NEES when ground truth exists) and ``trajectory.png``.
 """
@@ -29,7 +30,7 @@ STAGES = ("observe", "predict", "render", "track", "velocity", "map")
 
 
 def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt: bool = False,
-                 progress: bool = True, mesh: bool = True, true_sdf=None) -> dict:
+                 progress: bool = True, mesh: bool = True, true_sdf=None, save_map: bool = True) -> dict:
     """Run the filter on every frame; write the outputs; return the summary.
 
     ``true_sdf(points (N,3) world) -> (N,)``, when the scene is known exactly (synthetic data), adds the
@@ -55,6 +56,9 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
         summary.update(score(out_dir, estimates, truths))
         if true_sdf is not None:
             summary["map_error"] = score_map(slam.map, estimates[0].T_world_camera, truths[0], true_sdf)
+    if save_map:
+        slam.map.save(out_dir / "map.pt")
+        summary["map"] = str(out_dir / "map.pt")
     if mesh:
         summary["mesh"] = export_mesh(slam, out_dir / "mesh.ply")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

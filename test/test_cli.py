@@ -104,7 +104,8 @@ def test_run_writes_every_output(tmp_path):
                        "--device", "cpu", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 frames" in result.stdout and "ATE" in result.stdout
-    for name in ("trajectory.tum", "covariance.npz", "mesh.ply", "timing.csv", "summary.json", "trajectory.png"):
+    for name in ("trajectory.tum", "covariance.npz", "map.pt", "mesh.ply", "timing.csv", "summary.json",
+                 "trajectory.png"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["ate_rmse_m"] < 0.05
@@ -113,6 +114,12 @@ def test_run_writes_every_output(tmp_path):
     assert covariance["pose_covariance"].shape == (8, 6, 6)
     stamps, poses = read_tum(out / "trajectory.tum")
     assert len(stamps) == 8
+
+    # the saved map is a planner's input: a costmap at the camera's height (--init-gt: the room's z-up frame)
+    costmap = prism_ros("costmap", "--map", out / "map.pt", "--height", f"{poses[0][2, 3]:.3f}", "--up", "z",
+                        "--out", tmp_path / "costmap")
+    assert costmap.returncode == 0, costmap.stderr[-3000:]
+    assert "lethal" in costmap.stdout and (tmp_path / "costmap" / "costmap.png").is_file()
 
 
 def test_run_rejects_unknown_config_keys(tmp_path, small_sequence):
