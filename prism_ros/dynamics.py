@@ -27,6 +27,7 @@ code calls :meth:`TransitionModel.propagate` directly, which is differentiable a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +156,10 @@ class ResidualMLP(nn.Module):
     std head from a useful value (:func:`prism_ros.dynamics_learning.train_residual`): at exp(-30) its gradient
     would vanish. ``feature_offset``/``feature_scale`` whiten the inputs (identity until training sets them
     from the data: the accelerometer's ~9.8 m/s^2 would otherwise saturate the tanh units).
+    ``trained_step`` (s; 0 = unknown) is the step it was trained at: every training step has that one dt, so the
+    MLP cannot have learned how its output depends on dt. A prediction over another interval (the filter's
+    frame interval) reads the features at the trained step and scales the output as a bias-like rate: the mean
+    correction by dt / step, the std by sqrt(dt / step) (a velocity random walk); exact for a constant bias.
     Any module with the ``forward`` signature can be plugged in; ``distribution`` is optional.
     """
 
@@ -171,6 +176,7 @@ class ResidualMLP(nn.Module):
             nn.init.constant_(head.bias, bias)
         self.register_buffer("feature_offset", torch.zeros(FEATURES, dtype=dtype))
         self.register_buffer("feature_scale", torch.ones(FEATURES, dtype=dtype))
+        self.register_buffer("trained_step", torch.zeros((), dtype=dtype))
 
     def hidden(self, features: torch.Tensor) -> torch.Tensor:
         return self.trunk((features - self.feature_offset) * self.feature_scale)
@@ -225,16 +231,19 @@ class TransitionModel:
 
     def residual_outputs(self, T, v, u, dt: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The MLP's velocity correction in state coordinates (its linear part rotated to the world) and its
-        noise std (..., 6) in body coordinates, or None when the module has no ``distribution`` head."""
-        features = residual_features(T, v, u, dt)
+        noise std (..., 6) in body coordinates, or None when the module has no ``distribution`` head; over an
+        interval other than the residual's ``trained_step``, rescaled to it (see :class:`ResidualMLP`)."""
+        step = float(getattr(self.residual, "trained_step", 0.0))
+        scale = dt / step if step > 0 else 1.0
+        features = residual_features(T, v, u, step if step > 0 else dt)
         weight = next(self.residual.parameters(), features)  # the MLP may be float32 and elsewhere
         features, std = features.to(weight), None
         if hasattr(self.residual, "distribution"):
             r, log_std = self.residual.distribution(features)
-            std = log_std.to(v).exp()
+            std = log_std.to(v).exp() * math.sqrt(scale)
         else:
             r = self.residual(features)
-        r = r.to(v)
+        r = r.to(v) * scale
         return torch.cat([(T[..., :3, :3] @ r[..., :3, None])[..., 0], r[..., 3:]], -1), std
 
     def residual_increment(self, T, v, u, dt: float) -> torch.Tensor:

@@ -367,6 +367,7 @@ def prepare_residual(model: TransitionModel, windows: Windows, config: TrainingC
         features = residual_features(windows.T0, windows.v0, windows.u[:, 0], windows.dt)
         residual.feature_offset.copy_(features.mean(0))
         residual.feature_scale.copy_(1.0 / features.std(0).clamp_min(1e-3))
+        residual.trained_step.fill_(windows.dt)
         residual.log_std.bias[:3] = math.log(config.initial_std)
 
 
@@ -531,7 +532,9 @@ def load_residual(path: Path) -> tuple[ResidualMLP, DynamicsConfig, TrainingConf
         config = TrainingConfig(**{f.name: blob["training"][f.name] for f in fields(TrainingConfig)
                                    if f.name in blob["training"]})
         residual = ResidualMLP(dynamics.residual_hidden, dynamics.residual_layers)
-        residual.load_state_dict(blob["state_dict"])
+        state = dict(blob["state_dict"])
+        state.setdefault("trained_step", torch.tensor(config.step, dtype=torch.float64))  # files before it
+        residual.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError) as error:
         raise InputError(f"incomplete model file ({type(error).__name__}: {str(error)[:120]})", fix, path) from None
     return residual, dynamics, config, blob.get("extra", {})

@@ -133,6 +133,23 @@ def test_std_calibration_undoes_an_over_confident_std(trained):
     assert calibrate_std(model, calibration, config) == 0.0  # calibrated: nothing more to inflate
 
 
+def test_residual_over_another_interval_scales_like_a_bias(trained):
+    """The residual sees one dt in training, so over another interval (the filter's frame interval) it is read
+    at its trained step and scaled: the correction by dt / step, the std by sqrt(dt / step)."""
+    data, dynamics, result = trained
+    residual = result.residual
+    assert float(residual.trained_step) == FAST.step
+    model = ImuEuler(dynamics, residual)
+    windows = make_windows(data, window_starts(data, 0.5, 2.0), 10, 0.05)
+    T, v, u = windows.T0, windows.v0, windows.u[:, 0]
+    at_step, std_at_step = model.residual_outputs(T, v, u, FAST.step)
+    for factor in (0.5, 3.0):
+        increment, std = model.residual_outputs(T, v, u, factor * FAST.step)
+        assert torch.allclose(increment, factor * at_step, rtol=1e-12, atol=1e-15)
+        assert torch.allclose(std, np.sqrt(factor) * std_at_step, rtol=1e-12)
+    assert at_step[:, :3].norm(dim=-1).median() > 0.5 * 0.05 * np.linalg.norm(BIAS_ACCEL)  # it learned the bias
+
+
 def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     data, dynamics, result = trained
     path = tmp_path / "model.pt"
@@ -144,6 +161,12 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     windows = make_windows(data, window_starts(data, 0.5, 2.0), 10, 0.05)
     a, b = (rollout(ImuEuler(dynamics, r), windows) for r in (result.residual, residual))
     assert torch.equal(a.positions, b.positions) and torch.equal(a.cov_position, b.cov_position)
+
+    # a file written before the trained step was stored: the step comes from its training config
+    blob = torch.load(path, weights_only=True)
+    del blob["state_dict"]["trained_step"]
+    torch.save(blob, tmp_path / "older.pt")
+    assert float(load_residual(tmp_path / "older.pt")[0].trained_step) == FAST.step
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:200])
