@@ -212,13 +212,13 @@ def test_cli_map_and_localize(synthetic_sequence, tmp_path):
 
 def test_ensemble_maps_chunks_and_answers_with_the_head_that_sees_the_query(synthetic_sequence, tmp_path):
     """Two k-means chunks of the camera path, one head each: the file keeps both, and a held-out query is
-    answered by the head of its own chunk (most inliers). The heads train 600 steps (the test recipe's 1000
+    answered by the head of its own chunk (most inliers). The heads train 400 steps (the test recipe's 1000
     cost two minutes on a loaded 2-core machine); the single-head test above checks ACE's accuracy."""
 
     torch.manual_seed(0)
     encoder = load_encoder()
     mapping = open_dataset(synthetic_sequence, frames="0:120:4")
-    ace_map = map_scene(mapping, encoder, replace(TEST_RECIPE, steps=600), chunks=2, progress=False)
+    ace_map = map_scene(mapping, encoder, replace(TEST_RECIPE, steps=400), chunks=2, progress=False)
     assert len(ace_map.heads) == 2 and ace_map.centres.shape == (2, 3)
     ace_map = load_map(save_map(ace_map, tmp_path / "two.ace"), encoder.encoder_id)
     assert len(ace_map.heads) == 2
@@ -232,4 +232,4 @@ def test_ensemble_maps_chunks_and_answers_with_the_head_that_sees_the_query(synt
             errors.append(pose_errors(result.pose, frame.pose)[0][0])
     assert len(errors) >= 0.7 * len(queries) and set(chosen) == {0, 1}, chosen
     assert np.mean(np.equal(chosen, own)) >= 0.8, (chosen, own)
-    assert np.median(errors) < 0.08, errors  # measured 4.9 cm, 13/15 queries by their own chunk's head
+    assert np.median(errors) < 0.08, errors  # measured 5.2 cm, 15/15 answered, 13/15 by their own chunk's head
