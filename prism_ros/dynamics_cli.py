@@ -48,6 +48,9 @@ def train_command(
     dataset: Dataset,
     out: Annotated[Path, typer.Option(help="Model file to write (.pt).")],
     fmt: Format = "euroc",
+    model: Annotated[str, typer.Option(help="imu: the csv holds IMU samples; control: it holds commands (gyro "
+                                       "columns = commanded body rates, accel columns = commanded body "
+                                       "acceleration without gravity).")] = "imu",
     steps: Annotated[int, typer.Option(min=0, help="Adam steps.")] = 300,
     horizon: Annotated[float, typer.Option(min=0.01, help="Rollout horizon (s).")] = 1.0,
     step: Annotated[float, typer.Option(min=0.001, help="Transition step (s), a whole number of IMU periods.")] = 0.05,
@@ -72,8 +75,12 @@ def train_command(
     from prism_ros.dynamics_learning import (TrainingConfig, compare, format_table, save_residual, still_biases,
                                              train_residual)
 
+    if model not in ("imu", "control"):
+        raise InputError(f"unknown --model '{model}'", "use imu or control")
+    if calibrate_still and model != "imu":
+        raise InputError("--calibrate-still estimates IMU biases", "drop it with --model control")
     data = _load(dataset, fmt, seconds, imu, groundtruth)
-    dynamics = DynamicsConfig(model="imu", residual_mlp=True)
+    dynamics = DynamicsConfig(model=model, residual_mlp=True)
     if calibrate_still:
         bias_gyro, bias_accel = still_biases(data)
         dynamics = dataclasses.replace(dynamics, bias_gyro=tuple(bias_gyro.tolist()),
@@ -136,9 +143,10 @@ MODELS = ("constant_velocity", "control", "imu")
 
 
 def _transition(model: str):
-    """An engineered model by name, or a trained residual file (ImuEuler + its residual and dynamics config)."""
-    from prism_ros.dynamics import DynamicsConfig, ImuEuler, make_transition
-    from prism_ros.dynamics_learning import load_residual
+    """An engineered model by name, or a trained residual file (its Euler model + the residual and its dynamics
+    config)."""
+    from prism_ros.dynamics import DynamicsConfig, make_transition
+    from prism_ros.dynamics_learning import euler_model, load_residual
 
     if model in MODELS:
         return make_transition(DynamicsConfig(model=model)), model
@@ -146,7 +154,7 @@ def _transition(model: str):
         raise InputError(f"unknown --model '{model}'", f"use {', '.join(MODELS)} or a MODEL.pt from "
                          "`prism-ros dynamics train`")
     residual, dynamics, _, _ = load_residual(Path(model))
-    return ImuEuler(dynamics, residual), f"learned ({Path(model).name})"
+    return euler_model(dynamics, residual), f"learned ({Path(model).name})"
 
 
 def _pose(text: str | None, option: str):

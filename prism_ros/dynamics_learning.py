@@ -36,7 +36,7 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from prism_ros.datasets.base import ImuSamples
 from prism_ros.datasets.common import check_increasing, numeric, read_rows, read_trajectory, seconds_from_ns
-from prism_ros.dynamics import (DynamicsConfig, ImuEuler, InputWindow, ResidualMLP, TransitionModel,
+from prism_ros.dynamics import (ControlEuler, DynamicsConfig, ImuEuler, InputWindow, ResidualMLP, TransitionModel,
                                 residual_features)
 from prism_ros.errors import InputError, read_torch_file
 from prism_ros.imu import GRAVITY
@@ -378,15 +378,28 @@ def linear_rows_only(residual: ResidualMLP) -> list:
             for head in (residual.output, residual.log_std) for p in head.parameters()]
 
 
+TRAINABLE = {"imu": ImuEuler, "control": ControlEuler}
+
+
+def euler_model(dynamics: DynamicsConfig, residual: ResidualMLP | None = None) -> TransitionModel:
+    """The engineered model a residual is trained on: ImuEuler (IMU samples) or ControlEuler (commands)."""
+    if dynamics.model not in TRAINABLE:
+        raise InputError(f"a residual is trained on the imu or control model, not {dynamics.model!r}",
+                         "use --model imu (IMU samples) or --model control (a command stream)")
+    return TRAINABLE[dynamics.model](dynamics, residual)
+
+
 def train_residual(data: MotionData, dynamics: DynamicsConfig, config: TrainingConfig,
                    progress: Callable[[int, float], None] | None = None) -> TrainingResult:
-    """Fit a :class:`ResidualMLP` on top of :class:`ImuEuler` (with ``dynamics``' biases) by the multi-step
-    NLL of the training windows; ``progress(step, loss)`` after each Adam step."""
+    """Fit a :class:`ResidualMLP` on top of the Euler model ``dynamics.model`` names (:func:`euler_model`: IMU
+    samples, or commands, which ``data.imu`` then holds as ``gyro`` = rates, ``accel`` = body acceleration; with
+    ``dynamics``' biases) by the multi-step NLL of the training windows; ``progress(step, loss)`` after each
+    Adam step."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     train, calibration, test, split = train_windows(data, config)
     residual = ResidualMLP(dynamics.residual_hidden, dynamics.residual_layers)
-    model = ImuEuler(dynamics, residual)
+    model = euler_model(dynamics, residual)
     prepare_residual(model, train, config)
     floors = (config.position_floor, config.velocity_floor)
     with torch.no_grad():
@@ -476,8 +489,8 @@ def compare(data: MotionData, residual: ResidualMLP, dynamics: DynamicsConfig, c
     if len(starts) == 0:
         raise InputError(f"no {horizon:g} s window with IMU and ground truth to evaluate", "give a longer sequence")
     windows = make_windows(data, starts, config.rollout_steps, config.step)
-    return {"engineered": evaluate_model(ImuEuler(dynamics), windows, config),
-            "learned": evaluate_model(ImuEuler(dynamics, residual), windows, config)}
+    return {"engineered": evaluate_model(euler_model(dynamics), windows, config),
+            "learned": evaluate_model(euler_model(dynamics, residual), windows, config)}
 
 
 def format_table(results: dict[str, dict[str, float]], horizons=HORIZONS) -> str:

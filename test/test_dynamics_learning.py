@@ -15,7 +15,7 @@ from prism_ros.dynamics_learning import (MotionData, TrainingConfig, calibrate_s
                                          load_residual, make_windows, rollout, save_residual, still_biases,
                                          train_residual, train_windows, window_starts)
 from prism_ros.errors import InputError
-from prism_ros.synthetic import ImuModel, make_trajectory, synthesize_imu
+from prism_ros.synthetic import ControlModel, ImuModel, make_trajectory, synthesize_control, synthesize_imu
 from shared_data import sample
 
 IMU_RATE = 200.0
@@ -103,6 +103,24 @@ def test_learned_residual_removes_most_of_the_bias_error(trained):
     calibrated = dataclasses.replace(dynamics, bias_accel=tuple(BIAS_ACCEL))
     windows = make_windows(data, window_starts(data, 0.5, 0.1, start=result.split_time), 10, 0.05)
     assert evaluate_model(ImuEuler(calibrated), windows, FAST)["median_0.5"] < learned["median_0.5"]
+
+
+def test_residual_on_the_control_model_learns_a_command_bias():
+    """Commands instead of IMU samples (the control model): the drone's commanded body acceleration is off by a
+    constant (a thrust miscalibration, ``-BIAS_ACCEL``); the residual removes most of the held-out error."""
+    trajectory = make_trajectory("drone", 0)
+    t = np.arange(int(40.0 * IMU_RATE)) / IMU_RATE
+    commands = synthesize_control(trajectory, t, ControlModel(), seed=3)  # [ax, ay, az, wx, wy, wz], 20 ms lead
+    t_gt = t[::10]
+    k = trajectory.kinematics(torch.as_tensor(t_gt, dtype=torch.float64))
+    data = MotionData(ImuSamples(t, commands[:, 3:], commands[:, :3] - BIAS_ACCEL), t_gt, k.poses().numpy(),
+                      k.v.numpy(), "synthetic drone commands")
+    dynamics = DynamicsConfig(model="control", residual_mlp=True, residual_hidden=32)
+    result = train_residual(data, dynamics, FAST)
+    results = compare(data, result.residual, dynamics, FAST, start=result.split_time)
+    engineered, learned = results["engineered"], results["learned"]
+    assert engineered["median_0.5"] > 0.03
+    assert learned["median_0.5"] < 0.3 * engineered["median_0.5"], results
 
 
 def test_std_calibration_undoes_an_over_confident_std(trained):
@@ -211,7 +229,10 @@ def test_cli_trains_and_evaluates_on_euroc(tmp_path, capsys):
 
     for args, text in ((["eval", "--model", str(tmp_path / "none.pt"), "--dataset", str(euroc)], "no such model"),
                        (["train", "--dataset", str(tmp_path / "nowhere"), "--out", str(model)], "no such dataset"),
-                       (["train", "--dataset", str(euroc), "--out", str(model), "--seconds", "x:y"], "bad --seconds")):
+                       (["train", "--dataset", str(euroc), "--out", str(model), "--seconds", "x:y"], "bad --seconds"),
+                       (["train", "--dataset", str(euroc), "--out", str(model), "--model", "control",
+                         "--calibrate-still"], "--calibrate-still estimates IMU biases"),
+                       (["train", "--dataset", str(euroc), "--out", str(model), "--model", "cv"], "unknown --model")):
         code = main(["dynamics", *args])
         err = capsys.readouterr().err
         assert code == 2 and "error:" in err and text in err and "Traceback" not in err, err
