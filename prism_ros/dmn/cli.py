@@ -99,7 +99,7 @@ def train_command(
     from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
 
     _setup(threads, domain)
-    _note_cpu_only(device)
+    device = _device(device)
     names = LEARNED if method == "all" else (method,)
     for name in names:
         if name not in LEARNED:
@@ -108,17 +108,18 @@ def train_command(
     source = StoredEpisodes(load_dataset(data), seed) if data else None
     command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for name in names:
-        result = train(name, domain, config, source=source)
+        result = train(name, domain, config, source=source, device=device)
         path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command)
         typer.echo(f"{name} ({domain}): {result.steps} steps in {result.seconds / 60:.1f} min, best validation loss "
                    f"{result.best_validation:.4f} -> {path}")
 
 
-def _note_cpu_only(device: str) -> None:
+def _device(device: str) -> str:
+    """``--device`` as a torch device name (auto: CUDA when available; InputError for CUDA without one). Imported
+    here, not at the top: prism_ros.config pulls in torch, which only a running command needs."""
     from prism_ros.config import resolve_device
 
-    if resolve_device(device) != "cpu":
-        typer.echo("note: DMN training runs on the CPU in this version (its models are small)", err=True)
+    return resolve_device(device)
 
 
 @app.command("eval")
@@ -130,6 +131,7 @@ def eval_command(
     episodes: Annotated[int, typer.Option(min=1, help="Held-out test episodes.")] = 500,
     contexts: Annotated[int, typer.Option(min=1, help="Context views per episode.")] = 4,
     weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: int = 2,
 ):
     """Evaluate one method in one setting on held-out test environments."""
@@ -143,7 +145,7 @@ def eval_command(
         raise InputError(f"no weights for {method} on {domain}", f"train them: prism-ros dmn train --domain {domain} "
                          f"--method {method}", weights_path(domain, method, weights))
     result = evaluate(model, domain, setting, episodes, contexts, model.config if hasattr(model, "config") else
-                      _default_config(), progress=True)
+                      _default_config(), progress=True, device=_device(device))
     typer.echo(json.dumps(result))
 
 
@@ -161,6 +163,7 @@ def table_command(
     contexts: Annotated[int, typer.Option(min=1, help="Context views per episode.")] = 4,
     weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the numbers as JSON.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: int = 2,
 ):
     """Table 1 of the paper for one domain: sequential (t = 5) and one-step (t = 1) global localization success
@@ -168,6 +171,7 @@ def table_command(
     from prism_ros.dmn.training import evaluate
 
     _setup(threads, domain)
+    device = _device(device)
     rows = []
     for map_name, algorithm, name in TABLE_ROWS:
         model, record = _method(domain, name, weights)
@@ -175,7 +179,8 @@ def table_command(
         if model is not None:
             config = getattr(model, "config", _default_config())
             for setting in ("sequential", "one_step", "tracking"):
-                row[setting] = evaluate(model, domain, setting, episodes, contexts, config, progress=False)
+                row[setting] = evaluate(model, domain, setting, episodes, contexts, config, progress=False,
+                                        device=device)
             if record is not None:
                 row["training"] = {k: record[k] for k in ("steps", "seconds", "best_validation", "command")}
         rows.append(row)

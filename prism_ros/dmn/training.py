@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -40,6 +40,10 @@ class Episode:
     query_images: Tensor
     query_poses: Tensor
     odometry: Tensor
+
+    def to(self, device) -> "Episode":
+        """The batch on ``device`` (episodes are rendered on the CPU; a GPU trains and evaluates)."""
+        return Episode(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def odometry_of(poses: Tensor) -> Tensor:
@@ -155,7 +159,7 @@ def validation_loss(method: LocalizationMethod, episodes: list[Episode], particl
     likelihood is sharp, so it picked the weights of step 250 and early stopping ended training at step 3250
     while the likelihood was still improving. (The tracking pose loss is a poor guide too: the uniform-weight
     mean of 32 particles around the truth already scores 0.006.)"""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=episodes[0].query_poses.device).manual_seed(seed)
     method.eval()
     failures = []
     with torch.no_grad():
@@ -172,27 +176,28 @@ def validation_loss(method: LocalizationMethod, episodes: list[Episode], particl
 
 
 def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn_config: DmnConfig = DmnConfig(),
-          source=None, progress: bool = True) -> TrainResult:
-    """Train one method end to end on the pose loss (tracking setting); returns the best validated weights."""
+          source=None, progress: bool = True, device: str | torch.device = "cpu") -> TrainResult:
+    """Train one method end to end on the pose loss (tracking setting) on ``device`` (episodes are rendered on
+    the CPU and moved there); returns the best validated weights (on ``device``)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     torch.manual_seed(train_config.seed)
-    method = build_method(name, dmn_config)
+    method = build_method(name, dmn_config).to(device)
     if parameter_count(method) == 0:
         return TrainResult(method)
     source = source or StreamedEpisodes(domain, "train", dmn_config.image_size)
     validation = StreamedEpisodes(domain, "val", dmn_config.image_size)
     chunk = min(128, train_config.validation_episodes)
-    val_episodes = [validation.sample(chunk, train_config.contexts, train_config.query_steps)
+    val_episodes = [validation.sample(chunk, train_config.contexts, train_config.query_steps).to(device)
                     for _ in range(max(1, train_config.validation_episodes // chunk))]
     optimiser = torch.optim.Adam(method.parameters(), lr=train_config.learning_rate)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    generator = torch.Generator(device=device).manual_seed(train_config.seed)
     result = TrainResult(method)
     best_state, best, waited, running = None, float("inf"), 0, []
     started = time.perf_counter()
     bar = tqdm(range(1, train_config.steps + 1), desc=f"train {name} ({domain})", unit="step", disable=not progress)
     for step in bar:
-        episode = source.sample(train_config.batch, train_config.contexts, train_config.query_steps)
+        episode = source.sample(train_config.batch, train_config.contexts, train_config.query_steps).to(device)
         output = localize(method, episode, "tracking", dmn_config.particles_train, generator)
         loss = pose_loss(output.estimates, episode.query_poses, dmn_config.loss_yaw_weight).mean()
         if method.uses_particles and train_config.discrimination_weight > 0:
@@ -231,22 +236,24 @@ SETTINGS = {  # name: (initial belief, query steps, particles attribute of DmnCo
 
 
 def evaluate(method: LocalizationMethod, domain: str, setting: str, episodes: int = 1000, contexts: int = 4,
-             dmn_config: DmnConfig = DmnConfig(), batch: int = 50, seed: int = 0, progress: bool = False) -> dict:
+             dmn_config: DmnConfig = DmnConfig(), batch: int = 50, seed: int = 0, progress: bool = False,
+             device: str | torch.device = "cpu") -> dict:
     """Success rate (squared x-y error < 0.2 at the last step) and mean squared x-y error of ``method`` on
-    held-out test environments. Every method sees the same episodes and belief draws (seeded)."""
+    held-out test environments, run on ``device``. Every method sees the same episodes and belief draws
+    (seeded; a CUDA generator draws other numbers than the CPU one)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     mode, steps, particles_field = SETTINGS[setting]
     particles = getattr(dmn_config, particles_field)
     source = StreamedEpisodes(domain, "test", dmn_config.image_size, start=seed * episodes)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     errors, batch = [], min(batch, episodes)
-    method.eval()
+    method.to(device).eval()
     with torch.no_grad():
         for _ in tqdm(range(0, episodes, batch), desc=f"eval {setting}", disable=not progress):
-            episode = source.sample(batch, contexts, steps)
+            episode = source.sample(batch, contexts, steps).to(device)
             final = localize(method, episode, mode, particles, generator).estimates[:, -1]
-            errors.append(((final[:, :2] - episode.query_poses[:, -1, :2]) ** 2).sum(-1))
+            errors.append(((final[:, :2] - episode.query_poses[:, -1, :2]) ** 2).sum(-1).cpu())
     errors = torch.cat(errors)[:episodes]
     return {"setting": setting, "episodes": len(errors), "success_rate": float((errors < SUCCESS_MSE).float().mean()),
             "mse_xy": float(errors.mean()), "particles": particles, "steps": steps, "contexts": contexts}
@@ -258,7 +265,7 @@ def save_method(result: TrainResult, name: str, domain: str, dmn_config: DmnConf
     """Weights (fp16) with how they were made: method, domain, configs, steps, time, validation loss."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in result.method.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in result.method.state_dict().items()}
     torch.save({"kind": "prism_ros.dmn", "method": name, "domain": domain, "dmn_config": asdict(dmn_config),
                 "train_config": asdict(train_config), "steps": result.steps, "seconds": result.seconds,
                 "best_validation": result.best_validation, "history": result.history, "command": command,
