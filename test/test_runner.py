@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from prism_ros.nodes.runner import Periodic
+from prism_ros.nodes.runner import Periodic, log_errors_once
 
 
 def test_periodic_keeps_calling_through_errors_and_stops():
@@ -26,3 +26,16 @@ def test_periodic_keeps_calling_through_errors_and_stops():
     assert len(calls) == stopped_at  # nothing after stop()
     assert [str(e) for e in errors] == ["one bad tick"]
     assert min(b - a for a, b in zip(calls, calls[1:])) >= 0.015  # it waits its period between calls
+
+
+def test_periodic_errors_are_logged_once_per_task_and_type():
+    logged: dict[str, str] = {}
+    on_error = log_errors_once(lambda key, text: logged.setdefault(key, text), "the costmap")
+    for error in (ValueError("a"), ValueError("b"), KeyError("c")):
+        try:
+            raise error
+        except Exception as caught:  # noqa: BLE001 - as Periodic passes it, with a traceback to format
+            on_error(caught)
+    assert len(logged) == 2 and all(text.startswith("the costmap failed: ") for text in logged.values())
+    assert "Traceback" in logged["periodic:the costmap:ValueError"] and "ValueError: a" in logged[
+        "periodic:the costmap:ValueError"]

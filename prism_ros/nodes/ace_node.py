@@ -64,7 +64,7 @@ from prism_ros.nodes.parameters import (Param, checked_changes, count, declare, 
                                         not_empty, one_of, parameters_file, positive, read_all, transform)
 from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS, BadInput,
                                         left_covariance_to_ros)
-from prism_ros.nodes.runner import Periodic, run_node
+from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 
 NODE_NAME = "ace_node"
 RECIPES = ("cpu", "gpu", "test")
@@ -299,10 +299,11 @@ class AceNode(Node):
         self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
         self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "ace_diagnostics",
-                                   self._periodic_error)]
+                                   log_errors_once(self._log_once, "diagnostics"))]
         if v["continuous_rate"] > 0:
             self._periodic.append(Periodic(1.0 / v["continuous_rate"], lambda: self._request(None, "continuous"),
-                                           "ace_continuous", self._periodic_error))
+                                           "ace_continuous", log_errors_once(self._log_once,
+                                                                             "continuous relocalization")))
 
     def start(self) -> None:
         targets = [self._work] + ([self._map_in_background] if self.values["online_mapping"] else [])
@@ -323,10 +324,6 @@ class AceNode(Node):
             thread.join(timeout)
 
     # -- bookkeeping ----------------------------------------------------------------------------
-    def _periodic_error(self, error: Exception) -> None:
-        self._log_once(f"periodic:{type(error).__name__}", f"diagnostics failed: {type(error).__name__}: {error} "
-                       f"(logged once; the loop goes on)\n{traceback.format_exc()}")
-
     def _log_once(self, key: str, text: str) -> None:
         if key not in self._logged:
             self._logged.add(key)

@@ -101,7 +101,7 @@ from prism_ros.nodes.map_publishing import MapPublisher, latched_qos
 from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
                                       intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
                                       read_all, transform)
-from prism_ros.nodes.runner import Periodic, run_node
+from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
 from prism_ros.tracking import skew3
 
@@ -512,8 +512,8 @@ class PrismNode(Node):
         if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
             raise InputError("intrinsics_source is parameters but intrinsics is unset",
                              "set intrinsics:=[fx, fy, cx, cy] (pixels)")
-        if prediction_publishing.mismatch(v):
-            raise InputError(prediction_publishing.mismatch(v), "set rollout_step <= rollout_horizon")
+        if problem := prediction_publishing.mismatch(v):
+            raise InputError(problem, "set rollout_step <= rollout_horizon")
         self._mailbox = Mailbox(v["frame_queue"])
         stereo = v["depth_source"] == "stereo"
         if stereo:
@@ -600,9 +600,9 @@ class PrismNode(Node):
         self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
         self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
-                                   self._periodic_error),
+                                   log_errors_once(self._log_once, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
-                                   self._periodic_error)]
+                                   log_errors_once(self._log_once, "the input watchdog"))]
         self._create_prediction_interfaces()
 
     def _create_prediction_interfaces(self) -> None:
@@ -616,12 +616,12 @@ class PrismNode(Node):
                              self.create_publisher(PathMsg, "~/predicted_path", reliable_qos(1)),
                              self.create_publisher(Image, "~/predicted_depth", qos_by_name("sensor_data", 1)))
         self._periodic.append(Periodic(v["rollout_period"], self._publish_rollouts, "prism_rollouts",
-                                       self._periodic_error))
+                                       log_errors_once(self._log_once, "rollouts")))
         if v["costmap_period"] > 0:
             self.costmap_pubs = (self.create_publisher(OccupancyGrid, "~/costmap", latched_qos(1)),
                                  self.create_publisher(PointCloud2, "~/cost_cloud", latched_qos(1)))
             self._periodic.append(Periodic(v["costmap_period"], self._publish_costmap, "prism_costmap",
-                                           self._periodic_error))
+                                           log_errors_once(self._log_once, "the costmap")))
 
     def _watch_arrivals(self) -> None:
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
@@ -671,11 +671,6 @@ class PrismNode(Node):
             self.stats.bad_input[cause] += count
         self._log_once(f"bad:{cause}", f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics as "
                        f"bad_input.{cause}; logged once)")
-
-    def _periodic_error(self, error: Exception) -> None:
-        self._log_once(f"periodic:{type(error).__name__}", "a periodic task (diagnostics, watchdog, rollouts or "
-                       f"costmap) failed: {type(error).__name__}: {error} (logged once; the loop goes on)\n"
-                       f"{traceback.format_exc()}")
 
     def _failure(self, name: str, text: str) -> None:
         with self._stats_lock:

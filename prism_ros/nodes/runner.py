@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import traceback
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -57,6 +58,15 @@ class Periodic:
             except Exception as error:  # noqa: BLE001 - diagnostics must outlive any one failure
                 if not self._stop.is_set():
                     self.on_error(error)
+
+
+def log_errors_once(log_once, task: str):
+    """An ``on_error`` for :class:`Periodic`: each error type of ``task`` is logged once, with its traceback,
+    through the node's ``log_once(key, text)`` (a failure every period would otherwise flood the log)."""
+    def on_error(error: Exception) -> None:
+        log_once(f"periodic:{task}:{type(error).__name__}", f"{task} failed: {type(error).__name__}: {error} "
+                 f"(logged once; the loop goes on)\n{traceback.format_exc()}")
+    return on_error
 
 
 def run_node(node_class, name: str, args: list[str] | None = None, threads: int = 3) -> int:
