@@ -72,10 +72,10 @@ def train_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from prism_ros.dynamics import DynamicsConfig
-    from prism_ros.dynamics_learning import (TrainingConfig, compare, format_table, save_residual, still_biases,
-                                             train_residual)
+    from prism_ros.dynamics_learning import (TRAINABLE, TrainingConfig, compare, format_table, save_residual,
+                                             still_biases, train_residual)
 
-    if model not in ("imu", "control"):
+    if model not in TRAINABLE:  # before reading the data
         raise InputError(f"unknown --model '{model}'", "use imu or control")
     if calibrate_still and model != "imu":
         raise InputError("--calibrate-still estimates IMU biases", "drop it with --model control")

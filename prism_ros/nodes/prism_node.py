@@ -1265,7 +1265,7 @@ class PrismNode(Node):
     def _publish_costmap(self) -> None:
         """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
         a snapshot of the map: only the clone holds the map lock."""
-        from prism_ros.costmap import build_costmap  # noqa: PLC0415
+        from prism_ros.costmap import cost_to_go, slice_grid  # noqa: PLC0415
 
         v = self.values
         started = time.perf_counter()
@@ -1274,15 +1274,14 @@ class PrismNode(Node):
                 return
             snapshot, stamp = self.filter.map.clone(), self._last_stamp_msg
         config = prediction_publishing.costmap_config(v)
-        goal = tuple(v["costmap_goal"]) or None
-        try:
-            costmap = build_costmap(snapshot, v["costmap_height"], config, goal=goal)
-        except InputError as error:
-            if goal is None:
-                raise
-            self._bad_input("bad_costmap_goal", f"costmap_goal gives no cost-to-go: {error.problem}",
-                            "set costmap_goal to a free cell of ~/costmap (or costmap_unknown:=free, or [] for none)")
-            costmap = build_costmap(snapshot, v["costmap_height"], config)
+        costmap = slice_grid(snapshot, v["costmap_height"], config)
+        if v["costmap_goal"]:
+            try:
+                cost_to_go(costmap, tuple(v["costmap_goal"]), config.cost_weight)
+            except InputError as error:  # the slice is published without it
+                self._bad_input("bad_costmap_goal", f"costmap_goal gives no cost-to-go: {error.problem}",
+                                "set costmap_goal to a free cell of ~/costmap (or costmap_unknown:=free, or [] "
+                                "for none)")
         grid_pub, cloud_pub = self.costmap_pubs
         grid_pub.publish(prediction_publishing.occupancy_grid(costmap, v["map_frame"], stamp))
         cloud_pub.publish(prediction_publishing.cost_cloud(costmap, v["map_frame"], stamp))
