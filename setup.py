@@ -26,6 +26,7 @@ CORE = [
     "tqdm>=4.66",
     "pyyaml>=6",
     "scikit-image>=0.22",  # marching cubes for mesh export
+    "warp-lang>=1.19",  # fused CPU/CUDA kernels of the per-frame stages (prism_ros.kernels)
 ]
 # ROS 2 Kilted from PyPI, for machines without a ROS install (a sourced ROS install provides these).
 ROS_WHEELS = [

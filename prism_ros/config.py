@@ -49,6 +49,8 @@ class FilterConfig:
     map_level: int = 0  # the map fuses depth at this pyramid level (colour always at full resolution)
     max_depth: float = 5.0  # metres; farther depth is ignored (noise grows with z^2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # per-frame stages: fused Warp kernels (prism_ros.kernels) or the torch reference; auto = fused when Warp loads
+    backend: str = "auto"  # auto | fused | torch
     # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
     # contend (measured 10-50x slower per call on this 2-core machine when other work is running)
     cpu_threads: int = 1
@@ -59,6 +61,10 @@ class FilterConfig:
     initial_velocity_std: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
 
     def __post_init__(self):
+        from prism_ros.kernels import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
         if not 0 <= self.render_level < self.levels or not 0 <= self.map_level < self.levels:
             raise InputError(f"render_level {self.render_level} and map_level {self.map_level} must be pyramid "
                              f"levels 0..{self.levels - 1}", "lower them or raise `levels`")
@@ -66,6 +72,12 @@ class FilterConfig:
     def resolved_device(self) -> str:
         """The torch device name of :attr:`device` (see :func:`resolve_device`)."""
         return resolve_device(self.device)
+
+    def resolved_backend(self) -> str:
+        """'fused' or 'torch' (see :func:`prism_ros.kernels.resolve_backend`)."""
+        from prism_ros.kernels import resolve_backend
+
+        return resolve_backend(self.backend)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -53,6 +53,7 @@ class PrismFilter:
     def __init__(self, config: FilterConfig | None = None, initial_pose: np.ndarray | None = None):
         self.config = config or FilterConfig()
         self.device = torch.device(self.config.resolved_device())
+        self.backend = self.config.resolved_backend()
         if self.device.type == "cpu":
             use_cpu_threads(self.config.cpu_threads)
         self.map = GaussianSdfMap(self.config.map, device=self.device)
@@ -73,7 +74,8 @@ class PrismFilter:
         self.timings = {}
         with self.timed("observe"):
             obs = Observation.from_frame(frame, self.config.levels, self.device, self.config.max_depth,
-                                         first_level=min(self.config.render_level, self.config.map_level))
+                                         first_level=min(self.config.render_level, self.config.map_level),
+                                         backend=self.backend)
         if self.state is None:
             return self.initialise(obs)
         with self.timed("predict"):
@@ -126,16 +128,17 @@ class PrismFilter:
     def render_at(self, prior: GaussianState, obs: Observation) -> RenderResult:
         """The one render of the frame, at the predicted camera pose and the render pyramid level."""
         camera = obs.levels[self.config.render_level].camera
-        return render(self.map, prior.T @ self.T_body_camera, camera, self.config.render)
+        return render(self.map, prior.T @ self.T_body_camera, camera, self.config.render, backend=self.backend)
 
     def track_pose(self, obs: Observation, rendered: RenderResult, prior: GaussianState) -> PoseEstimate:
         """MAP camera pose + Laplace covariance, returned as the body pose (same left covariance)."""
-        camera = track(obs, rendered, prior.T @ self.T_body_camera, prior.pose_covariance, self.config.tracking)
+        camera = track(obs, rendered, prior.T @ self.T_body_camera, prior.pose_covariance, self.config.tracking,
+                       backend=self.backend)
         camera.T = camera.T @ self.T_camera_body
         return camera
 
     def integrate(self, obs: Observation, T_world_camera: torch.Tensor) -> None:
-        self.map.integrate(obs.levels[self.config.map_level], obs.colour, T_world_camera)
+        self.map.integrate(obs.levels[self.config.map_level], obs.colour, T_world_camera, backend=self.backend)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -553,7 +553,7 @@ class GaussianSdfMap:
 
     # ------------------------------------------------------------------ integration
     @torch.no_grad()
-    def integrate(self, level: ObservationLevel, colour: torch.Tensor, T_world_camera) -> dict:
+    def integrate(self, level: ObservationLevel, colour: torch.Tensor, T_world_camera, backend: str = "torch") -> dict:
         """Fuse one RGB-D frame seen from ``T_world_camera`` (4,4) into the map (closed-form Gaussian product).
 
         ``level``: any pyramid level (depth, points, normals, camera); ``colour`` (H,W,3) in [0, 1], at this

@@ -47,7 +47,7 @@ class Observation:
 
     @staticmethod
     def from_frame(frame: Frame, levels: int = 3, device="cpu", max_depth: float = 8.0,
-                   first_level: int = 0) -> "Observation":
+                   first_level: int = 0, backend: str = "torch") -> "Observation":
         """The frame's pyramid; levels finer than ``first_level`` keep depth and intensity only (no points,
         normals or gradients: at VGA those cost ~30 ms a frame that nothing reads when the render, the
         tracking and the map update all work at coarser levels)."""

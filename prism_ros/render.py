@@ -199,9 +199,10 @@ class Hits:
 
 
 @torch.no_grad()
-def render(field, T_world_camera: torch.Tensor, camera: PinholeCamera, config: RenderConfig | None = None
-           ) -> RenderResult:
-    """Ray cast the SDF mean seen from ``T_world_camera`` (4,4) by ``camera``: the frame's one prediction."""
+def render(field, T_world_camera: torch.Tensor, camera: PinholeCamera, config: RenderConfig | None = None,
+           backend: str = "torch") -> RenderResult:
+    """Ray cast the SDF mean seen from ``T_world_camera`` (4,4) by ``camera``: the frame's one prediction.
+    ``backend``: 'torch' (this module) or 'fused' (:mod:`prism_ros.kernels.render`)."""
     config = config or RenderConfig()
     T = T_world_camera.to(device=camera.device, dtype=torch.float32)
     origin = T[:3, 3]

@@ -91,7 +91,8 @@ class TrackingConfig:
 
 # ----------------------------------------------------------------------------- the tracking step
 def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_cov: torch.Tensor,
-          config: TrackingConfig | None = None, init_T: torch.Tensor | None = None) -> PoseEstimate:
+          config: TrackingConfig | None = None, init_T: torch.Tensor | None = None,
+          backend: str = "torch") -> PoseEstimate:
     """MAP camera pose T_world_camera and its 6x6 Laplace covariance (left perturbation) for one frame.
 
     ``obs``: the frame at its pyramid levels; ``render``: the one render of the map at the predicted pose;

@@ -1,0 +1,106 @@
+"""Fused kernels: one NVIDIA Warp source per hot loop, compiled for the CPU (Warp's bundled LLVM) and CUDA.
+
+PRISM's per-frame stages (observe, render, track, map) in torch eager pay per-op overhead and a memory pass per
+op: a render is ~20k small torch calls. Each stage here is one or a few Warp kernels over the same tensors
+(zero-copy through ``wp.from_torch``), with the map's layout unchanged. The torch code in the stage modules
+stays the reference, and equivalence tests keep the two in step; ``FilterConfig.backend`` picks one:
+
+- ``fused``: these kernels (an :class:`~prism_ros.errors.InputError` when ``warp`` cannot be imported);
+- ``torch``: the reference implementation;
+- ``auto``: fused when Warp imports, else torch.
+
+Why Warp: one Python source for both devices, an on-disk kernel cache (a module compiles once per machine, ~3 s,
+then loads in milliseconds), and CPU launches that run outside the GIL (ctypes calls release it), so a ROS
+executor keeps running while the filter works. Compilation is paid at start-up by :func:`warm_up`.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+
+from prism_ros.errors import InputError
+
+BACKENDS = ("auto", "torch", "fused")
+# modules holding @wp.kernel functions, loaded (compiled or read from the cache) by warm_up
+KERNEL_MODULES = ("prism_ros.kernels.render", "prism_ros.kernels.integrate", "prism_ros.kernels.track",
+                  "prism_ros.kernels.observe")
+
+_lock = threading.Lock()
+_wp = None
+_import_error: str | None = None
+
+
+def warp():
+    """The initialised ``warp`` module (quiet, initialised once per process); InputError when it is missing."""
+    global _wp, _import_error
+    with _lock:
+        if _wp is None and _import_error is None:
+            try:
+                import warp as wp  # noqa: PLC0415
+
+                wp.config.log_level = 40  # errors only: no greeting, no "CUDA driver not found" on CPU machines
+                wp.init()
+                _wp = wp
+            except Exception as error:  # ImportError, or a broken install failing in init  # noqa: BLE001
+                _import_error = f"{type(error).__name__}: {error}"
+    if _wp is None:
+        raise InputError(f"the fused backend needs NVIDIA Warp, which could not be loaded ({_import_error})",
+                         "pip install warp-lang, or set backend: torch")
+    return _wp
+
+
+def available() -> bool:
+    """Whether Warp imports and initialises here."""
+    try:
+        warp()
+    except InputError:
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> str:
+    """'torch' or 'fused' for a configured backend name (see the module docstring)."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "fused" if available() else "torch"
+    if name == "fused":
+        warp()  # raises the install hint
+    return name
+
+
+def device_name(device) -> str:
+    """Warp's name of a torch device (``cpu``, ``cuda:N``)."""
+    import torch  # noqa: PLC0415
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return "cpu"
+
+
+def array(tensor, dtype=None):
+    """A zero-copy Warp array of a contiguous torch tensor (``dtype`` e.g. ``wp.vec3`` to view (N,3) as N vectors)."""
+    wp = warp()
+    return wp.from_torch(tensor.contiguous() if not tensor.is_contiguous() else tensor, dtype=dtype,
+                         requires_grad=False)
+
+
+def warm_up(device="cpu") -> dict[str, float]:
+    """Compile (first run on a machine) or load from Warp's disk cache every kernel module for ``device``, so no
+    frame pays it; returns seconds per module."""
+    wp = warp()
+    name = device_name(device)
+    seconds = {}
+    for module_name in KERNEL_MODULES:
+        start = time.perf_counter()
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # a stage without kernels yet
+            raise
+        wp.load_module(module, device=name)
+        seconds[module_name.rsplit(".", 1)[-1]] = time.perf_counter() - start
+    return seconds
