@@ -24,6 +24,7 @@ from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame
 from prism_ros.drift import MapDrift
 from prism_ros.dynamics import make_transition
+from prism_ros.kernels import warm_up
 from prism_ros.map import GaussianSdfMap
 from prism_ros.observation import Observation
 from prism_ros.render import RenderResult, render
@@ -54,6 +55,8 @@ class PrismFilter:
         self.config = config or FilterConfig()
         self.device = torch.device(self.config.resolved_device())
         self.backend = self.config.resolved_backend()
+        # every kernel compiled (first run on a machine) or loaded from Warp's cache now, not on the first frame
+        self.kernel_load_s = warm_up(self.device) if self.backend == "fused" else {}
         if self.device.type == "cpu":
             use_cpu_threads(self.config.cpu_threads)
         self.map = GaussianSdfMap(self.config.map, device=self.device)

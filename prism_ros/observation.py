@@ -50,7 +50,8 @@ class Observation:
                    first_level: int = 0, backend: str = "torch") -> "Observation":
         """The frame's pyramid; levels finer than ``first_level`` keep depth and intensity only (no points,
         normals or gradients: at VGA those cost ~30 ms a frame that nothing reads when the render, the
-        tracking and the map update all work at coarser levels)."""
+        tracking and the map update all work at coarser levels). ``backend`` 'fused' builds depth levels,
+        points, normals and gradients with :mod:`prism_ros.kernels.observe` (same values)."""
         if frame.depth is None:
             raise ValueError(f"frame {frame.index} has no depth; configure a stereo depth source")
         depth_intr = frame.depth_intrinsics or frame.intrinsics
@@ -62,21 +63,37 @@ class Observation:
             colour_camera = PinholeCamera.from_intrinsics(frame.intrinsics, device=device)
             colour = register_colour(colour, colour_camera, camera.backproject(depth), frame.T_color_depth)
         intensity = colour @ torch.tensor([0.299, 0.587, 0.114], device=device)
-        depths = depth_pyramid(depth, levels)
+        fused = backend == "fused"
+        depths = fused_depth_pyramid(depth, levels) if fused else depth_pyramid(depth, levels)
         intensities = [i[0, 0] for i in intensity_pyramid(intensity[None, None], levels)]
         cameras = camera_pyramid(camera, levels)
-        built = [make_level(c, d, i, geometry=k >= first_level)
+        built = [make_level(c, d, i, geometry=k >= first_level, fused=fused)
                  for k, (c, d, i) in enumerate(zip(cameras, depths, intensities))]
         return Observation(frame.timestamp, built, colour, frame.imu, frame.control)
 
 
 def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tensor,
-               geometry: bool = True) -> ObservationLevel:
+               geometry: bool = True, fused: bool = False) -> ObservationLevel:
     if not geometry:
         return ObservationLevel(camera, depth, None, None, intensity, None)
+    if fused:
+        from prism_ros.kernels.observe import level_arrays  # noqa: PLC0415 - Warp only with the fused backend
+
+        points, normals, gradient = level_arrays(depth, camera.pixel_rays(), intensity)
+        return ObservationLevel(camera, depth, points, normals, intensity, gradient)
     points = camera.backproject(depth)
     gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]  # central diff
     return ObservationLevel(camera, depth, points, normals_from_points(points), intensity, gradient)
+
+
+def fused_depth_pyramid(depth: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """:func:`prism_ros.geometry.depth_pyramid` with the fused 2x2 reduction."""
+    from prism_ros.kernels.observe import downsample_depth  # noqa: PLC0415
+
+    pyramid = [depth]
+    for _ in range(levels - 1):
+        pyramid.append(downsample_depth(pyramid[-1]))
+    return pyramid
 
 
 def normals_from_points(points: torch.Tensor) -> torch.Tensor:

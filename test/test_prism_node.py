@@ -418,6 +418,7 @@ def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthet
      ["sync_slop=-1.0 must be >= 0", "T_base_camera", "needs 16 finite numbers", "rgb_qos", "sensor_data"]),
     ({"transition_model": "imu"}, ["imu_topic is empty", "set imu_topic"]),
     ({"filter_config": "/nonexistent/prism.yaml"}, ["filter_config '/nonexistent/prism.yaml' not found"]),
+    ({"backend": "gpu"}, ["backend", "must be one of auto, torch, fused"]),
 ])
 def test_invalid_parameters_at_startup_exit_2_with_the_reason(params, needles, spawn_python):
     process = spawn_python(NODE_MODULE, "--ros-args", *ros_args(**params))

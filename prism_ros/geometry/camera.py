@@ -11,6 +11,7 @@ as invalid.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from kornia.geometry.calibration import distort_points, undistort_points
 from prism_ros.datasets.base import Intrinsics
 
 _UNDISTORT_ITERS = 20
+_RAYS: OrderedDict = OrderedDict()  # pixel rays of recent intrinsics (pyramid levels of a few cameras)
 _UNDISTORT_MAX_RESIDUAL_PX = 1e-3
 
 
@@ -126,9 +128,17 @@ class PinholeCamera:
         return distort_points(flat, self.K.to(xy.dtype), self.distortion.to(xy.dtype), new_K=eye).reshape(xy.shape)
 
     def pixel_rays(self) -> torch.Tensor:
-        """(H, W, 3) rays with z = 1 through each pixel centre, undistorted; computed once and cached."""
+        """(H, W, 3) rays with z = 1 through each pixel centre, undistorted; computed once per intrinsics and
+        cached (every frame brings a new, equal camera object: the rays are shared by all of them)."""
         if self._rays is None:
-            self._rays = self._compute_rays()
+            intrinsics = torch.cat((torch.stack((self.fx, self.fy, self.cx, self.cy)), self.distortion)).tolist()
+            key = (self.width, self.height, str(self.device), self.dtype, *intrinsics)
+            if key not in _RAYS:
+                _RAYS[key] = self._compute_rays()
+                while len(_RAYS) > 16:
+                    _RAYS.popitem(last=False)
+            _RAYS.move_to_end(key)
+            self._rays = _RAYS[key]
         return self._rays
 
     def _compute_rays(self) -> torch.Tensor:

@@ -16,8 +16,11 @@ executor keeps running while the filter works. Compilation is paid at start-up b
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 from prism_ros.errors import InputError
 
@@ -39,8 +42,9 @@ def warp():
             try:
                 import warp as wp  # noqa: PLC0415
 
-                wp.config.log_level = 40  # errors only: no greeting, no "CUDA driver not found" on CPU machines
-                wp.init()
+                wp.config.log_level = 40  # errors only: no greeting
+                with _quiet_native_stderr():
+                    wp.init()
                 _wp = wp
             except Exception as error:  # ImportError, or a broken install failing in init  # noqa: BLE001
                 _import_error = f"{type(error).__name__}: {error}"
@@ -48,6 +52,27 @@ def warp():
         raise InputError(f"the fused backend needs NVIDIA Warp, which could not be loaded ({_import_error})",
                          "pip install warp-lang, or set backend: torch")
     return _wp
+
+
+@contextmanager
+def _quiet_native_stderr():
+    """On a machine where torch sees no CUDA, Warp's native start-up prints "Could not find or load the NVIDIA CUDA
+    driver" to the process's stderr: noise there (and it would break a node's one-line errors). File descriptor 2
+    goes to /dev/null for the call; failures still raise."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def available() -> bool:

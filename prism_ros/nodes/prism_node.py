@@ -90,6 +90,7 @@ from visualization_msgs.msg import MarkerArray
 from prism_ros.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.kernels import BACKENDS
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
@@ -214,6 +215,9 @@ PARAMETERS: dict[str, Param] = {
     "transition_model": Param("", "str", "constant_velocity | imu | control; empty = the filter config's",
                               check=one_of(TRANSITION_MODELS, allow_empty=True)),
     "device": Param("", "str", "auto | cpu | cuda | cuda:N; empty = the filter config's"),
+    "backend": Param("", "str", "auto | fused | torch: the per-frame stages as fused Warp kernels (compiled once "
+                     "per machine, loaded at start-up) or the torch reference; empty = the filter config's",
+                     check=one_of(BACKENDS, allow_empty=True)),
     "T_body_camera": Param([], "floats", "camera -> body (IMU) transform, 16 numbers row-major; empty = the "
                            "filter config's", check=transform(allow_empty=True)),
     "T_base_camera": Param(list(IDENTITY16), "floats", "camera -> base_frame transform, 16 numbers row-major",
@@ -273,12 +277,15 @@ def build_filter_config(values: dict) -> FilterConfig:
         config = replace(config, dynamics=replace(config.dynamics, model=values["transition_model"]))
     if values["device"]:
         config = replace(config, device=values["device"])
+    if values["backend"]:
+        config = replace(config, backend=values["backend"])
     if values["T_body_camera"]:
         config = replace(config, T_body_camera=tuple(values["T_body_camera"]))
     if config.dynamics.model not in TRANSITION_MODELS:
         raise InputError(f"transition model {config.dynamics.model!r} is unknown",
                          f"use one of {', '.join(TRANSITION_MODELS)}")
     config.resolved_device()  # InputError for cuda without CUDA and for names torch does not know
+    config.resolved_backend()  # InputError naming the install when fused is asked for without Warp
     if config.dynamics.model == "imu" and not values["imu_topic"]:
         raise InputError("transition model imu needs IMU samples but imu_topic is empty",
                          "set imu_topic, or transition_model:=constant_velocity")
@@ -528,6 +535,10 @@ class PrismNode(Node):
             raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
                              "overrides (transition_model, device, T_body_camera)") from None
         self.device = str(self.filter.device)
+        if self.filter.kernel_load_s:
+            self.get_logger().info(f"fused kernels ready in {sum(self.filter.kernel_load_s.values()):.1f} s ("
+                                   + ", ".join(f"{k} {v:.1f}" for k, v in self.filter.kernel_load_s.items())
+                                   + "; compiled once per machine, then loaded from Warp's cache)")
         self._create_interfaces()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         model = self.filter_config.dynamics.model
