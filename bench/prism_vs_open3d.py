@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--frames", default=None, help="slice A:B")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="auto", help="auto, fused or torch (PRISM's per-frame stages)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
 
@@ -80,11 +81,14 @@ def main() -> None:
     print(f"open3d : ATE {o3d_ate * 100:.2f} cm, median {np.median(o3d_ms[1:]):.1f} ms/frame")
 
     config = preset_config(dataset)
-    config.device = args.device
+    config.device, config.backend = args.device, args.backend
     ours = run_sequence(dataset, config, args.out / "prism", progress=True, mesh=False)
     our_ate, our_ms = ours["ate_rmse_m"], ours["median_ms_per_frame"]
-    print(f"prism  : ATE {our_ate * 100:.2f} cm, median {our_ms:.1f} ms/frame, "
-          f"{ours['lost_frames']} lost, map {ours['map_bytes_per_m2'] / 1e3:.1f} kB per m^2 of surface")
+    print(f"prism  : ATE {our_ate * 100:.2f} cm, median {our_ms:.1f} ms/frame ({ours['backend']} on "
+          f"{ours['device']}, kernels loaded in {ours['kernel_load_s']:.1f} s), {ours['lost_frames']} lost, "
+          f"map {ours['map_bytes_per_m2'] / 1e3:.1f} kB per m^2 of surface, peak memory "
+          f"{ours['peak_memory_bytes'] / 2**20:.0f} MiB")
+    print("prism stages, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["median_ms_per_stage"].items()))
     ratios = {"ate_ours_over_open3d": our_ate / o3d_ate,
               "ms_ours_over_open3d": our_ms / float(np.median(o3d_ms[1:]))}
     print(f"ratios : ATE {ratios['ate_ours_over_open3d']:.2f}x, ms/frame {ratios['ms_ours_over_open3d']:.2f}x "
@@ -92,7 +96,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps({
         "open3d": {"ate_rmse_m": o3d_ate, "median_ms_per_frame": float(np.median(o3d_ms[1:]))},
-        "prism": {k: ours[k] for k in ("ate_rmse_m", "median_ms_per_frame", "lost_frames", "map_bytes_per_m2")},
+        "prism": {k: ours[k] for k in ("ate_rmse_m", "median_ms_per_frame", "median_ms_per_stage", "lost_frames",
+                                       "map_bytes_per_m2", "peak_memory_bytes", "backend", "device", "kernel_load_s")},
         "ratios": ratios}, indent=2))
 
 

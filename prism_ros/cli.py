@@ -100,6 +100,7 @@ def run(
     frames: Annotated[Optional[str], typer.Option(help="Frame slice A:B (python slice syntax).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML overriding the format's preset.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, fused (Warp kernels) or torch (the reference).")] = "auto",
     init_gt: Annotated[bool, typer.Option(help="Start at the ground-truth pose instead of identity.")] = False,
     preset: Annotated[Optional[str], typer.Option(help="Bag topic preset: tum, euroc or prism.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -114,13 +115,15 @@ def run(
     fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
     data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
     settings = preset_config(data, config)
-    settings.device = device
+    settings.device, settings.backend = device, backend
+    settings.resolved_backend()  # a one-line error for an unknown name or fused without Warp
     scene = read_scene(dataset) if dataset.is_dir() else None
     summary = run_sequence(data, settings, out, init_gt=init_gt, progress=not quiet,
                            true_sdf=None if scene is None else scene.sdf)
     ate = f", ATE {summary['ate_rmse_m'] * 100:.2f} cm" if "ate_rmse_m" in summary else ""
     typer.echo(f"{summary['frames']} frames, {summary['lost_frames']} lost, "
-               f"{summary['median_ms_per_frame']:.0f} ms/frame median on {summary['device']}{ate} -> {out}")
+               f"{summary['median_ms_per_frame']:.0f} ms/frame median on {summary['device']} "
+               f"({summary['backend']}){ate} -> {out}")
     echo_scores(summary)
 
 

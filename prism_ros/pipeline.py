@@ -95,6 +95,8 @@ def summarise(estimates: list[Estimate], truths, slam: PrismFilter, wall: float,
                                 for s in STAGES},
         "wall_s": wall,
         "device": str(device),
+        "backend": slam.backend,
+        "kernel_load_s": float(sum(slam.kernel_load_s.values())),  # compile (first run here) or cache load
         "peak_memory_bytes": int(peak),
         "map_blocks": int(slam.map.num_blocks),
         "map_memory_bytes": int(slam.map.memory_bytes()),
