@@ -411,9 +411,8 @@ class EulerModel(TransitionModel):
                                             return_all=True)
         T_next, v_next = se3_from_rt(R_all[-1], p_all[-1]), torch.cat([v_all[-1], rates[-1]])
         dt = (t[1:] - t[:-1]).to(T.dtype)
-        midpoints = 0.5 * (t[1:] + t[:-1])
-        alpha, beta = held_weights(dt, method=self.method), held_weights(dt * (t[-1] - midpoints).to(T.dtype),
-                                                                         method=self.method)
+        remaining = suffix_sum(dt) - 0.5 * dt  # t_end - (t_k + t_{k+1}) / 2 from the steps the integration sums
+        alpha, beta = held_weights(dt, method=self.method), held_weights(dt * remaining, method=self.method)
         s = (R_all @ force[:, :, None])[..., 0]  # world specific force (world acceleration less gravity)
         B = R_all[1:] @ so3_right_jacobian(held(rates, self.method) * dt[:, None]) * dt[:, None, None]
         S_alpha = suffix_sum(alpha[:, None] * s)[1:]  # sum over the samples after each interval's left one
@@ -422,7 +421,7 @@ class EulerModel(TransitionModel):
         eye = torch.eye(3, dtype=T.dtype, device=T.device)
         F = torch.eye(12, dtype=T.dtype, device=T.device)
         F[:3, 3:6] = skew(p1 - p0 - (beta[:, None] * s).sum(0))
-        F[:3, 6:9] = float(t[-1] - t[0]) * eye
+        F[:3, 6:9] = dt.sum() * eye
         F[6:9, 3:6] = -skew((alpha[:, None] * s).sum(0))
         F[9:, 9:] = 0.0  # the angular velocity is read from the gyro, not carried over
         interval = torch.cat([skew(p1 - S_beta) @ B, B, -skew(S_alpha) @ B, torch.zeros_like(B)], -2)  # (n-1, 12, 3)

@@ -32,12 +32,13 @@ def model(name: str, method: str, seed: int, residual=None):
     return make_transition(config, residual)
 
 
-def random_window(samples: int, seed: int, t0_offset: float = 0.3, t1_offset: float = 0.6) -> InputWindow:
+def random_window(samples: int, seed: int, t0_offset: float = 0.3, t1_offset: float = 0.6,
+                  start: float = 50.0) -> InputWindow:
     """``samples`` inputs at 200 Hz with fast rotation and large accelerations; ``t0``/``t1`` fall
     ``t0_offset``/``t1_offset`` of an interval after the first / before the last sample's neighbour, so the
     first and last intervals are partial (negative offsets: the window starts before or ends after the
     samples, which are then held or extrapolated)."""
-    times = 50.0 + np.arange(samples) / RATE
+    times = start + np.arange(samples) / RATE
     t0 = times[0] + t0_offset / RATE
     t1 = times[-1] - t1_offset / RATE if samples > 2 else t0 + 1.7 / RATE
     values = randn(samples, 6, seed=seed) * torch.tensor([2.0] * 3 + [4.0] * 3, **F64)
@@ -73,6 +74,17 @@ def test_closed_form_jacobians_with_ends_on_and_beyond_the_samples(method, t0_of
     _, _, F, G = transition.linearise(T, v, window)
     _, _, F_ad, G_ad = TransitionModel.linearise(transition, T, v, window)
     assert relative(F, F_ad) < TOLERANCE and relative(G, G_ad) < TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_closed_form_jacobians_with_epoch_timestamps(method):
+    """Sample times in epoch seconds (EuRoC's): a time difference is exact only to ~2e-7 s there, so the
+    closed form must use the very steps the integration sums, not differences of other times."""
+    transition, window = model("imu", method, 13), random_window(37, seed=13, start=1403715273.262142)
+    T, v = random_state(seed=14)
+    _, _, F, G = transition.linearise(T, v, window)
+    _, _, F_ad, G_ad = TransitionModel.linearise(transition, T, v, window)
+    assert relative(F, F_ad) < TOLERANCE and relative(G, G_ad) < TOLERANCE, (relative(F, F_ad), relative(G, G_ad))
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint"])
