@@ -7,9 +7,10 @@ The 12-D tangent of the covariance is defined by
 A model is a propagation ``x' = f(x, u)`` of the mean through inputs ``u`` (IMU samples or commands, each
 with white noise ``n``). The prediction is ``N(f(x, u), F P F^T + G S_u G^T + Q)`` with
 ``F = d(f(x (+) d, u) (-) x')/dd`` and ``G = d(f(x, u + n) (-) x')/dn`` at zero: exact Jacobians by autodiff
-through the very propagation code, residual MLP included, so the linearisation cannot drift from the
-dynamics and there are no hand-derived Jacobians to get wrong (reverse mode on a batch of 12 copies:
-one forward, one backward; see :meth:`TransitionModel.linearise`). ``Q`` is the continuous process noise
+through the very propagation code, residual MLP included (reverse mode on a batch of 12 copies: one forward,
+one backward; see :meth:`TransitionModel.linearise`). The strapdown models use their closed form instead
+(:meth:`EulerModel.linearise`, tested equal to the autodiff one), whose cost stays small for long IMU
+windows. ``Q`` is the continuous process noise
 of the constant-velocity model (zero for the input-driven ones, whose noise is in ``S_u``), plus the learned
 velocity noise of a residual's std head (VSSM-LM's ``MLP_sigma``; trained in :mod:`prism_ros.dynamics_learning`).
 
@@ -35,8 +36,8 @@ import torch
 from torch import nn
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.geometry.lie import se3_exp, se3_from_rt, se3_inverse, se3_log, skew, so3_exp
-from prism_ros.imu import GRAVITY, METHODS, imu_window, integrate_imu
+from prism_ros.geometry.lie import se3_exp, se3_from_rt, se3_inverse, se3_log, skew, so3_exp, so3_right_jacobian
+from prism_ros.imu import GRAVITY, METHODS, held, imu_window, integrate_imu, window_weights
 from prism_ros.state import GaussianState
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -289,6 +290,17 @@ class TransitionModel:
             (J,) = torch.autograd.grad(y.diagonal().sum(), z)
         return T_next, v_next, J[:, :12], J[:, 12:]
 
+    def residual_jacobian(self, T: torch.Tensor, v: torch.Tensor, window: InputWindow):
+        """The residual's velocity increment (6,) and its Jacobian (6, 12 + M*6) w.r.t. ``[d, n]``, by
+        autodiff of the MLP alone (6 copies, perturbed as in :meth:`linearise`)."""
+        u = window.values.detach()
+        with torch.enable_grad():
+            z = T.new_zeros(6, 12 + u.numel(), requires_grad=True)
+            T_z = T + hat(z[:, :6]) @ T
+            r = self.residual_increment(T_z, v + z[:, 6:12], u + z[:, 12:].reshape(6, *u.shape), window.dt)
+            (J,) = torch.autograd.grad(r.diagonal().sum(), z)
+        return r[0].detach(), J
+
     def process_noise(self, T: torch.Tensor, dt: float) -> torch.Tensor:
         return T.new_zeros(12, 12)
 
@@ -297,6 +309,20 @@ class TransitionModel:
 
     def step(self, T, v, u, window):
         raise NotImplementedError
+
+
+def held_weights(x: torch.Tensor, method: str, dim: int = 0) -> torch.Tensor:
+    """Per-interval values (n-1, ...) spread onto the n samples as :func:`prism_ros.imu.held` reads them:
+    all to the left sample (euler), half to each end (midpoint); the transpose of ``held``."""
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    if method == "euler":
+        return torch.cat([x, zero], dim)
+    return 0.5 * (torch.cat([zero, x], dim) + torch.cat([x, zero], dim))
+
+
+def suffix_sum(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive sums from each row to the last, along dim 0."""
+    return x.flip(0).cumsum(0).flip(0)
 
 
 class ConstantVelocity(TransitionModel):
@@ -357,6 +383,61 @@ class EulerModel(TransitionModel):
                                     gravity=T.new_tensor(self.gravity), bias_gyro=bias_gyro,
                                     bias_accel=T.new_tensor(self.bias_accel), method=self.method)
         return se3_from_rt(R, p), torch.cat([v_lin, rates[..., -1, :] - bias_gyro], -1)
+
+    def linearise(self, T: torch.Tensor, v: torch.Tensor, window: InputWindow):
+        """:meth:`TransitionModel.linearise` in closed form, vectorised over the samples: its cost grows slowly
+        with the window, where autodiff's backward pass through 12 copies of the integration dominates the
+        prediction once frames drop and windows hold hundreds of samples. A residual MLP only adds to the
+        velocity, so its own Jacobian (autodiff of the MLP alone) adds to those rows.
+
+        In world-frame errors (left rotation ``dth``, position ``dp``, linear velocity ``dv``) the scheme
+        ``R_{k+1} = R_k Exp(w~_k dt_k)``, ``a_k = R_k f_k + g`` gives per step
+        ``dth_{k+1} = dth_k + B_k dw~_k`` with ``B_k = R_{k+1} J_r(w~_k dt_k) dt_k`` and
+        ``da_k = -[s_k]x dth_k + R_k df_k`` (``s_k = R_k f_k``). Velocity and position are linear in the
+        samples' accelerations: ``v' = v + sum_i alpha_i a_i``, ``p' = p + v T + sum_i beta_i a_i``, with the
+        interval weights ``dt_k`` and ``dt_k (t_end - (t_k + t_{k+1}) / 2)`` on the held value (left sample,
+        or half to each end for midpoint). So ``dth`` of the state enters ``v'`` as ``-[sum alpha s]x``, and
+        the gyro of interval j acts on all later samples: ``(dth, dv, dp)' = (B_j, -[S^a_j]x B_j,
+        -[S^b_j]x B_j)`` with the suffix sums ``S^a_j = sum_{i>j} alpha_i s_i`` (``S^b`` likewise). The
+        state tangent reads ``rho = dp + [p']x dth`` out and ``dp = rho - [p]x phi`` in; the angular velocity
+        is the last window sample. Finally :func:`prism_ros.imu.window_weights` maps the window's samples
+        (held or interpolated ends) back to the given ones.
+        """
+        T, v, u = T.detach(), v.detach(), window.values.detach()
+        t, rates, accel = imu_window(window.times, u[:, :3], u[:, 3:], window.t0, window.t1, self.method)
+        rates, force = rates - T.new_tensor(self.bias_gyro), accel - T.new_tensor(self.bias_accel)
+        R_all, p_all, v_all = integrate_imu(T[:3, :3], T[:3, 3], v[:3], t, rates, force,
+                                            gravity=T.new_tensor(self.gravity), method=self.method,
+                                            return_all=True)
+        T_next, v_next = se3_from_rt(R_all[-1], p_all[-1]), torch.cat([v_all[-1], rates[-1]])
+        dt = (t[1:] - t[:-1]).to(T.dtype)
+        remaining = suffix_sum(dt) - 0.5 * dt  # t_end - (t_k + t_{k+1}) / 2 from the steps the integration sums
+        alpha, beta = held_weights(dt, method=self.method), held_weights(dt * remaining, method=self.method)
+        s = (R_all @ force[:, :, None])[..., 0]  # world specific force (world acceleration less gravity)
+        B = R_all[1:] @ so3_right_jacobian(held(rates, self.method) * dt[:, None]) * dt[:, None, None]
+        S_alpha = suffix_sum(alpha[:, None] * s)[1:]  # sum over the samples after each interval's left one
+        S_beta = suffix_sum(beta[:, None] * s)[1:]
+        n, p0, p1 = len(t), T[:3, 3], T_next[:3, 3]
+        eye = torch.eye(3, dtype=T.dtype, device=T.device)
+        F = torch.eye(12, dtype=T.dtype, device=T.device)
+        F[:3, 3:6] = skew(p1 - p0 - (beta[:, None] * s).sum(0))
+        F[:3, 6:9] = dt.sum() * eye
+        F[6:9, 3:6] = -skew((alpha[:, None] * s).sum(0))
+        F[9:, 9:] = 0.0  # the angular velocity is read from the gyro, not carried over
+        interval = torch.cat([skew(p1 - S_beta) @ B, B, -skew(S_alpha) @ B, torch.zeros_like(B)], -2)  # (n-1, 12, 3)
+        gyro = held_weights(interval, dim=0, method=self.method)
+        gyro[-1, 9:] = eye
+        accel = torch.cat([beta[:, None, None] * R_all, torch.zeros_like(R_all), alpha[:, None, None] * R_all,
+                           torch.zeros_like(R_all)], -2)
+        blocks = torch.cat([gyro, accel], -1)  # (n, 12, 6): the window's samples
+        index, weight = window_weights(window.times, window.t0, window.t1, self.method)
+        G = blocks.new_zeros(len(u), 12, 6).index_add_(
+            0, index.reshape(-1), (blocks[:, None] * weight.to(T.dtype)[..., None, None]).reshape(-1, 12, 6))
+        G = G.permute(1, 0, 2).reshape(12, -1)
+        if self.residual is not None:
+            increment, J = self.residual_jacobian(T, v, window)
+            v_next, F[6:], G[6:] = v_next + increment, F[6:] + J[:, :12], G[6:] + J[:, 12:]
+        return T_next, v_next, F, G
 
     def window(self, state: GaussianState, t1: float, times, rates, accel, sigma) -> InputWindow:
         """The samples covering [state.t, t1] as tensors, each entry with white-noise std ``sigma`` (6,)."""

@@ -113,15 +113,39 @@ def imu_window(t_imu, gyro, accel, t0: float, t1: float, method: str = "euler"):
 
 def sample_at(t_imu: torch.Tensor, x: torch.Tensor, times: torch.Tensor, method: str) -> torch.Tensor:
     """Samples (..., N, 3) evaluated at ``times``: held (euler) or linearly interpolated (midpoint)."""
+    left, nxt, w = neighbours(t_imu, times, method)
+    if method == "euler":
+        return x[..., left, :]
+    w = w.to(x.dtype)[:, None]
+    return x[..., left, :] * (1 - w) + x[..., nxt, :] * w
+
+
+def neighbours(t_imu: torch.Tensor, times: torch.Tensor, method: str):
+    """Where :func:`sample_at` reads: the value at ``times`` is ``(1 - w) x[left] + w x[nxt]`` (w = 0 for euler)."""
     n = t_imu.shape[0]
     right = torch.searchsorted(t_imu, times, right=True).clamp(1, n) - 1  # last sample <= time
     if method == "euler":
-        return x[..., right.clamp(0, n - 1), :]
+        right = right.clamp(0, n - 1)
+        return right, right, torch.zeros_like(times)
     left = right.clamp(0, max(n - 2, 0))
     nxt = (left + 1).clamp(max=n - 1)
     span = (t_imu[nxt] - t_imu[left]).clamp_min(1e-12)
-    w = ((times - t_imu[left]) / span).clamp(0.0, 1.0).to(x.dtype)[:, None]
-    return x[..., left, :] * (1 - w) + x[..., nxt, :] * w
+    return left, nxt, ((times - t_imu[left]) / span).clamp(0.0, 1.0)
+
+
+def window_weights(t_imu, t0: float, t1: float, method: str = "euler"):
+    """:func:`imu_window` as a linear map of the stream: window sample k is
+    ``weight[k, 0] x[index[k, 0]] + weight[k, 1] x[index[k, 1]]`` (index, weight (M, 2)). What chains a
+    Jacobian with respect to the window's samples back to the stream's."""
+    t_imu = torch.as_tensor(t_imu, dtype=torch.float64).contiguous()
+    ends = torch.tensor([t0, t1], dtype=t_imu.dtype, device=t_imu.device)
+    first = int(torch.searchsorted(t_imu, ends[:1], right=True))
+    stop = int(torch.searchsorted(t_imu, ends[1:], right=False))
+    left, nxt, w = neighbours(t_imu, ends, method)
+    inside = torch.arange(first, max(stop, first), device=t_imu.device)
+    index = torch.stack([torch.cat([left[:1], inside, left[1:]]), torch.cat([nxt[:1], inside, nxt[1:]])], -1)
+    w = torch.cat([w[:1], torch.zeros_like(inside, dtype=w.dtype), w[1:]])
+    return index, torch.stack([1 - w, w], -1)
 
 
 def integrate_imu_between(R, p, v, t0: float, t1: float, t_imu, gyro, accel, method: str = "euler",
