@@ -25,6 +25,7 @@ from prism_ros.kernels import array, device_name, warp
 from prism_ros.render import RenderConfig, RenderResult, Steps, camera_rays, images_result, start_rays
 
 wp = warp()
+wp.set_module_options({"enable_backward": False})  # forward only: no adjoint code to generate and compile
 
 vec8f = wp.types.vector(length=8, dtype=wp.float32)
 FAR = wp.constant(float(1 << 30))  # as prism_ros.map._FAR: voxel coordinates are clamped to +-this
@@ -118,37 +119,74 @@ def voxel_coordinates(m: DenseMap, p: wp.vec3):
 
 
 @wp.func
-def voxel_row(m: DenseMap, v: wp.vec3i):
-    """Storage column of global voxel index v (the empty block's where unallocated)."""
-    mask = (1 << m.shift) - 1
-    cell = wp.int32(0)
-    local = wp.int32(0)
-    for a in range(3):
-        cell += wp.clamp((v[a] >> m.shift) - m.low[a], 0, m.shape[a] - 1) * m.stride[a]
-        local += (v[a] & mask) << ((2 - a) * m.shift)
-    return m.columns[cell] + local
+def axis_part(m: DenseMap, v: wp.int32, a: wp.int32):
+    """Voxel index v along axis a -> its block's part of the flat dense cell index, and its in-block part of the
+    storage column (DenseBlockIndex.axis_cells and the in-block shifts)."""
+    cell = wp.clamp((v >> m.shift) - m.low[a], 0, m.shape[a] - 1) * m.stride[a]
+    return cell, (v & ((1 << m.shift) - 1)) << ((2 - a) * m.shift)
+
+
+@wp.struct
+class Box:
+    """Axis parts (see axis_part) of the voxels base + o, o = -1 .. 2 per axis (index o + 1): the trilinear
+    cell of base, and the surface stencil one voxel beyond its faces. Worked out once per read, not per voxel."""
+
+    cx: wp.vec4i
+    cy: wp.vec4i
+    cz: wp.vec4i
+    lx: wp.vec4i
+    ly: wp.vec4i
+    lz: wp.vec4i
 
 
 @wp.func
-def read(m: DenseMap, base: wp.vec3i, i: wp.int32, j: wp.int32, k: wp.int32):
-    return m.read_mean[voxel_row(m, base + wp.vec3i(i, j, k))]
+def box(m: DenseMap, base: wp.vec3i, stencil: bool):
+    """The Box of base: offsets 0, 1 (the cell), and -1, 2 where ``stencil``."""
+    b = Box()
+    for o in range(4):
+        if stencil or o == 1 or o == 2:
+            cx, lx = axis_part(m, base[0] + o - 1, 0)
+            cy, ly = axis_part(m, base[1] + o - 1, 1)
+            cz, lz = axis_part(m, base[2] + o - 1, 2)
+            b.cx[o] = cx
+            b.cy[o] = cy
+            b.cz[o] = cz
+            b.lx[o] = lx
+            b.ly[o] = ly
+            b.lz[o] = lz
+    return b
+
+
+@wp.func
+def read(m: DenseMap, b: Box, i: wp.int32, j: wp.int32, k: wp.int32):
+    """Read-mean of the voxel base + (i, j, k), i, j, k in -1 .. 2."""
+    column = m.columns[b.cx[i + 1] + b.cy[j + 1] + b.cz[k + 1]]
+    return m.read_mean[column + b.lx[i + 1] + b.ly[j + 1] + b.lz[k + 1]]
+
+
+@wp.func
+def cell_row(m: DenseMap, b: Box, i: wp.int32, j: wp.int32, k: wp.int32):
+    """Storage column of the cell corner base + (i, j, k), i, j, k in 0, 1."""
+    return m.columns[b.cx[i + 1] + b.cy[j + 1] + b.cz[k + 1]] + b.lx[i + 1] + b.ly[j + 1] + b.lz[k + 1]
 
 
 @wp.func
 def nearest_mean(m: DenseMap, p: wp.vec3):
     """sample_nearest_mean's value (observed where < m.unobserved)."""
     c = voxel_coordinates(m, p)
-    return m.read_mean[voxel_row(m, wp.vec3i(wp.int32(wp.rint(c[0])), wp.int32(wp.rint(c[1])),
-                                             wp.int32(wp.rint(c[2]))))]
+    cx, lx = axis_part(m, wp.int32(wp.rint(c[0])), 0)
+    cy, ly = axis_part(m, wp.int32(wp.rint(c[1])), 1)
+    cz, lz = axis_part(m, wp.int32(wp.rint(c[2])), 2)
+    return m.read_mean[m.columns[cx + cy + cz] + lx + ly + lz]
 
 
 @wp.func
-def cell_means(m: DenseMap, base: wp.vec3i):
+def cell_means(m: DenseMap, b: Box):
     c = vec8f()
     for i in range(2):
         for j in range(2):
             for k in range(2):
-                c[4 * i + 2 * j + k] = read(m, base, i, j, k)
+                c[4 * i + 2 * j + k] = read(m, b, i, j, k)
     return c
 
 
@@ -163,7 +201,7 @@ def trilinear_mean(m: DenseMap, p: wp.vec3):
     """sample_mean: the trilinear read-mean."""
     c = voxel_coordinates(m, p)
     b, base = floor_index(c)
-    return trilinear(cell_means(m, base), c - b)
+    return trilinear(cell_means(m, box(m, base, False)), c - b)
 
 
 @wp.func
@@ -175,22 +213,22 @@ def stencil_mean(m: DenseMap, s: March, p: wp.vec3):
 
 
 @wp.func
-def surface_gradient(m: DenseMap, base: wp.vec3i, core: vec8f, f: wp.vec3):
+def surface_gradient(m: DenseMap, b: Box, core: vec8f, f: wp.vec3):
     """sample_surface's gradient: central differences one voxel apart of the trilinear mean, from the cell's
     corners ``core`` and the 8 voxels beyond each pair of its faces."""
     # corner pairs [j][k], [i][k], [i][j] of the differences up (core[1] - beyond[-1]) and down each axis
-    gx = bilinear(lerp(core[4] - read(m, base, -1, 0, 0), read(m, base, 2, 0, 0) - core[0], f[0]),
-                  lerp(core[5] - read(m, base, -1, 0, 1), read(m, base, 2, 0, 1) - core[1], f[0]),
-                  lerp(core[6] - read(m, base, -1, 1, 0), read(m, base, 2, 1, 0) - core[2], f[0]),
-                  lerp(core[7] - read(m, base, -1, 1, 1), read(m, base, 2, 1, 1) - core[3], f[0]), f[1], f[2])
-    gy = bilinear(lerp(core[2] - read(m, base, 0, -1, 0), read(m, base, 0, 2, 0) - core[0], f[1]),
-                  lerp(core[3] - read(m, base, 0, -1, 1), read(m, base, 0, 2, 1) - core[1], f[1]),
-                  lerp(core[6] - read(m, base, 1, -1, 0), read(m, base, 1, 2, 0) - core[4], f[1]),
-                  lerp(core[7] - read(m, base, 1, -1, 1), read(m, base, 1, 2, 1) - core[5], f[1]), f[0], f[2])
-    gz = bilinear(lerp(core[1] - read(m, base, 0, 0, -1), read(m, base, 0, 0, 2) - core[0], f[2]),
-                  lerp(core[3] - read(m, base, 0, 1, -1), read(m, base, 0, 1, 2) - core[2], f[2]),
-                  lerp(core[5] - read(m, base, 1, 0, -1), read(m, base, 1, 0, 2) - core[4], f[2]),
-                  lerp(core[7] - read(m, base, 1, 1, -1), read(m, base, 1, 1, 2) - core[6], f[2]), f[0], f[1])
+    gx = bilinear(lerp(core[4] - read(m, b, -1, 0, 0), read(m, b, 2, 0, 0) - core[0], f[0]),
+                  lerp(core[5] - read(m, b, -1, 0, 1), read(m, b, 2, 0, 1) - core[1], f[0]),
+                  lerp(core[6] - read(m, b, -1, 1, 0), read(m, b, 2, 1, 0) - core[2], f[0]),
+                  lerp(core[7] - read(m, b, -1, 1, 1), read(m, b, 2, 1, 1) - core[3], f[0]), f[1], f[2])
+    gy = bilinear(lerp(core[2] - read(m, b, 0, -1, 0), read(m, b, 0, 2, 0) - core[0], f[1]),
+                  lerp(core[3] - read(m, b, 0, -1, 1), read(m, b, 0, 2, 1) - core[1], f[1]),
+                  lerp(core[6] - read(m, b, 1, -1, 0), read(m, b, 1, 2, 0) - core[4], f[1]),
+                  lerp(core[7] - read(m, b, 1, -1, 1), read(m, b, 1, 2, 1) - core[5], f[1]), f[0], f[2])
+    gz = bilinear(lerp(core[1] - read(m, b, 0, 0, -1), read(m, b, 0, 0, 2) - core[0], f[2]),
+                  lerp(core[3] - read(m, b, 0, 1, -1), read(m, b, 0, 1, 2) - core[2], f[2]),
+                  lerp(core[5] - read(m, b, 1, 0, -1), read(m, b, 1, 0, 2) - core[4], f[2]),
+                  lerp(core[7] - read(m, b, 1, 1, -1), read(m, b, 1, 1, 2) - core[6], f[2]), f[0], f[1])
     return wp.vec3(gx, gy, gz)
 
 
@@ -199,8 +237,9 @@ def surface(m: DenseMap, s: March, p: wp.vec3):
     """The hit read (``_cell_sample`` and the gradient): trilinear posterior mean, std, colour averaged over
     the observed corners (the colour prior where none is), and the mean's gradient."""
     c = voxel_coordinates(m, p)
-    b, base = floor_index(c)
-    f = c - b
+    low, index = floor_index(c)
+    f = c - low
+    b = box(m, index, s.gradient == SURFACE_STENCIL)
     core = vec8f()
     variance = vec8f()
     seen = vec8f()
@@ -211,7 +250,7 @@ def surface(m: DenseMap, s: March, p: wp.vec3):
         for j in range(2):
             for k in range(2):
                 n = 4 * i + 2 * j + k
-                row = voxel_row(m, base + wp.vec3i(i, j, k))
+                row = cell_row(m, b, i, j, k)
                 core[n] = m.read_mean[row]
                 variance[n] = 1.0 / (m.precision[row] + m.prior_precision)
                 seen[n] = wp.where(core[n] < m.unobserved, 1.0, 0.0)
@@ -224,7 +263,7 @@ def surface(m: DenseMap, s: March, p: wp.vec3):
         colour = wp.vec3(trilinear(red, f), trilinear(green, f), trilinear(blue, f)) / wp.max(weight, 1e-12)
     gradient = wp.vec3()
     if s.gradient == SURFACE_STENCIL:
-        gradient = surface_gradient(m, base, core, f) * s.half_inverse_voxel
+        gradient = surface_gradient(m, b, core, f) * s.half_inverse_voxel
     else:
         for a in range(3):
             offset = wp.vec3()
