@@ -22,16 +22,18 @@ from prism_ros.render import render
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
 
 
-def timed(function, repeats: int, device) -> tuple[float, object]:
-    """Median wall-clock ms of ``repeats`` calls (after one warm-up call) and the last result."""
-    result, times = function(), []
+def timed(function, repeats: int, device) -> tuple[float, float, object]:
+    """Median wall-clock and calling-thread CPU ms of ``repeats`` calls (after one warm-up call), and the last
+    result. CPU time is the steadier figure on a shared machine (both backends work on the calling thread)."""
+    result, wall, cpu = function(), [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         result = function()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.thread_time() - start_cpu) * 1e3)
+    return statistics.median(wall), statistics.median(cpu), result
 
 
 def main() -> None:
@@ -56,12 +58,13 @@ def main() -> None:
     print(f"map: {args.frames} frames, {field.num_blocks} blocks; rendered from frame {held.index}")
     base = Observation.from_frame(held, levels=1, device=device).finest.camera
     for level, camera in reversed(list(enumerate(camera_pyramid(base, 2)))):
-        torch_ms, reference = timed(lambda: render(field, T, camera), args.repeats, device)
-        fused_ms, fused = timed(lambda: render(field, T, camera, backend="fused"), args.repeats, device)
+        torch_ms, torch_cpu, reference = timed(lambda: render(field, T, camera), args.repeats, device)
+        fused_ms, fused_cpu, fused = timed(lambda: render(field, T, camera, backend="fused"), args.repeats, device)
         both = reference.valid & fused.valid
         depth = (reference.depth - fused.depth)[both].abs()
-        print(f"level {level} ({camera.width}x{camera.height}): torch {torch_ms:.1f} ms, fused {fused_ms:.1f} ms "
-              f"({torch_ms / fused_ms:.1f}x); valid {int(reference.valid.sum())} / {int(fused.valid.sum())}, "
+        print(f"level {level} ({camera.width}x{camera.height}): wall torch {torch_ms:.1f} ms, fused {fused_ms:.1f} "
+              f"ms ({torch_ms / fused_ms:.1f}x); CPU torch {torch_cpu:.1f} ms, fused {fused_cpu:.1f} ms "
+              f"({torch_cpu / fused_cpu:.1f}x); valid {int(reference.valid.sum())} / {int(fused.valid.sum())}, "
               f"masks differ at {float((reference.valid ^ fused.valid).float().mean()) * 100:.3f} % of pixels, "
               f"depth |diff| p99 {float(depth.quantile(0.99)) * 1e3:.4f} mm max {float(depth.max()) * 1e3:.4f} mm")
 
