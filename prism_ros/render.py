@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from prism_ros.geometry import PinholeCamera
+from prism_ros.kernels import resolve_backend
 
 
 @dataclass
@@ -202,8 +203,14 @@ class Hits:
 def render(field, T_world_camera: torch.Tensor, camera: PinholeCamera, config: RenderConfig | None = None,
            backend: str = "torch") -> RenderResult:
     """Ray cast the SDF mean seen from ``T_world_camera`` (4,4) by ``camera``: the frame's one prediction.
-    ``backend``: 'torch' (this module) or 'fused' (:mod:`prism_ros.kernels.render`)."""
+    ``backend``: 'torch' (this module) or 'fused' (:mod:`prism_ros.kernels.render`, for a map with a dense block
+    index; other fields take this module's path), or 'auto' (see :func:`prism_ros.kernels.resolve_backend`)."""
     config = config or RenderConfig()
+    if backend != "torch" and resolve_backend(backend) == "fused":
+        from prism_ros.kernels import render as fused  # noqa: PLC0415 - compiles or loads the kernels
+
+        if fused.supports(field):
+            return fused.render(field, T_world_camera, camera, config)
     T = T_world_camera.to(device=camera.device, dtype=torch.float32)
     origin = T[:3, 3]
     reads, steps = FieldReads.of(field, config), Steps.of(field, config)
@@ -466,12 +473,16 @@ def to_images(T_world_camera, camera: PinholeCamera, hits: Hits) -> RenderResult
 
     valid = torch.zeros(h * w, dtype=torch.bool, device=camera.device).index_fill_(0, hits.pixel, True)
     valid = valid.index_fill_(0, invalid, False).view(h, w)
-    colour = image(hits.colour, 0.0, (3,))
-    intensity = colour @ torch.tensor(LUMA, device=camera.device)
     nan = float("nan")
-    return RenderResult(T_world_camera, camera, image(hits.depth, nan), image(hits.vertex, nan, (3,)),
-                        image(hits.normal, nan, (3,)), colour, intensity, intensity_gradient(intensity, valid),
-                        image(hits.std, nan), valid)
+    return images_result(T_world_camera, camera, image(hits.depth, nan), image(hits.vertex, nan, (3,)),
+                         image(hits.normal, nan, (3,)), image(hits.colour, 0.0, (3,)), image(hits.std, nan), valid)
+
+
+def images_result(T_world_camera, camera: PinholeCamera, depth, vertex, normal, colour, std, valid) -> RenderResult:
+    """The :class:`RenderResult` of the filled images: adds the intensity (luma of the colour) and its gradient."""
+    intensity = colour @ torch.tensor(LUMA, device=camera.device)
+    return RenderResult(T_world_camera, camera, depth, vertex, normal, colour, intensity,
+                        intensity_gradient(intensity, valid), std, valid)
 
 
 def intensity_gradient(intensity: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

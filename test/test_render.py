@@ -325,25 +325,33 @@ def map_module():
     return map_module
 
 
+def synthetic_map(scene, offsets):
+    """A GaussianSdfMap of exact RGB-D frames (320x240) of ``scene`` fused at their true poses: the view from EYE
+    to TARGET, both shifted by each of ``offsets``."""
+    from prism_ros.observation import make_level
+
+    maps = map_module()
+    field = maps.GaussianSdfMap(maps.MapConfig())
+    intr = intrinsics_for(320, 240)
+    camera = PinholeCamera.from_intrinsics(intr)
+    for offset in offsets:
+        T = look_at(EYE + offset, TARGET + offset)
+        view = render_scene(scene, T, intr)
+        depth = torch.where(view.depth < 6.0, view.depth, torch.nan).float()
+        field.integrate(make_level(camera, depth, view.rgb @ torch.tensor([0.299, 0.587, 0.114])), view.rgb, T)
+    return field
+
+
 def test_render_of_a_gaussian_sdf_map_built_from_synthetic_frames():
     """Three exact RGB-D frames (320x240) fused at their true poses, rendered (160x120) at one of them and
     at a pose in between. The renderer finds the map's zero (|mean| < 0.4 mm off depth edges); the
     map itself is within a millimetre of the scene except along depth edges (the fused band blurs
     silhouettes by about a voxel), near curved objects (a few mm) and at the image rim, seen by one frame
     at grazing incidence. Colour and normals match the scene; the std image is the map's std."""
-    from prism_ros.observation import make_level
-
     maps = map_module()
     scene = make_scene(seed=3, keep_out=EYE[None], clearance=0.8)
-    field = maps.GaussianSdfMap(maps.MapConfig())
-    assert not render(field, look_at(EYE, TARGET), camera_for(64, 48)).valid.any()  # an empty map
-    intr = intrinsics_for(320, 240)
-    camera = PinholeCamera.from_intrinsics(intr)
-    for offset in ((0.0, 0.0, 0.0), (0.1, -0.05, 0.0), (-0.1, 0.05, 0.05)):
-        T = look_at(EYE + offset, TARGET + offset)
-        view = render_scene(scene, T, intr)
-        depth = torch.where(view.depth < 6.0, view.depth, torch.nan).float()
-        field.integrate(make_level(camera, depth, view.rgb @ torch.tensor([0.299, 0.587, 0.114])), view.rgb, T)
+    assert not render(maps.GaussianSdfMap(maps.MapConfig()), look_at(EYE, TARGET), camera_for(64, 48)).valid.any()
+    field = synthetic_map(scene, ((0.0, 0.0, 0.0), (0.1, -0.05, 0.0), (-0.1, 0.05, 0.05)))
     voxel = field.config.voxel_size
     small = intrinsics_for(160, 120)
     for offset in ((0.0, 0.0, 0.0), (0.05, 0.0, 0.02)):
@@ -386,18 +394,8 @@ class BaseProtocolField:
 def test_map_fast_reads_render_like_the_generic_reads():
     """A GaussianSdfMap rendered through its fast reads (read-mean channel, fused gradient stencil) and
     through sample / sample_nearest only: the same pixels, depths, normals, colours and stds."""
-    from prism_ros.observation import make_level
-
-    maps = map_module()
     scene = make_scene(seed=3, keep_out=EYE[None], clearance=0.8)
-    field = maps.GaussianSdfMap(maps.MapConfig())
-    intr = intrinsics_for(320, 240)
-    for offset in ((0.0, 0.0, 0.0), (0.1, -0.05, 0.0)):
-        T = look_at(EYE + offset, TARGET + offset)
-        view = render_scene(scene, T, intr)
-        depth = torch.where(view.depth < 6.0, view.depth, torch.nan).float()
-        field.integrate(make_level(PinholeCamera.from_intrinsics(intr), depth,
-                                  view.rgb @ torch.tensor([0.299, 0.587, 0.114])), view.rgb, T)
+    field = synthetic_map(scene, ((0.0, 0.0, 0.0), (0.1, -0.05, 0.0)))
     T, camera = look_at(EYE + 0.03, TARGET), camera_for(160, 120)
     fast, generic = render(field, T, camera), render(BaseProtocolField(field), T, camera)
     assert fast.valid.sum() > 0.9 * fast.valid.numel()
