@@ -559,8 +559,9 @@ class GaussianSdfMap:
 
         ``level``: any pyramid level (depth, points, normals, camera); ``colour`` (H,W,3) in [0, 1], at this
         level's or the full resolution (it is area-resampled). ``backend``: ``torch`` (the reference), ``fused``
-        (:mod:`prism_ros.kernels.integrate`, the same update in Warp kernels) or ``auto``. Returns stats: blocks allocated and touched,
-        voxels updated, ms (wall-clock of the call; on CUDA the last kernels may still be running).
+        (:mod:`prism_ros.kernels.integrate`, the same update in Warp kernels) or ``auto``. Returns stats: blocks
+        allocated and touched, voxels updated, ms (wall-clock of the call; on CUDA the last kernels may still be
+        running).
         """
         start = time.perf_counter()
         fused = backend != "torch" and resolve_backend(backend) == "fused"

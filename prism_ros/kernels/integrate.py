@@ -25,33 +25,35 @@ import torch
 from prism_ros.kernels import array, device_name, warp
 
 wp = warp()
+wp.set_module_options({"enable_backward": False})  # forward only: halves the code compiled
 
 _RATIONAL_COEFFICIENTS = 8  # k1, k2, p1, p2, k3, k4, k5, k6: what the voxel kernel projects with
 
 
 @wp.kernel
-def pixel_table(depth: wp.array2d(dtype=float), points: wp.array2d(dtype=wp.vec3),
-                normals: wp.array2d(dtype=wp.vec3), colour: wp.array2d(dtype=wp.vec3),
-                noise_a: float, noise_b: float, min_cos: float, edge_ratio: float, max_depth: float,
-                table: wp.array2d(dtype=float)):
-    """Row r of the padded (H+2, W+2) table per thread (see ``GaussianSdfMap._pixel_table``): NaN depth on the
-    border and where invalid; normals at depth edges or missing replaced by (0, 0, -1)."""
-    row, col = wp.tid()
-    h, w = depth.shape[0], depth.shape[1]
-    index = row * (w + 2) + col
-    y, x = row - 1, col - 1
+def pixel_table(depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3), normals: wp.array(dtype=wp.vec3),
+                colour: wp.array(dtype=wp.vec3), width: int, noise_a: float, noise_b: float, min_cos: float,
+                edge_ratio: float, max_depth: float, table: wp.array2d(dtype=float)):
+    """One pixel of the padded (H+2, W+2) table per thread (see ``GaussianSdfMap._pixel_table``; the image is
+    flat, H*W, row-major): NaN depth on the border and where invalid; normals at depth edges or missing
+    replaced by (0, 0, -1). (A flat launch: Warp's CPU loop over a 2-d launch costs several times more.)"""
+    index = wp.tid()
+    h, w = depth.shape[0] // width, width
+    y = index // (w + 2) - 1
+    x = index - (y + 1) * (w + 2) - 1
     if y < 0 or y >= h or x < 0 or x >= w:
         table[0, index] = wp.nan
         for channel in range(1, 10):
             table[channel, index] = 0.0
         return
-    d = depth[y, x]
-    p = points[y, x]
-    n = normals[y, x]
+    pixel = y * w + x
+    d = depth[pixel]
+    p = points[pixel]
+    n = normals[pixel]
     # depth edge: the pixel and its 4 neighbours (all valid) span more than edge_ratio of its depth
     edge = False
     if x > 0 and x < w - 1 and y > 0 and y < h - 1:
-        right, left, down, up = depth[y, x + 1], depth[y, x - 1], depth[y + 1, x], depth[y - 1, x]
+        right, left, down, up = depth[pixel + 1], depth[pixel - 1], depth[pixel + w], depth[pixel - w]
         high = wp.max(wp.max(wp.max(right, left), wp.max(down, up)), d)
         low = wp.min(wp.min(wp.min(right, left), wp.min(down, up)), d)
         finite = wp.isfinite(right) and wp.isfinite(left) and wp.isfinite(down) and wp.isfinite(up)
@@ -73,7 +75,7 @@ def pixel_table(depth: wp.array2d(dtype=float), points: wp.array2d(dtype=wp.vec3
     table[4, index] = offset
     table[5, index] = sigma * sigma
     table[6, index] = ray_length
-    c = colour[y, x]
+    c = colour[pixel]
     table[7, index] = c[0]
     table[8, index] = c[1]
     table[9, index] = c[2]
@@ -111,7 +113,8 @@ def nearest_pixel(xyz: wp.vec3, fx: float, fy: float, cx: float, cy: float, widt
 
 
 @wp.kernel
-def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3), slots: wp.array(dtype=wp.int32),
+def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3), block_shift: int,
+                  slots: wp.array(dtype=wp.int32),
                   depth: wp.array(dtype=float), values: wp.array2d(dtype=float),
                   fx: float, fy: float, cx: float, cy: float, width: int, height: int,
                   distortion: wp.array(dtype=float), max_radius_sq: float,
@@ -121,9 +124,9 @@ def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.v
                   updated: wp.array(dtype=wp.int32)):
     """One voxel of the touched blocks per thread (``_update_blocks`` + ``_fuse``); ``max_precision`` <= 0: no cap."""
     i = wp.tid()
-    per_block = offsets.shape[0]
-    block = i // per_block
-    xyz = origins[block] + offsets[i - block * per_block]
+    block = i >> block_shift
+    local = i & ((1 << block_shift) - 1)
+    xyz = origins[block] + offsets[local]
     pixel = nearest_pixel(xyz, fx, fy, cx, cy, width, height, distortion, max_radius_sq)
     d = depth[pixel]
     if not (d - xyz[2] > -truncation and xyz[2] > 0.0):  # NaN depth fails too
@@ -139,7 +142,7 @@ def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.v
     colour_std = colour_slope * m
     colour_weight = 1.0 / (colour_variance + colour_std * colour_std)
 
-    row = slots[block] * per_block + i - block * per_block
+    row = (slots[block] << block_shift) | local
     precision = voxels[1, row] + weight
     colour_precision = voxels[5, row] + colour_weight
     mean = voxels[0, row]
@@ -171,10 +174,10 @@ def fill_pixel_table(depth: torch.Tensor, points: torch.Tensor, normals: torch.T
     colour (H,W,3) (rows as in :class:`~prism_ros.map.PixelTable`: depth, then its values)."""
     h, w = depth.shape
     table = torch.empty((10, (h + 2) * (w + 2)), dtype=torch.float32, device=depth.device)
-    as_float = lambda t: t.to(torch.float32)  # noqa: E731 - float64 inputs are converted, float32 ones viewed
-    wp.launch(pixel_table, dim=(h + 2, w + 2), device=device_name(depth.device), stream=_stream(depth.device),
-              inputs=[array(as_float(depth)), array(as_float(points), wp.vec3), array(as_float(normals), wp.vec3),
-                      array(as_float(colour), wp.vec3), config.noise_a, config.noise_b, config.min_cos_incidence,
+    flat = lambda t: t.to(torch.float32).reshape(-1, *t.shape[2:])  # noqa: E731 - float32 (H*W[,3]) views
+    wp.launch(pixel_table, dim=(h + 2) * (w + 2), device=device_name(depth.device), stream=_stream(depth.device),
+              inputs=[array(flat(depth)), array(flat(points), wp.vec3), array(flat(normals), wp.vec3),
+                      array(flat(colour), wp.vec3), w, config.noise_a, config.noise_b, config.min_cos_incidence,
                       config.depth_edge_ratio, config.max_depth, array(table)])
     return table
 
@@ -200,7 +203,8 @@ def update_voxels_in_place(voxels: torch.Tensor, read_mean: torch.Tensor, count:
         distortion, max_radius_sq = torch.empty(0, device=device), 0.0
     prior_precision = 1.0 / config.prior_std**2
     wp.launch(update_voxels, dim=len(slots) * len(offsets), device=device_name(device), stream=_stream(device),
-              inputs=[array(origins.float(), wp.vec3), array(offsets.float(), wp.vec3), array(slots.int()),
+              inputs=[array(origins.float(), wp.vec3), array(offsets.float(), wp.vec3), len(offsets).bit_length() - 1,
+                      array(slots.int()),
                       array(depth), array(values), float(camera.fx), float(camera.fy), float(camera.cx),
                       float(camera.cy), camera.width, camera.height, array(distortion), max_radius_sq,
                       config.truncation, 0.5 * config.voxel_size, config.band_std_slope, config.colour_std**2,
