@@ -69,6 +69,7 @@ import torch.nn.functional as F
 
 from prism_ros.errors import InputError, read_torch_file
 from prism_ros.geometry import PinholeCamera, transform_points
+from prism_ros.kernels import resolve_backend
 from prism_ros.observation import ObservationLevel
 
 _KEY_BITS = 21
@@ -557,16 +558,42 @@ class GaussianSdfMap:
         """Fuse one RGB-D frame seen from ``T_world_camera`` (4,4) into the map (closed-form Gaussian product).
 
         ``level``: any pyramid level (depth, points, normals, camera); ``colour`` (H,W,3) in [0, 1], at this
-        level's or the full resolution (it is area-resampled). Returns stats: blocks allocated and touched,
-        voxels updated, ms (wall-clock of the call; on CUDA the last kernels may still be running).
+        level's or the full resolution (it is area-resampled). ``backend``: ``torch`` (the reference), ``fused``
+        (:mod:`prism_ros.kernels.integrate`, the same update in Warp kernels) or ``auto``. Returns stats: blocks
+        allocated and touched, voxels updated, ms (wall-clock of the call; on CUDA the last kernels may still be
+        running).
         """
         start = time.perf_counter()
+        fused = backend != "torch" and resolve_backend(backend) == "fused"
         T = torch.as_tensor(T_world_camera, dtype=torch.float64, device=self.device)
-        pixels = self._pixel_table(level, colour)
+        pixels = self._fused_pixel_table(level, colour) if fused else self._pixel_table(level, colour)
         added, slots = self._allocate(self._band_block_keys(level, T))
-        updated = self._update_blocks(slots, pixels, level.camera, T) if len(slots) else 0
+        updated = 0
+        if len(slots):
+            update = self._fused_update_blocks if fused else self._update_blocks
+            updated = update(slots, pixels, level.camera, T)
         return {"allocated_blocks": added, "touched_blocks": len(slots), "updated_voxels": updated,
                 "num_blocks": self._num, "ms": (time.perf_counter() - start) * 1e3}
+
+    def _fused_pixel_table(self, level: ObservationLevel, colour: torch.Tensor) -> PixelTable:
+        """:meth:`_pixel_table` in one Warp kernel (:mod:`prism_ros.kernels.integrate`)."""
+        from prism_ros.kernels.integrate import fill_pixel_table  # noqa: PLC0415 - Warp only when asked for
+
+        rgb = self._colour_at_level(colour, level.depth.shape).permute(1, 2, 0)  # (H,W,3), a view at level 0
+        table = fill_pixel_table(level.depth, level.points, level.normals, rgb.contiguous(), self.config)
+        return PixelTable(table[0], table[1:])
+
+    def _fused_update_blocks(self, slots: torch.Tensor, pixels: PixelTable, camera: PinholeCamera,
+                             T: torch.Tensor) -> int:
+        """:meth:`_update_blocks` in one Warp kernel, in place on the storage (cameras whose distortion the
+        kernel does not model take the torch update)."""
+        from prism_ros.kernels import integrate as kernels  # noqa: PLC0415
+
+        if not kernels.supports(camera):
+            return self._update_blocks(slots, pixels, camera, T)
+        origins, offsets = self._block_frames_in_camera(slots, T)
+        return kernels.update_voxels_in_place(self._voxels, self._read_mean, self._count, slots, origins, offsets,
+                                              pixels.depth, pixels.values, camera, self.config)
 
     def _valid_depth(self, depth: torch.Tensor) -> torch.Tensor:
         return torch.isfinite(depth) & (depth > 0) & (depth <= self.config.max_depth)
@@ -708,13 +735,19 @@ class GaussianSdfMap:
         return torch.where((plane >= low) & (plane <= high), plane, along_ray)
 
     def _voxel_centres_in_camera(self, slots: torch.Tensor, T_world_camera: torch.Tensor) -> torch.Tensor:
-        """Camera-frame centres (3, K*B^3) of all voxels of the blocks in ``slots``: block origins in float64
-        (large world coordinates stay exact) plus rotated in-block offsets."""
+        """Camera-frame centres (3, K*B^3) of all voxels of the blocks in ``slots``."""
+        origins, offsets = self._block_frames_in_camera(slots, T_world_camera)
+        return (origins.T[:, :, None] + offsets.T[:, None, :]).view(3, -1)
+
+    def _block_frames_in_camera(self, slots: torch.Tensor, T_world_camera: torch.Tensor):
+        """Camera-frame origins (K,3) of the blocks in ``slots``, transformed in float64 (large world
+        coordinates stay exact), and the rotated in-block voxel offsets (B^3,3), both float32: a voxel's
+        centre is the sum of its block's origin and its offset."""
         c = self.config
         T_camera_world = torch.linalg.inv(T_world_camera)
         origins = transform_points(T_camera_world, self._coords[slots].double() * c.block_extent).float()
         offsets = (self._local.float() * c.voxel_size) @ T_camera_world[:3, :3].float().T
-        return (origins.T[:, :, None] + offsets.T[:, None, :]).view(3, -1)
+        return origins, offsets
 
     @staticmethod
     def _nearest_pixel(xyz: torch.Tensor, camera: PinholeCamera) -> torch.Tensor:
