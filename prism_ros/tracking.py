@@ -572,7 +572,7 @@ def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
               and w > 0]
     sums = torch.stack([icp.covered.sum(), icp.mask.sum(), (icp.mask & (icp.r.abs() < config.inlier_sigmas)).sum(),
                         (icp.error.square() * icp.mask).sum(),
-                        *((photometric.mask.sum(), (photometric.error.square() * photometric.mask).sum())
+                        *((photometric.mask.sum(), torch.where(photometric.mask, photometric.error.square(), 0.0).sum())
                           if photometric is not None else (icp.r.new_zeros(()), icp.r.new_zeros(()))),
                         sum(((t.r.abs() * t.mask).sum() for t in active), icp.r.new_zeros(())),
                         sum((t.mask.sum() for t in active), icp.r.new_zeros(()))]).double().tolist()
