@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
 from prism_ros.geometry import camera_pyramid, downsample_depth
+from prism_ros.kernels import resolve_backend
 from prism_ros.observation import Observation, ObservationLevel, make_level
 from prism_ros.render import RenderResult
 from prism_ros.state import PoseEstimate
@@ -103,8 +104,10 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     min_eigenvalue of the tempered data Hessian, iterations, update_norm (last |delta|), prior_distance
     (e^T P^-1 e), points, and ``reasons``: the lost criteria that failed (``ok`` = none failed).
     Degenerate input (no valid depth, an empty render) returns the prior with ``ok=False``.
+    ``backend``: 'torch' (:func:`linearize`), 'fused' (:mod:`prism_ros.kernels.track`) or 'auto'.
     """
     config = config or TrackingConfig()
+    backend = resolve_backend(backend)
     prior = make_prior(prior_T, prior_cov)
     reference = make_reference(render, config)
     levels = make_levels(obs, render, config)
@@ -113,8 +116,9 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     T = prior.T.copy() if init_T is None else as_numpy(init_T)
     system, iterations, update = None, 0, float("nan")
     for level in levels:
+        linearize_at = linearizer(level, reference, config, backend)
         for _ in range(level.iterations):
-            system = linearize(T, level, reference, config)
+            system = linearize_at(T)
             delta = gauss_newton_step(system, T, prior)
             T, iterations, update = pose_exp(delta) @ T, iterations + 1, float(np.linalg.norm(delta))
             if update < config.convergence * 2.0 ** max(level.offset, 0):
@@ -140,14 +144,38 @@ class Term(NamedTuple):
         return self.A[6]
 
 
+class Sums(NamedTuple):
+    """Totals over one linearisation's points that the quality numbers (:func:`assess`) are made of."""
+
+    covered: float  # points landing on a valid render pixel
+    associated: float  # points passing the ICP gates
+    inliers: float  # associated with |r_icp| < inlier_sigmas
+    icp_squared: float  # sum of squared point-to-plane errors (m^2) of the associated points
+    photometric_count: float  # points in the photometric term
+    photometric_squared: float  # sum of their squared intensity errors
+    abs_residual: float  # sum of |r| (sigmas) over the rows of the active terms
+    rows: float  # rows of the active terms
+
+
 class Linearization(NamedTuple):
-    """The tempered data term at one pose: 1/2 delta^T H delta + g^T delta, and the terms behind it."""
+    """The tempered data term at one pose: 1/2 delta^T H delta + g^T delta, and the terms behind it (torch
+    path) or their :class:`Sums` (fused path, which keeps no per-point data)."""
 
     H: np.ndarray  # (6,6) float64, kappa and term weights included
     g: np.ndarray  # (6,)
-    icp: Term
+    icp: Term | None
     photometric: Term | None
     points: int
+    sums: Sums | None = None
+
+
+def linearizer(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
+    """``linearize_at(T) -> Linearization`` for one level with the resolved backend ('torch' or 'fused')."""
+    if backend == "fused":
+        from prism_ros.kernels.track import linearizer as fused_linearizer  # noqa: PLC0415 - needs Warp
+
+        return fused_linearizer(level, ref, config)
+    return lambda T: linearize(T, level, ref, config)
 
 
 def linearize(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingConfig) -> Linearization:
@@ -537,17 +565,23 @@ def prior_distance(T: np.ndarray, prior: Prior) -> float:
     return float(e @ prior.information @ e)
 
 
-def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig) -> dict:
-    """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed."""
+def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
+    """The :class:`Sums` of a linearisation's per-point terms (one device readback)."""
     icp, photometric = system.icp, system.photometric
     active = [t for t, w in ((icp, config.icp_weight), (photometric, config.photometric_weight)) if t is not None
               and w > 0]
     sums = torch.stack([icp.covered.sum(), icp.mask.sum(), (icp.mask & (icp.r.abs() < config.inlier_sigmas)).sum(),
                         (icp.error.square() * icp.mask).sum(),
-                        *((photometric.mask.sum(), (photometric.error.square() * photometric.mask).sum())
+                        *((photometric.mask.sum(), torch.where(photometric.mask, photometric.error.square(), 0.0).sum())
                           if photometric is not None else (icp.r.new_zeros(()), icp.r.new_zeros(()))),
                         sum(((t.r.abs() * t.mask).sum() for t in active), icp.r.new_zeros(())),
                         sum((t.mask.sum() for t in active), icp.r.new_zeros(()))]).double().tolist()
+    return Sums(*sums)
+
+
+def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig) -> dict:
+    """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed."""
+    sums = system.sums if system.sums is not None else term_sums(system, config)
     covered, associated, inliers, icp_sq, ph_count, ph_sq, abs_r, rows = sums
     eigenvalues = np.linalg.eigvalsh(system.H)
     quality = dict(

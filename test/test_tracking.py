@@ -240,6 +240,7 @@ def test_converges_from_the_predicted_pose(room, frame, terms, max_mm, max_deg):
     assert estimate.ok, estimate.quality["reasons"]
     assert mm < max_mm and deg < max_deg
     assert estimate.quality["inlier_ratio"] > 0.8
+    assert math.isfinite(estimate.quality["photometric_rmse"]) == (terms.get("photometric_weight", 1.0) > 0)
 
 
 def test_render_coarser_than_the_observation(room):
