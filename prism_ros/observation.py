@@ -59,13 +59,19 @@ class Observation:
         depth = torch.as_tensor(np.asarray(frame.depth, dtype=np.float32), device=device)
         depth = torch.where((depth > 0) & (depth < max_depth), depth, torch.nan)
         colour = torch.as_tensor(frame.rgb, device=device).float() / 255.0
+        fused = backend == "fused"
+        if fused:
+            from prism_ros.kernels import observe as kernels  # noqa: PLC0415 - Warp only with the fused backend
         if frame.depth_intrinsics is not None and frame.depth_intrinsics != frame.intrinsics:
             colour_camera = PinholeCamera.from_intrinsics(frame.intrinsics, device=device)
-            colour = register_colour(colour, colour_camera, camera.backproject(depth), frame.T_color_depth)
+            registered = kernels.register_colour(colour, colour_camera, depth, camera.pixel_rays(),
+                                                 frame.T_color_depth) if fused else None
+            colour = registered if registered is not None else \
+                register_colour(colour, colour_camera, camera.backproject(depth), frame.T_color_depth)
         intensity = colour @ torch.tensor([0.299, 0.587, 0.114], device=device)
-        fused = backend == "fused"
         depths = fused_depth_pyramid(depth, levels) if fused else depth_pyramid(depth, levels)
-        intensities = [i[0, 0] for i in intensity_pyramid(intensity[None, None], levels)]
+        intensities = kernels.intensity_pyramid(intensity, levels) if fused else \
+            [i[0, 0] for i in intensity_pyramid(intensity[None, None], levels)]
         cameras = camera_pyramid(camera, levels)
         built = [make_level(c, d, i, geometry=k >= first_level, fused=fused)
                  for k, (c, d, i) in enumerate(zip(cameras, depths, intensities))]

@@ -82,7 +82,13 @@ class TrackingConfig:
     max_mean_residual: float = 3.0  # mean |r| of the active terms, in sigmas
     max_condition: float = 1e6  # of the tempered data Hessian
     min_eigenvalue: float = 1e2  # of the tempered data Hessian: data alone pin each direction to ~0.1
-    max_final_update: float = 1e-3  # |delta| of the last iteration (m, rad): larger means not converged
+    # not converged: the last iteration's |delta| (m, rad) exceeds max_final_update AND it moved the pose by more
+    # than max_final_update_sigmas posterior standard deviations (sqrt(delta^T Sigma^-1 delta), Sigma the Laplace
+    # covariance). Where the data pin the pose less tightly than a millimetre (low resolution, few points),
+    # Gauss-Newton wanders by that much as projective associations switch pixels: within the posterior's spread,
+    # the estimate has converged for every use of it
+    max_final_update: float = 1e-3
+    max_final_update_sigmas: float = 1.0
     # e^T P^-1 e of the MAP from the prior mean: a gross-inconsistency gate. Real hand motion is heavy-tailed
     # under the constant-velocity prior: on 7-Scenes redkitchen, frames with inlier ratio > 0.9 and a
     # well-conditioned Hessian reach 30-72 (a gate at 30 discarded 33 of 400 good frames). Kidnaps are
@@ -101,7 +107,8 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     (default: the prior mean). The Laplace Hessian is the one of the last linearisation, which is less than
     ``convergence`` from the returned pose when tracking converged. ``quality``: inlier_ratio, valid_pixels
     (associated points), icp_rmse (m), photometric_rmse (intensity), mean_residual (sigmas), condition and
-    min_eigenvalue of the tempered data Hessian, iterations, update_norm (last |delta|), prior_distance
+    min_eigenvalue of the tempered data Hessian, iterations, update_norm (last |delta|), update_sigmas (the last
+    delta in posterior standard deviations), prior_distance
     (e^T P^-1 e), points, and ``reasons``: the lost criteria that failed (``ok`` = none failed).
     Degenerate input (no valid depth, an empty render) returns the prior with ``ok=False``.
     ``backend``: 'torch' (:func:`linearize`), 'fused' (:mod:`prism_ros.kernels.track`) or 'auto'.
@@ -114,7 +121,7 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     if not levels or reference is None:
         return prior_estimate(prior, render.depth.device, "no valid depth" if not levels else "empty render")
     T = prior.T.copy() if init_T is None else as_numpy(init_T)
-    system, iterations, update = None, 0, float("nan")
+    system, iterations, update, delta = None, 0, float("nan"), np.zeros(6)
     for level in levels:
         linearize_at = linearizer(level, reference, config, backend)
         for _ in range(level.iterations):
@@ -126,7 +133,8 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     if system is None:
         return prior_estimate(prior, render.depth.device, "no iterations configured")
     covariance = laplace_covariance(system.H, T, prior)
-    quality = assess(system, iterations, update, prior_distance(T, prior), config)
+    quality = assess(system, iterations, update, prior_distance(T, prior), config,
+                     update_sigmas=float(np.sqrt(max(delta @ np.linalg.solve(covariance, delta), 0.0))))
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=render.depth.device)  # noqa: E731
     return PoseEstimate(as_torch(T), as_torch(covariance), not quality["reasons"], quality)
 
@@ -504,7 +512,7 @@ def prior_estimate(prior: Prior, device, reason: str) -> PoseEstimate:
     """Nothing to track against: the posterior is the prior, and the frame counts as lost."""
     quality = dict(inlier_ratio=0.0, coverage=0.0, valid_pixels=0, icp_rmse=float("nan"), photometric_rmse=float("nan"),
                    mean_residual=float("nan"), condition=float("inf"), min_eigenvalue=0.0, iterations=0,
-                   update_norm=float("nan"), prior_distance=0.0, points=0, reasons=[reason])
+                   update_norm=float("nan"), update_sigmas=float("nan"), prior_distance=0.0, points=0, reasons=[reason])
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)  # noqa: E731
     return PoseEstimate(as_torch(prior.T), as_torch(prior.covariance), False, quality)
 
@@ -579,8 +587,10 @@ def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
     return Sums(*sums)
 
 
-def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig) -> dict:
-    """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed."""
+def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig,
+           update_sigmas: float = float("nan")) -> dict:
+    """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed;
+    ``update_sigmas``: the last update in posterior standard deviations."""
     sums = system.sums if system.sums is not None else term_sums(system, config)
     covered, associated, inliers, icp_sq, ph_count, ph_sq, abs_r, rows = sums
     eigenvalues = np.linalg.eigvalsh(system.H)
@@ -595,6 +605,7 @@ def assess(system: Linearization, iterations: int, update: float, distance: floa
         min_eigenvalue=float(eigenvalues[0]),
         iterations=iterations,
         update_norm=update,
+        update_sigmas=update_sigmas,
         prior_distance=distance,
         points=system.points,
     )
@@ -616,8 +627,10 @@ def lost_reasons(quality: dict, config: TrackingConfig) -> list[str]:
             q["condition"] <= config.max_condition,
         f"data Hessian min eigenvalue {q['min_eigenvalue']:.3g} < {config.min_eigenvalue:.3g}":
             q["min_eigenvalue"] >= config.min_eigenvalue,
-        f"not converged: last update {q['update_norm']:.2g} > {config.max_final_update:.2g}":
-            q["update_norm"] <= config.max_final_update,
+        f"not converged: last update {q['update_norm']:.2g} > {config.max_final_update:.2g} and "
+        f"{q.get('update_sigmas', float('nan')):.2g} > {config.max_final_update_sigmas:g} sigma":
+            q["update_norm"] <= config.max_final_update
+            or q.get("update_sigmas", float("nan")) <= config.max_final_update_sigmas,
         f"MAP {q['prior_distance']:.3g} (Mahalanobis^2) from the prior > {config.max_prior_distance:.3g}":
             q["prior_distance"] <= config.max_prior_distance,
     }

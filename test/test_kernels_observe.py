@@ -1,5 +1,6 @@
-"""The fused observation kernels (prism_ros.kernels.observe) against the torch reference: same depth pyramid,
-points, normals and intensity gradient, on a real 7-Scenes frame (separate colour camera) and a distorted one."""
+"""The fused observation kernels (prism_ros.kernels.observe) against the torch reference: the same depth pyramid
+and points, normals to float rounding, and the registered colour, intensity pyramid and gradient within a few float32
+ulps (another summation order), on a real 7-Scenes frame (separate colour camera) and a distorted one."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,11 +16,14 @@ from shared_data import sample
 pytest.importorskip("warp")
 
 
-def assert_same_levels(reference: Observation, fused: Observation, normal_tol: float = 1e-5) -> None:
-    """Depth, points and gradient equal; normals within ``normal_tol`` (a division by a float32 norm); the
-    invalid (NaN) pixels identical."""
+def assert_same_levels(reference: Observation, fused: Observation, normal_tol: float = 1e-5,
+                       image_tol: float = 1e-5) -> None:
+    """Depth and points equal; normals within ``normal_tol`` (a division by a float32 norm); intensity and its
+    gradient within ``image_tol``; the invalid (NaN) pixels identical."""
+    assert float((reference.colour - fused.colour).abs().max()) <= image_tol
     for level, (a, b) in enumerate(zip(reference.levels, fused.levels)):
-        for name, tol in (("depth", 0.0), ("points", 0.0), ("normals", normal_tol), ("gradient", 0.0)):
+        for name, tol in (("depth", 0.0), ("points", 0.0), ("normals", normal_tol), ("gradient", image_tol),
+                          ("intensity", image_tol)):
             x, y = getattr(a, name), getattr(b, name)
             if x is None:
                 assert y is None, (level, name)
@@ -40,7 +44,7 @@ def test_fused_observation_equals_the_reference_on_a_real_frame(kitchen_frame, f
     fused = Observation.from_frame(kitchen_frame, 3, "cpu", 5.0, first_level=first_level, backend="fused")
     assert int(torch.isfinite(reference.levels[-1].normals[..., 0]).sum()) > 1000  # the frame has geometry
     assert_same_levels(reference, fused)
-    assert torch.equal(reference.colour, fused.colour)
+    assert float(reference.colour.std()) > 0.05  # the registered colour has content
 
 
 def test_fused_observation_with_lens_distortion(kitchen_frame):

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from prism_ros.errors import InputError
@@ -110,6 +111,63 @@ def array(tensor, dtype=None):
     wp = warp()
     return wp.from_torch(tensor.contiguous() if not tensor.is_contiguous() else tensor, dtype=dtype,
                          requires_grad=False)
+
+
+# ----------------------------------------------------------------------------- launches
+MIN_THREADS_PER_PART = 4096  # a CPU range smaller than this is not worth a thread hand-off
+_cpu_threads = 0  # 0: one per core this process may run on
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Threads the fused kernels use on the CPU (``FilterConfig.kernel_threads``); 0 = one per available core."""
+    global _cpu_threads
+    if threads < 0:
+        raise InputError(f"kernel_threads must be >= 0, got {threads}", "use 0 (one per core) or a thread count")
+    _cpu_threads = int(threads)
+
+
+def cpu_threads() -> int:
+    return _cpu_threads or len(os.sched_getaffinity(0))
+
+
+def parts(count: int, device) -> int:
+    """How many ranges :func:`launch` splits ``count`` threads into on ``device`` (1 on CUDA)."""
+    if device_name(device) != "cpu":
+        return 1
+    return max(1, min(cpu_threads(), count // MIN_THREADS_PER_PART))
+
+
+def launch(kernel, count: int, inputs: list, device) -> int:
+    """Run ``kernel`` for ``count`` threads; returns the number of ranges. The kernel's first two inputs are
+    ``first`` (the index of its thread 0: a thread's index is ``wp.tid() + first``) and ``part`` (which range: a
+    row of a per-range output, since Warp's CPU atomics are plain adds). On CUDA it is one launch; on the CPU,
+    where Warp runs a launch on the calling thread, :func:`parts` contiguous ranges run on as many threads (each
+    launch releases the GIL), the first on the calling thread. On CUDA the kernel runs on torch's current stream,
+    so it is ordered with torch's work on the same tensors."""
+    global _pool
+    import torch  # noqa: PLC0415
+
+    wp = warp()
+    name = device_name(device)
+    stream = wp.stream_from_torch(torch.cuda.current_stream(name)) if name != "cpu" else None
+    count = int(count)
+    pieces = parts(count, device)
+    if count == 0:
+        return pieces
+    if pieces == 1:
+        wp.launch(kernel, dim=count, inputs=[0, 0, *inputs], device=name, stream=stream)
+        return 1
+    with _lock:
+        if _pool is None or _pool._max_workers < pieces - 1:
+            _pool = ThreadPoolExecutor(max_workers=max(pieces - 1, 1), thread_name_prefix="prism_kernels")
+    bounds = [count * k // pieces for k in range(pieces + 1)]
+    futures = [_pool.submit(wp.launch, kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
+                            device=name) for k in range(1, pieces)]
+    wp.launch(kernel, dim=bounds[1], inputs=[0, 0, *inputs], device=name)
+    for future in futures:
+        future.result()
+    return pieces
 
 
 def warm_up(device="cpu") -> dict[str, float]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from prism_ros.kernels import array, device_name, warp
+from prism_ros.kernels import array, launch, parts, warp
 
 wp = warp()
 wp.set_module_options({"enable_backward": False})  # forward only: halves the code compiled
@@ -31,13 +31,13 @@ _RATIONAL_COEFFICIENTS = 8  # k1, k2, p1, p2, k3, k4, k5, k6: what the voxel ker
 
 
 @wp.kernel
-def pixel_table(depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3), normals: wp.array(dtype=wp.vec3),
+def pixel_table(first: int, part: int, depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3), normals: wp.array(dtype=wp.vec3),
                 colour: wp.array(dtype=wp.vec3), width: int, noise_a: float, noise_b: float, min_cos: float,
                 edge_ratio: float, max_depth: float, table: wp.array2d(dtype=float)):
     """One pixel of the padded (H+2, W+2) table per thread (see ``GaussianSdfMap._pixel_table``; the image is
     flat, H*W, row-major): NaN depth on the border and where invalid; normals at depth edges or missing
     replaced by (0, 0, -1). (A flat launch: Warp's CPU loop over a 2-d launch costs several times more.)"""
-    index = wp.tid()
+    index = wp.tid() + first
     h, w = depth.shape[0] // width, width
     y = index // (w + 2) - 1
     x = index - (y + 1) * (w + 2) - 1
@@ -113,7 +113,7 @@ def nearest_pixel(xyz: wp.vec3, fx: float, fy: float, cx: float, cy: float, widt
 
 
 @wp.kernel
-def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3), block_shift: int,
+def update_voxels(first: int, part: int, origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3), block_shift: int,
                   slots: wp.array(dtype=wp.int32),
                   depth: wp.array(dtype=float), values: wp.array2d(dtype=float),
                   fx: float, fy: float, cx: float, cy: float, width: int, height: int,
@@ -122,8 +122,9 @@ def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.v
                   colour_slope: float, max_precision: float, prior_precision: float, prior_weighted_mean: float,
                   voxels: wp.array2d(dtype=float), read_mean: wp.array(dtype=float), count: wp.array(dtype=wp.int32),
                   updated: wp.array(dtype=wp.int32)):
-    """One voxel of the touched blocks per thread (``_update_blocks`` + ``_fuse``); ``max_precision`` <= 0: no cap."""
-    i = wp.tid()
+    """One voxel of the touched blocks per thread (``_update_blocks`` + ``_fuse``); ``max_precision`` <= 0: no cap.
+    ``updated[part]`` counts the range's updated voxels."""
+    i = wp.tid() + first
     block = i >> block_shift
     local = i & ((1 << block_shift) - 1)
     xyz = origins[block] + offsets[local]
@@ -160,12 +161,8 @@ def update_voxels(origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.v
     voxels[5, row] = colour_precision
     read_mean[row] = wp.min((prior_weighted_mean + precision * mean) / (precision + prior_precision), truncation)
     count[row] = count[row] + 1
-    wp.atomic_add(updated, 0, 1)
+    wp.atomic_add(updated, part, 1)
 
-
-def _stream(device: torch.device):
-    """Warp's view of torch's current CUDA stream (kernels then order with torch's work); None on the CPU."""
-    return wp.stream_from_torch(torch.cuda.current_stream(device)) if device.type == "cuda" else None
 
 
 def fill_pixel_table(depth: torch.Tensor, points: torch.Tensor, normals: torch.Tensor, colour: torch.Tensor,
@@ -175,10 +172,10 @@ def fill_pixel_table(depth: torch.Tensor, points: torch.Tensor, normals: torch.T
     h, w = depth.shape
     table = torch.empty((10, (h + 2) * (w + 2)), dtype=torch.float32, device=depth.device)
     flat = lambda t: t.to(torch.float32).reshape(-1, *t.shape[2:])  # noqa: E731 - float32 (H*W[,3]) views
-    wp.launch(pixel_table, dim=(h + 2) * (w + 2), device=device_name(depth.device), stream=_stream(depth.device),
-              inputs=[array(flat(depth)), array(flat(points), wp.vec3), array(flat(normals), wp.vec3),
-                      array(flat(colour), wp.vec3), w, config.noise_a, config.noise_b, config.min_cos_incidence,
-                      config.depth_edge_ratio, config.max_depth, array(table)])
+    launch(pixel_table, (h + 2) * (w + 2), [
+        array(flat(depth)), array(flat(points), wp.vec3), array(flat(normals), wp.vec3), array(flat(colour), wp.vec3),
+        w, config.noise_a, config.noise_b, config.min_cos_incidence, config.depth_edge_ratio, config.max_depth,
+        array(table)], depth.device)
     return table
 
 
@@ -194,7 +191,8 @@ def update_voxels_in_place(voxels: torch.Tensor, read_mean: torch.Tensor, count:
     """Fuse the frame into every measured voxel of the blocks ``slots`` (K,) whose camera-frame origins (K,3)
     and rotated in-block offsets (B^3,3) are given; returns how many voxels were updated."""
     device = voxels.device
-    updated = torch.zeros(1, dtype=torch.int32, device=device)
+    voxel_count = len(slots) * len(offsets)
+    updated = torch.zeros(parts(voxel_count, device), dtype=torch.int32, device=device)
     if camera.has_distortion:
         distortion = camera.distortion[:_RATIONAL_COEFFICIENTS].to(device, torch.float32)
         distortion = torch.nn.functional.pad(distortion, (0, _RATIONAL_COEFFICIENTS - len(distortion)))
@@ -202,13 +200,11 @@ def update_voxels_in_place(voxels: torch.Tensor, read_mean: torch.Tensor, count:
     else:
         distortion, max_radius_sq = torch.empty(0, device=device), 0.0
     prior_precision = 1.0 / config.prior_std**2
-    wp.launch(update_voxels, dim=len(slots) * len(offsets), device=device_name(device), stream=_stream(device),
-              inputs=[array(origins.float(), wp.vec3), array(offsets.float(), wp.vec3), len(offsets).bit_length() - 1,
-                      array(slots.int()),
-                      array(depth), array(values), float(camera.fx), float(camera.fy), float(camera.cx),
-                      float(camera.cy), camera.width, camera.height, array(distortion), max_radius_sq,
-                      config.truncation, 0.5 * config.voxel_size, config.band_std_slope, config.colour_std**2,
-                      config.colour_std / config.voxel_size, config.max_precision or 0.0, prior_precision,
-                      prior_precision * config.prior_mean, array(voxels), array(read_mean), array(count),
-                      array(updated)])
-    return int(updated.item())
+    launch(update_voxels, voxel_count, [
+        array(origins.float(), wp.vec3), array(offsets.float(), wp.vec3), len(offsets).bit_length() - 1,
+        array(slots.int()), array(depth), array(values), float(camera.fx), float(camera.fy), float(camera.cx),
+        float(camera.cy), camera.width, camera.height, array(distortion), max_radius_sq, config.truncation,
+        0.5 * config.voxel_size, config.band_std_slope, config.colour_std**2, config.colour_std / config.voxel_size,
+        config.max_precision or 0.0, prior_precision, prior_precision * config.prior_mean, array(voxels),
+        array(read_mean), array(count), array(updated)], device)
+    return int(updated.sum())

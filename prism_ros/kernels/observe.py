@@ -15,17 +15,19 @@ from __future__ import annotations
 import torch
 import warp as wp
 
-from prism_ros.kernels import array, device_name, warp
+from prism_ros.kernels import array, launch, warp
 
 warp()  # initialised before the kernels below are declared
 
 
 @wp.kernel
-def level_geometry(depth: wp.array2d(dtype=wp.float32), rays: wp.array2d(dtype=wp.vec3),
+def level_geometry(first: int, part: int, depth: wp.array2d(dtype=wp.float32), rays: wp.array2d(dtype=wp.vec3),
                    intensity: wp.array2d(dtype=wp.float32), points: wp.array2d(dtype=wp.vec3),
                    normals: wp.array2d(dtype=wp.vec3), gradient: wp.array3d(dtype=wp.float32)):
-    v, u = wp.tid()
     h, w = depth.shape[0], depth.shape[1]
+    i = wp.tid() + first
+    v = i // w
+    u = i - v * w
     left, right = wp.max(u - 1, 0), wp.min(u + 1, w - 1)
     up, down = wp.max(v - 1, 0), wp.min(v + 1, h - 1)
     p = depth[v, u] * rays[v, u]
@@ -42,9 +44,11 @@ def level_geometry(depth: wp.array2d(dtype=wp.float32), rays: wp.array2d(dtype=w
 
 
 @wp.kernel
-def halve_depth(depth: wp.array2d(dtype=wp.float32), max_rel_spread: wp.float32,
+def halve_depth(first: int, part: int, depth: wp.array2d(dtype=wp.float32), max_rel_spread: wp.float32,
                 out: wp.array2d(dtype=wp.float32)):
-    v, u = wp.tid()
+    i = wp.tid() + first
+    v = i // out.shape[1]
+    u = i - v * out.shape[1]
     total = wp.float32(0.0)
     count = wp.float32(0.0)
     low = wp.float32(3.0e38)
@@ -63,15 +67,89 @@ def halve_depth(depth: wp.array2d(dtype=wp.float32), max_rel_spread: wp.float32,
         out[v, u] = wp.nan
 
 
+
+@wp.func
+def tap(k: int):
+    """The 6-tap filter [1, 5, 10, 10, 5, 1] (a 2x2 mean of the binomial [1, 4, 6, 4, 1]), unnormalised."""
+    if k == 0 or k == 5:
+        return wp.float32(1.0)
+    if k == 1 or k == 4:
+        return wp.float32(5.0)
+    return wp.float32(10.0)
+
+
+@wp.func
+def reflect(i: int, size: int):
+    """Index into [0, size) mirrored about the edge pixels (torch's 'reflect' padding, for pads < size)."""
+    if i < 0:
+        return -i
+    if i >= size:
+        return 2 * size - 2 - i
+    return i
+
+
+@wp.kernel
+def pyramid_down(first: int, part: int, image: wp.array2d(dtype=wp.float32), out: wp.array2d(dtype=wp.float32)):
+    """kornia's ``pyrdown`` of an even-sized image in one pass: the 5x5 binomial blur (reflected borders) followed
+    by the half-size bilinear resample is, per axis, the 6-tap filter [1, 5, 10, 10, 5, 1] / 32 at 2y - 2 .. 2y + 3."""
+    i = wp.tid() + first
+    y = i // out.shape[1]
+    x = i - y * out.shape[1]
+    h, w = image.shape[0], image.shape[1]
+    total = wp.float32(0.0)
+    for a in range(6):
+        row = reflect(2 * y + a - 2, h)
+        line = wp.float32(0.0)
+        for b in range(6):
+            line += tap(b) * image[row, reflect(2 * x + b - 2, w)]
+        total += tap(a) * line
+    out[y, x] = total / 1024.0
+
+
+@wp.kernel
+def colour_of_depth(first: int, part: int, depth: wp.array(dtype=wp.float32), rays: wp.array(dtype=wp.vec3),
+                    R: wp.mat33, t: wp.vec3, fx: float, fy: float, cx: float, cy: float, scale_x: float,
+                    scale_y: float, colour: wp.array3d(dtype=wp.float32), out: wp.array2d(dtype=wp.float32)):
+    """One depth pixel: its point in the colour camera, projected (pinhole) and sampled bilinearly with zeros
+    outside, as ``register_colour``'s grid_sample (align_corners, the same grid arithmetic)."""
+    i = wp.tid() + first
+    p = R @ (depth[i] * rays[i]) + t
+    height, width = colour.shape[0], colour.shape[1]
+    sx = wp.float32(-2.0)
+    sy = wp.float32(-2.0)
+    if p[2] > 0.0:
+        sx = (p[0] / p[2] * fx + cx) * scale_x - 1.0
+        sy = (p[1] / p[2] * fy + cy) * scale_y - 1.0
+    if not (wp.isfinite(sx) and wp.isfinite(sy)):
+        sx = -2.0
+        sy = -2.0
+    x = (sx + 1.0) / 2.0 * wp.float32(width - 1)
+    y = (sy + 1.0) / 2.0 * wp.float32(height - 1)
+    x0 = int(wp.floor(x))
+    y0 = int(wp.floor(y))
+    fx1 = x - wp.float32(x0)
+    fy1 = y - wp.float32(y0)
+    for c in range(3):
+        value = wp.float32(0.0)
+        for dy in range(2):
+            for dx in range(2):
+                xx = x0 + dx
+                yy = y0 + dy
+                if xx >= 0 and xx < width and yy >= 0 and yy < height:
+                    weight = wp.where(dx == 1, fx1, 1.0 - fx1) * wp.where(dy == 1, fy1, 1.0 - fy1)
+                    value += weight * colour[yy, xx, c]
+        out[i, c] = value
+
+
 def level_arrays(depth: torch.Tensor, rays: torch.Tensor, intensity: torch.Tensor):
     """Points (H,W,3), normals (H,W,3) and intensity gradient (2,H,W) of one level (float32 on depth's device)."""
     h, w = depth.shape
     points = torch.empty((h, w, 3), dtype=torch.float32, device=depth.device)
     normals = torch.empty_like(points)
     gradient = torch.empty((2, h, w), dtype=torch.float32, device=depth.device)
-    wp.launch(level_geometry, dim=(h, w), device=device_name(depth.device),
-              inputs=[array(depth.float()), array(rays.float(), dtype=wp.vec3), array(intensity.float())],
-              outputs=[array(points, dtype=wp.vec3), array(normals, dtype=wp.vec3), array(gradient)])
+    launch(level_geometry, h * w, [array(depth.float()), array(rays.float(), dtype=wp.vec3), array(intensity.float()),
+                                   array(points, dtype=wp.vec3), array(normals, dtype=wp.vec3), array(gradient)],
+           depth.device)
     return points, normals, gradient
 
 
@@ -80,6 +158,40 @@ def downsample_depth(depth: torch.Tensor, max_rel_spread: float = 0.05) -> torch
     h, w = depth.shape[0] // 2, depth.shape[1] // 2
     out = torch.empty((h, w), dtype=torch.float32, device=depth.device)
     if h and w:
-        wp.launch(halve_depth, dim=(h, w), device=device_name(depth.device),
-                  inputs=[array(depth.float()), float(max_rel_spread)], outputs=[array(out)])
+        launch(halve_depth, h * w, [array(depth.float()), float(max_rel_spread), array(out)], depth.device)
+    return out
+
+
+def intensity_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """(H,W) image -> ``levels`` images halved each level, as :func:`prism_ros.geometry.intensity_pyramid`
+    (kornia's Gaussian pyramid); a level of odd size and the ones after it are left to kornia."""
+    pyramid = [image.float()]
+    for _ in range(levels - 1):
+        current = pyramid[-1]
+        h, w = current.shape
+        if h % 2 or w % 2 or h < 4 or w < 4:  # odd: kornia resamples by size / floor(size / 2), not exactly 2
+            from prism_ros.geometry import intensity_pyramid as reference  # noqa: PLC0415
+
+            return pyramid[:-1] + [level[0, 0] for level in reference(current[None, None], levels - len(pyramid) + 1)]
+        out = torch.empty((h // 2, w // 2), dtype=torch.float32, device=image.device)
+        launch(pyramid_down, out.numel(), [array(current), array(out)], image.device)
+        pyramid.append(out)
+    return pyramid
+
+
+def register_colour(colour: torch.Tensor, colour_camera, depth: torch.Tensor, rays: torch.Tensor,
+                    T_color_depth) -> torch.Tensor | None:
+    """:func:`prism_ros.observation.register_colour` in one pass for an undistorted colour camera (None for a
+    distorted one: the caller takes the torch path)."""
+    if colour_camera.has_distortion:
+        return None
+    h, w = depth.shape
+    T = torch.eye(4, dtype=torch.float32) if T_color_depth is None else \
+        torch.as_tensor(T_color_depth, dtype=torch.float32).cpu()
+    out = torch.empty((h, w, 3), dtype=torch.float32, device=depth.device)
+    launch(colour_of_depth, h * w, [
+        array(depth.reshape(-1)), array(rays.reshape(-1, 3), wp.vec3), wp.mat33(*T[:3, :3].flatten().tolist()),
+        wp.vec3(*T[:3, 3].tolist()), float(colour_camera.fx), float(colour_camera.fy), float(colour_camera.cx),
+        float(colour_camera.cy), 2.0 / (colour_camera.width - 1), 2.0 / (colour_camera.height - 1),
+        array(colour.contiguous()), array(out.view(h * w, 3))], depth.device)
     return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from prism_ros.kernels import array, device_name, warp
+from prism_ros.kernels import array, launch, warp
 from prism_ros.render import RenderConfig, RenderResult, Steps, camera_rays, images_result, start_rays
 
 wp = warp()
@@ -274,11 +274,12 @@ def surface(m: DenseMap, s: March, p: wp.vec3):
 
 # ----------------------------------------------------------------------------- the kernel
 @wp.kernel
-def render_rays(m: DenseMap, s: March, state: wp.array2d(dtype=wp.float32), pixel: wp.array(dtype=wp.int64),
+def render_rays(first: wp.int32, part: wp.int32, m: DenseMap, s: March, state: wp.array2d(dtype=wp.float32),
+                pixel: wp.array(dtype=wp.int64),
                 depth: wp.array(dtype=wp.float32), vertex: wp.array(dtype=wp.vec3), normal: wp.array(dtype=wp.vec3),
                 colour: wp.array(dtype=wp.vec3), std: wp.array(dtype=wp.float32), valid: wp.array(dtype=wp.bool)):
     """One ray (state rows as prism_ros.render._ROWS): march, refine, read the hit, write its pixel."""
-    r = wp.tid()
+    r = wp.tid() + first
     t = state[0, r]
     t_end = state[1, r]
     prev_t = state[2, r]
@@ -414,12 +415,10 @@ def render(field, T_world_camera: torch.Tensor, camera, config: RenderConfig) ->
     colour = torch.zeros((size, 3), device=device)
     valid = torch.zeros(size, dtype=torch.bool, device=device)
     if rays.pixel.numel():
-        name = device_name(device)
-        stream = wp.stream_from_torch(torch.cuda.current_stream(device)) if device.type == "cuda" else None
-        wp.launch(render_rays, dim=rays.pixel.numel(), device=name, stream=stream,
-                  inputs=[dense_map(field), march_constants(field, T[:3, 3], config), array(rays.state),
-                          array(rays.pixel), array(depth), array(vertex, wp.vec3), array(normal, wp.vec3),
-                          array(colour, wp.vec3), array(std), array(valid)])
+        launch(render_rays, rays.pixel.numel(), [
+            dense_map(field), march_constants(field, T[:3, 3], config), array(rays.state), array(rays.pixel),
+            array(depth), array(vertex, wp.vec3), array(normal, wp.vec3), array(colour, wp.vec3), array(std),
+            array(valid)], device)
     h, w = camera.height, camera.width
     return images_result(T_world_camera, camera, depth.view(h, w), vertex.view(h, w, 3), normal.view(h, w, 3),
                          colour.view(h, w, 3), std.view(h, w), valid.view(h, w))
