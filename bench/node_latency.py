@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from prism_ros.loopback import apply_loopback_env, random_domain_id
 
@@ -198,19 +199,21 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
     with probe.lock:
         timing = list(probe.timing)
     row = summarise(label, device, frames, rgb, poses, diag, timing)
-    row["ate_cm"] = received_ate_cm(probe, bag.parent / "groundtruth.txt")
+    sensor = yaml.safe_load((share / "config/sensors/synthetic.yaml").read_text())["/**"]["ros__parameters"]
+    T_base_camera = np.asarray(sensor["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
+    row["ate_cm"] = received_ate_cm(probe, bag.parent / "groundtruth.txt", T_base_camera)
     return row
 
 
-def received_ate_cm(probe: Probe, groundtruth: Path) -> float:
-    """ATE rmse (cm, SE(3)-aligned, evo) of the poses the probe received against the sequence's ground truth
-    (the node publishes base_link = the camera here: T_base_camera is the identity); NaN with < 3 poses."""
+def received_ate_cm(probe: Probe, groundtruth: Path, T_base_camera: np.ndarray) -> float:  # noqa: N803
+    """ATE rmse (cm, SE(3)-aligned, evo) of the camera poses the probe received (published base poses times
+    ``T_base_camera``) against the sequence's ground-truth camera poses; NaN with < 3 poses."""
     from prism_ros.evaluation import evaluate
 
     stamps, matrices = probe.trajectory()
     if len(stamps) < 3:
         return float("nan")
-    return 100.0 * evaluate((stamps, matrices), groundtruth, align="se3").ate_rmse
+    return 100.0 * evaluate((stamps, matrices @ T_base_camera), groundtruth, align="se3").ate_rmse
 
 
 def subprocess_stdout():

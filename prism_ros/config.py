@@ -54,6 +54,8 @@ class FilterConfig:
     # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
     # contend (measured 10-50x slower per call on this 2-core machine when other work is running)
     cpu_threads: int = 1
+    # CPU threads of the fused kernels (each range of a launch on its own thread, no spinning); 0 = one per core
+    kernel_threads: int = 0
     T_body_camera: tuple[float, ...] = IDENTITY  # row-major 4x4, camera -> body (IMU) frame
     # scale of the map-frame drift random walk added to the reported pose covariance (prism_ros.drift);
     # 0 reports the map-relative Laplace covariance alone

@@ -117,7 +117,7 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     backend = resolve_backend(backend)
     prior = make_prior(prior_T, prior_cov)
     reference = make_reference(render, config)
-    levels = make_levels(obs, render, config)
+    levels = make_levels(obs, render, config, fused=backend == "fused")
     if not levels or reference is None:
         return prior_estimate(prior, render.depth.device, "no valid depth" if not levels else "empty render")
     T = prior.T.copy() if init_T is None else as_numpy(init_T)
@@ -429,20 +429,22 @@ class Level(NamedTuple):
     iterations: int
 
 
-def make_levels(obs: Observation, render: RenderResult, config: TrackingConfig) -> list[Level]:
+def make_levels(obs: Observation, render: RenderResult, config: TrackingConfig, fused: bool = False) -> list[Level]:
     """The observed points per tracking level, coarse to fine; levels without valid points are dropped.
 
     Intensities come from 2x2 means of the render-resolution level, filtered exactly like the render's
-    (identical filtering of both images is what the photometric comparison needs).
+    (identical filtering of both images is what the photometric comparison needs). ``fused``: levels the
+    observation lacks are built by :mod:`prism_ros.kernels.observe`.
     """
     if not len(config.levels) == len(config.iterations) == len(config.strides):
         raise ValueError("TrackingConfig: levels, iterations and strides need one entry per level")
     base = render_level_index(obs, render)
     intensities = box_pyramid(obs.levels[base].intensity, max(max(config.levels), 0))
+    pyramid = observation_levels(obs, max(base + max(config.levels), 0), fused)
     levels = []
     for offset, iterations, stride in zip(config.levels, config.iterations, config.strides):
         index = max(base + offset, 0)
-        level = observation_level(obs, index)
+        level = pyramid[index]
         intensity = intensities[index - base] if index >= base else level.intensity
         points, normals, intensity = (x[::stride, ::stride] for x in (level.points, level.normals, intensity))
         keep = (torch.isfinite(points[..., 2]) & torch.isfinite(normals[..., 2])).reshape(-1).nonzero()[:, 0]
@@ -475,15 +477,18 @@ def render_level_index(obs: Observation, render: RenderResult) -> int:
     return min(range(len(widths)), key=lambda i: abs(math.log2(widths[i] / render.camera.width)))
 
 
-def observation_level(obs: Observation, index: int) -> ObservationLevel:
-    """Pyramid level ``index`` of the observation, halving its coarsest level as often as needed."""
+def observation_levels(obs: Observation, last: int, fused: bool = False) -> list[ObservationLevel]:
+    """The observation's pyramid levels up to ``last``, halving its coarsest level as often as needed."""
     levels = list(obs.levels)
-    while len(levels) <= index:
+    while len(levels) <= last:
         coarsest = levels[-1]
         camera = camera_pyramid(coarsest.camera, 2)[1]
         intensity = box_pyramid(coarsest.intensity, 1)[1]
-        levels.append(make_level(camera, downsample_depth(coarsest.depth), intensity))
-    return levels[index]
+        if fused:
+            from prism_ros.kernels.observe import downsample_depth as halve  # noqa: PLC0415
+        depth = halve(coarsest.depth) if fused else downsample_depth(coarsest.depth)
+        levels.append(make_level(camera, depth, intensity, fused=fused))
+    return levels
 
 
 def box_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:

@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 from prism_ros.errors import InputError
 
@@ -145,7 +146,6 @@ def launch(kernel, count: int, inputs: list, device) -> int:
     where Warp runs a launch on the calling thread, :func:`parts` contiguous ranges run on as many threads (each
     launch releases the GIL), the first on the calling thread. On CUDA the kernel runs on torch's current stream,
     so it is ordered with torch's work on the same tensors."""
-    global _pool
     import torch  # noqa: PLC0415
 
     wp = warp()
@@ -158,16 +158,26 @@ def launch(kernel, count: int, inputs: list, device) -> int:
     if pieces == 1:
         wp.launch(kernel, dim=count, inputs=[0, 0, *inputs], device=name, stream=stream)
         return 1
-    with _lock:
-        if _pool is None or _pool._max_workers < pieces - 1:
-            _pool = ThreadPoolExecutor(max_workers=max(pieces - 1, 1), thread_name_prefix="prism_kernels")
     bounds = [count * k // pieces for k in range(pieces + 1)]
-    futures = [_pool.submit(wp.launch, kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
-                            device=name) for k in range(1, pieces)]
-    wp.launch(kernel, dim=bounds[1], inputs=[0, 0, *inputs], device=name)
-    for future in futures:
-        future.result()
+    run_parallel([partial(wp.launch, kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
+                          device=name) for k in range(pieces)])
     return pieces
+
+
+def run_parallel(calls: list) -> None:
+    """Run ``calls`` (no arguments) concurrently: the first on the calling thread, the others on the kernel thread
+    pool (Warp's CPU launches release the GIL); returns when all are done, raising the first error."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < len(calls) - 1:
+            _pool = ThreadPoolExecutor(max_workers=max(len(calls) - 1, 1), thread_name_prefix="prism_kernels")
+    futures = [_pool.submit(call) for call in calls[1:]]
+    try:
+        if calls:
+            calls[0]()
+    finally:
+        for future in futures:
+            future.result()
 
 
 def warm_up(device="cpu") -> dict[str, float]:

@@ -21,12 +21,13 @@ Per-point arithmetic is float32 as in the torch path; only the accumulation orde
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
 
-from prism_ros.kernels import array, device_name, warp
+from prism_ros.kernels import array, device_name, parts, run_parallel, warp
 from prism_ros.tracking import Level, Linearization, Reference, Sums, TrackingConfig, project
 
 wp = warp()
@@ -95,7 +96,7 @@ def bilinear(image: wp.array3d(dtype=float), gx: float, gy: float) -> vec5:
 
 
 @wp.kernel
-def linearize_kernel(points: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
+def linearize_kernel(first: int, part: int, points: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
                      intensity: wp.array(dtype=float), normal_gate: wp.array(dtype=float),
                      surfels: wp.array2d(dtype=float), image: wp.array3d(dtype=float),
                      uv_given: wp.array2d(dtype=float), distorted: int,
@@ -103,9 +104,10 @@ def linearize_kernel(points: wp.array2d(dtype=float), normals: wp.array2d(dtype=
                      focal: wp.vec2, centre: wp.vec2, width: int, height: int, gain: wp.vec2, offset: wp.vec2,
                      max_distance_sq: float, inlier_sigmas: float, icp_factor: wp.float64,
                      photometric: int, photometric_factor: wp.float64, loss: int, scale: float,
-                     chunk: int, out: wp.array(dtype=wp.float64)):
-    """Points [tid chunk, (tid + 1) chunk) of a level at pose (R, t) -> their share of the normal equations."""
-    start = wp.tid() * chunk
+                     chunk: int, out: wp.array2d(dtype=wp.float64)):
+    """Points [c chunk, (c + 1) chunk), c = tid + first, of a level at pose (R, t) -> their share of the normal
+    equations, added to row ``part`` of ``out``."""
+    start = (wp.tid() + first) * chunk
     end = wp.min(start + chunk, points.shape[1])
     H = mat66d()
     g = vec6d()
@@ -181,12 +183,12 @@ def linearize_kernel(points: wp.array2d(dtype=float), normals: wp.array2d(dtype=
         return
     for a in range(6):
         for b in range(6):
-            wp.atomic_add(out, a * 6 + b, H[a, b])
-        wp.atomic_add(out, G_AT + a, g[a])
+            wp.atomic_add(out, part, a * 6 + b, H[a, b])
+        wp.atomic_add(out, part, G_AT + a, g[a])
     sums = vec8d(covered, associated, inliers, icp_squared, photometric_count, photometric_squared, abs_residual,
                  rows)
     for k in range(8):
-        wp.atomic_add(out, SUMS_AT + k, sums[k])
+        wp.atomic_add(out, part, SUMS_AT + k, sums[k])
 
 
 def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable[[np.ndarray], Linearization]:
@@ -208,7 +210,9 @@ def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable
         image, gain, image_offset = torch.zeros((5, 1, 1), device=device), [0.0, 0.0], [0.0, 0.0]
     distorted = bool(ref.camera.has_distortion)
     uv = torch.zeros((2, n if distorted else 1), device=device)
-    out = torch.zeros(OUTPUTS, dtype=torch.float64, device=device)
+    chunks = max((n + chunk - 1) // chunk, 1)
+    pieces = parts(n, device)  # ranges of chunks on as many CPU threads; one on CUDA
+    out = torch.zeros((pieces, OUTPUTS), dtype=torch.float64, device=device)
     max_distance = config.max_point_distance * 2.0 ** offset
     inputs = [array(level.points), array(level.normals), array(level.intensity), array(level.normal_gate),
               array(ref.surfels), array(image), array(uv), int(distorted),
@@ -218,22 +222,24 @@ def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable
               float(max_distance) ** 2, float(config.inlier_sigmas), level.kappa * max(config.icp_weight, 0.0),
               int(photometric), level.kappa * max(config.photometric_weight, 0.0), LOSSES[config.robust_loss],
               float(config.robust_scale), chunk, array(out)]
-    launch = wp.launch(linearize_kernel, dim=max((n + chunk - 1) // chunk, 1), inputs=inputs, device=name,
-                       record_cmd=True)
-    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+    bounds = [chunks * k // pieces for k in range(pieces + 1)]
+    launches = [wp.launch(linearize_kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
+                          device=name, record_cmd=True) for k in range(pieces)]
+    stream = wp.stream_from_torch(torch.cuda.current_stream(device)) if device.type == "cuda" else None
 
     def linearize(T: np.ndarray) -> Linearization:
         poses = np.concatenate((T[:3], (ref.T_render_world @ T)[:3])).astype(np.float32)
-        launch.set_param_by_name("R", wp.mat33(*poses[:3, :3].ravel().tolist()))
-        launch.set_param_by_name("t", wp.vec3(*poses[:3, 3].tolist()))
-        launch.set_param_by_name("R_render", wp.mat33(*poses[3:, :3].ravel().tolist()))
-        launch.set_param_by_name("t_render", wp.vec3(*poses[3:, 3].tolist()))
+        params = {"R": wp.mat33(*poses[:3, :3].ravel().tolist()), "t": wp.vec3(*poses[:3, 3].tolist()),
+                "R_render": wp.mat33(*poses[3:, :3].ravel().tolist()), "t_render": wp.vec3(*poses[3:, 3].tolist())}
+        for launch in launches:
+            for key, value in params.items():
+                launch.set_param_by_name(key, value)
         if distorted:
             pose = torch.as_tensor(poses[3:], device=device)
             uv.copy_(project(ref, torch.addmm(pose[:, 3:], pose[:, :3], level.points))[0])
         out.zero_()
-        launch.launch(stream)
-        values = out.cpu().numpy()
+        run_parallel([partial(launch.launch, stream) for launch in launches])
+        values = out.sum(0).cpu().numpy()
         H = values[:36].reshape(6, 6)
         return Linearization(0.5 * (H + H.T), values[36:42].copy(), None, None, n,
                              Sums(*values[42:].tolist()))

@@ -18,7 +18,9 @@ Threads: the executor callbacks only check stamps and queue: a synchronised set 
 ``frame_queue`` slots (1 by default: the "latest frame"); a worker thread decodes, validates and runs
 ``PrismFilter.step``. When the worker falls behind, the oldest waiting set is dropped and counted. A
 map thread publishes the mesh and cloud every ``map_publish_period`` s from a snapshot of the map (taken
-under the map lock; building the mesh takes far longer than a frame). The map lock (held by the worker
+under the map lock; building the mesh takes far longer than a frame), in small messages and paced so that it
+never takes more than a quarter of the time. The executor is rclpy's EventsExecutor (one thread; its wait and
+dispatch in C++), since its Python executors spent a core rebuilding wait sets at 200 Hz IMU. The map lock (held by the worker
 around each step, by the snapshot and by the services) keeps the map consistent.
 
 Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
@@ -115,6 +117,8 @@ DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1", "64FC1")
 GREY_ENCODINGS = ("mono8", "8UC1")
 DEPTH_SOURCES = ("depth", "stereo")
 IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
+MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
+MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
 CONTROL_BUFFER = 400
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
@@ -535,10 +539,11 @@ class PrismNode(Node):
             raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
                              "overrides (transition_model, device, T_body_camera)") from None
         self.device = str(self.filter.device)
-        if self.filter.kernel_load_s:
-            self.get_logger().info(f"fused kernels ready in {sum(self.filter.kernel_load_s.values()):.1f} s ("
-                                   + ", ".join(f"{k} {v:.1f}" for k, v in self.filter.kernel_load_s.items())
-                                   + "; compiled once per machine, then loaded from Warp's cache)")
+        warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
+        kernels = ", ".join(f"{k} {v:.1f}" for k, v in self.filter.kernel_load_s.items())
+        self.get_logger().info(f"filter warmed up in {warm_s:.1f} s on {self.device} ({self.filter.backend} backend"
+                               + (f"; kernels loaded in {sum(self.filter.kernel_load_s.values()):.1f} s: {kernels}, "
+                                  "compiled once per machine, then read from Warp's cache" if kernels else "") + ")")
         self._create_interfaces()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         model = self.filter_config.dynamics.model
@@ -603,7 +608,8 @@ class PrismNode(Node):
         self.timing_pub = self.create_publisher(DiagnosticArray, "~/frame_timing", reliable_qos(10))
         self.tf_broadcaster = make_tf_broadcaster(self, warn=lambda text: self._log_once("tf", text))
         self.tf_available = has_ros_piece("tf2_ros")
-        self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1)
+        self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
+                                          max_groups=MAP_GROUPS_PER_MESSAGE)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
         self.create_service(Trigger, "~/pause", self._srv_pause, callback_group=services)
@@ -1186,27 +1192,41 @@ class PrismNode(Node):
     def _publish_maps(self) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
 
-        The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while
-        the mesh is built and sent, which takes far longer than a frame (0.6-0.9 s for a 160x120 room on
-        this 2-core CPU)."""
+        The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while the
+        mesh is built and sent. The mesh goes out in messages of at most ``MAP_GROUPS_PER_MESSAGE`` block groups
+        (rclpy converts a whole MarkerArray holding the GIL: one message of a whole map held it for a quarter of a
+        second, and the filter thread with it), and the thread rests ``(1 - MAP_DUTY) / MAP_DUTY`` times what each
+        message took, so it takes at most ``MAP_DUTY`` of the time the filter has; a larger map updates more
+        slowly instead of slowing the poses."""
         while not self._stop.wait(self.values["map_publish_period"]):
             try:
-                self._publish_map_snapshot()
+                snapshot = self._map_snapshot()
+                while snapshot is not None and not self._stop.is_set():
+                    started = time.perf_counter()
+                    if not self._publish_map_part(*snapshot):
+                        break
+                    self._stop.wait((time.perf_counter() - started) * (1.0 - MAP_DUTY) / MAP_DUTY)
             except Exception as error:  # noqa: BLE001 - the thread must survive anything
                 if self._stop.is_set():
                     return
                 self._bad_input("filter_error", f"map publishing failed: {type(error).__name__}: {error}\n"
                                 f"{traceback.format_exc()}", "report this with the log")
 
-    def _publish_map_snapshot(self) -> None:
+    def _map_snapshot(self):
+        """(map copy, stamp, generation) when frames were fused since the last one, else None."""
         with self._map_lock:
             if not self._map_dirty or self.map_publisher is None:
-                return
+                return None
             self._map_dirty = False
-            snapshot, stamp, generation = self.filter.map.clone(), self._last_stamp_msg, self._map_generation
+            return self.filter.map.clone(), self._last_stamp_msg, self._map_generation
+
+    def _publish_map_part(self, snapshot, stamp, generation) -> bool:
+        """Publish the next part of the snapshot's changes; whether groups are left for another part."""
         with self._publish_lock:
-            if generation == self._map_generation:
-                self.map_publisher.publish_map(snapshot, stamp)
+            if generation != self._map_generation:  # reset or loaded meanwhile: that snapshot is stale
+                return False
+            self.map_publisher.publish_map(snapshot, stamp)
+            return self.map_publisher.stats.pending_groups > 0
 
     def _clear_map_display(self) -> None:
         """After a reset or load (map lock held): forget the published mesh; the next publish sends all."""
@@ -1463,7 +1483,7 @@ def parameters_yaml() -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM; 2 on invalid parameters."""
-    return run_node(PrismNode, NODE_NAME, args)
+    return run_node(PrismNode, NODE_NAME, args, single=True)  # callbacks only queue: the worker does the work
 
 
 if __name__ == "__main__":
