@@ -567,7 +567,10 @@ class GaussianSdfMap:
         fused = backend != "torch" and resolve_backend(backend) == "fused"
         T = torch.as_tensor(T_world_camera, dtype=torch.float64, device=self.device)
         pixels = self._fused_pixel_table(level, colour) if fused else self._pixel_table(level, colour)
-        added, slots = self._allocate(self._band_block_keys(level, T))
+        if fused and self._dense is not None:
+            added, slots = self._fused_band_blocks(level, T)
+        else:
+            added, slots = self._allocate(self._band_block_keys(level, T))
         updated = 0
         if len(slots):
             update = self._fused_update_blocks if fused else self._update_blocks
@@ -582,6 +585,23 @@ class GaussianSdfMap:
         rgb = self._colour_at_level(colour, level.depth.shape).permute(1, 2, 0)  # (H,W,3), a view at level 0
         table = fill_pixel_table(level.depth, level.points, level.normals, rgb.contiguous(), self.config)
         return PixelTable(table[0], table[1:])
+
+    def _fused_band_blocks(self, level: ObservationLevel, T: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """:meth:`_band_block_keys` + :meth:`_allocate` with one Warp kernel: samples in allocated blocks are found
+        in the dense index, and only the keys of new blocks are sorted and allocated (same blocks, in slot order)."""
+        from prism_ros.kernels.integrate import band_block_slots  # noqa: PLC0415
+
+        stride, offsets = self._band_samples(level)
+        existing, new_keys = band_block_slots(self, level, T, offsets, stride)
+        added, new_slots = self._allocate(new_keys)
+        return added, torch.cat((existing, new_slots))
+
+    def _band_samples(self, level: ObservationLevel) -> tuple[int, torch.Tensor]:
+        """The allocation rays' pixel stride and the depth offsets (S,) sampled along each (see _band_block_keys)."""
+        c = self.config
+        steps = math.ceil(2 * c.truncation / (0.25 * c.block_extent)) + 1
+        return max(1, level.camera.width // c.allocation_rays), torch.linspace(-c.truncation, c.truncation, steps,
+                                                                               device=self.device)
 
     def _fused_update_blocks(self, slots: torch.Tensor, pixels: PixelTable, camera: PinholeCamera,
                              T: torch.Tensor) -> int:
@@ -648,14 +668,11 @@ class GaussianSdfMap:
         """Sorted unique keys of the blocks within +-truncation (in depth) of the observed points: a grid of
         rays (every ``width // allocation_rays``-th pixel), each sampled at depths d + s, s in [-tau, tau], a
         quarter block apart (half a block missed 0.2 % of the band where rays cut block corners)."""
-        c = self.config
-        stride = max(1, level.camera.width // c.allocation_rays)
+        stride, offsets = self._band_samples(level)
         depth = level.depth[::stride, ::stride].reshape(-1).float()
         points = level.points[::stride, ::stride].reshape(-1, 3).float()
         keep = self._valid_depth(depth)
         depth, points = depth[keep], points[keep]
-        steps = math.ceil(2 * c.truncation / (0.25 * c.block_extent)) + 1
-        offsets = torch.linspace(-c.truncation, c.truncation, steps, device=self.device)
         scale = ((depth[:, None] + offsets).clamp_min(1e-3) / depth[:, None])[..., None]  # (P,S,1)
         samples = transform_points(T.float(), (points[:, None, :] * scale).reshape(-1, 3))
         blocks = self._voxel_index(samples) >> self._block_shift

@@ -7,6 +7,9 @@ state in between. Here:
 - ``pixel_table``: one thread per pixel of the padded table writes all its measurement inputs (depth edge test,
   camera-facing normal, n . q, sensor variance, ray length, colour) in the reference's layout, so the two
   paths share the table format and can be compared directly;
+- ``band_blocks``: one thread per sample of the allocation rays (``_band_block_keys``): its block, looked up in
+  the map's dense block index, is flagged as touched, or its key is listed for allocation, so only the new
+  blocks need a sort;
 - ``update_voxels``: one thread per voxel of the touched blocks: camera-frame centre, nearest pixel (pinhole, or
   OpenCV's rational model k1, k2, p1, p2, k3, k4, k5, k6 in the kernel), the gates, the measurement m, its
   weights, and the Gaussian product in place on the map's storage, its read-mean cache and count. A frame
@@ -208,3 +211,70 @@ def update_voxels_in_place(voxels: torch.Tensor, read_mean: torch.Tensor, count:
         config.max_precision or 0.0, prior_precision, prior_precision * config.prior_mean, array(voxels),
         array(read_mean), array(count), array(updated)], device)
     return int(updated.sum())
+
+
+@wp.kernel
+def band_blocks(first: int, part: int, depth: wp.array2d(dtype=float), points: wp.array2d(dtype=wp.vec3),
+                stride: int, columns_per_row: int, offsets: wp.array(dtype=float), max_depth: float, R: wp.mat33,
+                t: wp.vec3, voxel_size: float, block_shift: int, key_offset: wp.int64, key_mask: wp.int64,
+                dense: wp.array(dtype=wp.int32), low: wp.vec3i, shape: wp.vec3i, empty_column: int,
+                voxels_per_block: int, touched: wp.array(dtype=wp.int32), missing: wp.array(dtype=wp.int64)):
+    """Sample s of allocation ray r (thread r * S + s): the point at depth d + offsets[s] along the ray of pixel
+    (row, col) = (r // columns_per_row, r % columns_per_row) * stride. Its block's slot is flagged in ``touched``
+    when the dense index holds it; else its key (as :func:`prism_ros.map.block_keys`) goes to ``missing[i]``
+    (-1: nothing to add)."""
+    i = wp.tid() + first
+    samples = offsets.shape[0]
+    ray = i // samples
+    s = i - ray * samples
+    row = (ray // columns_per_row) * stride
+    col = (ray - (ray // columns_per_row) * columns_per_row) * stride
+    missing[i] = wp.int64(-1)
+    d = depth[row, col]
+    if not (wp.isfinite(d) and d > 0.0 and d <= max_depth):
+        return
+    scale = wp.max(d + offsets[s], 1.0e-3) / d
+    q = R @ (points[row, col] * scale) + t
+    b = wp.vec3i(0, 0, 0)
+    for a in range(3):
+        b[a] = wp.int32(wp.round(q[a] / voxel_size)) >> block_shift
+    inside = True
+    cell = int(0)
+    for a in range(3):
+        c = b[a] - low[a]
+        if c < 0 or c >= shape[a]:
+            inside = False
+        cell = cell * shape[a] + wp.clamp(c, 0, shape[a] - 1)
+    if inside:
+        column = dense[cell]
+        if column != empty_column:
+            touched[column // voxels_per_block] = 1
+            return
+    x = wp.int64(b[0]) + key_offset
+    y = wp.int64(b[1]) + key_offset
+    z = wp.int64(b[2]) + key_offset
+    if x >= wp.int64(0) and x <= key_mask and y >= wp.int64(0) and y <= key_mask and z >= wp.int64(0) and z <= key_mask:
+        missing[i] = (x << wp.int64(42)) | (y << wp.int64(21)) | z
+
+
+def band_block_slots(sdf_map, level, T: torch.Tensor, offsets: torch.Tensor, stride: int) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """Slots (sorted) of the allocated blocks the frame's band touches, and the sorted unique keys of the blocks it
+    needs that are not allocated (``GaussianSdfMap._band_block_keys`` split by the dense index)."""
+    c, dense = sdf_map.config, sdf_map._dense
+    depth, points = level.depth.float(), level.points.float()
+    rows, columns = (depth.shape[0] + stride - 1) // stride, (depth.shape[1] + stride - 1) // stride
+    count = rows * columns * len(offsets)
+    device = depth.device
+    touched = torch.zeros(max(sdf_map.num_blocks, 1), dtype=torch.int32, device=device)
+    missing = torch.empty(count, dtype=torch.int64, device=device)
+    T32 = T.float().cpu()
+    from prism_ros.map import _KEY_MASK, _KEY_OFFSET  # noqa: PLC0415 - the map's key layout
+
+    launch(band_blocks, count, [
+        array(depth), array(points, wp.vec3), stride, columns, array(offsets.float()), c.max_depth,
+        wp.mat33(*T32[:3, :3].flatten().tolist()), wp.vec3(*T32[:3, 3].tolist()), c.voxel_size,
+        sdf_map._block_shift, _KEY_OFFSET, _KEY_MASK, array(dense.columns), wp.vec3i(*dense.low),
+        wp.vec3i(*dense.shape), sdf_map._empty_row, sdf_map._voxels_per_block, array(touched), array(missing)], device)
+    keys = missing[missing >= 0]
+    return touched.nonzero()[:, 0], torch.unique(torch.unique_consecutive(keys))
