@@ -100,7 +100,7 @@ class PrismFilter:
     def warm_up(self) -> float:
         """Run a throwaway filter with this configuration (device, backend, transition model) over three frames of
         a small synthetic room corner, so that the first real frame pays no kernel load, lazy import or first-call
-        set-up (seconds on a busy robot, while frames queue up); returns the seconds it took."""
+        set-up (while frames queue up on a live robot); returns the seconds it took."""
         start = time.perf_counter()
         scratch = PrismFilter(self.config, initial_pose=np.eye(4))
         for frame in warm_up_frames(self.config):

@@ -542,8 +542,8 @@ def so3_left_jacobian(phi: np.ndarray) -> np.ndarray:
 
 
 def so3_exp(phi: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula (Taylor below 1e-4 rad). Closed forms on 3-vectors: scipy's Rotation costs ~50 us a
-    call, and Gauss-Newton makes several per iteration."""
+    """Rodrigues' formula (Taylor below 1e-4 rad). Closed forms on 3-vectors: scipy's Rotation is an order of
+    magnitude slower per call, and Gauss-Newton makes several per iteration."""
     t = float(np.linalg.norm(phi))
     K = skew3(phi)
     if t < 1e-4:

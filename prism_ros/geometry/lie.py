@@ -105,7 +105,7 @@ def so3_right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
 
 def se3_from_rt(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: N803
     """Stack (..., 3, 3) rotations and (..., 3) translations (broadcast) into (..., 4, 4) transforms. (numpy's
-    broadcast_shapes: torch's imports its symbolic-shape machinery and sympy on first use, seconds on a busy robot.)"""
+    broadcast_shapes: torch's imports its symbolic-shape machinery and sympy on first use.)"""
     shape = np.broadcast_shapes(tuple(R.shape[:-2]), tuple(t.shape[:-1]))
     top = torch.cat((R.expand(*shape, 3, 3), t.expand(*shape, 3)[..., None]), -1)
     bottom = torch.zeros(*shape, 1, 4, dtype=top.dtype, device=top.device)

@@ -9,8 +9,8 @@ stays the reference, and equivalence tests keep the two in step; ``FilterConfig.
 - ``torch``: the reference implementation;
 - ``auto``: fused when Warp imports, else torch.
 
-Why Warp: one Python source for both devices, an on-disk kernel cache (a module compiles once per machine, ~3 s,
-then loads in milliseconds), and CPU launches that run outside the GIL (ctypes calls release it), so a ROS
+Why Warp: one Python source for both devices, an on-disk kernel cache (a module compiles once per machine, then
+loads in milliseconds), and CPU launches that run outside the GIL (ctypes calls release it), so a ROS
 executor keeps running while the filter works. Compilation is paid at start-up by :func:`warm_up`.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ Threads: the executor callbacks only check stamps and queue: a synchronised set 
 map thread publishes the mesh and cloud every ``map_publish_period`` s from a snapshot of the map (taken
 under the map lock; building the mesh takes far longer than a frame), in small messages and paced so that it
 never takes more than a quarter of the time. The executor is rclpy's EventsExecutor (one thread; its wait and
-dispatch in C++), since its Python executors spent a core rebuilding wait sets at 200 Hz IMU. The map lock (held by the worker
+dispatch in C++): rclpy's Python executors spend a core rebuilding wait sets at IMU rates. The map lock (held by the worker
 around each step, by the snapshot and by the services) keeps the map consistent.
 
 Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
@@ -1194,8 +1194,8 @@ class PrismNode(Node):
 
         The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while the
         mesh is built and sent. The mesh goes out in messages of at most ``MAP_GROUPS_PER_MESSAGE`` block groups
-        (rclpy converts a whole MarkerArray holding the GIL: one message of a whole map held it for a quarter of a
-        second, and the filter thread with it), and the thread rests ``(1 - MAP_DUTY) / MAP_DUTY`` times what each
+        (rclpy converts a whole MarkerArray while holding the GIL: a whole map's would stall the filter thread for
+        as long), and the thread rests ``(1 - MAP_DUTY) / MAP_DUTY`` times what each
         message took, so it takes at most ``MAP_DUTY`` of the time the filter has; a larger map updates more
         slowly instead of slowing the poses."""
         while not self._stop.wait(self.values["map_publish_period"]):

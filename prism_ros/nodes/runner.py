@@ -73,9 +73,9 @@ def events_executor():
     """rclpy's EventsExecutor (its wait and dispatch in C++; rclpy >= Jazzy), else a SingleThreadedExecutor.
 
     For a node whose callbacks only hand messages to its own threads. rclpy's Python executors rebuild the wait
-    set in Python for every callback: at 30 Hz images and a 200 Hz IMU that took a whole core of a 2-core robot
-    and the GIL with it, and the filter thread beside it ran several times slower. The MultiThreadedExecutor
-    also spins while a ready callback waits for its mutually exclusive group."""
+    set in Python for every callback: at camera and IMU rates that costs a core, and the GIL that the node's
+    filter thread needs. The MultiThreadedExecutor also spins while a ready callback waits for its mutually
+    exclusive group."""
     try:
         from rclpy.experimental import EventsExecutor  # noqa: PLC0415
     except ImportError:
