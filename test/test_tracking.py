@@ -320,3 +320,17 @@ def test_host_rotation_closed_forms_equal_scipy(angle):
         np.testing.assert_allclose(so3_exp(so3_log(R)), R, atol=1e-12)
         if angle < 3.0:
             np.testing.assert_allclose(so3_log(R), phi, atol=1e-12)
+
+
+def test_not_converged_needs_a_last_update_large_in_metres_and_in_posterior_sigmas():
+    from prism_ros.tracking import lost_reasons
+
+    config = TrackingConfig()
+    good = dict(inlier_ratio=0.9, valid_pixels=5000, mean_residual=1.0, condition=100.0, min_eigenvalue=1e4,
+                update_norm=1e-4, update_sigmas=0.01, prior_distance=1.0)
+    assert lost_reasons(good, config) == []
+    wander = {**good, "update_norm": 2e-3, "update_sigmas": 0.2}  # millimetres, well inside the posterior
+    assert lost_reasons(wander, config) == []
+    moving = {**good, "update_norm": 2e-3, "update_sigmas": 3.0}
+    assert [r for r in lost_reasons(moving, config) if r.startswith("not converged")]
+    assert lost_reasons({**moving, "update_norm": 5e-4}, config) == []
