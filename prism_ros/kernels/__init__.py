@@ -118,6 +118,7 @@ def array(tensor, dtype=None):
 MIN_THREADS_PER_PART = 4096  # a CPU range smaller than this is not worth a thread hand-off
 _cpu_threads = 0  # 0: one per core this process may run on
 _pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -167,10 +168,11 @@ def launch(kernel, count: int, inputs: list, device) -> int:
 def run_parallel(calls: list) -> None:
     """Run ``calls`` (no arguments) concurrently: the first on the calling thread, the others on the kernel thread
     pool (Warp's CPU launches release the GIL); returns when all are done, raising the first error."""
-    global _pool
+    global _pool, _pool_workers
     with _lock:
-        if _pool is None or _pool._max_workers < len(calls) - 1:
-            _pool = ThreadPoolExecutor(max_workers=max(len(calls) - 1, 1), thread_name_prefix="prism_kernels")
+        if _pool is None or _pool_workers < len(calls) - 1:
+            _pool_workers = max(len(calls) - 1, 1)
+            _pool = ThreadPoolExecutor(max_workers=_pool_workers, thread_name_prefix="prism_kernels")
     futures = [_pool.submit(call) for call in calls[1:]]
     try:
         if calls:
@@ -188,12 +190,6 @@ def warm_up(device="cpu") -> dict[str, float]:
     seconds = {}
     for module_name in KERNEL_MODULES:
         start = time.perf_counter()
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # a stage without kernels yet
-            raise
-        wp.load_module(module, device=name)
+        wp.load_module(importlib.import_module(module_name), device=name)
         seconds[module_name.rsplit(".", 1)[-1]] = time.perf_counter() - start
     return seconds
