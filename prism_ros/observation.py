@@ -69,7 +69,8 @@ class Observation:
             colour = registered if registered is not None else \
                 register_colour(colour, colour_camera, camera.backproject(depth), frame.T_color_depth)
         intensity = colour @ torch.tensor([0.299, 0.587, 0.114], device=device)
-        depths = fused_depth_pyramid(depth, levels) if fused else depth_pyramid(depth, levels)
+        depths = depth_pyramid(depth, levels, downsample=kernels.downsample_depth) if fused else \
+            depth_pyramid(depth, levels)
         intensities = kernels.intensity_pyramid(intensity, levels) if fused else \
             [i[0, 0] for i in intensity_pyramid(intensity[None, None], levels)]
         cameras = camera_pyramid(camera, levels)
@@ -90,16 +91,6 @@ def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tens
     points = camera.backproject(depth)
     gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]  # central diff
     return ObservationLevel(camera, depth, points, normals_from_points(points), intensity, gradient)
-
-
-def fused_depth_pyramid(depth: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """:func:`prism_ros.geometry.depth_pyramid` with the fused 2x2 reduction."""
-    from prism_ros.kernels.observe import downsample_depth  # noqa: PLC0415
-
-    pyramid = [depth]
-    for _ in range(levels - 1):
-        pyramid.append(downsample_depth(pyramid[-1]))
-    return pyramid
 
 
 def normals_from_points(points: torch.Tensor) -> torch.Tensor:

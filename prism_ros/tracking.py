@@ -655,9 +655,8 @@ def lost_reasons(quality: dict, config: TrackingConfig) -> list[str]:
         f"data Hessian min eigenvalue {q['min_eigenvalue']:.3g} < {config.min_eigenvalue:.3g}":
             q["min_eigenvalue"] >= config.min_eigenvalue,
         f"not converged: last update {q['update_norm']:.2g} > {config.max_final_update:.2g} and "
-        f"{q.get('update_sigmas', float('nan')):.2g} > {config.max_final_update_sigmas:g} sigma":
-            q["update_norm"] <= config.max_final_update
-            or q.get("update_sigmas", float("nan")) <= config.max_final_update_sigmas,
+        f"{q['update_sigmas']:.2g} > {config.max_final_update_sigmas:g} sigma":
+            q["update_norm"] <= config.max_final_update or q["update_sigmas"] <= config.max_final_update_sigmas,
         f"MAP {q['prior_distance']:.3g} (Mahalanobis^2) from the prior > {config.max_prior_distance:.3g}":
             q["prior_distance"] <= config.max_prior_distance,
     }

@@ -41,11 +41,13 @@ def downsample_depth(depth: torch.Tensor, max_rel_spread: float = 0.05) -> torch
     return torch.where(keep, mean, torch.full_like(mean, float("nan")))
 
 
-def depth_pyramid(depth: torch.Tensor, levels: int, max_rel_spread: float = 0.05) -> list[torch.Tensor]:
-    """(..., H, W) depth -> ``levels`` depth maps by repeated :func:`downsample_depth` (no edge bleeding)."""
+def depth_pyramid(depth: torch.Tensor, levels: int, max_rel_spread: float = 0.05,
+                  downsample=downsample_depth) -> list[torch.Tensor]:
+    """(..., H, W) depth -> ``levels`` depth maps by repeated :func:`downsample_depth` (no edge bleeding;
+    ``downsample``: another implementation of it, e.g. the fused kernel)."""
     pyramid = [depth]
     for _ in range(levels - 1):
-        pyramid.append(downsample_depth(pyramid[-1], max_rel_spread))
+        pyramid.append(downsample(pyramid[-1], max_rel_spread))
     return pyramid
 
 

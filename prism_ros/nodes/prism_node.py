@@ -20,8 +20,8 @@ Threads: the executor callbacks only check stamps and queue: a synchronised set 
 map thread publishes the mesh and cloud every ``map_publish_period`` s from a snapshot of the map (taken
 under the map lock; building the mesh takes far longer than a frame), in small messages and paced so that it
 never takes more than a quarter of the time. The executor is rclpy's EventsExecutor (one thread; its wait and
-dispatch in C++): rclpy's Python executors spend a core rebuilding wait sets at IMU rates. The map lock (held by the worker
-around each step, by the snapshot and by the services) keeps the map consistent.
+dispatch in C++): rclpy's Python executors spend a core rebuilding wait sets at IMU rates. The map lock (held
+by the worker around each step, by the snapshot and by the services) keeps the map consistent.
 
 Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
 unless it is more than ``time_jump_threshold`` seconds older: that is a time jump (a looped bag, a
@@ -535,11 +535,11 @@ class PrismNode(Node):
         self._set_extrinsics(self.T_left_rect)
         try:
             self.filter = self._new_filter()
+            warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
         except (ValueError, RuntimeError) as error:  # e.g. a transition or map setting the filter refuses
             raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
                              "overrides (transition_model, device, T_body_camera)") from None
         self.device = str(self.filter.device)
-        warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
         kernels = ", ".join(f"{k} {v:.1f}" for k, v in self.filter.kernel_load_s.items())
         self.get_logger().info(f"filter warmed up in {warm_s:.1f} s on {self.device} ({self.filter.backend} backend"
                                + (f"; kernels loaded in {sum(self.filter.kernel_load_s.values()):.1f} s: {kernels}, "
