@@ -79,7 +79,7 @@ def run_demo(out: Path, frames: int = 120, seed: int = 0, motion: str = "handhel
     received_t, _ = read_tum(received)
     transport = evaluate(received, data / "groundtruth.txt", align="none")
     baseline = evaluate(estimate, data / "groundtruth.txt", align="none", plot_path=out / "imu_odometry.png")
-    keys = ("frames", "frames_in_bag", "lost_frames", "dropped_frames", "bad_input_total", "median_ms_per_frame",
+    keys = ("frames", "frames_in_bag", "lost_frames", "dropped_frames", "bad_input_total", "bad_inputs", "median_ms_per_frame",
             "median_latency_ms", "ate_rmse_m", "nees_median", "nees_fraction_in_95_band", "map_error",
             "map_memory_bytes", "device", "mesh", "node_exit_codes")
     summary = {

@@ -22,6 +22,12 @@ def prism_ros(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           env=loopback_env())
 
 
+def bad_input_lines(folder: Path) -> list[str]:
+    """The node log's bad-input reports (each logged once), to show why a replay counted any."""
+    log = folder / "prism_node.log"
+    return [line for line in log.read_text().splitlines() if "bad_input." in line] if log.is_file() else []
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -88,7 +94,8 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
     assert (tmp_path / "demo" / "imu_odometry.png").is_file()
     prism = summary["prism"]
     assert prism["node_exit_codes"] == [0, 0, 0, 0]  # player, prism_node, recorder, IMU baseline: clean exits
-    assert prism["frames"] == prism["frames_in_bag"] == 30 and prism["bad_input_total"] == 0
+    assert prism["frames"] == prism["frames_in_bag"] == 30
+    assert prism["bad_input_total"] == 0, (prism["bad_inputs"], bad_input_lines(tmp_path / "demo" / "prism"))
     assert prism["lost_frames"] == 0 and prism["ate_rmse_m"] < 0.01
     assert (tmp_path / "demo" / "prism" / "mesh.ply").is_file() and (tmp_path / "demo" / "prism" / "map.pt").is_file()
     assert prism["map_error"]["mean_abs_m"] < 0.02 and prism["nees_fraction_in_95_band"] is not None

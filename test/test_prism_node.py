@@ -198,6 +198,13 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     good = probe.wait_diag(lambda d: int(d["frames_processed"]) + int(d["frames_dropped"]) == 5
                            and d["state"] == "tracking")
     assert int(good["frames_dropped"]) >= 1, good
+
+    # a publisher that stalls for longer than input_timeout, then sends a set one message at a time: its colour
+    # image waits less than input_timeout for the rest, so no stream is reported missing
+    probe.spin(0.6)
+    send(1, t0 + 6 * period, gap_s=0.3)
+    good = probe.wait_diag(lambda d: int(d["frames_processed"]) == int(good["frames_processed"]) + 1)
+    assert good["bad_input_total"] == "0", good
     blocks, processed = good["map_blocks"], good["frames_processed"]
     stamp = t0 + 10 * period
 
@@ -355,6 +362,60 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     assert "cannot save the map" in text and "cannot load the map" in text
     final = probe.diag()
     print(json.dumps({k: v for k, v in final.items() if k.startswith(("bad_input.", "frames_", "failures."))}))
+
+
+def test_a_frame_waits_for_imu_that_arrives_after_its_images(synthetic, spawn_python, ros_node, tmp_path):
+    """IMU messages can reach the node after the images they precede: the frame waits up to imu_wait for the
+    sample that closes its window; without the wait (imu_wait 0) the same delay leaves the frame no IMU."""
+    from sensor_msgs.msg import Imu
+
+    from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.conversions import ns_to_stamp
+    from ros_helpers.prism_probe import PrismProbe
+
+    frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(3)]
+    stamps = [int(round(f.timestamp * 1e9)) for f in frames]
+    probe = PrismProbe(ros_node)
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, "--params-file", str(REPO / "config/sensors/synthetic.yaml"),
+                       rgb_topic="/probe/rgb", depth_topic="/probe/depth", camera_info_topic="/probe/camera_info",
+                       imu_topic="/probe/imu", rgb_qos="reliable", depth_qos="reliable", camera_info_qos="reliable",
+                       imu_qos="reliable", diagnostics_period=0.1, imu_wait=5.0)
+    probe.wait_ready()
+
+    def publish_imu(k: int) -> None:
+        """Frame k's window (previous frame, frame k], closed by a sample stamped exactly at frame k."""
+        imu = frames[max(k, 1)].imu
+        times = [*imu.t[imu.t < frames[k].timestamp], frames[k].timestamp] if k else [frames[0].timestamp]
+        for j, t in enumerate(times):
+            msg = Imu()
+            msg.header.stamp = ns_to_stamp(int(round(t * 1e9)))
+            gyro, accel = imu.gyro[min(j, len(imu) - 1)], imu.accel[min(j, len(imu) - 1)]
+            msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = map(float, gyro)
+            msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = map(float, accel)
+            probe.imu_pub.publish(msg)
+
+    def publish_frame(k: int) -> None:
+        probe.publish_frame(frames[k].rgb, frames[k].depth, frames[k].intrinsics, stamps[k])
+
+    publish_frame(0)
+    publish_imu(0)
+    probe.wait_diag(lambda d: d["frames_processed"] == "1")
+    publish_imu(0)  # the stream is live when the next frame arrives
+    publish_frame(1)
+    probe.spin(0.5)
+    assert probe.diag()["frames_processed"] == "1", "the frame must wait for its IMU window"
+    publish_imu(1)
+    waited = probe.wait_diag(lambda d: d["frames_processed"] == "2")
+    assert waited["bad_input.missing_imu"] == "0", waited
+
+    assert probe.set_parameter("imu_wait", 0.0) == (True, "")
+    publish_frame(2)
+    probe.spin(0.5)
+    publish_imu(2)
+    late = probe.wait_diag(lambda d: d["bad_input.missing_imu"] == "1")
+    assert late["frames_processed"] == "2", late
+    assert node.poll() is None, log.read_text()[-3000:]
 
 
 def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthetic, spawn_python, ros_node,

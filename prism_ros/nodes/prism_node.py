@@ -232,6 +232,8 @@ PARAMETERS: dict[str, Param] = {
                                  dynamic=True, check=positive),
     "input_timeout": Param(1.0, "float", "seconds with images arriving but no synchronised set before a "
                            "missing or unsynchronised stream is reported", dynamic=True, check=positive),
+    "imu_wait": Param(0.1, "float", "seconds a frame waits for the IMU sample that closes its window (IMU "
+                      "messages may arrive after the images); 0 = no wait", dynamic=True, check=non_negative),
     "publish_when_lost": Param(True, "bool", "publish the predicted pose while tracking is lost", dynamic=True),
     # -- outputs
     "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=not_empty),
@@ -492,6 +494,8 @@ class PrismNode(Node):
         self._camera_frame = ""
         self._frame_index = 0
         self._imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
+        self._imu_newest: tuple[float, float] | None = None  # (stamp, monotonic arrival) of the newest sample
+        self._imu_arrived = threading.Condition(self._input_lock)
         self._control: deque = deque(maxlen=CONTROL_BUFFER)  # (t, (6,))
         self._last_twist: tuple[float, np.ndarray] | None = None
         self._path: deque = deque()
@@ -502,7 +506,7 @@ class PrismNode(Node):
         self._periodic: list[Periodic] = []  # diagnostics and the input watchdog
         self._arrivals: list[float | None] = []
         self._arrival_stamps: list[int | None] = []
-        self._last_match: float | None = None
+        self._unmatched_since: float | None = None  # arrival of the oldest colour image not yet in a set
         self.filter = None
         self.map_publisher = None
         self._stereo_config: StereoConfig | None = None
@@ -701,12 +705,14 @@ class PrismNode(Node):
             self._arrivals[index] = time.monotonic()
             self._arrival_stamps[index] = header_ns(msg)
             if index == 0:
+                if not self._unmatched:
+                    self._unmatched_since = self._arrivals[0]
                 self._unmatched += 1
 
     def _on_synchronised(self, rgb, depth_or_right, info=None) -> None:
         now = time.monotonic()
         with self._input_lock:
-            self._last_match = now
+            self._unmatched_since = None
             self._unmatched = 0
         with self._stats_lock:
             self.stats.received += 1
@@ -750,6 +756,10 @@ class PrismNode(Node):
         with self._input_lock:
             if self._imu and t < self._imu[-1][0] - self.values["time_jump_threshold"]:
                 self._imu.clear()  # the stream restarted (looped bag)
+                self._imu_newest = None
+            if self._imu_newest is None or t > self._imu_newest[0]:
+                self._imu_newest = (t, time.monotonic())
+            self._imu_arrived.notify_all()
             if self._imu and t <= self._imu[-1][0]:
                 if any(s[0] == t for s in self._imu):
                     return  # duplicate
@@ -831,16 +841,20 @@ class PrismNode(Node):
             self._start_after = stamp if newest is not None and 0 < stamp <= newest / 1e9 else 0.0
 
     def _watchdog(self) -> None:
-        """Images arrive but no set is complete: name the missing stream, or the stamps that disagree."""
+        """Images arrive but no set is complete: name the missing stream, or the stamps that disagree.
+
+        It fires when a colour image has waited ``input_timeout`` for its set while images keep arriving, so a
+        stalled publisher whose next set arrives a message at a time is not mistaken for a missing stream.
+        """
         now = time.monotonic()
         timeout = self.values["input_timeout"]
         with self._input_lock:
             recent = [a is not None and now - a < timeout for a in self._arrivals]
-            stale_match = self._last_match is None or now - self._last_match > timeout
+            waited = self._unmatched_since is not None and now - self._unmatched_since > timeout
             unmatched, stamps = self._unmatched, list(self._arrival_stamps)
-            if not (any(recent) and stale_match and not self._paused):
+            if not (any(recent) and waited and not self._paused):
                 return
-            self._unmatched = 0
+            self._unmatched, self._unmatched_since = 0, None
         count = max(1, unmatched)
         missing = [role for role, ok in zip(self._roles, recent) if not ok]
         if missing:
@@ -888,6 +902,7 @@ class PrismNode(Node):
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
             return
+        self._await_imu(frame.timestamp)
         with self._map_lock:
             if self._paused:
                 with self._stats_lock:
@@ -1115,6 +1130,22 @@ class PrismNode(Node):
             raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
                            f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
         return replace(intrinsics, width=width, height=height)
+
+    def _await_imu(self, t: float) -> None:
+        """Wait (at most ``imu_wait``) for an IMU sample at or after ``t`` while the IMU stream is live.
+
+        IMU messages can arrive after the images they precede (another DDS reader, another transport path);
+        a window taken before they do would lose its last samples for good.
+        """
+        wait = self.values["imu_wait"]
+        if not self.values["imu_topic"] or wait <= 0:
+            return
+        with self._imu_arrived:
+            newest = self._imu_newest
+            if newest is None or time.monotonic() - newest[1] > self.values["input_timeout"]:
+                return  # no live IMU stream: nothing to wait for (a model that needs it reports missing_imu)
+            self._imu_arrived.wait_for(lambda: self._stop.is_set() or (self._imu_newest or (t,))[0] >= t,
+                                       timeout=wait)
 
     def _take_imu(self, t: float) -> ImuSamples | None:
         """IMU samples in (last processed frame, t], removed from the buffer."""

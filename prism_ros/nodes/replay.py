@@ -332,6 +332,8 @@ def write_replay_outputs(out: Path, estimates: list, timing: dict, diagnostics: 
         "relocalizations": int(diagnostics.get("relocalizations", 0)),
         "superseded_frames": int(diagnostics.get("frames_superseded", 0)),
         "bad_input_total": int(diagnostics.get("bad_input_total", 0)),
+        "bad_inputs": {key.removeprefix("bad_input."): int(n) for key, n in diagnostics.items()
+                       if key.startswith("bad_input.") and int(n)},
         "median_ms_per_frame": float(np.median([s["step_ms"] for s in stats[1:]] or [np.nan])),
         "median_ms_per_stage": {k[:-3]: float(np.median([s[k] for s in stats[1:] if k in s] or [np.nan]))
                                 for k in sorted({k for s in stats for k in s if k.endswith("_ms")} - NOT_STAGES)},

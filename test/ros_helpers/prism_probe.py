@@ -136,14 +136,17 @@ class PrismProbe:
     def publish_frame(self, rgb: np.ndarray, depth: np.ndarray, intrinsics, stamp_ns: int, *,
                       rgb_stamp_ns: int | None = None, info: bool = True, rgb_encoding: str = "rgb8",
                       depth_encoding: str = "32FC1", camera_info: CameraInfo | None = None,
-                      frame_id: str = "camera_rgb_optical_frame") -> None:
-        """One colour/depth(/CameraInfo) set; ``rgb_stamp_ns`` shifts the colour stamp (unsynchronised)."""
+                      frame_id: str = "camera_rgb_optical_frame", gap_s: float = 0.0) -> None:
+        """One colour/depth(/CameraInfo) set; ``rgb_stamp_ns`` shifts the colour stamp (unsynchronised);
+        ``gap_s`` seconds pass between the colour image and the rest (a publisher that stalls mid-set)."""
         stamp = ns_to_stamp(stamp_ns)
         rgb_msg = numpy_to_image(rgb, rgb_encoding, frame_id=frame_id)
         rgb_msg.header.stamp = ns_to_stamp(stamp_ns if rgb_stamp_ns is None else rgb_stamp_ns)
         depth_msg = numpy_to_image(depth, depth_encoding, frame_id=frame_id)
         depth_msg.header.stamp = stamp
         self.rgb_pub.publish(rgb_msg)
+        if gap_s:
+            self.spin(gap_s)
         self.depth_pub.publish(depth_msg)
         if info:
             msg = camera_info or intrinsics_to_camera_info(intrinsics, frame_id=frame_id)
