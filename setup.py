@@ -26,7 +26,7 @@ CORE = [
     "tqdm>=4.66",
     "pyyaml>=6",
     "scikit-image>=0.22",  # marching cubes for mesh export
-    "warp-lang>=1.19",  # fused CPU/CUDA kernels of the per-frame stages (prism_ros.kernels)
+    "warp-lang>=1.19",  # fused CPU/CUDA kernels of the per-frame stages (prism_ros.prism.kernels)
 ]
 # ROS 2 Kilted from PyPI, for machines without a ROS install (a sourced ROS install provides these).
 ROS_WHEELS = [
@@ -78,7 +78,7 @@ setup(
     python_requires=">=3.10",
     tests_require=["pytest"],
     entry_points={
-        "console_scripts": ["prism-ros = prism_ros.cli:main"]
+        "console_scripts": ["prism-ros = prism_ros.cli.main:main"]
         + [f"{name} = {target}" for name, target in NODES.items()],
     },
 )

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from prism_ros.datasets import open_dataset
-from prism_ros.feature_relocalization import FeatureConfig, build_feature_map
+from prism_ros.evaluation.feature_relocalization import FeatureConfig, build_feature_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("ace", "features")

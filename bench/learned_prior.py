@@ -1,6 +1,6 @@
 """PRISM with the learned prior against the engineered IMU prior: the same synthetic drone sequence, filtered twice.
 
-Why: issue 7 asks for the filter's figures with VSSM-LM's learned residual (:mod:`prism_ros.dynamics_learning`)
+Why: issue 7 asks for the filter's figures with VSSM-LM's learned residual (:mod:`prism_ros.dynamics.learning`)
 against the engineered prior alone. The IMU carries an injected accelerometer bias (and optionally a gyro bias)
 that the engineered model is not told about (zero biases in the config, as for an uncalibrated IMU). Its
 prediction is then off by ``0.5 b dt^2`` plus the velocity error the bias leaves in the filter. The residual is
@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prism_ros.config import FilterConfig
+from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples
-from prism_ros.dynamics import DynamicsConfig
-from prism_ros.dynamics_learning import MotionData, TrainingConfig, save_residual, train_residual
-from prism_ros.filter import PrismFilter
-from prism_ros.pipeline import pose_nees, score
+from prism_ros.dynamics.model import DynamicsConfig
+from prism_ros.dynamics.learning import MotionData, TrainingConfig, save_residual, train_residual
+from prism_ros.prism.filter import PrismFilter
+from prism_ros.prism.pipeline import pose_nees, score
 from prism_ros.synthetic import ImuModel, make_sequence, make_trajectory, synthesize_imu
 
 FPS, IMU_RATE = 20.0, 200.0  # 10 IMU periods per frame: training steps must be whole IMU periods
@@ -165,8 +165,8 @@ def euroc(path: Path, args) -> None:
     """Real rows: V1_01's still stereo frames (stereo depth) and a residual trained on V1_02's IMU and ground truth
     (``V1_02_imu_gt_subset``); zero engineered biases, start velocity zero (the vehicle is still)."""
     from prism_ros.datasets import open_dataset
-    from prism_ros.dynamics_learning import load_motion_data
-    from prism_ros.stereo import StereoDepthDataset
+    from prism_ros.dynamics.learning import load_motion_data
+    from prism_ros.prism.stereo import StereoDepthDataset
 
     dataset = StereoDepthDataset(open_dataset(path))
     frames = [dataset[i] for i in range(len(dataset))]

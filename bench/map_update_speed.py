@@ -1,4 +1,4 @@
-"""Time of :meth:`prism_ros.map.GaussianSdfMap.integrate` per frame, torch reference vs fused kernels, on 7-Scenes
+"""Time of :meth:`prism_ros.prism.map.GaussianSdfMap.integrate` per frame, torch reference vs fused kernels, on 7-Scenes
 redkitchen at full resolution (one CPU thread), and the share of each stage of the update.
 
     PYTHONPATH=. python bench/map_update_speed.py [--warm 30 --frames 15 --device cpu]
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from prism_ros import kernels
+from prism_ros.prism import kernels
 from prism_ros.datasets import open_dataset
-from prism_ros.map import GaussianSdfMap
-from prism_ros.observation import Observation
+from prism_ros.prism.map import GaussianSdfMap
+from prism_ros.prism.observation import Observation
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
 

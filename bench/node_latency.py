@@ -2,7 +2,7 @@
 
 Per resolution (QVGA 320x240, VGA 640x480) and device (cpu, plus cuda when available) a synthetic bag is
 played in real time (rate 1.0, 30 Hz) by the bag player into prism_node, both started as separate processes
-with :func:`prism_ros.nodes.launcher.start_graph` (loopback DDS settings, one random domain). The node runs
+with :func:`prism_ros.launch_graph.launcher.start_graph` (loopback DDS settings, one random domain). The node runs
 its default live settings (``frame_queue`` 1: only the newest frame waits, the rest are dropped) with the
 synthetic sensor preset and ``use_sim_time`` off, so its outputs carry the input stamps.
 
@@ -147,8 +147,8 @@ class Probe:
 def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, out: Path, label: str,
              rate: float, node_parameters: dict | None = None) -> dict:
     """Play the bag into a fresh prism_node; the measured figures of this case."""
-    from prism_ros.nodes.graph import bag_player_spec, config_path, prism_node_spec, share_dir
-    from prism_ros.nodes.launcher import start_graph
+    from prism_ros.launch_graph.graph import bag_player_spec, config_path, prism_node_spec, share_dir
+    from prism_ros.launch_graph.launcher import start_graph
 
     share = share_dir()
     node = prism_node_spec(config_path("prism.yaml", share), share / "config/sensors/synthetic.yaml",
@@ -208,7 +208,7 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
 def received_ate_cm(probe: Probe, groundtruth: Path, T_base_camera: np.ndarray) -> float:  # noqa: N803
     """ATE rmse (cm, SE(3)-aligned, evo) of the camera poses the probe received (published base poses times
     ``T_base_camera``) against the sequence's ground-truth camera poses; NaN with < 3 poses."""
-    from prism_ros.evaluation import evaluate
+    from prism_ros.evaluation.metrics import evaluate
 
     stamps, matrices = probe.trajectory()
     if len(stamps) < 3:

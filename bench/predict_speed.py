@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics import DynamicsConfig, TransitionModel, make_transition
-from prism_ros.state import GaussianState
+from prism_ros.dynamics.model import DynamicsConfig, TransitionModel, make_transition
+from prism_ros.prism.state import GaussianState
 
 RATE = 200.0
 

@@ -14,10 +14,10 @@ import torch
 
 from prism_ros.datasets import open_dataset
 from prism_ros.geometry import camera_pyramid
-from prism_ros.kernels import warm_up
-from prism_ros.map import GaussianSdfMap
-from prism_ros.observation import Observation
-from prism_ros.render import render
+from prism_ros.prism.kernels import warm_up
+from prism_ros.prism.map import GaussianSdfMap
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import render
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
 

@@ -1,4 +1,4 @@
-"""Time of :func:`prism_ros.rollout.sample_rollouts` (warm, one CPU thread) per transition model.
+"""Time of :func:`prism_ros.dynamics.rollout.sample_rollouts` (warm, one CPU thread) per transition model.
 
     PYTHONPATH=. python bench/rollout_speed.py [--samples 64 --steps 20 --repeats 20]
 """
@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
-from prism_ros.rollout import sample_rollouts
-from prism_ros.state import GaussianState
+from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
+from prism_ros.dynamics.rollout import sample_rollouts
+from prism_ros.prism.state import GaussianState
 
 
 def main() -> None:

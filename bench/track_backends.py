@@ -1,4 +1,4 @@
-"""Time of one tracking linearisation and one whole :func:`prism_ros.tracking.track` call per backend (torch,
+"""Time of one tracking linearisation and one whole :func:`prism_ros.prism.tracking.track` call per backend (torch,
 fused), warm, one CPU thread, on 7-Scenes redkitchen: a map fused from a few frames, rendered at QVGA (render
 level 1 of the 640x480 frame) at a pose 1 cm / 0.5 deg off the next frame's.
 
@@ -12,14 +12,14 @@ import time
 import numpy as np
 import torch
 
-from prism_ros import tracking
+from prism_ros.prism import tracking
 from prism_ros.datasets import open_dataset
 from prism_ros.geometry import se3_exp
-from prism_ros.kernels import warm_up
-from prism_ros.kernels.track import linearizer
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.observation import Observation
-from prism_ros.render import render
+from prism_ros.prism.kernels import warm_up
+from prism_ros.prism.kernels.track import linearizer
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import render
 
 
 def median_ms(function, repeats: int) -> str:

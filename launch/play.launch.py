@@ -1,14 +1,14 @@
 """ros2 launch prism_ros play.launch.py bag:=/path/to/bag [rate:=1.0] [loop:=false]
 
-Builds the nodes from prism_ros.nodes.graph.play_graph, the same NodeSpecs that
-`python -m prism_ros.nodes.launcher play BAG` runs when ROS 2 launch is not installed.
+Builds the nodes from prism_ros.launch_graph.graph.play_graph, the same NodeSpecs that
+`python -m prism_ros.launch_graph.launcher play BAG` runs when ROS 2 launch is not installed.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from prism_ros.nodes.graph import play_graph
+from prism_ros.launch_graph.graph import play_graph
 
 ARGUMENTS = {
     "bag": (None, "ROS 1 .bag file or ROS 2 bag folder/.db3/.mcap to play"),

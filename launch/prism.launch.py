@@ -1,8 +1,8 @@
 """ros2 launch prism_ros prism.launch.py [sensor:=euroc] [bag:=/path/to/bag] [rviz:=true] [config:=FILE]
 
 The PRISM SLAM node with its parameters and a sensor preset, optionally a bag player (publishing
-/clock) and RViz2. The nodes come from prism_ros.nodes.graph.prism_graph, the same NodeSpecs that
-`python -m prism_ros.nodes.launcher prism [BAG] --sensor S [--rviz] [--config FILE]` runs when ROS 2
+/clock) and RViz2. The nodes come from prism_ros.launch_graph.graph.prism_graph, the same NodeSpecs that
+`python -m prism_ros.launch_graph.launcher prism [BAG] --sensor S [--rviz] [--config FILE]` runs when ROS 2
 launch is not installed. The launch arguments are resolved first (OpaqueFunction) because they choose
 files and optional nodes.
 
@@ -23,7 +23,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from prism_ros.nodes.graph import launch_nodes, prism_graph
+from prism_ros.launch_graph.graph import launch_nodes, prism_graph
 
 ARGUMENTS = {
     "config": ("prism.yaml", "prism_node parameter YAML: a path, or a file name in share/prism_ros/config "

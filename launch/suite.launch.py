@@ -3,8 +3,8 @@
 
 The whole prism_ros suite: the PRISM graph of prism.launch.py (same arguments, same meaning) plus, with
 ace:=true, ace_node on the same sensor preset (relocalization on request, and the automatic recovery of
-prism_node when its tracking is lost). The nodes come from prism_ros.nodes.graph.suite_graph, the same
-NodeSpecs that `python -m prism_ros.nodes.launcher suite [BAG] --ace ...` runs when ROS 2 launch is not
+prism_node when its tracking is lost). The nodes come from prism_ros.launch_graph.graph.suite_graph, the same
+NodeSpecs that `python -m prism_ros.launch_graph.launcher suite [BAG] --ace ...` runs when ROS 2 launch is not
 installed. The DMN localization node arrives in a later release: its switch exists so that command lines
 stay valid, and for now it only logs that the node is not part of this release.
 
@@ -26,7 +26,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from prism_ros.nodes.graph import launch_nodes, suite_graph
+from prism_ros.launch_graph.graph import launch_nodes, suite_graph
 
 ARGUMENTS = {
     "config": ("prism.yaml", "prism_node parameter YAML: a path, or a file name in share/prism_ros/config "

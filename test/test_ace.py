@@ -192,7 +192,7 @@ def test_mapping_then_relocalizing_held_out_frames(synthetic_sequence, tmp_path)
 
 
 def test_cli_map_and_localize(synthetic_sequence, tmp_path):
-    from prism_ros.ace.cli import app
+    from prism_ros.cli.ace import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["map", "--dataset", str(synthetic_sequence), "--frames", "0:120:6", "--recipe",

@@ -254,9 +254,9 @@ def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic
 
     from ros_helpers.kidnap_bag import write_kidnap_bag
 
-    from prism_ros.nodes.graph import ace_node_spec, share_dir
-    from prism_ros.nodes.replay import PRESETS, bag_ground_truth, replay_bag
-    from prism_ros.trajectory_io import read_tum
+    from prism_ros.launch_graph.graph import ace_node_spec, share_dir
+    from prism_ros.launch_graph.replay import PRESETS, bag_ground_truth, replay_bag
+    from prism_ros.evaluation.trajectory_io import read_tum
 
     bag = tmp_path / "kidnap"
     kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4, hold=10)

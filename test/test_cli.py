@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prism_ros.loopback import loopback_env
-from prism_ros.trajectory_io import read_tum, write_tum
+from prism_ros.evaluation.trajectory_io import read_tum, write_tum
 from shared_data import sample
 
 CLI = Path(sys.executable).parent / "prism-ros"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prism_ros.cli import app
-from prism_ros.costmap import CostmapConfig, build_costmap, plane_axes, save_png, slice_grid
+from prism_ros.cli.main import app
+from prism_ros.dynamics.costmap import CostmapConfig, build_costmap, plane_axes, save_png, slice_grid
 from prism_ros.errors import InputError
-from prism_ros.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
 
 ROOM = np.array([4.0, 3.0, 2.5])  # [0, 4] x [0, 3] x [0, 2.5] m, z up
 PILLAR = (1.5, 1.5, 0.3)  # a full-height cylinder: x, y, radius

@@ -81,7 +81,7 @@ def test_evaluation_scores_the_oracle_and_the_uninformed_estimate():
 
 
 def test_cli_generate_train_eval_table(tmp_path):
-    from prism_ros.dmn.cli import app
+    from prism_ros.cli.dmn import app
 
     runner = CliRunner()
     data = tmp_path / "rooms.pt"

@@ -1,8 +1,8 @@
-"""The map-frame drift random walk (prism_ros.drift) in closed form."""
+"""The map-frame drift random walk (prism_ros.prism.drift) in closed form."""
 import pytest
 import torch
 
-from prism_ros.drift import MapDrift
+from prism_ros.prism.drift import MapDrift
 
 
 def test_drift_grows_with_new_surface_only():

@@ -1,4 +1,4 @@
-"""Transition models (prism_ros.dynamics): exact kinematics, linearisation vs Monte Carlo, noise models,
+"""Transition models (prism_ros.dynamics.model): exact kinematics, linearisation vs Monte Carlo, noise models,
 IMU consistency (NEES), control vs IMU, the residual MLP hook."""
 import functools
 
@@ -8,10 +8,10 @@ import torch
 from torch.func import jacfwd
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics import (ConstantVelocity, ControlEuler, DynamicsConfig, ImuEuler, ResidualMLP, boxminus,
+from prism_ros.dynamics.model import (ConstantVelocity, ControlEuler, DynamicsConfig, ImuEuler, ResidualMLP, boxminus,
                                 boxplus, make_transition)
 from prism_ros.geometry.lie import se3_exp, skew, so3_exp, so3_right_jacobian
-from prism_ros.state import GaussianState
+from prism_ros.prism.state import GaussianState
 from prism_ros.synthetic import ImuModel, make_trajectory, synthesize_imu
 from prism_ros.synthetic.imu import true_control
 

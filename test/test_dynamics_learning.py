@@ -1,4 +1,4 @@
-"""The learned residual transition (prism_ros.dynamics_learning): untrained = engineered, training lowers the
+"""The learned residual transition (prism_ros.dynamics.learning): untrained = engineered, training lowers the
 held-out NLL and removes a known IMU bias on a synthetic drone, the model file, and the CLI on real EuRoC."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.cli import main
+from prism_ros.cli.main import main
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics import DynamicsConfig, ImuEuler, ResidualMLP
-from prism_ros.dynamics_learning import (MotionData, TrainingConfig, calibrate_std, compare, evaluate_model,
+from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP
+from prism_ros.dynamics.learning import (MotionData, TrainingConfig, calibrate_std, compare, evaluate_model,
                                          load_residual, make_windows, rollout, save_residual, still_biases,
                                          train_residual, train_windows, window_starts)
 from prism_ros.errors import InputError
@@ -200,7 +200,7 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     # the filter's switch: dynamics.residual_model makes make_transition predict with the trained residual
     from dataclasses import replace
 
-    from prism_ros.dynamics import make_transition
+    from prism_ros.dynamics.model import make_transition
 
     switched = make_transition(replace(dynamics, residual_mlp=False, residual_model=str(path)))
     c = rollout(switched, windows)

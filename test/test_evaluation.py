@@ -10,8 +10,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from prism_ros.errors import InputError
-from prism_ros.evaluation import EvalResult, evaluate
-from prism_ros.trajectory_io import read_tum, write_tum
+from prism_ros.evaluation.metrics import EvalResult, evaluate
+from prism_ros.evaluation.trajectory_io import read_tum, write_tum
 from shared_data import DATA as SHARED_DATA
 
 DATA = SHARED_DATA / "tum_groundtruth_only"
@@ -191,7 +191,7 @@ def test_summary_dict_and_plot(gt, tmp_path):
 
 def test_nearly_orthonormal_estimates_are_projected_not_rejected():
     """Accumulated or printed poses are orthonormal to ~1e-4; evo would reject them unprojected."""
-    from prism_ros.trajectory_io import orthonormalize_poses
+    from prism_ros.evaluation.trajectory_io import orthonormalize_poses
 
     rng = np.random.default_rng(7)
     t = np.arange(20) * 0.1

@@ -1,4 +1,4 @@
-"""The classical relocalization baseline (prism_ros.feature_relocalization): exact synthetic scenes, the
+"""The classical relocalization baseline (prism_ros.evaluation.feature_relocalization): exact synthetic scenes, the
 batched matcher against OpenCV's brute force, depth lookup at keypoints, rejection, and real 7-Scenes data."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from prism_ros.datasets import open_dataset
-from prism_ros.feature_relocalization import (FeatureConfig, build_feature_map, depth_at_keypoints,
+from prism_ros.evaluation.feature_relocalization import (FeatureConfig, build_feature_map, depth_at_keypoints,
                                               descriptor_matrix, localize_dataset, ratio_matches)
 from shared_data import sample
 

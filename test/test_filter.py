@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.config import FilterConfig
+from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame
-from prism_ros.filter import PrismFilter
+from prism_ros.prism.filter import PrismFilter
 from prism_ros.geometry import PinholeCamera, se3_exp, transform_points
-from prism_ros.pipeline import pose_nees
+from prism_ros.prism.pipeline import pose_nees
 from prism_ros.synthetic import make_sequence
 from prism_ros.synthetic.scene import render as render_scene
 
@@ -130,7 +130,7 @@ def test_relocalization_before_the_first_frame_sets_the_initial_pose(sequence):
 def test_imu_model_with_a_camera_to_body_extrinsic(tmp_path):
     """IMU-driven prediction with the synthetic rig's non-trivial T_imu_camera: the map is fused from the
     camera pose (not the body pose) and tracking stays at millimetres."""
-    from prism_ros.config import preset_config
+    from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
     from prism_ros.synthetic import generate
 
@@ -163,9 +163,9 @@ def test_synthetic_scene_meets_the_accuracy_and_calibration_targets(tmp_path, mo
     chi-square band on >= 90 % of frames, mean map SDF error near surfaces < 1 cm, and the map std ranking
     the error (Spearman > 0). Reduced size (160x120, 120 frames: one frame moves the band fraction by under 1 %,
     and the first 0.5 s predict with constant velocity); the README reports the 320x240 demo."""
-    from prism_ros.config import preset_config
+    from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
-    from prism_ros.pipeline import run_sequence
+    from prism_ros.prism.pipeline import run_sequence
     from prism_ros.synthetic import generate, read_scene
 
     folder = generate(tmp_path / motion, frames=120, seed=0, motion=motion, bag=None, width=WIDTH, height=HEIGHT,

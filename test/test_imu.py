@@ -1,4 +1,4 @@
-"""IMU integration (prism_ros.imu) against closed forms, exact synthetic kinematics and real EuRoC data."""
+"""IMU integration (prism_ros.dynamics.imu) against closed forms, exact synthetic kinematics and real EuRoC data."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from prism_ros.geometry.lie import so3_exp
-from prism_ros.imu import GRAVITY, ImuDeadReckoning, imu_window, integrate_imu, integrate_imu_between
+from prism_ros.dynamics.imu import GRAVITY, ImuDeadReckoning, imu_window, integrate_imu, integrate_imu_between
 from prism_ros.synthetic.imu import ImuModel, synthesize_imu
 from prism_ros.synthetic.trajectory import make_trajectory
 from shared_data import DATA as SHARED_DATA

@@ -1,4 +1,4 @@
-"""The fused-kernel plumbing (prism_ros.kernels): backend names, the CPU range split and its determinism, warm-up."""
+"""The fused-kernel plumbing (prism_ros.prism.kernels): backend names, the CPU range split and its determinism, warm-up."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from prism_ros import kernels
-from prism_ros.config import FilterConfig
+from prism_ros.prism import kernels
+from prism_ros.prism.config import FilterConfig
 from prism_ros.errors import InputError
 
 pytest.importorskip("warp")
@@ -42,7 +42,7 @@ def test_results_do_not_depend_on_the_cpu_thread_count():
     """Render, map update and tracking over a few synthetic frames with one and with two kernel threads: the ranges
     are disjoint, so the first render and map are identical; tracking's per-range float64 sums are added in
     another order, so poses (and the maps fused from them) agree to rounding."""
-    from prism_ros.filter import PrismFilter
+    from prism_ros.prism.filter import PrismFilter
     from prism_ros.synthetic import make_sequence
     from test_filter import frame_at, small_config
 

@@ -1,4 +1,4 @@
-"""The fused map update (prism_ros.kernels.integrate) against the torch reference (GaussianSdfMap's
+"""The fused map update (prism_ros.prism.kernels.integrate) against the torch reference (GaussianSdfMap's
 ``_pixel_table`` and ``_update_blocks``): same frames into two maps, every channel compared.
 
 Both paths compute the same voxel centres and follow the same operation order, so on the CPU most voxels
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros import kernels
+from prism_ros.prism import kernels
 from prism_ros.datasets import open_dataset
 from prism_ros.errors import InputError
 from prism_ros.geometry import PinholeCamera
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.observation import Observation, make_level
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.observation import Observation, make_level
 from prism_ros.synthetic import make_sequence
 from shared_data import sample
 from test_map import plane_level

@@ -1,4 +1,4 @@
-"""The fused observation kernels (prism_ros.kernels.observe) against the torch reference: the same depth pyramid
+"""The fused observation kernels (prism_ros.prism.kernels.observe) against the torch reference: the same depth pyramid
 and points, normals to float rounding, and the registered colour, intensity pyramid and gradient within a few float32
 ulps (another summation order), on a real 7-Scenes frame (separate colour camera) and a distorted one."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prism_ros.datasets import open_dataset
-from prism_ros.observation import Observation
+from prism_ros.prism.observation import Observation
 from shared_data import sample
 
 pytest.importorskip("warp")
@@ -60,7 +60,7 @@ def test_a_depth_edge_breaks_the_reduction_and_nan_stays_nan():
     depth = torch.tensor([[1.0, 1.01, 2.0, 2.0], [1.0, 1.02, 2.0, 3.0], [np.nan, np.nan, np.nan, 0.5],
                           [np.nan, np.nan, np.nan, np.nan]])
     from prism_ros.geometry import downsample_depth as reference
-    from prism_ros.kernels.observe import downsample_depth as fused
+    from prism_ros.prism.kernels.observe import downsample_depth as fused
 
     expected = reference(depth)
     assert torch.equal(torch.isnan(expected), torch.isnan(fused(depth)))

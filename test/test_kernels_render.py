@@ -1,4 +1,4 @@
-"""The fused render kernel (prism_ros.kernels.render) against the torch reference (prism_ros.render) on the same
+"""The fused render kernel (prism_ros.prism.kernels.render) against the torch reference (prism_ros.prism.render) on the same
 maps: synthetic frames, real 7-Scenes frames, a distorted camera, an empty map, and CUDA against the CPU.
 
 The two do the same float32 arithmetic in the same order; they differ by rounding (fused multiply-adds), which
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import prism_ros.render as reference
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.observation import Observation
-from prism_ros.render import RenderConfig, render
+import prism_ros.prism.render as reference
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import RenderConfig, render
 from prism_ros.synthetic.scene import make_scene
 from shared_data import sample
 from test_render import EYE, TARGET, AnalyticField, angle_deg, camera_for, look_at, sphere_sdf

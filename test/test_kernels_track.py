@@ -1,4 +1,4 @@
-"""The fused tracking kernel (prism_ros.kernels.track) against the torch reference (prism_ros.tracking).
+"""The fused tracking kernel (prism_ros.prism.kernels.track) against the torch reference (prism_ros.prism.tracking).
 
 Both backends linearise the same points at the same pose; they differ only in float32 rounding (the kernel
 sums in float64, per thread, in another order), so normal equations agree to ~1e-6 relative, counts exactly
@@ -18,12 +18,12 @@ from shared_data import sample
 from test_tracking import (ICP_ONLY, PHOTOMETRIC_ONLY, PREDICTION_ERROR, QVGA, WEAK_PRIOR, left_error, map_render,
                            moved, observe, pose_covariance, room)  # noqa: F401 - room is a fixture
 
-from prism_ros import tracking
+from prism_ros.prism import tracking
 from prism_ros.geometry import PinholeCamera
-from prism_ros.kernels import available
-from prism_ros.observation import Observation
-from prism_ros.render import RenderResult
-from prism_ros.tracking import TrackingConfig, track
+from prism_ros.prism.kernels import available
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import RenderResult
+from prism_ros.prism.tracking import TrackingConfig, track
 
 pytestmark = pytest.mark.skipif(not available(), reason="NVIDIA Warp is not installed")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -41,7 +41,7 @@ QUALITY_FLOORS = dict(inlier_ratio=0.0, coverage=0.0, icp_rmse=1e-6, photometric
 
 def linearizations(obs, rendered, T, config):
     """(torch, fused) Linearization of every tracking level at pose T."""
-    from prism_ros.kernels.track import linearizer  # noqa: PLC0415 - needs Warp
+    from prism_ros.prism.kernels.track import linearizer  # noqa: PLC0415 - needs Warp
 
     reference = tracking.make_reference(rendered, config)
     T = np.asarray(T, dtype=np.float64)

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from prism_ros.errors import InputError
-from prism_ros.nodes import launcher
-from prism_ros.nodes.graph import GRAPHS, SENSORS, NodeSpec, missing_files, play_graph, prism_graph, suite_graph
+from prism_ros.launch_graph import launcher
+from prism_ros.launch_graph.graph import GRAPHS, SENSORS, NodeSpec, missing_files, play_graph, prism_graph, suite_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -70,9 +70,9 @@ def docstring_table(tree: ast.Module) -> dict[str, dict[str, str]]:
 
 
 def graph_functions(tree: ast.Module) -> list[str]:
-    """Names the launch file imports from prism_ros.nodes.graph that build graphs."""
+    """Names the launch file imports from prism_ros.launch_graph.graph that build graphs."""
     return [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-            and node.module == "prism_ros.nodes.graph" for alias in node.names if alias.name.endswith("_graph")]
+            and node.module == "prism_ros.launch_graph.graph" for alias in node.names if alias.name.endswith("_graph")]
 
 
 def every_node(function_name: str) -> list[NodeSpec]:
@@ -282,7 +282,7 @@ def load_launch_file(name: str):
 
 def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatch):
     """The launch file's own code: arguments declared with choices, nodes built from the resolved values."""
-    import prism_ros.nodes.graph as graph
+    import prism_ros.launch_graph.graph as graph
 
     monkeypatch.setattr(graph, "share_dir", lambda: ROOT)
     module = load_launch_file("prism.launch.py")
@@ -309,7 +309,7 @@ def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
 
 
 def test_suite_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatch):
-    import prism_ros.nodes.graph as graph
+    import prism_ros.launch_graph.graph as graph
 
     monkeypatch.setattr(graph, "share_dir", lambda: ROOT)
     module = load_launch_file("suite.launch.py")
@@ -453,7 +453,7 @@ def test_launcher_play_still_needs_a_bag(capsys):
 
 
 def test_launcher_module_dry_runs_the_prism_graph():
-    result = subprocess.run([sys.executable, "-m", "prism_ros.nodes.launcher", "prism", "--sensor", "synthetic",
+    result = subprocess.run([sys.executable, "-m", "prism_ros.launch_graph.launcher", "prism", "--sensor", "synthetic",
                              "--dry-run"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "config/sensors/synthetic.yaml" in result.stdout and "__node:=prism_node" in result.stdout

@@ -8,10 +8,10 @@ import torch
 
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
-from prism_ros.evaluation import map_error
+from prism_ros.evaluation.metrics import map_error
 from prism_ros.geometry import PinholeCamera
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.observation import Observation, make_level
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.observation import Observation, make_level
 from prism_ros.synthetic import make_sequence
 
 SMALL = Intrinsics(131.25, 131.25, 80.0, 60.0, 160, 120)  # principal point on pixel (80, 60)
@@ -325,7 +325,7 @@ def test_dense_and_sorted_block_lookups_agree(clean_room, monkeypatch):
     """Maps whose bounding box is too large for the dense block index read through the sorted keys (and the
     neighbour table): every read gives the same values."""
     sdf_map, _ = clean_room
-    monkeypatch.setattr("prism_ros.map._MAX_DENSE_CELLS", 0)
+    monkeypatch.setattr("prism_ros.prism.map._MAX_DENSE_CELLS", 0)
     sorted_only = sdf_map.clone()
     assert sorted_only._dense is None and sdf_map._dense is not None  # noqa: SLF001 - which index serves the reads
     points = read_points(sdf_map)

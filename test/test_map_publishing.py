@@ -16,10 +16,10 @@ from scipy.stats import spearmanr
 
 from prism_ros.datasets.base import Frame
 from prism_ros.geometry import PinholeCamera
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.mesh import colour_map, extract_mesh
-from prism_ros.observation import Observation
-from prism_ros.render import render
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.mesh import colour_map, extract_mesh
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import render
 from prism_ros.synthetic import make_sequence
 from ros_helpers.dds import spin_until
 

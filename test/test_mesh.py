@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from prism_ros.datasets.base import Frame, Intrinsics
-from prism_ros.map import GaussianSdfMap, MapConfig
-from prism_ros.mesh import Mesh, colour_map, cube_mask, extract_mesh, read_ply, write_ply
-from prism_ros.observation import Observation
+from prism_ros.prism.map import GaussianSdfMap, MapConfig
+from prism_ros.prism.mesh import Mesh, colour_map, cube_mask, extract_mesh, read_ply, write_ply
+from prism_ros.prism.observation import Observation
 from prism_ros.synthetic.scene import ROOM_SIZE, Scene, make_materials, render
 
 INTRINSICS = Intrinsics(131.25, 131.25, 79.5, 59.5, 160, 120)

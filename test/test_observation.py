@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prism_ros.datasets import open_dataset
-from prism_ros.observation import Observation, normals_from_points
+from prism_ros.prism.observation import Observation, normals_from_points
 from prism_ros.synthetic import make_sequence
 from shared_data import sample
 
@@ -70,7 +70,7 @@ def test_seven_scenes_colour_is_registered_to_the_depth_camera():
 def test_intensity_gradient_is_per_pixel_on_a_ramp(synthetic_frame):
     """gradient[0] = dI/du, gradient[1] = dI/dv in intensity units per pixel (central differences)."""
     from prism_ros.geometry import PinholeCamera
-    from prism_ros.observation import make_level
+    from prism_ros.prism.observation import make_level
 
     v, u = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
     intensity = 0.01 * u + 0.003 * v

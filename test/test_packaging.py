@@ -69,7 +69,7 @@ def test_wheel_installs_launch_config_rviz_marker_and_manifest(tmp_path):
     assert any(n.startswith("share/prism_ros/rviz/") and n.endswith(".rviz") for n in data)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "prism-ros = prism_ros.cli:main" in text
+    assert "prism-ros = prism_ros.cli.main:main" in text
 
 
 def test_core_has_no_ros_imports():

@@ -62,10 +62,10 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
     from visualization_msgs.msg import Marker
 
     from prism_ros.datasets import open_dataset
-    from prism_ros.evaluation import evaluate
+    from prism_ros.evaluation.metrics import evaluate
     from prism_ros.nodes.conversions import pose_to_matrix, stamp_to_sec
-    from prism_ros.pipeline import run_sequence
-    from prism_ros.trajectory_io import read_tum
+    from prism_ros.prism.pipeline import run_sequence
+    from prism_ros.evaluation.trajectory_io import read_tum
     from ros_helpers.prism_probe import PrismProbe
 
     # the offline bound: the node's own filter configuration (from the same preset file) over the same bag,

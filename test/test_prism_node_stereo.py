@@ -7,7 +7,7 @@ all 40), so:
 
 - stereo end to end: every pair is processed without bad input, poses arrive in ``map``, the base (IMU)
   moves less than 3 cm, and the published poses equal the offline filter's on the same pairs
-  (:class:`prism_ros.stereo.StereoDepthDataset`, whose extrinsics the core composes itself) to 1 mm;
+  (:class:`prism_ros.prism.stereo.StereoDepthDataset`, whose extrinsics the core composes itself) to 1 mm;
 - faults (the other input path: colour pairs, left intrinsics from a synchronised CameraInfo): a left/right
   size mismatch, a right image of the wrong encoding, a textureless pair and a missing right stream are
   counted as bad input with their cause, and the node keeps tracking;
@@ -96,10 +96,10 @@ def test_euroc_pairs_give_stereo_depth_and_the_still_vehicle_stays_put_as_offlin
 
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from prism_ros.filter import PrismFilter
+    from prism_ros.prism.filter import PrismFilter
     from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import pose_to_matrix
-    from prism_ros.stereo import StereoDepthDataset
+    from prism_ros.prism.stereo import StereoDepthDataset
     from ros_helpers.prism_probe import PrismProbe
 
     # offline reference: the core's RGB-D view of the pairs, its composed T_imu_camera, the same filter settings
@@ -273,7 +273,7 @@ def test_invalid_stereo_parameters_at_startup_exit_2_with_the_reason(params, nee
 
 
 def test_euroc_preset_stereo_parameters_are_the_dataset_calibration(euroc):
-    from prism_ros.stereo import StereoDepthDataset
+    from prism_ros.prism.stereo import StereoDepthDataset
 
     values = _preset_values()
     assert values["depth_source"] == "stereo" and values["intrinsics_source"] == "parameters"

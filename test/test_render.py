@@ -1,7 +1,7 @@
-"""Ray casting of the SDF mean (prism_ros.render) against closed forms and the exact synthetic scene.
+"""Ray casting of the SDF mean (prism_ros.prism.render) against closed forms and the exact synthetic scene.
 
 The fields here follow the map's protocol (sample / sample_nearest / is_allocated / config) with an
-analytic SDF clipped to +-truncation, so the renderer is tested without prism_ros.map.
+analytic SDF clipped to +-truncation, so the renderer is tested without prism_ros.prism.map.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from prism_ros.geometry import PinholeCamera
-from prism_ros.render import RenderConfig, render
+from prism_ros.prism.render import RenderConfig, render
 from prism_ros.synthetic.scene import make_scene
 from prism_ros.synthetic.scene import render as render_scene
 from prism_ros.synthetic.writer import intrinsics_for
@@ -319,16 +319,16 @@ def test_cuda_matches_cpu(room):
 
 def map_module():
     try:
-        import prism_ros.map as map_module
-    except ImportError as error:  # another engineer writes prism_ros/map.py
-        pytest.skip(f"prism_ros.map (GaussianSdfMap) is not available yet: {error}")
+        import prism_ros.prism.map as map_module
+    except ImportError as error:  # another engineer writes prism_ros/prism/map.py
+        pytest.skip(f"prism_ros.prism.map (GaussianSdfMap) is not available yet: {error}")
     return map_module
 
 
 def synthetic_map(scene, offsets):
     """A GaussianSdfMap of exact RGB-D frames (320x240) of ``scene`` fused at their true poses: the view from EYE
     to TARGET, both shifted by each of ``offsets``."""
-    from prism_ros.observation import make_level
+    from prism_ros.prism.observation import make_level
 
     maps = map_module()
     field = maps.GaussianSdfMap(maps.MapConfig())

@@ -19,7 +19,7 @@ FRAMES = 30
 
 
 def _replay(spawn_python, domain_id, bag, out, *extra, timeout=180) -> subprocess.CompletedProcess:
-    process = spawn_python(["-m", "prism_ros.cli"], "replay", bag, "--out", out, "--quiet",
+    process = spawn_python(["-m", "prism_ros.cli.main"], "replay", bag, "--out", out, "--quiet",
                            "--domain-id", domain_id, *extra)
     stdout, stderr = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -28,12 +28,12 @@ def _replay(spawn_python, domain_id, bag, out, *extra, timeout=180) -> subproces
 def test_replay_writes_the_offline_outputs_with_the_offline_results(synthetic_sequence, spawn_python, domain_id,
                                                                    tmp_path):
     from prism_ros.datasets import open_dataset
-    from prism_ros.map import GaussianSdfMap
-    from prism_ros.nodes.graph import share_dir
+    from prism_ros.prism.map import GaussianSdfMap
+    from prism_ros.launch_graph.graph import share_dir
     from prism_ros.nodes.prism_node import build_filter_config
-    from prism_ros.nodes.replay import node_parameter_values
-    from prism_ros.pipeline import STAGES, run_sequence
-    from prism_ros.trajectory_io import read_tum
+    from prism_ros.launch_graph.replay import node_parameter_values
+    from prism_ros.prism.pipeline import STAGES, run_sequence
+    from prism_ros.evaluation.trajectory_io import read_tum
 
     bag, out = synthetic_sequence / "bag", tmp_path / "replay"
     result = _replay(spawn_python, domain_id, bag, out, "--preset", "synthetic")
@@ -98,11 +98,11 @@ def test_replay_reports_a_missing_bag_and_invalid_node_parameters(synthetic_sequ
 def test_messages_convert_back_to_the_filter_conventions():
     """Odometry built as prism_node builds it -> estimates_from_messages recovers pose, left covariance and
     velocity (lever arms of T_base_camera and T_body_camera included)."""
-    from prism_ros.filter import Estimate
+    from prism_ros.prism.filter import Estimate
     from prism_ros.geometry import se3_exp
     from prism_ros.nodes.conversions import matrix_to_odometry, sec_to_stamp
     from prism_ros.nodes.prism_node import PARAMETERS, base_twist, left_covariance_to_ros
-    from prism_ros.nodes.replay import estimates_from_messages
+    from prism_ros.launch_graph.replay import estimates_from_messages
 
     import torch
 

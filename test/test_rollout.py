@@ -1,4 +1,4 @@
-"""Predictive rollouts (prism_ros.rollout): the samples follow the control input, their spread is the filter's
+"""Predictive rollouts (prism_ros.dynamics.rollout): the samples follow the control input, their spread is the filter's
 linearised covariance, they are reproducible, bad controls are InputErrors, and `prism-ros dynamics predict`
 writes its files. Predicted depth at the mean future pose is the render at that pose."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prism_ros.cli import app
+from prism_ros.cli.main import app
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
+from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
 from prism_ros.errors import InputError
-from prism_ros.rollout import linearised_rollout, predicted_depth, sample_rollouts, world_position_covariance
-from prism_ros.state import GaussianState
+from prism_ros.dynamics.rollout import linearised_rollout, predicted_depth, sample_rollouts, world_position_covariance
+from prism_ros.prism.state import GaussianState
 
 HORIZON, STEP = 1.0, 0.05
 K = 20
@@ -171,8 +171,8 @@ PLANE_Z = 1.5
 def plane_map():
     """A map of the wall z = 1.5 m, fused from one exact 64x48 depth frame at the identity (optical frame)."""
     from prism_ros.geometry import PinholeCamera
-    from prism_ros.map import GaussianSdfMap, MapConfig
-    from prism_ros.observation import make_level
+    from prism_ros.prism.map import GaussianSdfMap, MapConfig
+    from prism_ros.prism.observation import make_level
     from prism_ros.synthetic.writer import intrinsics_for
 
     camera = PinholeCamera.from_intrinsics(intrinsics_for(64, 48))
@@ -186,7 +186,7 @@ def plane_map():
 def test_predicted_depth_at_the_mean_future_pose_is_the_render_there(plane_map):
     """Coasting towards the wall at 0.5 m/s: depth at the mean pose after t is the render at that pose, and
     about 1.5 - 0.5 t in the middle of the image."""
-    from prism_ros.render import render
+    from prism_ros.prism.render import render
 
     sdf_map, camera = plane_map
     rollouts = sample_rollouts(make_transition(DynamicsConfig()), state_at((0.0, 0.0, 0.5, 0.0, 0.0, 0.0)), None,

@@ -1,4 +1,4 @@
-"""Stereo depth (prism_ros.stereo): exact synthetic pairs, the real EuRoC micro sample, bad input.
+"""Stereo depth (prism_ros.prism.stereo): exact synthetic pairs, the real EuRoC micro sample, bad input.
 
 Run with ``-s`` to see the measured figures (error, valid fraction, ms per pair).
 """
@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
-from prism_ros.stereo import StereoConfig, StereoDepthDataset, StereoRectifier, rgbd_frame
+from prism_ros.prism.stereo import StereoConfig, StereoDepthDataset, StereoRectifier, rgbd_frame
 from shared_data import sample
 
 # EuRoC-like camera. Non-integer principal point: the synthetic renderer's rays through the exact

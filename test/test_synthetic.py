@@ -9,7 +9,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from prism_ros.errors import InputError
-from prism_ros.imu import GRAVITY
+from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.synthetic import (ControlModel, DepthNoise, ImuModel, Scene, generate, intrinsics_for,
                                  make_sequence, make_trajectory, render, synthesize_control, synthesize_imu)
 from prism_ros.synthetic.scene import make_materials, noisy_depth, pixel_rays

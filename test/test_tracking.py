@@ -1,4 +1,4 @@
-"""Pose MAP + Laplace (prism_ros.tracking) against exact synthetic renders.
+"""Pose MAP + Laplace (prism_ros.prism.tracking) against exact synthetic renders.
 
 The "map render" is the synthetic scene ray cast exactly at the predicted pose (a perfect map), the
 observation is the synthetic frame at the true pose. Poses are compared by the left error
@@ -15,11 +15,11 @@ from kornia.filters import spatial_gradient
 
 from prism_ros.datasets.base import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, se3_inverse, se3_log
-from prism_ros.observation import Observation
-from prism_ros.render import RenderResult
+from prism_ros.prism.observation import Observation
+from prism_ros.prism.render import RenderResult
 from prism_ros.synthetic import intrinsics_for, make_scene, make_sequence, render
 from prism_ros.synthetic.scene import rgb_to_uint8
-from prism_ros.tracking import TrackingConfig, track
+from prism_ros.prism.tracking import TrackingConfig, track
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 LUMA = (0.299, 0.587, 0.114)
@@ -309,7 +309,7 @@ def test_tracks_on_cuda(room):
 def test_host_rotation_closed_forms_equal_scipy(angle):
     from scipy.spatial.transform import Rotation
 
-    from prism_ros.tracking import so3_exp, so3_log
+    from prism_ros.prism.tracking import so3_exp, so3_log
 
     rng = np.random.default_rng(7)
     for _ in range(20):
@@ -323,7 +323,7 @@ def test_host_rotation_closed_forms_equal_scipy(angle):
 
 
 def test_not_converged_needs_a_last_update_large_in_metres_and_in_posterior_sigmas():
-    from prism_ros.tracking import lost_reasons
+    from prism_ros.prism.tracking import lost_reasons
 
     config = TrackingConfig()
     good = dict(inlier_ratio=0.9, valid_pixels=5000, mean_residual=1.0, condition=100.0, min_eigenvalue=1e4,

@@ -1,14 +1,14 @@
-"""Closed-form velocity (prism_ros.velocity): Gaussian conditioning identities and convergence on
+"""Closed-form velocity (prism_ros.prism.velocity): Gaussian conditioning identities and convergence on
 synthetic trajectories with the constant-velocity transition model."""
 import numpy as np
 import torch
 from torch.func import jacfwd
 
-from prism_ros.dynamics import DynamicsConfig, boxminus, boxplus, make_transition
+from prism_ros.dynamics.model import DynamicsConfig, boxminus, boxplus, make_transition
 from prism_ros.geometry.lie import se3_exp, se3_log
-from prism_ros.state import GaussianState, PoseEstimate
+from prism_ros.prism.state import GaussianState, PoseEstimate
 from prism_ros.synthetic import make_trajectory
-from prism_ros.velocity import condition_on_pose, se3_left_jacobian_inverse
+from prism_ros.prism.velocity import condition_on_pose, se3_left_jacobian_inverse
 
 F64 = dict(dtype=torch.float64)
 FPS = 30.0

@@ -9,7 +9,7 @@ on procedural scenes), :mod:`cli` (``prism-ros ace ...``). No ROS imports.
 import importlib
 
 #: public name -> module that defines it; imported on first use (PEP 562), so mounting the `prism-ros ace`
-#: commands (prism_ros.ace.cli) does not load torch for `prism-ros --help`
+#: commands (prism_ros.cli.ace) does not load torch for `prism-ros --help`
 _EXPORTS = {
     "Encoder": "encoder", "load_encoder": "encoder", "random_encoder": "encoder",
     "AceMap": "mapfile", "load_map": "mapfile", "save_map": "mapfile",

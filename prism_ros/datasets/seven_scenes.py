@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..trajectory_io import orthonormalize_poses
+from prism_ros.evaluation.trajectory_io import orthonormalize_poses
 from .base import Dataset, Frame, Intrinsics
 from .common import (check_depth_scale, check_index, natural_key, read_depth, read_rgb, to_intrinsics)
 

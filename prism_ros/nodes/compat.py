@@ -27,7 +27,7 @@ ROS_PIECES: dict[str, tuple[str, str, str]] = {
     "tf2_msgs": ("tf2_msgs.msg", "TFMessage", "/tf topics in bags are skipped by the player"),
     "cv_bridge": ("cv_bridge", "CvBridge", "numpy image conversion (same arrays)"),
     "launch": ("launch", "LaunchDescription",
-               "`python -m prism_ros.nodes.launcher` runs the same node graph as subprocesses"),
+               "`python -m prism_ros.launch_graph.launcher` runs the same node graph as subprocesses"),
     "launch_ros": ("launch_ros.actions", "Node", "as for launch"),
     "rosbag2_py": ("rosbag2_py", "SequentialReader", "bags are read with rosbags (pure Python)"),
     "rosidl_runtime_py": ("rosidl_runtime_py", "message_to_ordereddict",

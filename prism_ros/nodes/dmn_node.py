@@ -88,7 +88,7 @@ def parameters_yaml() -> str:
 
 
 def default_weights() -> Path:
-    from prism_ros.dmn.cli import weights_path  # noqa: PLC0415
+    from prism_ros.cli.dmn import weights_path  # noqa: PLC0415
 
     return weights_path("rooms", "pf-dmn")
 

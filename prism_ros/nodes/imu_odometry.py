@@ -1,7 +1,7 @@
 """imu_odometry: pure-IMU dead reckoning over ROS 2, the baseline the demo evaluates.
 
 Initialised from the first two ground-truth poses (pose and finite-difference velocity), then
-propagates the body state with every `/imu` message through :class:`prism_ros.imu.ImuDeadReckoning`
+propagates the body state with every `/imu` message through :class:`prism_ros.dynamics.imu.ImuDeadReckoning`
 and publishes the camera pose as `nav_msgs/Odometry` on `~/odometry`. With uncalibrated biases it
 drifts within seconds: it shows what the visual filter has to correct, and it exercises IMU
 transport and timing end to end.
@@ -18,7 +18,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Imu
 
-from prism_ros.imu import ImuDeadReckoning
+from prism_ros.dynamics.imu import ImuDeadReckoning
 from prism_ros.nodes.compat import reliable_qos
 from prism_ros.nodes.conversions import (imu_to_arrays, matrix_to_odometry, pose_stamped_to_matrix,
                                          stamp_to_sec)

@@ -8,7 +8,7 @@ Topics (relative to the node, ``~/``):
   signature (sum of observation counts and of SDF precision, one vectorised reduction over the map's
   tensors) keyed by block coordinates, so a replaced or reloaded map is diffed correctly too. A changed
   block dirties its own group and the groups of its -x/-y/-z neighbours, whose border cubes read its first
-  voxel layer; groups are meshed with :func:`prism_ros.mesh.extract_mesh` restricted to their blocks, which
+  voxel layer; groups are meshed with :func:`prism_ros.prism.mesh.extract_mesh` restricted to their blocks, which
   reads that one-voxel overlap, so the union of the group meshes is the whole map's mesh (same triangles;
   vertices on group borders are duplicated).
 - ``map_cloud`` (sensor_msgs/PointCloud2): surface points x, y, z, rgb (packed float32, the RViz
@@ -65,8 +65,8 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from prism_ros.map import block_keys, coords_of_keys
-from prism_ros.mesh import Mesh, colour_map, extract_mesh
+from prism_ros.prism.map import block_keys, coords_of_keys
+from prism_ros.prism.mesh import Mesh, colour_map, extract_mesh
 from prism_ros.nodes.compat import qos_by_name
 from prism_ros.nodes.conversions import as_stamp, make_header, numpy_to_image
 
@@ -105,8 +105,8 @@ class PublishStats:
 
 
 class MapPublisher:
-    """Publishes a :class:`~prism_ros.map.GaussianSdfMap` as mesh markers and a surface cloud, and a
-    :class:`~prism_ros.render.RenderResult` as depth and uncertainty images (see the module docstring).
+    """Publishes a :class:`~prism_ros.prism.map.GaussianSdfMap` as mesh markers and a surface cloud, and a
+    :class:`~prism_ros.prism.render.RenderResult` as depth and uncertainty images (see the module docstring).
     Thread-safe: ``publish_map``/``reset`` and the matched-event re-send may run on different threads."""
 
     def __init__(self, node, map_frame: str, colouring: str = "colour", qos_depth: int = 1, *,

@@ -1,9 +1,9 @@
 """Predictive rollouts and the collision costmap of the PRISM node, as ROS messages (issue 7).
 
-The node samples :func:`prism_ros.rollout.sample_rollouts` with the filter's own transition model from its
+The node samples :func:`prism_ros.dynamics.rollout.sample_rollouts` with the filter's own transition model from its
 latest state, holding the current input (the newest IMU sample, the newest command, or nothing for the
 constant-velocity model; while the IMU model still aligns gravity, its constant-velocity fallback, as the
-filter predicts then), and slices the map with :func:`prism_ros.costmap.build_costmap`. This module holds the
+filter predicts then), and slices the map with :func:`prism_ros.dynamics.costmap.build_costmap`. This module holds the
 parameters and turns the results into messages; the node owns the threads and the locking.
 
 Topics (``~/``; all in ``map_frame``):
@@ -30,7 +30,7 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from prism_ros.costmap import UNKNOWN, UP_AXES, Costmap, CostmapConfig
+from prism_ros.dynamics.costmap import UNKNOWN, UP_AXES, Costmap, CostmapConfig
 from prism_ros.nodes.conversions import make_header, matrix_to_pose, sec_to_stamp
 from prism_ros.nodes.parameters import Param, non_negative, one_of, positive
 

@@ -8,7 +8,7 @@ control (geometry_msgs/AccelStamped or TwistStamped), buffered and handed to the
 
 Stereo depth (``depth_source: stereo``, EuRoC-like rigs): the synchroniser takes the left image
 (``rgb_topic``), the right image (``right_topic``) and, with ``intrinsics_source: camera_info``, the left
-CameraInfo; the worker rectifies the pair and computes depth with OpenCV SGBM (:mod:`prism_ros.stereo`,
+CameraInfo; the worker rectifies the pair and computes depth with OpenCV SGBM (:mod:`prism_ros.prism.stereo`,
 the rectifier built once per calibration and image size). The filter then sees the **rectified left
 camera**: the rectified left image, its pinhole intrinsics (no distortion) and the depth. That camera is
 the left one rotated by ``T_left_rect``, so ``T_base_camera`` and ``T_body_camera`` (given for the left
@@ -89,10 +89,10 @@ from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from prism_ros.config import FilterConfig
+from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
-from prism_ros.kernels import BACKENDS
+from prism_ros.prism.kernels import BACKENDS
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
                                          compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
@@ -105,8 +105,8 @@ from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, c
                                       intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
                                       read_all, transform)
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
-from prism_ros.stereo import StereoConfig, StereoRectifier, rgbd_frame
-from prism_ros.tracking import skew3
+from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
+from prism_ros.prism.tracking import skew3
 
 NODE_NAME = "prism_node"
 IDENTITY16 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -572,7 +572,7 @@ class PrismNode(Node):
         self.T_camera_body = np.linalg.inv(T_body_camera)
 
     def _new_filter(self, initial_pose: np.ndarray | None = None):
-        from prism_ros.filter import PrismFilter  # noqa: PLC0415 - torch-heavy, after the parameter checks
+        from prism_ros.prism.filter import PrismFilter  # noqa: PLC0415 - torch-heavy, after the parameter checks
 
         return PrismFilter(self.filter_config, initial_pose=initial_pose)
 
@@ -1290,7 +1290,7 @@ class PrismNode(Node):
         """``rollout_samples`` futures of the latest state (filter's model, current input held) and the depth
         the map predicts at the horizon's mean camera pose. Sampling and rendering hold the map lock: they read
         the model and map the worker changes (tens of ms for 64 x 20 at 160 x 120, once a period)."""
-        from prism_ros.rollout import predicted_depth, sample_rollouts  # noqa: PLC0415
+        from prism_ros.dynamics.rollout import predicted_depth, sample_rollouts  # noqa: PLC0415
 
         v = self.values
         if v["rollout_samples"] <= 0:
@@ -1327,7 +1327,7 @@ class PrismNode(Node):
     def _publish_costmap(self) -> None:
         """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
         a snapshot of the map: only the clone holds the map lock."""
-        from prism_ros.costmap import cost_to_go, slice_grid  # noqa: PLC0415
+        from prism_ros.dynamics.costmap import cost_to_go, slice_grid  # noqa: PLC0415
 
         v = self.values
         started = time.perf_counter()
@@ -1451,7 +1451,7 @@ class PrismNode(Node):
         path = self._map_file()
         fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
         try:
-            from prism_ros.mesh import extract_mesh, write_ply  # noqa: PLC0415
+            from prism_ros.prism.mesh import extract_mesh, write_ply  # noqa: PLC0415
 
             with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
                 sdf_map = self.filter.map.clone()
@@ -1484,7 +1484,7 @@ class PrismNode(Node):
         return response
 
     def _srv_load_map(self, _request, response):
-        from prism_ros.map import GaussianSdfMap  # noqa: PLC0415
+        from prism_ros.prism.map import GaussianSdfMap  # noqa: PLC0415
 
         path = self._map_file()
         try:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from prism_ros.imu import GRAVITY
+from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.synthetic.trajectory import Trajectory
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.func import jvp
 
 from prism_ros.errors import InputError
-from prism_ros.imu import GRAVITY
+from prism_ros.dynamics.imu import GRAVITY
 
 PROFILES = ("handheld", "drone")
 ROOM_SIZE = (6.0, 5.0, 3.0)

@@ -48,9 +48,9 @@ def main() -> int:
     from rclpy.node import Node
 
     from prism_ros.datasets.base import Frame
-    from prism_ros.map import GaussianSdfMap, MapConfig
+    from prism_ros.prism.map import GaussianSdfMap, MapConfig
     from prism_ros.nodes.map_publishing import MapPublisher
-    from prism_ros.observation import Observation
+    from prism_ros.prism.observation import Observation
     from prism_ros.synthetic import make_sequence
 
     frames = [int(f) for f in args.frames.split(",")]

@@ -1,0 +1,226 @@
+"""`prism-ros dmn ...`: generate Rooms/Mazes data, train and evaluate the DMN methods, print Table 1, plot.
+
+Mounted by :mod:`prism_ros.cli.main` (``app.add_typer(dmn_app, name="dmn")``); torch is imported when a command
+runs. Bad input is one line with exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prism_ros.threads import use_cpu_threads
+from prism_ros.errors import InputError, reports_input_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="DMN sparse visual localization: procedural Rooms/Mazes, training, Table 1.")
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "dmn" / "weights"  # shipped: weights/<domain>/<method>.pt
+LEARNED = ("pf-dmn", "regr-dmn", "pf-image", "regr-image", "pf-vector", "regr-vector")
+TABLE_ROWS = (("View-embedding", "PF (DMN)", "pf-dmn"), ("View-embedding", "Regression", "regr-dmn"),
+              ("Latent image", "PF", "pf-image"), ("Latent image", "Regression", "regr-image"),
+              ("Latent vector", "PF", "pf-vector"), ("Latent vector", "Regression", "regr-vector"),
+              ("Closest context", "", "closest-context"), ("Uninformed estimate", "", "uninformed"))
+
+
+def _setup(threads: int, domain: str) -> None:
+    from prism_ros.dmn.environments import domain_config
+
+    domain_config(domain)  # InputError for an unknown domain
+    use_cpu_threads(threads)
+
+
+def weights_path(domain: str, method: str, folder: Path | None = None) -> Path:
+    return (folder or WEIGHTS) / domain / f"{method}.pt"
+
+
+def _method(domain: str, method: str, folder: Path | None):
+    """A learned method from its weights file, or a parameter-free baseline."""
+    from prism_ros.dmn.model import build_method
+
+    if method not in LEARNED:
+        return build_method(method), None
+    path = weights_path(domain, method, folder)
+    if not path.is_file():
+        return None, None
+    from prism_ros.dmn.training import load_method
+
+    return load_method(path)
+
+
+@app.command("generate")
+@reports_input_errors
+def generate_command(
+    domain: Annotated[str, typer.Option(help="rooms or mazes.")],
+    out: Annotated[Path, typer.Option(help="Data set file to write (.pt).")],
+    environments: Annotated[int, typer.Option(min=1, help="Number of environments.")] = 1000,
+    split: Annotated[str, typer.Option(help="train, val or test (disjoint seed ranges).")] = "train",
+    start: Annotated[int, typer.Option(min=0, help="First seed offset within the split.")] = 0,
+    views: Annotated[Optional[int], typer.Option(help="Views per environment (default: rooms 10, mazes 300).")] = None,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    threads: int = 1,
+):
+    """Render a data set of environments (images + normalised poses) from a seed split."""
+    from prism_ros.dmn.environments import generate, save_dataset, split_seeds
+
+    _setup(threads, domain)
+    started = time.perf_counter()
+    data = generate(domain, split_seeds(split, environments, start), views=views, image_size=image_size)
+    seconds = time.perf_counter() - started
+    save_dataset(data, out)
+    count = data["poses"].shape[0] * data["poses"].shape[1]
+    typer.echo(f"{domain}/{split}: {data['poses'].shape[0]} environments, {count} views at {image_size}x{image_size} "
+               f"in {seconds:.1f} s ({count / seconds:.0f} views/s) -> {out}")
+
+
+@app.command("train")
+@reports_input_errors
+def train_command(
+    domain: Annotated[str, typer.Option(help="rooms or mazes.")],
+    method: Annotated[str, typer.Option(help=f"one of {', '.join(LEARNED)}, or 'all'.")] = "pf-dmn",
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget per method (0: until --steps or early stop).")] = 10.0,
+    steps: Annotated[int, typer.Option(min=1, help="Maximum training steps.")] = 20000,
+    batch: Annotated[int, typer.Option(min=1, help="Episodes per step.")] = 32,
+    learning_rate: float = 1e-3,
+    data: Annotated[Optional[Path], typer.Option(help="Train on a generated data set instead of fresh environments.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's weights/).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: int = 2,
+    seed: int = 0,
+):
+    """Train end to end on the pose loss in the tracking setting (t = 1, Nc = 4, K = 32); keeps the weights of
+    the best validation loss and records the command, steps and time in the file."""
+    from prism_ros.dmn.environments import load_dataset
+    from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
+
+    _setup(threads, domain)
+    device = _device(device)
+    names = LEARNED if method == "all" else (method,)
+    for name in names:
+        if name not in LEARNED:
+            raise InputError(f"unknown or untrainable method {name!r}", f"use one of {', '.join(LEARNED)} or all")
+    config = TrainConfig(steps=steps, batch=batch, learning_rate=learning_rate, minutes=minutes, seed=seed)
+    source = StoredEpisodes(load_dataset(data), seed) if data else None
+    command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for name in names:
+        result = train(name, domain, config, source=source, device=device)
+        path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command)
+        typer.echo(f"{name} ({domain}): {result.steps} steps in {result.seconds / 60:.1f} min, best validation loss "
+                   f"{result.best_validation:.4f} -> {path}")
+
+
+def _device(device: str) -> str:
+    """``--device`` as a torch device name (auto: CUDA when available; InputError for CUDA without one). Imported
+    here, not at the top: prism_ros.prism.config pulls in torch, which only a running command needs."""
+    from prism_ros.prism.config import resolve_device
+
+    return resolve_device(device)
+
+
+@app.command("eval")
+@reports_input_errors
+def eval_command(
+    domain: Annotated[str, typer.Option(help="rooms or mazes.")],
+    method: Annotated[str, typer.Option(help="A method name (weights from --weights).")] = "pf-dmn",
+    setting: Annotated[str, typer.Option(help="sequential, one_step or tracking.")] = "sequential",
+    episodes: Annotated[int, typer.Option(min=1, help="Held-out test episodes.")] = 500,
+    contexts: Annotated[int, typer.Option(min=1, help="Context views per episode.")] = 4,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: int = 2,
+):
+    """Evaluate one method in one setting on held-out test environments."""
+    from prism_ros.dmn.training import SETTINGS, evaluate
+
+    _setup(threads, domain)
+    if setting not in SETTINGS:
+        raise InputError(f"unknown setting {setting!r}", f"use one of {', '.join(SETTINGS)}")
+    model, _ = _method(domain, method, weights)
+    if model is None:
+        raise InputError(f"no weights for {method} on {domain}", f"train them: prism-ros dmn train --domain {domain} "
+                         f"--method {method}", weights_path(domain, method, weights))
+    result = evaluate(model, domain, setting, episodes, contexts, model.config if hasattr(model, "config") else
+                      _default_config(), progress=True, device=_device(device))
+    typer.echo(json.dumps(result))
+
+
+def _default_config():
+    from prism_ros.dmn.model import DmnConfig
+
+    return DmnConfig()
+
+
+@app.command("table")
+@reports_input_errors
+def table_command(
+    domain: Annotated[str, typer.Option(help="rooms or mazes.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Held-out test episodes per setting.")] = 500,
+    contexts: Annotated[int, typer.Option(min=1, help="Context views per episode.")] = 4,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the numbers as JSON.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: int = 2,
+):
+    """Table 1 of the paper for one domain: sequential (t = 5) and one-step (t = 1) global localization success
+    rate (squared x-y error < 0.2) and tracking MSE (t = 5), every method on the same held-out episodes."""
+    from prism_ros.dmn.training import evaluate
+
+    _setup(threads, domain)
+    device = _device(device)
+    rows = []
+    for map_name, algorithm, name in TABLE_ROWS:
+        model, record = _method(domain, name, weights)
+        row = {"map": map_name, "algorithm": algorithm, "method": name, "trained": record is not None}
+        if model is not None:
+            config = getattr(model, "config", _default_config())
+            for setting in ("sequential", "one_step", "tracking"):
+                row[setting] = evaluate(model, domain, setting, episodes, contexts, config, progress=False,
+                                        device=device)
+            if record is not None:
+                row["training"] = {k: record[k] for k in ("steps", "seconds", "best_validation", "command")}
+        rows.append(row)
+        typer.echo(format_row(row), err=True)
+    typer.echo(format_table(domain, rows, episodes, contexts))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"domain": domain, "episodes": episodes, "contexts": contexts, "rows": rows}, indent=2))
+
+
+def format_row(row: dict) -> str:
+    label = f"{row['map']} {row['algorithm']}".strip()
+    if "sequential" not in row:
+        return f"{label:<32} {'not trained':>10}"
+    return (f"{label:<32} {100 * row['sequential']['success_rate']:>9.1f}% {100 * row['one_step']['success_rate']:>9.1f}% "
+            f"{row['tracking']['mse_xy']:>10.4f}")
+
+
+def format_table(domain: str, rows: list[dict], episodes: int, contexts: int) -> str:
+    header = (f"DMN Table 1 ({domain}; {episodes} held-out episodes per setting, {contexts} contexts)\n"
+              f"{'map / algorithm':<32} {'seq. t=5':>10} {'one-step':>10} {'track MSE':>10}\n" + "-" * 66)
+    return "\n".join([header, *map(format_row, rows)])
+
+
+@app.command("plot")
+@reports_input_errors
+def plot_command(
+    domain: Annotated[str, typer.Option(help="rooms or mazes.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    method: Annotated[str, typer.Option(help="A method name (weights from --weights).")] = "pf-dmn",
+    episode: Annotated[int, typer.Option(min=0, help="Which held-out test environment.")] = 0,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
+    threads: int = 2,
+):
+    """An example trajectory of sequential global localization: particles per step, contexts, estimate."""
+    from prism_ros.dmn.plot import plot_episode
+
+    _setup(threads, domain)
+    model, _ = _method(domain, method, weights)
+    if model is None:
+        raise InputError(f"no weights for {method} on {domain}", f"train them: prism-ros dmn train --domain {domain} "
+                         f"--method {method}", weights_path(domain, method, weights))
+    typer.echo(f"wrote {plot_episode(model, domain, out, episode=episode, title='')}")
