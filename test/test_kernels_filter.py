@@ -38,8 +38,12 @@ def test_backends_agree_on_the_synthetic_sequence():
     assert np.abs(positions(fused) - positions(reference)).max() < 2e-4  # m
     truth = np.stack([p[:3, 3] for p in sequence.poses[:16]])
     assert np.sqrt(np.mean(np.sum((positions(fused) - truth) ** 2, 1))) < 0.01
-    covariance = np.stack([e.pose_covariance for e in fused]), np.stack([e.pose_covariance for e in reference])
-    np.testing.assert_allclose(covariance[0][1:], covariance[1][1:], rtol=0.02, atol=1e-9)
+    covariance = np.stack([e.pose_covariance for e in fused])[1:], np.stack([e.pose_covariance for e in reference])[1:]
+    # differences relative to the covariance's own scale, sigma_i sigma_j: small off-diagonal entries are sums of
+    # cancelling float32 terms, so an entry-wise relative tolerance would test the CPU's rounding, not the filter
+    sigma = np.sqrt(np.einsum("nii->ni", covariance[1]))
+    scaled = np.abs(covariance[0] - covariance[1]) / (sigma[:, :, None] * sigma[:, None, :])
+    assert scaled.max() < 0.02, scaled.max()
 
 
 def test_backends_agree_on_real_frames():
