@@ -102,7 +102,7 @@ def test_messages_convert_back_to_the_filter_conventions():
     from prism_ros.geometry import se3_exp
     from prism_ros.nodes.conversions import matrix_to_odometry, sec_to_stamp
     from prism_ros.nodes.prism_node import PARAMETERS, base_twist, left_covariance_to_ros
-    from prism_ros.launch_graph.replay import estimates_from_messages
+    from prism_ros.nodes.replay_monitor import estimates_from_messages
 
     import torch
 
