@@ -99,6 +99,7 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
     assert prism["lost_frames"] == 0 and prism["ate_rmse_m"] < 0.01
     assert (tmp_path / "demo" / "prism" / "mesh.ply").is_file() and (tmp_path / "demo" / "prism" / "map.pt").is_file()
     assert prism["map_error"]["mean_abs_m"] < 0.02 and prism["nees_fraction_in_95_band"] is not None
+    assert (tmp_path / "demo" / "prism" / "mesh_uncertainty.png").is_file()
 
 
 def test_run_writes_every_output(tmp_path):

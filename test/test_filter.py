@@ -162,7 +162,7 @@ def test_synthetic_scene_meets_the_accuracy_and_calibration_targets(tmp_path, mo
     solved after 0.5 s since the first pose is the identity): ATE < 1 cm, pose NEES inside the two-sided 95 %
     chi-square band on >= 90 % of frames, mean map SDF error near surfaces < 1 cm, and the map std ranking
     the error (Spearman > 0). Reduced size (160x120, 120 frames: one frame moves the band fraction by under 1 %,
-    and the first 0.5 s predict with constant velocity); the README reports the 320x240 demo."""
+    and the first 0.5 s predict with constant velocity); docs/prism.md reports the 320x240 figures."""
     from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
     from prism_ros.prism.pipeline import run_sequence

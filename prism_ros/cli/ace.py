@@ -42,7 +42,10 @@ def map_command(
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
     seed: int = 0,
 ):
-    """Train a scene map (ACE head) from posed images; prints the mapping time."""
+    """Train a scene map (ACE head) from posed images; prints the mapping time.
+
+    Example: prism-ros ace map --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:300 --out kitchen.ace
+    """
     from prism_ros.ace.encoder import load_encoder
     from prism_ros.ace.mapfile import save_map
     from prism_ros.ace.mapping import get_recipe, map_scene
@@ -74,7 +77,11 @@ def localize_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
 ):
-    """Relocalize every frame; writes accepted poses (TUM) and, with ground truth, prints the accuracy."""
+    """Relocalize every frame; writes accepted poses (TUM) and, with ground truth, prints the accuracy.
+
+    Example: prism-ros ace localize --map kitchen.ace --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399
+    --frames 300:400 --out kitchen_queries.tum
+    """
     import numpy as np
 
     from prism_ros.ace.encoder import load_encoder
@@ -119,7 +126,10 @@ def pretrain_command(
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
     seed: int = 0,
 ):
-    """Train the scene-agnostic encoder ACE-style on procedural scenes (+ real sequences)."""
+    """Train the scene-agnostic encoder ACE-style on procedural scenes (+ real sequences).
+
+    Example: prism-ros ace pretrain-encoder --out my_encoder.pt --minutes 60 --device cuda
+    """
     from prism_ros.ace.encoder import CONFIGS
     from prism_ros.ace.pretrain import PretrainConfig, pretrain_encoder
 

@@ -32,7 +32,10 @@ def costmap_command(
     out: Annotated[Path, typer.Option(help="Output folder (costmap.png, costmap.npz).")] = Path("out/costmap"),
     npz: Annotated[bool, typer.Option(help="Also write costmap.npz (every layer + grid geometry).")] = True,
 ):
-    """Collision cost (0 far from obstacles, 1 at them) and cost-to-go to --goal on a slice of the SDF map."""
+    """Collision cost (0 far from obstacles, 1 at them) and cost-to-go to --goal on a slice of the SDF map.
+
+    Example: prism-ros costmap --map out/synth/map.pt --height 0.3 --up z --goal 1.0,0.5 --out out/costmap
+    """
     from prism_ros.dynamics.costmap import CostmapConfig, build_costmap, map_height_range, save_png
     from prism_ros.prism.map import GaussianSdfMap
 

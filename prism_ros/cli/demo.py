@@ -3,7 +3,8 @@
 Steps, each a real component: render the synthetic sequence (folder + ROS 2 bag); replay the bag over
 ROS 2 into ``prism_node`` with `prism-ros replay`'s machinery (bag player, PRISM node, IMU dead-reckoning
 baseline and trajectory recorder as separate processes on a private loopback DDS domain); score what was
-published with evo (ATE, NEES, map error against the exact scene), leaving the mesh, map and plots in ``out``.
+published with evo (ATE, NEES, map error against the exact scene), leaving the mesh, map and plots in ``out``
+(``prism/mesh_uncertainty.png``: the mesh coloured by the map's SDF std, the picture in the README).
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def run_demo(out: Path, frames: int = 120, seed: int = 0, motion: str = "handhel
     console.print("[2/3] replaying the bag over ROS 2 (private DDS domain, loopback only): bag_player -> "
                   "prism_node, imu_odometry -> trajectory_recorder")
     prism = replay_bag(data / "bag", "synthetic", out / "prism", extra_nodes=baseline_nodes(T_imu_camera, record_dir))
+    plot_mesh_uncertainty(out / "prism" / "mesh.ply", out / "prism" / "trajectory.tum",
+                          out / "prism" / "mesh_uncertainty.png")
 
     console.print("[3/3] evaluating with evo")
     gt_t, _ = read_tum(data / "groundtruth.txt")
@@ -95,6 +98,63 @@ def run_demo(out: Path, frames: int = 120, seed: int = 0, motion: str = "handhel
     return summary
 
 
+def plot_mesh_uncertainty(mesh_path: Path, trajectory_path: Path, png_path: Path, elevation_deg: float = 30.0) -> bool:
+    """A PNG of the mesh coloured by its per-vertex SDF std: an orthographic view along the cameras' mean
+    viewing direction, tilted down by ``elevation_deg`` (the surfaces the cameras saw, facing the viewer),
+    faces drawn far to near and shaded by their normal. False when there is no mesh to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import Normalize
+
+    from prism_ros.prism.mesh import read_ply
+
+    if not Path(mesh_path).is_file() or not Path(trajectory_path).is_file():
+        return False
+    mesh = read_ply(mesh_path)
+    _, poses = read_tum(trajectory_path)
+    if len(mesh.faces) == 0 or len(poses) == 0:
+        return False
+    poses = np.asarray(poses, dtype=np.float64)
+    forward = poses[:, :3, 2].mean(0)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(poses[:, :3, 1].mean(0), forward)  # camera y is down: down x forward = right
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    tilt = np.radians(elevation_deg)
+    forward, up = np.cos(tilt) * forward - np.sin(tilt) * up, np.sin(tilt) * forward + np.cos(tilt) * up
+
+    vertices = mesh.vertices.astype(np.float64)
+    triangles = vertices[mesh.faces]
+    face_normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    vertex_normals = np.zeros_like(vertices)
+    for corner in range(3):
+        np.add.at(vertex_normals, mesh.faces[:, corner], face_normals)
+    normals = vertex_normals[mesh.faces].sum(1)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    std_mm = 1000.0 * mesh.sdf_std[mesh.faces].mean(1)
+    norm = Normalize(*np.percentile(std_mm, [2, 98]))
+    colours = plt.get_cmap("viridis")(norm(std_mm))
+    colours[:, :3] *= (0.5 + 0.5 * np.abs(normals @ forward))[:, None]
+    order = np.argsort(-(triangles @ forward).mean(1))  # painter's algorithm: far faces first
+    projected = np.stack([triangles @ right, triangles @ up], -1)[order]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    ax.add_collection(PolyCollection(projected, facecolors=colours[order], edgecolors="none", antialiased=False))
+    ax.set_xlim(projected[..., 0].min(), projected[..., 0].max())
+    ax.set_ylim(projected[..., 1].min(), projected[..., 1].max())
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, fraction=0.04, pad=0.02,
+                 label="SDF std (mm)")
+    ax.set_title("PRISM map: mesh coloured by its uncertainty")
+    fig.savefig(png_path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def print_summary(summary: dict, baseline, out: Path) -> None:
     table = Table(title="prism_ros demo (synthetic scene, bag replayed over ROS 2 into prism_node)")
     table.add_column("what")
@@ -118,5 +178,6 @@ def print_summary(summary: dict, baseline, out: Path) -> None:
         table.add_row("PRISM map", MapError(**prism["map_error"]).summary_line())
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     table.add_row("outputs", f"{out}/summary.json, {out}/imu_odometry.png, {out}/received/, {out}/prism/ "
-                  "(trajectory.tum, covariance.npz, mesh.ply, map.pt, timing.csv, trajectory.png, node logs)")
+                  "(trajectory.tum, covariance.npz, mesh.ply, mesh_uncertainty.png, map.pt, timing.csv, trajectory.png, "
+                  "node logs)")
     Console().print(table)

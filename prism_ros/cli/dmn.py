@@ -65,7 +65,10 @@ def generate_command(
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
     threads: int = 1,
 ):
-    """Render a data set of environments (images + normalised poses) from a seed split."""
+    """Render a data set of environments (images + normalised poses) from a seed split.
+
+    Example: prism-ros dmn generate --domain rooms --environments 10000 --out rooms_train.pt
+    """
     from prism_ros.dmn.environments import generate, save_dataset, split_seeds
 
     _setup(threads, domain)
@@ -94,7 +97,10 @@ def train_command(
     seed: int = 0,
 ):
     """Train end to end on the pose loss in the tracking setting (t = 1, Nc = 4, K = 32); keeps the weights of
-    the best validation loss and records the command, steps and time in the file."""
+    the best validation loss and records the command, steps and time in the file.
+
+    Example: prism-ros dmn train --domain rooms --method pf-dmn --minutes 30
+    """
     from prism_ros.dmn.environments import load_dataset
     from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
 
@@ -134,7 +140,10 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: int = 2,
 ):
-    """Evaluate one method in one setting on held-out test environments."""
+    """Evaluate one method in one setting on held-out test environments.
+
+    Example: prism-ros dmn eval --domain rooms --method pf-dmn --setting one_step --episodes 300
+    """
     from prism_ros.dmn.training import SETTINGS, evaluate
 
     _setup(threads, domain)
@@ -167,7 +176,10 @@ def table_command(
     threads: int = 2,
 ):
     """Table 1 of the paper for one domain: sequential (t = 5) and one-step (t = 1) global localization success
-    rate (squared x-y error < 0.2) and tracking MSE (t = 5), every method on the same held-out episodes."""
+    rate (squared x-y error < 0.2) and tracking MSE (t = 5), every method on the same held-out episodes.
+
+    Example: prism-ros dmn table --domain rooms --episodes 500
+    """
     from prism_ros.dmn.training import evaluate
 
     _setup(threads, domain)
@@ -215,7 +227,10 @@ def plot_command(
     weights: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's).")] = None,
     threads: int = 2,
 ):
-    """An example trajectory of sequential global localization: particles per step, contexts, estimate."""
+    """An example trajectory of sequential global localization: particles per step, contexts, estimate.
+
+    Example: prism-ros dmn plot --domain rooms --out rooms.png
+    """
     from prism_ros.dmn.plot import plot_episode
 
     _setup(threads, domain)

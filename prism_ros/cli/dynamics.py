@@ -67,7 +67,10 @@ def train_command(
     threads: int = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
-    """Train the residual MLP (mean + std heads) on the first part of a sequence; print held-out figures."""
+    """Train the residual MLP (mean + std heads) on the first part of a sequence; print held-out figures.
+
+    Example: prism-ros dynamics train --dataset ../shared/data/euroc_V1_01_micro --out v101.pt --calibrate-still
+    """
     use_cpu_threads(threads)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -120,7 +123,10 @@ def eval_command(
     groundtruth: GroundTruthFile = None,
     threads: int = 1,
 ):
-    """Multi-step position error at 0.5 s and 1 s, engineered Euler vs learned, and the learned 95 % coverage."""
+    """Multi-step position error at 0.5 s and 1 s, engineered Euler vs learned, and the learned 95 % coverage.
+
+    Example: prism-ros dynamics eval --model v101.pt --dataset ../shared/data/euroc_V1_01_micro/V1_02_imu_gt_subset
+    """
     use_cpu_threads(threads)
     from prism_ros.dynamics.learning import compare, format_table, load_residual
 
@@ -240,7 +246,10 @@ def predict_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/predict"),
     threads: int = 1,
 ):
-    """Sample future trajectories from a start state: rollouts.npz, TUM files, a top-view plot, predicted depth."""
+    """Sample future trajectories from a start state: rollouts.npz, TUM files, a top-view plot, predicted depth.
+
+    Example: prism-ros dynamics predict --model control --velocity 0.5,0,0 --command 0.5,0,0,0,0,0.5 --out out/predict
+    """
     use_cpu_threads(threads)
     import time
 

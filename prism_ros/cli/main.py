@@ -33,7 +33,10 @@ def synth(
     noise: Annotated[bool, typer.Option(help="Sensor noise, invalid pixels and IMU bias.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a sequence already in --out.")] = False,
 ):
-    """Render a deterministic synthetic RGB-D + IMU sequence with exact ground truth."""
+    """Render a deterministic synthetic RGB-D + IMU sequence with exact ground truth.
+
+    Example: prism-ros synth --out out/synth --frames 120 --width 320 --height 240 --motion drone
+    """
     from prism_ros.synthetic import generate
 
     if motion not in ("handheld", "drone"):
@@ -52,7 +55,10 @@ def info(
     frames: Annotated[Optional[str], typer.Option(help="Frame slice A:B (python slice syntax).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Bag topic preset: tum, euroc or prism.")] = None,
 ):
-    """Summarise a dataset: format, frames, duration, intrinsics, depth range, IMU and ground truth."""
+    """Summarise a dataset: format, frames, duration, intrinsics, depth range, IMU and ground truth.
+
+    Example: prism-ros info ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:100
+    """
     from prism_ros.datasets import describe_dataset, open_dataset
 
     options = {"preset": preset} if preset else {}
@@ -81,7 +87,10 @@ def evaluate(
     max_time_diff: Annotated[float, typer.Option(help="Max stamp difference for association (s).")] = 0.02,
     rpe_delta: Annotated[float, typer.Option(help="RPE step, in frames.")] = 1.0,
 ):
-    """ATE and RPE of an estimated trajectory against ground truth (evo), one-line summary."""
+    """ATE and RPE of an estimated trajectory against ground truth (evo), one-line summary.
+
+    Example: prism-ros eval out/kitchen/trajectory.tum groundtruth.txt --align se3 --plot ate.png
+    """
     from prism_ros.evaluation.metrics import evaluate as run_evaluation
 
     if align not in ("se3", "sim3", "none"):
@@ -106,7 +115,10 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Run the PRISM filter offline on a dataset; writes trajectory.tum, covariance.npz, map.pt, mesh.ply,
-    timing.csv, summary.json and a plot."""
+    timing.csv, summary.json and a plot.
+
+    Example: prism-ros run --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:100 --out out/kitchen
+    """
     from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
     from prism_ros.prism.pipeline import run_sequence
@@ -158,7 +170,10 @@ def replay(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Replay a bag into prism_node (player and node as separate ROS 2 processes) and write what
-    `prism-ros run` writes: trajectory.tum, covariance.npz, mesh.ply, timing.csv, summary.json, a plot."""
+    `prism-ros run` writes: trajectory.tum, covariance.npz, mesh.ply, timing.csv, summary.json, a plot.
+
+    Example: prism-ros replay out/demo/synthetic/bag --preset synthetic --out out/replay
+    """
     import os
 
     from prism_ros.launch_graph.replay import replay_bag
@@ -181,7 +196,10 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
     motion: Annotated[str, typer.Option()] = "handheld",
 ):
-    """The main job on the built-in default: synthetic scene -> ROS 2 replay -> evaluation."""
+    """The main job on the built-in default: synthetic scene -> ROS 2 replay -> evaluation.
+
+    Example: prism-ros demo --out out/demo
+    """
     from prism_ros.cli.demo import run_demo
 
     run_demo(out, frames=frames, seed=seed, motion=motion)

@@ -3,11 +3,16 @@ and at runtime) and the documented parameters file (``config/<node>.yaml``), sha
 
 A :class:`Param` gives the default, the kind (str, bool, int, float, floats), the meaning, whether it may
 change at runtime, and a check of the converted value that returns the problem or None.
+
+The same tables give the parameter tables in docs/ (:func:`parameters_markdown`, between
+``<!-- parameters:<node> -->`` and ``<!-- /parameters -->``); regenerate them with
+``python -m prism_ros.nodes.parameters --write-docs``. Importing this module does not import rclpy.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -167,3 +172,81 @@ def parameters_file(table: dict[str, Param], header: list[str]) -> str:
         lines.append(f"    # {spec.doc}{' [dynamic]' if spec.dynamic else ''}")
         lines.append(f"    {value}")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- docs
+DOCUMENTED_NODES = {  # node -> (module with PARAMETERS, the docs page holding its table)
+    "prism_node": ("prism_ros.nodes.prism_node", "docs/node.md"),
+    "ace_node": ("prism_ros.nodes.ace_node", "docs/ace.md"),
+    "dmn_node": ("prism_ros.nodes.dmn_node", "docs/dmn.md"),
+}
+TABLE_END = "<!-- /parameters -->"
+
+
+def table_start(node: str) -> str:
+    return f"<!-- parameters:{node} -->"
+
+
+def parameters_markdown(parameters: dict[str, Param]) -> str:
+    """A markdown table of ``parameters``: name, default (as in the YAML parameters file), whether it may change
+    at runtime, and the description."""
+    import yaml  # noqa: PLC0415
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| parameter | default | dynamic | description |", "| --- | --- | --- | --- |"]
+    for name, spec in parameters.items():
+        default = yaml.safe_dump({name: spec.default}, default_flow_style=True, width=1000).strip()[1:-1]
+        default = default.split(": ", 1)[1]
+        lines.append(f"| `{name}` | `{cell(default)}` | {'yes' if spec.dynamic else 'no'} | {cell(spec.doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+def node_parameters(node: str) -> dict[str, Param]:
+    """The PARAMETERS table of a node in :data:`DOCUMENTED_NODES` (imports the node module, hence rclpy)."""
+    import importlib  # noqa: PLC0415
+
+    return importlib.import_module(DOCUMENTED_NODES[node][0]).PARAMETERS
+
+
+def documented_table(text: str, node: str) -> tuple[int, int] | None:
+    """Start and end offsets of the generated table of ``node`` in a docs page (between its markers)."""
+    start = text.find(table_start(node))
+    if start < 0:
+        return None
+    start = text.index("\n", start) + 1
+    end = text.find(TABLE_END, start)
+    return None if end < 0 else (start, end)
+
+
+def write_docs(root: str | Path) -> list[Path]:
+    """Rewrite the generated parameter tables of the docs pages under ``root``; the pages that changed."""
+    changed = []
+    for node, (_, page) in DOCUMENTED_NODES.items():
+        path = Path(root) / page
+        text = path.read_text()
+        span = documented_table(text, node)
+        if span is None:
+            raise InputError(f"no {table_start(node)} ... {TABLE_END} markers", "add them where the table goes", path)
+        new = text[:span[0]] + parameters_markdown(node_parameters(node)) + text[span[1]:]
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the node parameter tables in docs/ from the nodes' "
+                                     "PARAMETERS.", epilog="Example: python -m prism_ros.nodes.parameters --write-docs")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite the tables in docs/*.md")
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2],
+                        help="the repository root (default: this checkout's)")
+    arguments = parser.parse_args()
+    if not arguments.write_docs:
+        parser.print_help()
+    else:
+        for page in write_docs(arguments.root):
+            print(f"updated {page}")
