@@ -1,7 +1,7 @@
 """PRISM with the learned prior against the engineered IMU prior: the same synthetic drone sequence, filtered twice.
 
-Why: issue 7 asks for the filter's figures with VSSM-LM's learned residual (:mod:`prism_ros.dynamics.learning`)
-against the engineered prior alone. The IMU carries an injected accelerometer bias (and optionally a gyro bias)
+Why: the filter's figures with VSSM-LM's learned residual (:mod:`prism_ros.dynamics.learning`) against the
+engineered prior alone show what learning the dynamics buys. The IMU carries an injected accelerometer bias (and optionally a gyro bias)
 that the engineered model is not told about (zero biases in the config, as for an uncalibrated IMU). Its
 prediction is then off by ``0.5 b dt^2`` plus the velocity error the bias leaves in the filter. The residual is
 trained on ANOTHER drone trajectory (``--train-seed``) with the same IMU biases. The filter then runs the test

@@ -1,6 +1,6 @@
 """PRISM vs Open3D's dense SLAM (t.pipelines.slam frame-to-model), same frames, same process.
 
-Open3D is configured as the issue names it: VoxelBlockGrid with 2 cm voxels, depth scale 1000,
+Open3D in its documented dense SLAM set-up: VoxelBlockGrid with 2 cm voxels, depth scale 1000,
 depth max 4 m, point-to-plane frame-to-model tracking. Both trajectories are scored with evo
 (SE(3)-aligned ATE); the script prints ATE and median ms/frame of both and our/their ratios, plus
 our map memory per m^2 of mapped surface. Timings are wall-clock on this machine, in this run.

@@ -69,7 +69,7 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
     from ros_helpers.prism_probe import PrismProbe
 
     # the offline bound: the node's own filter configuration (from the same preset file) over the same bag,
-    # in this process (~4 s); the node gets the same frames, IMU windows and commands
+    # in this process; the node gets the same frames, IMU windows and commands
     preset = REPO / "config/sensors/synthetic.yaml"
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     values.update(yaml.safe_load(preset.read_text())["/**"]["ros__parameters"])

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(150)
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "config/sensors/euroc.yaml"
 NODE_MODULE = ["-m", "prism_ros.nodes.prism_node"]
-PAIRS = 15  # ~0.4 s per pair in the node on this 2-core CPU (SGBM ~50 ms + the filter at 752x480)
+PAIRS = 15  # enough pairs to see stereo depth and a still vehicle, few enough for a CPU run (752x480 SGBM + filter)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 Architecture as in ACE (Brachmann et al., CVPR 2023): four 3x3 convolutions (the last three with stride 2)
 and two residual blocks (3x3, 1x1, 3x3), the second widening to the output channels. Two configurations:
 - ``ACE_CONFIG``: the reference widths 32-64-128-256, residual blocks to 512 channels (5.4 M parameters,
-  ~0.1 s per 320x240 image on two CPU cores);
+  about 7x the cost of the lite network per image);
 - ``LITE_CONFIG`` (shipped, the CPU default): half the widths, 16-32-64-128 and 128 -> 256 channels
-  (1.4 M parameters, ~7x cheaper). The receptive field and stride are the same; the feature is 256-d.
-  On this CPU the mapping budget (400 frames in 5 minutes, encoder passes included) and the encoder
-  pretraining budget (minutes, not GPU-days) rule out the 512-d network.
+  (1.4 M parameters). The receptive field and stride are the same; the feature is 256-d.
+  A CPU mapping budget of minutes (encoder passes included) and encoder pretraining in minutes, not
+  GPU-days, rule out the 512-d network.
 
 Input: grey in [0, 1] normalised with mean 0.4 and standard deviation 0.25 (ACE's values). Feature
 (row i, column j) is centred on pixel (8 j, 8 i) (pixel-centre coordinates): the centre of its

@@ -57,8 +57,8 @@ class Recipe:
         return self.image_height / REFERENCE_HEIGHT
 
 
-#: 2-core CPU: 240-row images, 256-wide head, ~2.5 passes worth of 600 samples per image,
-#: 2000 steps of 4096 (~0.08 s each): 400 frames map in ~4 min.
+#: For CPUs: 240-row images, a 256-wide head, ~2.5 passes worth of 600 samples per image, 2000 steps of 4096
+#: (mapping times: docs/ace.md).
 CPU_RECIPE = Recipe("cpu", image_height=240, head_width=256, head_blocks=1, samples_per_image=600, passes=2,
                     batch=4096, steps=2000)
 #: ACE's paper recipe (GPU): 480 rows, 512-wide head, 8M-feature buffer (1024 per image, passes until full

@@ -10,7 +10,7 @@ Each step draws ``scenes_per_step`` scenes and ``views_per_scene`` views of each
 augmentation (scale, in-plane rotation, brightness/contrast), crops ``crop`` x ``crop`` pixels, encodes
 the batch and regresses every valid feature cell's world coordinate with that scene's head (Euclidean
 distance to the depth-given coordinate, DSAC*'s RGB-D objective; synthetic depth is exact).
-Why a second term: on this CPU budget (minutes, not ACE's GPU-days over 100 ScanNet scenes) the heads
+Why a second term: on a CPU budget (minutes, not ACE's GPU-days over 100 ScanNet scenes) the heads
 stay poor for most of the run, and the regression alone taught the encoder smooth, weakly discriminative
 features (measured: worse than a random encoder for mapping). So the loss adds an InfoNCE matching term
 between cells of two views of the same scene that see the same surface point (found with depth and

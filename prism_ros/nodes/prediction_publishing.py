@@ -1,4 +1,4 @@
-"""Predictive rollouts and the collision costmap of the PRISM node, as ROS messages (issue 7).
+"""Predictive rollouts and the collision costmap of the PRISM node, as ROS messages.
 
 The node samples :func:`prism_ros.dynamics.rollout.sample_rollouts` with the filter's own transition model from its
 latest state, holding the current input (the newest IMU sample, the newest command, or nothing for the

@@ -52,7 +52,7 @@ class FilterConfig:
     # per-frame stages: fused Warp kernels (prism_ros.prism.kernels) or the torch reference; auto = fused when Warp loads
     backend: str = "auto"  # auto | fused | torch
     # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
-    # contend (measured 10-50x slower per call on this 2-core machine when other work is running)
+    # contend with each other and with other processes for few cores
     cpu_threads: int = 1
     # CPU threads of the fused kernels (each range of a launch on its own thread, no spinning); 0 = one per core
     kernel_threads: int = 0
