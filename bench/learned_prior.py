@@ -1,7 +1,8 @@
 """PRISM with the learned prior against the engineered IMU prior: the same synthetic drone sequence, filtered twice.
 
 Why: the filter's figures with VSSM-LM's learned residual (:mod:`prism_ros.dynamics.learning`) against the
-engineered prior alone show what learning the dynamics buys. The IMU carries an injected accelerometer bias (and optionally a gyro bias)
+engineered prior alone show what learning the dynamics buys. The IMU carries an injected accelerometer bias
+(and optionally a gyro bias)
 that the engineered model is not told about (zero biases in the config, as for an uncalibrated IMU). Its
 prediction is then off by ``0.5 b dt^2`` plus the velocity error the bias leaves in the filter. The residual is
 trained on ANOTHER drone trajectory (``--train-seed``) with the same IMU biases. The filter then runs the test
@@ -40,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples
-from prism_ros.dynamics.model import DynamicsConfig
 from prism_ros.dynamics.learning import MotionData, TrainingConfig, save_residual, train_residual
+from prism_ros.dynamics.model import DynamicsConfig
+from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import PrismFilter
 from prism_ros.prism.pipeline import pose_nees, score
 from prism_ros.synthetic import ImuModel, make_sequence, make_trajectory, synthesize_imu

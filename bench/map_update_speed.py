@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from prism_ros.prism import kernels
 from prism_ros.datasets import open_dataset
+from prism_ros.prism import kernels
 from prism_ros.prism.map import GaussianSdfMap
 from prism_ros.prism.observation import Observation
 

@@ -200,12 +200,12 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
         timing = list(probe.timing)
     row = summarise(label, device, frames, rgb, poses, diag, timing)
     sensor = yaml.safe_load((share / "config/sensors/synthetic.yaml").read_text())["/**"]["ros__parameters"]
-    T_base_camera = np.asarray(sensor["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
+    T_base_camera = np.asarray(sensor["T_base_camera"], dtype=np.float64).reshape(4, 4)
     row["ate_cm"] = received_ate_cm(probe, bag.parent / "groundtruth.txt", T_base_camera)
     return row
 
 
-def received_ate_cm(probe: Probe, groundtruth: Path, T_base_camera: np.ndarray) -> float:  # noqa: N803
+def received_ate_cm(probe: Probe, groundtruth: Path, T_base_camera: np.ndarray) -> float:
     """ATE rmse (cm, SE(3)-aligned, evo) of the camera poses the probe received (published base poses times
     ``T_base_camera``) against the sequence's ground-truth camera poses; NaN with < 3 poses."""
     from prism_ros.evaluation.metrics import evaluate
@@ -275,11 +275,13 @@ def print_table(rows: list[dict]) -> None:
               f"{r['node_step_p50_ms']:>8.1f} "
               f"{r['vs_target']:>7.2f}x")
     print(f"(target: {TARGET_HZ:.0f} Hz at QVGA with < 5 % of processed frames lost and ATE < 1 cm; input 30 Hz "
-          "real time, frame_queue 1; recv = complete sets the node received; 'vs 10 Hz' = fps / 10; lost = the node's frames_lost; ATE of the received poses, "
+          "real time, frame_queue 1; recv = complete sets the node received; 'vs 10 Hz' = fps / 10; "
+          "lost = the node's frames_lost; ATE of the received poses, "
           "SE(3)-aligned; step ms = the node's median filter step)")
     for r in rows:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["node_stage_p50_ms"].items())
-        print(f"{r['case']} {r['device']}: node-side latency p50 {r['node_latency_p50_ms']:.1f} ms; stages p50 ms: {stages}")
+        print(f"{r['case']} {r['device']}: node-side latency p50 {r['node_latency_p50_ms']:.1f} ms; "
+              f"stages p50 ms: {stages}")
 
 
 def node_parameter(text: str) -> tuple[str, object]:

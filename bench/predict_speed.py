@@ -50,7 +50,7 @@ def main() -> None:
         autodiff = make_transition(DynamicsConfig(model="imu", imu_method=args.method))
         autodiff.linearise = lambda T, v, window, m=autodiff: TransitionModel.linearise(m, T, v, window)
         a, b = (timings(m, state, t1, imu, args.repeats) for m in (closed, autodiff))
-        show = lambda x: f"{1e3 * statistics.median(x):7.2f} ({1e3 * min(x):.2f}-{1e3 * max(x):.2f})"  # noqa: E731
+        show = lambda x: f"{1e3 * statistics.median(x):7.2f} ({1e3 * min(x):.2f}-{1e3 * max(x):.2f})"
         print(f"{n:>8} {show(a):>22} {show(b):>22} {statistics.median(b) / statistics.median(a):>8.1f}x")
 
 

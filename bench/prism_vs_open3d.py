@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prism_ros.prism.config import preset_config
 from prism_ros.datasets import open_dataset
 from prism_ros.evaluation.metrics import evaluate
+from prism_ros.prism.config import preset_config
 from prism_ros.prism.pipeline import run_sequence
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"

@@ -58,8 +58,9 @@ def main() -> None:
     print(f"map: {args.frames} frames, {field.num_blocks} blocks; rendered from frame {held.index}")
     base = Observation.from_frame(held, levels=1, device=device).finest.camera
     for level, camera in reversed(list(enumerate(camera_pyramid(base, 2)))):
-        torch_ms, torch_cpu, reference = timed(lambda: render(field, T, camera), args.repeats, device)
-        fused_ms, fused_cpu, fused = timed(lambda: render(field, T, camera, backend="fused"), args.repeats, device)
+        torch_ms, torch_cpu, reference = timed(lambda camera=camera: render(field, T, camera), args.repeats, device)
+        fused_ms, fused_cpu, fused = timed(lambda camera=camera: render(field, T, camera, backend="fused"),
+                                           args.repeats, device)
         both = reference.valid & fused.valid
         depth = (reference.depth - fused.depth)[both].abs()
         print(f"level {level} ({camera.width}x{camera.height}): wall torch {torch_ms:.1f} ms, fused {fused_ms:.1f} "

@@ -3,11 +3,11 @@
 Builds the nodes from prism_ros.launch_graph.graph.play_graph, the same NodeSpecs that
 `python -m prism_ros.launch_graph.launcher play BAG` runs when ROS 2 launch is not installed.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from prism_ros.launch_graph.graph import play_graph
 
 ARGUMENTS = {

@@ -19,10 +19,10 @@ files and optional nodes.
 Parameter files are ROS 2 parameter YAML (``prism_node:`` or ``/**:`` with ``ros__parameters``); the
 sensor preset is loaded after config, so it overrides it, and use_sim_time overrides both.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
+from launch import LaunchDescription
 from prism_ros.launch_graph.graph import launch_nodes, prism_graph
 
 ARGUMENTS = {

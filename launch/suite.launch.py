@@ -22,10 +22,10 @@ stay valid, and for now it only logs that the node is not part of this release.
 | dmn | false | true, false | also start dmn_node (DMN particle-filter localization; particles in RViz) |
 | dmn_contexts | "" | path | DMN context file for dmn_node ("" = context_path of config/dmn.yaml) |
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
+from launch import LaunchDescription
 from prism_ros.launch_graph.graph import launch_nodes, suite_graph
 
 ARGUMENTS = {

@@ -17,15 +17,15 @@ class InputError(Exception):
 
 def reports_input_errors(command):
     """Decorator for CLI commands: an InputError becomes one line on stderr and exit code 2, no traceback."""
-    import functools  # noqa: PLC0415
+    import functools
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except InputError as error:
-            import typer  # noqa: PLC0415
-            from rich.console import Console  # noqa: PLC0415
+            import typer
+            from rich.console import Console
 
             Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -36,10 +36,10 @@ def reports_input_errors(command):
 def read_torch_file(path, problem: str, fix: str, detail: bool = True):
     """``torch.load`` of a tensors-only file (``weights_only``: no pickled code runs); any unreadable file
     (corrupt, truncated, not torch) is an InputError "<problem> (<error type>[: <message>])" naming the path."""
-    import torch  # noqa: PLC0415
+    import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as error:
         reason = f"{type(error).__name__}: {str(error)[:120]}" if detail else type(error).__name__
         raise InputError(f"{problem} ({reason})", fix, path) from None

@@ -12,7 +12,7 @@ def share_dirs() -> list[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         roots.append(Path(get_package_share_directory("prism_ros")))
-    except Exception:  # noqa: BLE001 - ament index absent or package not installed there
+    except Exception:
         pass
     roots.append(Path(sys.prefix) / "share" / "prism_ros")
     return roots

@@ -6,6 +6,6 @@ def use_cpu_threads(threads: int) -> None:
     """Torch's intra-op CPU threads (a command's ``--threads``, ``FilterConfig.cpu_threads``); 0 keeps torch's
     default."""
     if threads > 0:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(threads)

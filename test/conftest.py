@@ -24,7 +24,7 @@ HELPERS = Path(__file__).resolve().parent / "ros_helpers"
 if str(HELPERS.parent) not in sys.path:  # test/ itself, for `import ros_helpers`
     sys.path.insert(0, str(HELPERS.parent))
 
-from ros_helpers.dds import domain_in_use  # noqa: E402
+from ros_helpers.dds import domain_in_use
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(300)
@@ -67,9 +66,10 @@ class AceWatch:
 def test_online_mapping_from_prism_poses_then_relocalization(synthetic_sequence, spawn_python, ros_node, tmp_path):
     """ace_node keeps keyframes of the images PRISM tracked (with PRISM's poses), maps them in the background,
     checkpoints the map, and then relocalizes the newest image where PRISM says the camera is."""
+    from ros_helpers.prism_probe import PrismProbe
+
     from prism_ros.datasets import open_dataset
     from prism_ros.nodes.conversions import pose_to_matrix
-    from ros_helpers.prism_probe import PrismProbe
 
     frames = [f for f in open_dataset(synthetic_sequence, fmt="tum")]
     probe = PrismProbe(ros_node)
@@ -94,7 +94,8 @@ def test_online_mapping_from_prism_poses_then_relocalization(synthetic_sequence,
         probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, int(round(frame.timestamp * 1e9)))
         probe.spin(0.15)
     probe.wait_diag(lambda d: int(d["frames_processed"]) == len(frames), 60)
-    assert client.spin_until(lambda: int(ace.last().get("mappings", 0)) >= 1, 180), (ace.last(), log.read_text()[-2000:])
+    assert client.spin_until(lambda: int(ace.last().get("mappings", 0)) >= 1, 180), \
+        (ace.last(), log.read_text()[-2000:])
     assert int(ace.last()["keyframes"]) >= 12 and map_path.is_file()
     answer = client.call("relocalize")
     assert answer.success, answer.message
@@ -213,11 +214,11 @@ def test_ace_covariance_reaches_ros_through_the_left_perturbation():
     from prism_ros.nodes.ace_node import camera_covariance_to_ros
 
     rng = np.random.default_rng(0)
-    A = rng.normal(size=(6, 6))  # noqa: N806
+    A = rng.normal(size=(6, 6))
     covariance = A @ A.T * 1e-5
-    T_world_camera = se3_exp(torch.as_tensor(rng.normal(size=6))).numpy()  # noqa: N806
-    T_camera_base = se3_exp(torch.as_tensor(rng.normal(size=6) * 0.2)).numpy()  # noqa: N806
-    T_map_base = T_world_camera @ T_camera_base  # noqa: N806
+    T_world_camera = se3_exp(torch.as_tensor(rng.normal(size=6))).numpy()
+    T_camera_base = se3_exp(torch.as_tensor(rng.normal(size=6) * 0.2)).numpy()
+    T_map_base = T_world_camera @ T_camera_base
     xi = rng.multivariate_normal(np.zeros(6), covariance, 40000)
     bases = T_world_camera @ se3_exp(torch.as_tensor(xi)).numpy() @ T_camera_base
     dp = bases[:, :3, 3] - T_map_base[:3, 3]
@@ -254,9 +255,9 @@ def test_recovery_of_a_kidnapped_camera_without_the_user(ace_map_file, synthetic
 
     from ros_helpers.kidnap_bag import write_kidnap_bag
 
+    from prism_ros.evaluation.trajectory_io import read_tum
     from prism_ros.launch_graph.graph import ace_node_spec, share_dir
     from prism_ros.launch_graph.replay import PRESETS, bag_ground_truth, replay_bag
-    from prism_ros.evaluation.trajectory_io import read_tum
 
     bag = tmp_path / "kidnap"
     kidnap_ns, kidnapped = write_kidnap_bag(synthetic_sequence / "bag", bag, seconds=0.4, hold=10)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from prism_ros.loopback import loopback_env
-from prism_ros.evaluation.trajectory_io import read_tum, write_tum
 from shared_data import sample
+
+from prism_ros.evaluation.trajectory_io import read_tum, write_tum
+from prism_ros.loopback import loopback_env
 
 CLI = Path(sys.executable).parent / "prism-ros"
 
@@ -104,7 +104,8 @@ def test_demo_replays_over_ros2_and_evaluates(tmp_path):
 
 def test_run_writes_every_output(tmp_path):
     data = tmp_path / "seq"
-    assert prism_ros("synth", "--out", data, "--frames", 8, "--width", 128, "--height", 96, "--bag", "none").returncode == 0
+    synth = prism_ros("synth", "--out", data, "--frames", 8, "--width", 128, "--height", 96, "--bag", "none")
+    assert synth.returncode == 0
     settings = tmp_path / "small.yaml"
     settings.write_text("levels: 2\nrender_level: 0\n")
     out = tmp_path / "run"

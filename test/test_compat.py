@@ -9,15 +9,20 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+from ros_helpers.dds import spin_until
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 
 from prism_ros.datasets.base import Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes import compat
 from prism_ros.nodes import conversions as cv
-from prism_ros.nodes.compat import (ApproximateTimeSynchronizer, NullTransformBroadcaster,
-                                    has_ros_piece, make_synchronizer, make_tf_broadcaster)
-from ros_helpers.dds import spin_until
+from prism_ros.nodes.compat import (
+    ApproximateTimeSynchronizer,
+    NullTransformBroadcaster,
+    has_ros_piece,
+    make_synchronizer,
+    make_tf_broadcaster,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

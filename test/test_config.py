@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism_ros.prism.config import FilterConfig, preset_config
 from prism_ros.errors import InputError
+from prism_ros.prism.config import FilterConfig, preset_config
 from prism_ros.resources import config_file
 
 

@@ -7,14 +7,14 @@ import cv2
 import numpy as np
 import pytest
 from rosbags.rosbag1 import Writer as Ros1Writer
-from rosbags.rosbag2 import StoragePlugin, Writer as Ros2Writer
+from rosbags.rosbag2 import StoragePlugin
+from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
+from shared_data import sample
 
 from prism_ros.datasets import DATASETS, Intrinsics, detect_format, list_formats, open_dataset
 from prism_ros.errors import InputError
-
-from shared_data import sample
 
 
 def tum_pose(values) -> np.ndarray:
@@ -205,7 +205,7 @@ def test_euroc_micro():
     assert len(ds[0].imu) == 0 and [len(ds[i].imu) for i in range(1, 40)] == [10] * 39
     assert frame.imu.t[-1] == frame.timestamp
     # ground truth found next to mav0 (V101_gt.txt; V102's file must be ignored): T_world_body @ T_body_cam0
-    T_body_cam0 = np.array([[0.0148655429818, -0.999880929698, 0.00414029679422, -0.0216401454975],  # noqa: N806
+    T_body_cam0 = np.array([[0.0148655429818, -0.999880929698, 0.00414029679422, -0.0216401454975],
                             [0.999557249008, 0.0149672133247, 0.025715529948, -0.064676986768],
                             [-0.0257744366974, 0.00375618835797, 0.999660727178, 0.00981073058949],
                             [0.0, 0.0, 0.0, 1.0]])

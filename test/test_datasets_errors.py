@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from shared_data import sample
 
 from prism_ros.datasets import open_dataset
 from prism_ros.errors import InputError
-
-from shared_data import sample
 
 
 def raises_naming(path: Path, *args, match: str | None = None, **kwargs) -> InputError:

@@ -8,9 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.dmn.environments import (CEILING, DOMAINS, FLOOR, OBJECT, WALL, denormalise_pose, domain_config,
-                                        draw_layout, generate, load_dataset, make_environments, normalise_pose,
-                                        render, render_buffers, sample_poses, save_dataset, split_seeds)
+from prism_ros.dmn.environments import (
+    CEILING,
+    DOMAINS,
+    FLOOR,
+    OBJECT,
+    WALL,
+    denormalise_pose,
+    domain_config,
+    draw_layout,
+    generate,
+    load_dataset,
+    make_environments,
+    normalise_pose,
+    render,
+    render_buffers,
+    sample_poses,
+    save_dataset,
+    split_seeds,
+)
 from prism_ros.errors import InputError
 
 
@@ -121,7 +137,7 @@ def test_images_show_walls_floor_ceiling_and_texture():
     envs = make_environments("rooms", range(8))
     buffers = render_buffers(envs, sample_poses(envs))
     surface = buffers.surface.flatten(2)
-    sees = lambda kind: (surface == kind).any(-1)  # noqa: E731
+    sees = lambda kind: (surface == kind).any(-1)
     assert (sees(WALL) & sees(FLOOR) & sees(CEILING)).float().mean() > 0.8
     assert (surface >= OBJECT).any(-1).float().mean() > 0.2
     images = render(envs, sample_poses(envs)).float()

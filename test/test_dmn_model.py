@@ -5,12 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prism_ros.dmn.model import (METHOD_NAMES, BroadcastConv, DmnConfig, DmnParticleFilter, build_method,
-                                 parameter_count)
-from prism_ros.dmn.particles import (compose, effective_sample_size, egocentric, gaussian_particles,
-                                     initial_belief, pose_loss, relative, run_particle_filter, soft_resample,
-                                     transition, uniform_log_weights, uniform_particles, weighted_covariance,
-                                     weighted_mean, wrap_yaw, xy_squared_error)
+from prism_ros.dmn.model import METHOD_NAMES, BroadcastConv, DmnConfig, DmnParticleFilter, build_method, parameter_count
+from prism_ros.dmn.particles import (
+    compose,
+    effective_sample_size,
+    egocentric,
+    gaussian_particles,
+    initial_belief,
+    pose_loss,
+    relative,
+    run_particle_filter,
+    soft_resample,
+    transition,
+    uniform_log_weights,
+    uniform_particles,
+    weighted_covariance,
+    weighted_mean,
+    wrap_yaw,
+    xy_squared_error,
+)
 
 
 def close(a, b, atol=1e-5):

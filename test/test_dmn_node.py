@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(240)
@@ -89,7 +88,7 @@ def test_dmn_node_localizes_with_images_and_odometry(tiny_dmn, spawn_python, ros
 
     for k in range(4):
         send(k, (k + 1) * 10**9)
-        assert spin_until(lambda: len(got["particles"]) >= k + 1, 20), (got["diag"][-1:], log.read_text()[-2000:])
+        assert spin_until(lambda k=k: len(got["particles"]) >= k + 1, 20), (got["diag"][-1:], log.read_text()[-2000:])
     assert len(got["particles"][-1].poses) == 256 and got["pose"][-1].header.frame_id == "map"
     assert np.isfinite(got["pose"][-1].pose.covariance).all()
 
@@ -128,9 +127,9 @@ def test_dmn_node_localizes_with_images_and_odometry(tiny_dmn, spawn_python, ros
 
 
 def test_dmn_node_start_up_errors_and_parameter_file(spawn_python, tmp_path):
-    import yaml
-
     from pathlib import Path
+
+    import yaml
 
     from prism_ros.nodes.dmn_node import PARAMETERS, parameters_yaml
 

@@ -10,8 +10,16 @@ from typer.testing import CliRunner
 from prism_ros.dmn.environments import generate, split_seeds
 from prism_ros.dmn.model import DmnConfig, build_method
 from prism_ros.dmn.particles import compose
-from prism_ros.dmn.training import (SUCCESS_MSE, StoredEpisodes, StreamedEpisodes, TrainConfig, evaluate, load_method,
-                                    save_method, train)
+from prism_ros.dmn.training import (
+    SUCCESS_MSE,
+    StoredEpisodes,
+    StreamedEpisodes,
+    TrainConfig,
+    evaluate,
+    load_method,
+    save_method,
+    train,
+)
 from prism_ros.errors import InputError
 
 

@@ -8,8 +8,16 @@ import torch
 from torch.func import jacfwd
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.dynamics.model import (ConstantVelocity, ControlEuler, DynamicsConfig, ImuEuler, ResidualMLP, boxminus,
-                                boxplus, make_transition)
+from prism_ros.dynamics.model import (
+    ConstantVelocity,
+    ControlEuler,
+    DynamicsConfig,
+    ImuEuler,
+    ResidualMLP,
+    boxminus,
+    boxplus,
+    make_transition,
+)
 from prism_ros.geometry.lie import se3_exp, skew, so3_exp, so3_right_jacobian
 from prism_ros.prism.state import GaussianState
 from prism_ros.synthetic import ImuModel, make_trajectory, synthesize_imu
@@ -273,7 +281,7 @@ def test_control_with_true_commands_equals_imu_prediction():
     assert torch.allclose(a.T, b.T, atol=1e-12) and torch.allclose(a.velocity, b.velocity, atol=1e-12)
     # the covariances differ on purpose: an attitude error misplaces gravity for the IMU (specific force),
     # not for a command that excludes gravity, so only the IMU couples rotation into velocity by g
-    coupling = lambda P: P[3:6, 6:9].abs().max()  # noqa: E731 - cov(rotation, linear velocity)
+    coupling = lambda P: P[3:6, 6:9].abs().max()
     assert coupling(a.covariance) > 5 * coupling(b.covariance)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
+from shared_data import DATA as SHARED_DATA
 
 from prism_ros.errors import InputError
 from prism_ros.evaluation.metrics import EvalResult, evaluate
 from prism_ros.evaluation.trajectory_io import read_tum, write_tum
-from shared_data import DATA as SHARED_DATA
 
 DATA = SHARED_DATA / "tum_groundtruth_only"
 FR1_XYZ = DATA / "freiburg1_xyz-groundtruth.txt"

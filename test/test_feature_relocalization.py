@@ -5,11 +5,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from shared_data import sample
 
 from prism_ros.datasets import open_dataset
-from prism_ros.evaluation.feature_relocalization import (FeatureConfig, build_feature_map, depth_at_keypoints,
-                                              descriptor_matrix, localize_dataset, ratio_matches)
-from shared_data import sample
+from prism_ros.evaluation.feature_relocalization import (
+    FeatureConfig,
+    build_feature_map,
+    depth_at_keypoints,
+    descriptor_matrix,
+    localize_dataset,
+    ratio_matches,
+)
 
 # the procedural textures are low-contrast: lower the detectors' thresholds (the defaults suit real images)
 SYNTHETIC_CONFIGS = {"sift": FeatureConfig(detector="sift", sift_contrast_threshold=0.01, keyframe_step=2),

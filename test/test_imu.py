@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from shared_data import DATA as SHARED_DATA
 
-from prism_ros.geometry.lie import so3_exp
 from prism_ros.dynamics.imu import GRAVITY, ImuDeadReckoning, imu_window, integrate_imu, integrate_imu_between
+from prism_ros.geometry.lie import so3_exp
 from prism_ros.synthetic.imu import ImuModel, synthesize_imu
 from prism_ros.synthetic.trajectory import make_trajectory
-from shared_data import DATA as SHARED_DATA
 
 EUROC = SHARED_DATA / "euroc_V1_01_micro"
 METHODS = ("euler", "midpoint")
@@ -65,7 +65,7 @@ def test_constant_world_acceleration_is_exact(method):
 def test_batched_equals_one_by_one():
     """A batch of states and sample streams integrates like each member alone (no loop over batch)."""
     gen = torch.Generator().manual_seed(0)
-    randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
     B, n = 4, 50
     t = torch.arange(n, dtype=torch.float64) * 0.005
     R0, p0, v0 = so3_exp(randn(B, 3)), randn(B, 3), randn(B, 3)

@@ -1,4 +1,5 @@
-"""The fused-kernel plumbing (prism_ros.prism.kernels): backend names, the CPU range split and its determinism, warm-up."""
+"""The fused-kernel plumbing (prism_ros.prism.kernels): backend names, the CPU range split and its determinism,
+warm-up."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from prism_ros.errors import InputError
 from prism_ros.prism import kernels
 from prism_ros.prism.config import FilterConfig
-from prism_ros.errors import InputError
 
 pytest.importorskip("warp")
 
@@ -42,9 +43,10 @@ def test_results_do_not_depend_on_the_cpu_thread_count():
     """Render, map update and tracking over a few synthetic frames with one and with two kernel threads: the ranges
     are disjoint, so the first render and map are identical; tracking's per-range float64 sums are added in
     another order, so poses (and the maps fused from them) agree to rounding."""
+    from test_filter import frame_at, small_config
+
     from prism_ros.prism.filter import PrismFilter
     from prism_ros.synthetic import make_sequence
-    from test_filter import frame_at, small_config
 
     sequence = make_sequence(frames=4, seed=1, motion="handheld", noise=True, width=160, height=120)
     frames = [frame_at(sequence, i) for i in range(4)]

@@ -8,14 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from prism_ros.prism.config import FilterConfig, preset_config
-from prism_ros.datasets import open_dataset
-from prism_ros.evaluation.metrics import evaluate
-from prism_ros.prism.filter import PrismFilter
-from prism_ros.synthetic import make_sequence
 from shared_data import sample
 from test_filter import frame_at, small_config
+
+from prism_ros.datasets import open_dataset
+from prism_ros.evaluation.metrics import evaluate
+from prism_ros.prism.config import FilterConfig, preset_config
+from prism_ros.prism.filter import PrismFilter
+from prism_ros.synthetic import make_sequence
 
 pytest.importorskip("warp")
 

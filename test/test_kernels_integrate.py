@@ -15,16 +15,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from shared_data import sample
+from test_map import plane_level
 
-from prism_ros.prism import kernels
 from prism_ros.datasets import open_dataset
 from prism_ros.errors import InputError
 from prism_ros.geometry import PinholeCamera
+from prism_ros.prism import kernels
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.observation import Observation, make_level
 from prism_ros.synthetic import make_sequence
-from shared_data import sample
-from test_map import plane_level
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="NVIDIA Warp is not installed")
 
@@ -52,7 +52,7 @@ def differing_voxels(reference: GaussianSdfMap, fused: GaussianSdfMap) -> torch.
     assert torch.equal(a["block_coords"], b["block_coords"])
     assert torch.equal(a["count"], b["count"])
     assert torch.equal(a["precision"] > 0, b["precision"] > 0)
-    far = lambda name, atol, rtol: (b[name] - a[name]).abs() > atol + rtol * a[name].abs()  # noqa: E731
+    far = lambda name, atol, rtol: (b[name] - a[name]).abs() > atol + rtol * a[name].abs()
     return (far("mean", MEAN_ATOL, 0) | far("precision", 0, PRECISION_RTOL) | far("colour", COLOUR_ATOL, 0).any(-1)
             | far("colour_precision", 0, PRECISION_RTOL) | far("read_mean", MEAN_ATOL, 0))
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from shared_data import sample
 
 from prism_ros.datasets import open_dataset
 from prism_ros.prism.observation import Observation
-from shared_data import sample
 
 pytest.importorskip("warp")
 

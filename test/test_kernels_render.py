@@ -1,5 +1,5 @@
-"""The fused render kernel (prism_ros.prism.kernels.render) against the torch reference (prism_ros.prism.render) on the same
-maps: synthetic frames, real 7-Scenes frames, a distorted camera, an empty map, and CUDA against the CPU.
+"""The fused render kernel (prism_ros.prism.kernels.render) against the torch reference (prism_ros.prism.render) on
+the same maps: synthetic frames, real 7-Scenes frames, a distorted camera, an empty map, and CUDA against the CPU.
 
 The two do the same float32 arithmetic in the same order; they differ by rounding (fused multiply-adds), which
 can flip a decision at a threshold for the odd ray. Compared per pixel: valid masks, depth, normal, colour,
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from shared_data import sample
+from test_render import EYE, TARGET, AnalyticField, angle_deg, camera_for, look_at, sphere_sdf
+from test_render import synthetic_map as fused_frames
 
 import prism_ros.prism.render as reference
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import RenderConfig, render
 from prism_ros.synthetic.scene import make_scene
-from shared_data import sample
-from test_render import EYE, TARGET, AnalyticField, angle_deg, camera_for, look_at, sphere_sdf
-from test_render import synthetic_map as fused_frames
 
 pytest.importorskip("warp")
 
@@ -33,7 +33,7 @@ def assert_equivalent(torch_result, fused, min_valid=0.5):
     assert a.valid.float().mean() > min_valid  # the comparison covers most of the image
     assert (a.valid == b.valid).float().mean() >= 0.995
     both = a.valid & b.valid
-    p99 = lambda x: torch.quantile(x.double().flatten(), 0.99)  # noqa: E731
+    p99 = lambda x: torch.quantile(x.double().flatten(), 0.99)
     assert p99((a.depth - b.depth)[both].abs()) < 1e-3
     assert p99(angle_deg(a.normal[both].double(), b.normal[both].double())) < 0.5
     assert p99((a.colour - b.colour)[both].abs()) < 1e-3

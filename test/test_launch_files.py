@@ -157,7 +157,7 @@ def test_every_launch_argument_has_a_description(path):
         assert "description" in keywords, f"{path.name}:{call.lineno}: DeclareLaunchArgument without description"
         if isinstance(keywords["description"], ast.Constant):
             assert keywords["description"].value.strip()
-    for name, (default, description) in literal(tree, "ARGUMENTS").items():
+    for name, (_, description) in literal(tree, "ARGUMENTS").items():
         assert description.strip(), f"{path.name}: {name} has an empty description"
 
 

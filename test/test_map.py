@@ -327,7 +327,7 @@ def test_dense_and_sorted_block_lookups_agree(clean_room, monkeypatch):
     sdf_map, _ = clean_room
     monkeypatch.setattr("prism_ros.prism.map._MAX_DENSE_CELLS", 0)
     sorted_only = sdf_map.clone()
-    assert sorted_only._dense is None and sdf_map._dense is not None  # noqa: SLF001 - which index serves the reads
+    assert sorted_only._dense is None and sdf_map._dense is not None
     points = read_points(sdf_map)
     dense, searched = fast_reads(sdf_map, points), fast_reads(sorted_only, points)
     for name in dense:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from ros_helpers.dds import spin_until
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
@@ -21,7 +22,6 @@ from prism_ros.prism.mesh import colour_map, extract_mesh
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import render
 from prism_ros.synthetic import make_sequence
-from ros_helpers.dds import spin_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,7 +100,7 @@ def assert_same_triangles(shown: dict, sdf_map: GaussianSdfMap) -> int:
     expected = full.vertices[full.faces].astype(np.float64)
     distance, match = cKDTree(expected.mean(1)).query(corners.mean(1))
     assert distance.max() < 1e-5 and len(np.unique(match)) == len(corners)
-    normal = lambda t: np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])  # noqa: E731
+    normal = lambda t: np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
     assert ((normal(corners) * normal(expected[match])).sum(1) > 0).all()
     return len(corners)
 
@@ -111,7 +111,7 @@ def block_groups(sdf_map: GaussianSdfMap) -> set:
 
 def changed_block_readers(before: GaussianSdfMap, after: GaussianSdfMap) -> set:
     """Groups whose cubes read a block whose observation count changed (or that is new)."""
-    counts = lambda m: {tuple(c): int(n) for c, n in zip(m.block_coords.tolist(),  # noqa: E731
+    counts = lambda m: {tuple(c): int(n) for c, n in zip(m.block_coords.tolist(),
                                                          m.count.reshape(m.num_blocks, -1).sum(1).tolist())}
     old, new = counts(before), counts(after)
     changed = [c for c, n in new.items() if old.get(c) != n]

@@ -6,12 +6,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from shared_data import sample
 
 from prism_ros.datasets import open_dataset
 from prism_ros.prism.observation import Observation, normals_from_points
 from prism_ros.synthetic import make_sequence
-from shared_data import sample
-
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,8 @@ def test_normals_of_a_tilted_plane_face_the_camera():
 
 def test_colour_registration_with_identical_cameras_is_identity(synthetic_frame):
     """Registering colour through the depth with the same intrinsics reproduces the image."""
-    frame = replace(synthetic_frame, depth_intrinsics=replace(synthetic_frame.intrinsics, fx=synthetic_frame.intrinsics.fx + 1e-9))
+    nudged = replace(synthetic_frame.intrinsics, fx=synthetic_frame.intrinsics.fx + 1e-9)
+    frame = replace(synthetic_frame, depth_intrinsics=nudged)
     registered = Observation.from_frame(frame, levels=1).colour
     direct = Observation.from_frame(synthetic_frame, levels=1).colour
     assert (registered - direct).abs()[2:-2, 2:-2].max() < 1e-3

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ros_helpers.bags import PERIOD_NS, T0_NS, write_mismatched_bag, write_ros1_bag, write_ros2_bag
 
-from prism_ros.nodes.compat import has_ros_piece
 from prism_ros.launch_graph.graph import NodeSpec, play_graph
 from prism_ros.launch_graph.launcher import node_command, run_graph
+from prism_ros.nodes.compat import has_ros_piece
 from prism_ros.nodes.player import main as player_main
-from ros_helpers.bags import (PERIOD_NS, T0_NS, write_mismatched_bag, write_ros1_bag,
-                              write_ros2_bag)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,7 +157,6 @@ def test_launcher_forwards_sigint_and_reports_exit_codes(spawn_python, ros2_bag,
     import signal
 
     import psutil
-
     from ros_helpers.dds import domain_ports
 
     launcher = spawn_python(["-m", "prism_ros.launch_graph.launcher"], "play", ros2_bag, "--loop",

@@ -21,10 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from prism_ros.nodes.prism_node import (PARAMETERS, base_twist, build_filter_config, convert_parameter,
-                                        left_covariance_to_ros, parameters_yaml)
 from ros_helpers.ros_args import ros_args
+
+from prism_ros.nodes.prism_node import (
+    PARAMETERS,
+    base_twist,
+    build_filter_config,
+    convert_parameter,
+    left_covariance_to_ros,
+    parameters_yaml,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -58,15 +64,16 @@ def _stop(process: subprocess.Popen, sig=signal.SIGINT, timeout: float = 15.0) -
 
 def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
         synthetic, spawn_python, ros_node, tmp_path):
-    from nav_msgs.msg import Odometry, Path as PathMsg
+    from nav_msgs.msg import Odometry
+    from nav_msgs.msg import Path as PathMsg
+    from ros_helpers.prism_probe import PrismProbe
     from visualization_msgs.msg import Marker
 
     from prism_ros.datasets import open_dataset
     from prism_ros.evaluation.metrics import evaluate
+    from prism_ros.evaluation.trajectory_io import read_tum
     from prism_ros.nodes.conversions import pose_to_matrix, stamp_to_sec
     from prism_ros.prism.pipeline import run_sequence
-    from prism_ros.evaluation.trajectory_io import read_tum
-    from ros_helpers.prism_probe import PrismProbe
 
     # the offline bound: the node's own filter configuration (from the same preset file) over the same bag,
     # in this process; the node gets the same frames, IMU windows and commands
@@ -161,14 +168,13 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
 
 def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python, ros_node, tmp_path):
     from geometry_msgs.msg import PoseWithCovarianceStamped
+    from ros_helpers.prism_probe import PrismProbe
     from sensor_msgs.msg import Imu
     from std_msgs.msg import Bool
 
     from prism_ros.datasets import open_dataset
     from prism_ros.nodes.compat import reliable_qos
-    from prism_ros.nodes.conversions import (intrinsics_to_camera_info, matrix_to_pose, ns_to_stamp,
-                                             pose_to_matrix)
-    from ros_helpers.prism_probe import PrismProbe
+    from prism_ros.nodes.conversions import intrinsics_to_camera_info, matrix_to_pose, ns_to_stamp, pose_to_matrix
 
     frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(8)]
     intrinsics = frames[0].intrinsics
@@ -367,11 +373,11 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
 def test_a_frame_waits_for_imu_that_arrives_after_its_images(synthetic, spawn_python, ros_node, tmp_path):
     """IMU messages can reach the node after the images they precede: the frame waits up to imu_wait for the
     sample that closes its window; without the wait (imu_wait 0) the same delay leaves the frame no IMU."""
+    from ros_helpers.prism_probe import PrismProbe
     from sensor_msgs.msg import Imu
 
     from prism_ros.datasets import open_dataset
     from prism_ros.nodes.conversions import ns_to_stamp
-    from ros_helpers.prism_probe import PrismProbe
 
     frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(3)]
     stamps = [int(round(f.timestamp * 1e9)) for f in frames]
@@ -423,12 +429,12 @@ def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthet
     """The other input paths: CompressedImage colour, intrinsics from parameters (no CameraInfo), and the
     control transition model fed with TwistStamped commands (a still camera, zero commands)."""
     from geometry_msgs.msg import TwistStamped
+    from ros_helpers.prism_probe import PrismProbe
     from sensor_msgs.msg import CompressedImage
 
     from prism_ros.datasets import open_dataset
     from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import ns_to_stamp, numpy_to_compressed, numpy_to_image
-    from ros_helpers.prism_probe import PrismProbe
 
     frame = open_dataset(synthetic, fmt="tum")[0]
     k = frame.intrinsics
@@ -528,8 +534,9 @@ def test_node_starts_with_the_parameter_file_and_a_sensor_preset_as_the_launch_f
 
 
 def test_covariance_and_twist_conversions_match_finite_differences():
-    from prism_ros.geometry import se3_exp
     import torch
+
+    from prism_ros.geometry import se3_exp
 
     rng = np.random.default_rng(1)
     A = rng.normal(size=(6, 6))

@@ -26,12 +26,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from prism_ros.errors import InputError
-from prism_ros.nodes.prism_node import (PARAMETERS, build_filter_config, check_stereo_parameters, convert_parameter,
-                                        stereo_config)
 from ros_helpers.ros_args import ros_args
 from shared_data import sample
+
+from prism_ros.errors import InputError
+from prism_ros.nodes.prism_node import (
+    PARAMETERS,
+    build_filter_config,
+    check_stereo_parameters,
+    convert_parameter,
+    stereo_config,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -95,12 +100,12 @@ def test_euroc_pairs_give_stereo_depth_and_the_still_vehicle_stays_put_as_offlin
     from dataclasses import replace
 
     from diagnostic_msgs.msg import DiagnosticArray
+    from ros_helpers.prism_probe import PrismProbe
 
-    from prism_ros.prism.filter import PrismFilter
     from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import pose_to_matrix
+    from prism_ros.prism.filter import PrismFilter
     from prism_ros.prism.stereo import StereoDepthDataset
-    from ros_helpers.prism_probe import PrismProbe
 
     # offline reference: the core's RGB-D view of the pairs, its composed T_imu_camera, the same filter settings
     stereo = StereoDepthDataset(euroc)
@@ -171,9 +176,9 @@ def test_euroc_pairs_give_stereo_depth_and_the_still_vehicle_stays_put_as_offlin
 
 def test_bad_stereo_pairs_are_counted_with_their_cause_and_tracking_goes_on(euroc, spawn_python, ros_node, tmp_path):
     import cv2
+    from ros_helpers.prism_probe import PrismProbe
 
     from prism_ros.nodes.conversions import intrinsics_to_camera_info, ns_to_stamp
-    from ros_helpers.prism_probe import PrismProbe
 
     probe = PrismProbe(ros_node, rgb_topic="/cam0/image_raw", right_topic="/cam1/image_raw", imu_topic="/imu0",
                        info_topic="/cam0/camera_info")
@@ -220,7 +225,8 @@ def test_bad_stereo_pairs_are_counted_with_their_cause_and_tracking_goes_on(euro
     # on a loaded machine one image of a set may arrive after input_timeout (0.4 s): timing, not content
     timing = sum(int(tracked[f"bad_input.{cause}"]) for cause in ("missing_rgb", "missing_right",
                                                                    "missing_camera_info", "unsynchronised"))
-    assert int(tracked["bad_input_total"]) - timing == 3, {k: v for k, v in tracked.items() if k.startswith("bad") and v != "0"}
+    counted = {k: v for k, v in tracked.items() if k.startswith("bad") and v != "0"}
+    assert int(tracked["bad_input_total"]) - timing == 3, counted
 
     # the right camera goes quiet: named after input_timeout
     for k in range(1, 9):
@@ -283,7 +289,7 @@ def test_euroc_preset_stereo_parameters_are_the_dataset_calibration(euroc):
     assert np.allclose(np.asarray(values["T_left_right"]).reshape(4, 4), euroc.T_left_right, rtol=0, atol=1e-11)
     assert np.allclose(np.asarray(values["T_body_camera"]).reshape(4, 4), euroc.T_imu_camera, rtol=0, atol=1e-11)
     # the start-up check rectifies at a nominal size; the rotation is the one of the real 752x480 rig
-    T_left_rect = check_stereo_parameters(values)  # noqa: N806
+    T_left_rect = check_stereo_parameters(values)
     rectifier = StereoDepthDataset(euroc).rectifier
     assert np.allclose(T_left_rect, rectifier.T_left_rect, rtol=0, atol=1e-9)
     assert not np.allclose(T_left_rect, np.eye(4), atol=1e-3)  # EuRoC's rectification is a real rotation

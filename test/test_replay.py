@@ -28,12 +28,12 @@ def _replay(spawn_python, domain_id, bag, out, *extra, timeout=180) -> subproces
 def test_replay_writes_the_offline_outputs_with_the_offline_results(synthetic_sequence, spawn_python, domain_id,
                                                                    tmp_path):
     from prism_ros.datasets import open_dataset
-    from prism_ros.prism.map import GaussianSdfMap
-    from prism_ros.launch_graph.graph import share_dir
-    from prism_ros.nodes.prism_node import build_filter_config
-    from prism_ros.launch_graph.replay import node_parameter_values
-    from prism_ros.prism.pipeline import STAGES, run_sequence
     from prism_ros.evaluation.trajectory_io import read_tum
+    from prism_ros.launch_graph.graph import share_dir
+    from prism_ros.launch_graph.replay import node_parameter_values
+    from prism_ros.nodes.prism_node import build_filter_config
+    from prism_ros.prism.map import GaussianSdfMap
+    from prism_ros.prism.pipeline import STAGES, run_sequence
 
     bag, out = synthetic_sequence / "bag", tmp_path / "replay"
     result = _replay(spawn_python, domain_id, bag, out, "--preset", "synthetic")
@@ -98,26 +98,26 @@ def test_replay_reports_a_missing_bag_and_invalid_node_parameters(synthetic_sequ
 def test_messages_convert_back_to_the_filter_conventions():
     """Odometry built as prism_node builds it -> estimates_from_messages recovers pose, left covariance and
     velocity (lever arms of T_base_camera and T_body_camera included)."""
-    from prism_ros.prism.filter import Estimate
+    import torch
+
     from prism_ros.geometry import se3_exp
     from prism_ros.nodes.conversions import matrix_to_odometry, sec_to_stamp
     from prism_ros.nodes.prism_node import PARAMETERS, base_twist, left_covariance_to_ros
     from prism_ros.nodes.replay_monitor import estimates_from_messages
-
-    import torch
+    from prism_ros.prism.filter import Estimate
 
     rng = np.random.default_rng(3)
-    pose = lambda xi: se3_exp(torch.as_tensor(xi, dtype=torch.float64)).numpy()  # noqa: E731
-    T_base_camera, T_body_camera = pose(rng.normal(size=6) * 0.3), pose(rng.normal(size=6) * 0.3)  # noqa: N806
+    pose = lambda xi: se3_exp(torch.as_tensor(xi, dtype=torch.float64)).numpy()
+    T_base_camera, T_body_camera = pose(rng.normal(size=6) * 0.3), pose(rng.normal(size=6) * 0.3)
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     values.update(T_base_camera=list(T_base_camera.ravel()), T_body_camera=list(T_body_camera.ravel()))
     truth, messages = [], []
     for k in range(3):
-        A, B = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))  # noqa: N806
+        A, B = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
         estimate = Estimate(t=10.0 + k, T_world_camera=pose(rng.normal(size=6)), pose_covariance=A @ A.T * 1e-4,
                             velocity=rng.normal(size=6), velocity_covariance=B @ B.T * 1e-3, tracking_ok=True)
-        T_map_base = estimate.T_world_camera @ np.linalg.inv(T_base_camera)  # noqa: N806
-        T_world_body = estimate.T_world_camera @ np.linalg.inv(T_body_camera)  # noqa: N806
+        T_map_base = estimate.T_world_camera @ np.linalg.inv(T_base_camera)
+        T_world_body = estimate.T_world_camera @ np.linalg.inv(T_body_camera)
         twist, twist_cov = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
         messages.append(matrix_to_odometry(T_map_base, sec_to_stamp(estimate.t), "odom", "base_link",
                                            left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3]),

@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-
 from ros_helpers.dds import domain_ports
 
 pytestmark = pytest.mark.timeout(60)

@@ -34,7 +34,7 @@ def test_periodic_errors_are_logged_once_per_task_and_type():
     for error in (ValueError("a"), ValueError("b"), KeyError("c")):
         try:
             raise error
-        except Exception as caught:  # noqa: BLE001 - as Periodic passes it, with a traceback to format
+        except Exception as caught:
             on_error(caught)
     assert len(logged) == 2 and all(text.startswith("the costmap failed: ") for text in logged.values())
     assert "Traceback" in logged["periodic:the costmap:ValueError"] and "ValueError: a" in logged[

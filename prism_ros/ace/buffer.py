@@ -222,6 +222,6 @@ def fill_buffer(encoder: Encoder, views: list[MappingFrame], samples_per_image: 
         K = augmented.K
         Ks.append(torch.tensor([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=torch.float32))
         Ts.append(torch.from_numpy(np.linalg.inv(augmented.T_world_camera)[:3]).float())
-    to = lambda x: torch.cat(x).to(device)  # noqa: E731
+    to = lambda x: torch.cat(x).to(device)
     return FeatureBuffer(to(features), to(pixels), to(view_ids), to(worlds), torch.stack(Ks).to(device),
                          torch.stack(Ts).to(device))

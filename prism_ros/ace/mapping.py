@@ -95,7 +95,7 @@ def ace_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], width: float, d
     uv = torch.stack([fx * cam[:, 0] / zc + cx, fy * cam[:, 1] / zc + cy], -1)
     error = (uv - batch["pixels"]).norm(dim=-1)
     valid = (z > 0.1) & (z < 1000.0) & (error < 1000.0)
-    robust = lambda e: width * torch.tanh(e / width)  # noqa: E731
+    robust = lambda e: width * torch.tanh(e / width)
     loss = torch.where(valid, robust(error), torch.zeros_like(error)).sum()
     ray = torch.stack([(batch["pixels"][:, 0] - cx) / fx, (batch["pixels"][:, 1] - cy) / fy,
                        torch.ones_like(fx)], -1) * depth_target

@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from prism_ros.threads import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
+from prism_ros.threads import use_cpu_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ACE relocalization: map a scene in minutes, relocalize single images in it.")
@@ -21,7 +21,8 @@ console = Console(stderr=True)
 
 
 def resolve_device(name: str) -> str:
-    """:func:`prism_ros.prism.config.resolve_device`, imported when a command runs (it pulls in torch; --help stays quick)."""
+    """:func:`prism_ros.prism.config.resolve_device`, imported when a command runs (it pulls in torch; --help stays
+    quick)."""
     from prism_ros.prism.config import resolve_device as resolve
 
     return resolve(name)
@@ -44,7 +45,8 @@ def map_command(
 ):
     """Train a scene map (ACE head) from posed images; prints the mapping time.
 
-    Example: prism-ros ace map --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:300 --out kitchen.ace
+    Example: prism-ros ace map --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:300
+    --out kitchen.ace
     """
     from prism_ros.ace.encoder import load_encoder
     from prism_ros.ace.mapfile import save_map
@@ -61,7 +63,8 @@ def map_command(
     seconds = time.perf_counter() - start
     save_map(ace_map, out)
     typer.echo(f"mapped {ace_map.meta['frames']} frames in {seconds:.1f} s (recipe {chosen.name}, "
-               f"{len(ace_map.heads)} head(s), depth {'on' if ace_map.meta['depth'] else 'off'}, device {dev}) -> {out}")
+               f"{len(ace_map.heads)} head(s), depth {'on' if ace_map.meta['depth'] else 'off'}, device {dev}) "
+               f"-> {out}")
 
 
 @app.command("localize")
@@ -73,7 +76,8 @@ def localize_command(
     frames: Annotated[Optional[str], typer.Option(help="Query frames A:B[:S].")] = None,
     min_inliers: Annotated[int, typer.Option(help="Reject poses with fewer inliers.")] = 50,
     solver: Annotated[str, typer.Option(help="p3p (ACE: P3P hypotheses + soft inliers) or usac (MAGSAC++).")] = "p3p",
-    encoder: Annotated[Optional[Path], typer.Option(help="Encoder weights used for mapping (default: shipped).")] = None,
+    encoder: Annotated[Optional[Path],
+                       typer.Option(help="Encoder weights used for mapping (default: shipped).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
 ):

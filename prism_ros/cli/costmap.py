@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from prism_ros.cli.support import parse_floats
-from prism_ros.threads import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
+from prism_ros.threads import use_cpu_threads
 
 
 @reports_input_errors

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from prism_ros.errors import InputError
 from prism_ros.evaluation.metrics import evaluate
-from prism_ros.launch_graph.graph import NodeSpec
 from prism_ros.evaluation.trajectory_io import read_tum
+from prism_ros.launch_graph.graph import NodeSpec
 
 console = Console(stderr=True)
 
@@ -62,7 +62,7 @@ def run_demo(out: Path, frames: int = 120, seed: int = 0, motion: str = "handhel
     started = time.monotonic()
     data, record_dir = out / "synthetic", out / "received"
     camera = ensure_sequence(data, frames, seed, motion, width, height)
-    T_imu_camera = np.asarray(camera["T_imu_camera"], dtype=np.float64)  # noqa: N806
+    T_imu_camera = np.asarray(camera["T_imu_camera"], dtype=np.float64)
     record_dir.mkdir(parents=True, exist_ok=True)
     for stale in record_dir.glob("*.txt"):
         stale.unlink()
@@ -82,7 +82,8 @@ def run_demo(out: Path, frames: int = 120, seed: int = 0, motion: str = "handhel
     received_t, _ = read_tum(received)
     transport = evaluate(received, data / "groundtruth.txt", align="none")
     baseline = evaluate(estimate, data / "groundtruth.txt", align="none", plot_path=out / "imu_odometry.png")
-    keys = ("frames", "frames_in_bag", "lost_frames", "dropped_frames", "bad_input_total", "bad_inputs", "median_ms_per_frame",
+    keys = ("frames", "frames_in_bag", "lost_frames", "dropped_frames", "bad_input_total", "bad_inputs",
+            "median_ms_per_frame",
             "median_latency_ms", "ate_rmse_m", "nees_median", "nees_fraction_in_95_band", "map_error",
             "map_memory_bytes", "device", "mesh", "node_exit_codes")
     summary = {
@@ -178,6 +179,6 @@ def print_summary(summary: dict, baseline, out: Path) -> None:
         table.add_row("PRISM map", MapError(**prism["map_error"]).summary_line())
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     table.add_row("outputs", f"{out}/summary.json, {out}/imu_odometry.png, {out}/received/, {out}/prism/ "
-                  "(trajectory.tum, covariance.npz, mesh.ply, mesh_uncertainty.png, map.pt, timing.csv, trajectory.png, "
-                  "node logs)")
+                  "(trajectory.tum, covariance.npz, mesh.ply, mesh_uncertainty.png, map.pt, timing.csv, "
+                  "trajectory.png, node logs)")
     Console().print(table)

@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from prism_ros.threads import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
+from prism_ros.threads import use_cpu_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DMN sparse visual localization: procedural Rooms/Mazes, training, Table 1.")
@@ -86,11 +86,13 @@ def generate_command(
 def train_command(
     domain: Annotated[str, typer.Option(help="rooms or mazes.")],
     method: Annotated[str, typer.Option(help=f"one of {', '.join(LEARNED)}, or 'all'.")] = "pf-dmn",
-    minutes: Annotated[float, typer.Option(help="Wall-clock budget per method (0: until --steps or early stop).")] = 10.0,
+    minutes: Annotated[float,
+                       typer.Option(help="Wall-clock budget per method (0: until --steps or early stop).")] = 10.0,
     steps: Annotated[int, typer.Option(min=1, help="Maximum training steps.")] = 20000,
     batch: Annotated[int, typer.Option(min=1, help="Episodes per step.")] = 32,
     learning_rate: float = 1e-3,
-    data: Annotated[Optional[Path], typer.Option(help="Train on a generated data set instead of fresh environments.")] = None,
+    data: Annotated[Optional[Path],
+                    typer.Option(help="Train on a generated data set instead of fresh environments.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's weights/).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: int = 2,
@@ -200,14 +202,16 @@ def table_command(
     typer.echo(format_table(domain, rows, episodes, contexts))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"domain": domain, "episodes": episodes, "contexts": contexts, "rows": rows}, indent=2))
+        table = {"domain": domain, "episodes": episodes, "contexts": contexts, "rows": rows}
+        out.write_text(json.dumps(table, indent=2))
 
 
 def format_row(row: dict) -> str:
     label = f"{row['map']} {row['algorithm']}".strip()
     if "sequential" not in row:
         return f"{label:<32} {'not trained':>10}"
-    return (f"{label:<32} {100 * row['sequential']['success_rate']:>9.1f}% {100 * row['one_step']['success_rate']:>9.1f}% "
+    return (f"{label:<32} {100 * row['sequential']['success_rate']:>9.1f}% "
+            f"{100 * row['one_step']['success_rate']:>9.1f}% "
             f"{row['tracking']['mse_xy']:>10.4f}")
 
 

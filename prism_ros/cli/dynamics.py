@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from prism_ros.cli.support import parse_floats
-from prism_ros.threads import use_cpu_threads
 from prism_ros.errors import InputError, reports_input_errors
+from prism_ros.threads import use_cpu_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned residual transition: train on IMU + ground truth, multi-step evaluation; "
@@ -75,9 +75,16 @@ def train_command(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from prism_ros.dynamics.learning import (
+        TRAINABLE,
+        TrainingConfig,
+        compare,
+        format_table,
+        save_residual,
+        still_biases,
+        train_residual,
+    )
     from prism_ros.dynamics.model import DynamicsConfig
-    from prism_ros.dynamics.learning import (TRAINABLE, TrainingConfig, compare, format_table, save_residual,
-                                             still_biases, train_residual)
 
     if model not in TRAINABLE:  # before reading the data
         raise InputError(f"unknown --model '{model}'", "use imu or control")
@@ -152,8 +159,8 @@ MODELS = ("constant_velocity", "control", "imu")
 def _transition(model: str):
     """An engineered model by name, or a trained residual file (its Euler model + the residual and its dynamics
     config)."""
-    from prism_ros.dynamics.model import DynamicsConfig, make_transition
     from prism_ros.dynamics.learning import euler_model, load_residual
+    from prism_ros.dynamics.model import DynamicsConfig, make_transition
 
     if model in MODELS:
         return make_transition(DynamicsConfig(model=model)), model

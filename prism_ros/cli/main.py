@@ -119,8 +119,8 @@ def run(
 
     Example: prism-ros run --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:100 --out out/kitchen
     """
-    from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
+    from prism_ros.prism.config import preset_config
     from prism_ros.prism.pipeline import run_sequence
     from prism_ros.synthetic import read_scene
 

@@ -34,8 +34,8 @@ DATASETS: dict[str, type[Dataset]] = {
     "7scenes": SevenScenesDataset,
 }
 
-__all__ = ["DATASETS", "Dataset", "Frame", "ImuSamples", "Intrinsics", "describe_dataset", "detect_format", "list_formats",
-           "open_dataset"]
+__all__ = ["DATASETS", "Dataset", "Frame", "ImuSamples", "Intrinsics", "describe_dataset", "detect_format",
+           "list_formats", "open_dataset"]
 
 
 def list_formats() -> list[str]:

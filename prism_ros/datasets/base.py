@@ -31,7 +31,7 @@ class Intrinsics:
     distortion: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
 
     @property
-    def K(self) -> np.ndarray:  # noqa: N802 - the usual name
+    def K(self) -> np.ndarray:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     def scaled(self, factor: float) -> "Intrinsics":
@@ -109,7 +109,7 @@ class Dataset(abc.ABC):
         """Frame timestamps in seconds, strictly increasing."""
 
     @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
+    def T_imu_camera(self) -> np.ndarray | None:
         """4x4 camera -> IMU (body) transform, when the dataset has an IMU."""
         return None
 

@@ -327,7 +327,7 @@ class StoredDataset(Dataset):
         return self._timestamps
 
     @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
+    def T_imu_camera(self) -> np.ndarray | None:
         return self._T_imu_camera
 
     @property
@@ -368,7 +368,7 @@ class SlicedDataset(Dataset):
         return self.dataset.timestamps[self.indices.start:self.indices.stop:self.indices.step]
 
     @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
+    def T_imu_camera(self) -> np.ndarray | None:
         return self.dataset.T_imu_camera
 
     @property

@@ -21,9 +21,22 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Frame, ImuSamples
-from .common import (StoredDataset, associate, check_increasing, check_index, imu_since_previous, interpolate_poses,
-                     intrinsics_from_yaml, load_yaml, matrix4, numeric, read_grey, read_rows, read_trajectory,
-                     seconds_from_ns)
+from .common import (
+    StoredDataset,
+    associate,
+    check_increasing,
+    check_index,
+    imu_since_previous,
+    interpolate_poses,
+    intrinsics_from_yaml,
+    load_yaml,
+    matrix4,
+    numeric,
+    read_grey,
+    read_rows,
+    read_trajectory,
+    seconds_from_ns,
+)
 
 GROUND_TRUTH_PATTERNS = ("*gt*.txt", "*groundtruth*.txt", "*groundtruth*.csv", "*gt*.csv")
 
@@ -65,7 +78,7 @@ class EurocDataset(StoredDataset):
             raise InputError("no mav0/cam0/data.csv or cam0/data.csv here", "give a EuRoC ASL folder", self.path)
         self._timestamps, self._left_files = read_camera_list(self.mav0 / "cam0")
         self.intrinsics = intrinsics_from_yaml(self.mav0 / "cam0" / "sensor.yaml")
-        T_body_cam0 = sensor_extrinsics(self.mav0 / "cam0")  # noqa: N806
+        T_body_cam0 = sensor_extrinsics(self.mav0 / "cam0")
         self._right_files: list[Path | None] = [None] * len(self)
         self.right_intrinsics, self.T_left_right = None, None
         if (self.mav0 / "cam1" / "data.csv").is_file():
@@ -91,19 +104,19 @@ class EurocDataset(StoredDataset):
         values = numeric(rows, slice(1, 7), csv)
         return ImuSamples(check_increasing(seconds_from_ns(rows, csv), csv), values[:, 0:3], values[:, 3:6])
 
-    def _ground_truth(self, option, T_body_cam0, max_gap: float):  # noqa: N803
+    def _ground_truth(self, option, T_body_cam0, max_gap: float):
         """(t, T_world_cam0) from the option, the ASL ground-truth folder or a file found nearby."""
         asl = self.mav0 / "state_groundtruth_estimate0"
         if option is not None:
-            t, T_world_body = read_trajectory(Path(option))  # noqa: N806
+            t, T_world_body = read_trajectory(Path(option))
         elif (asl / "data.csv").is_file():
-            t, T_world_sensor = read_trajectory(asl / "data.csv")  # noqa: N806
-            T_world_body = T_world_sensor @ np.linalg.inv(sensor_extrinsics(asl))  # noqa: N806
+            t, T_world_sensor = read_trajectory(asl / "data.csv")
+            T_world_body = T_world_sensor @ np.linalg.inv(sensor_extrinsics(asl))
         else:
             found = self._find_ground_truth_file(max_gap)
             if found is None:
                 return None
-            t, T_world_body = found  # noqa: N806
+            t, T_world_body = found
         return t, T_world_body @ T_body_cam0
 
     def _find_ground_truth_file(self, max_gap: float):

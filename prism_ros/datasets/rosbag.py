@@ -33,8 +33,20 @@ from rosbags.typesys import Stores, get_typestore
 
 from ..errors import InputError
 from .base import Frame, ImuSamples, Intrinsics
-from .common import (StoredDataset, associate, check_depth_scale, check_index, depth_from_raw, distortion5, imu_since_previous,
-                     interpolate_poses, last_at_or_before, matrix4, poses_from_quaternions, to_intrinsics)
+from .common import (
+    StoredDataset,
+    associate,
+    check_depth_scale,
+    check_index,
+    depth_from_raw,
+    distortion5,
+    imu_since_previous,
+    interpolate_poses,
+    last_at_or_before,
+    matrix4,
+    poses_from_quaternions,
+    to_intrinsics,
+)
 
 PRESETS = {
     "prism": {"rgb": "/camera/rgb/image_color", "depth": "/camera/depth/image",
@@ -123,8 +135,8 @@ def pose_of(msg) -> np.ndarray:
 
 def intrinsics_of(msg) -> Intrinsics:
     """Intrinsics from sensor_msgs/CameraInfo (ROS 1 names K, D; ROS 2 names k, d)."""
-    K = np.asarray(msg.k if hasattr(msg, "k") else msg.K, dtype=np.float64)  # noqa: N806
-    D = msg.d if hasattr(msg, "d") else msg.D  # noqa: N806
+    K = np.asarray(msg.k if hasattr(msg, "k") else msg.K, dtype=np.float64)
+    D = msg.d if hasattr(msg, "d") else msg.D
     return Intrinsics(float(K[0]), float(K[4]), float(K[2]), float(K[5]), int(msg.width), int(msg.height),
                       distortion5(list(D)))
 
@@ -139,7 +151,7 @@ class RosbagDataset(StoredDataset):
     format_name = "rosbag"
 
     def __init__(self, path, topics: dict | None = None, preset: str | None = None, max_diff: float = 0.02,
-                 depth_scale: float = 1000.0, intrinsics=None, right_intrinsics=None, T_imu_camera=None,  # noqa: N803
+                 depth_scale: float = 1000.0, intrinsics=None, right_intrinsics=None, T_imu_camera=None,
                  gt_max_gap: float = 0.1):
         self.path, self.depth_scale = Path(path), float(depth_scale)
         self._reader = self._open()
@@ -339,5 +351,5 @@ class RosbagDataset(StoredDataset):
     def __del__(self):
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass

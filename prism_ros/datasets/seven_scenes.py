@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from prism_ros.evaluation.trajectory_io import orthonormalize_poses
+
+from ..errors import InputError
 from .base import Dataset, Frame, Intrinsics
-from .common import (check_depth_scale, check_index, natural_key, read_depth, read_rgb, to_intrinsics)
+from .common import check_depth_scale, check_index, natural_key, read_depth, read_rgb, to_intrinsics
 
 COLOR_FILE = re.compile(r"frame-(\d+)\.color\.(?:jpg|png)$")
 INTRINSICS_FILE = "camera-intrinsics.txt"
@@ -88,9 +89,9 @@ def read_camera_matrix(folder: Path) -> tuple[float, float, float, float] | None
     for candidate in (folder / INTRINSICS_FILE, folder.parent / INTRINSICS_FILE):
         if candidate.is_file():
             try:
-                K = np.loadtxt(candidate, dtype=np.float64)  # noqa: N806
+                K = np.loadtxt(candidate, dtype=np.float64)
             except ValueError:
-                K = np.zeros(0)  # noqa: N806
+                K = np.zeros(0)
             if K.shape != (3, 3):
                 raise InputError("camera-intrinsics.txt must hold a 3x3 matrix", "restore the file", candidate)
             return float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
@@ -107,7 +108,7 @@ class SevenScenesDataset(Dataset):
     invalid_depth = (0, 65535)
 
     def __init__(self, path, split: str | None = None, depth_scale: float = 1000.0, intrinsics=None,
-                 depth_intrinsics=None, T_color_depth=None, rate_hz: float = 30.0):  # noqa: N803
+                 depth_intrinsics=None, T_color_depth=None, rate_hz: float = 30.0):
         self.path, self.depth_scale = Path(path), float(depth_scale)
         self._files = self._index(self._sequences(split), rate_hz)
         self._timestamps = np.array([f.timestamp for f in self._files])

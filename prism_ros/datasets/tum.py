@@ -28,9 +28,25 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Frame, ImuSamples, Intrinsics
-from .common import (StoredDataset, associate, check_depth_scale, check_increasing, check_index, distortion5, imu_since_previous,
-                     interpolate_poses, last_at_or_before, load_yaml, matrix4, numeric, read_depth, read_rgb,
-                     read_rows, read_trajectory, to_intrinsics)
+from .common import (
+    StoredDataset,
+    associate,
+    check_depth_scale,
+    check_increasing,
+    check_index,
+    distortion5,
+    imu_since_previous,
+    interpolate_poses,
+    last_at_or_before,
+    load_yaml,
+    matrix4,
+    numeric,
+    read_depth,
+    read_rgb,
+    read_rows,
+    read_trajectory,
+    to_intrinsics,
+)
 
 #: TUM's published calibration per sensor: fx, fy, cx, cy, distortion (k1, k2, p1, p2, k3).
 TUM_INTRINSICS = {

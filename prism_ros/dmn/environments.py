@@ -668,7 +668,7 @@ def generate(domain: str, seeds: Sequence[int] | Tensor, views: int | None = Non
         images.append(render(envs, view_poses).cpu())
         poses.append(view_poses.cpu())
     v = config.views if views is None else int(views)
-    empty = lambda *shape, dtype: torch.zeros(0, v, *shape, dtype=dtype)  # noqa: E731
+    empty = lambda *shape, dtype: torch.zeros(0, v, *shape, dtype=dtype)
     return {"images": torch.cat(images) if images else empty(3, image_size, image_size, dtype=torch.uint8),
             "poses": torch.cat(poses) if poses else empty(3, dtype=torch.float32),
             "seeds": seeds, "domain": config.name}
@@ -715,11 +715,11 @@ def draw_layout(ax, env_index: int, envs: Environments, poses: Tensor | None = N
     """Draw environment ``env_index`` top-down on matplotlib ``ax`` in normalised coordinates: wall cells in
     their material's first colour, objects as circles, and optionally normalised poses (V,3) as arrows of
     length ``arrow``. The free interior is [-1, 1]^2. Returns ``ax``."""
-    from matplotlib.patches import Circle  # noqa: PLC0415 - plotting is optional
+    from matplotlib.patches import Circle
 
     config = envs.config
     low, high = config.extent
-    to_normal = lambda metres: 2 * (metres - low) / (high - low) - 1  # noqa: E731
+    to_normal = lambda metres: 2 * (metres - low) / (high - low) - 1
     occupancy = envs.occupancy[env_index].cpu().numpy()
     colours = envs.materials[env_index, :, COLOUR_A].cpu().numpy()[envs.wall_material[env_index].cpu().numpy()]
     image = np.ones((*occupancy.shape, 4))

@@ -15,8 +15,17 @@ import numpy as np
 import torch
 
 from prism_ros.dmn.model import LocalizationMethod, query_step
-from prism_ros.dmn.particles import (TRACKING_STD, effective_sample_size, gaussian_particles, transition,
-                                     uniform_log_weights, uniform_particles, update, weighted_covariance, weighted_mean)
+from prism_ros.dmn.particles import (
+    TRACKING_STD,
+    effective_sample_size,
+    gaussian_particles,
+    transition,
+    uniform_log_weights,
+    uniform_particles,
+    update,
+    weighted_covariance,
+    weighted_mean,
+)
 from prism_ros.errors import InputError, read_torch_file
 
 
@@ -48,7 +57,7 @@ class Area:
                                dtype=torch.float32)
 
 
-def planar_pose(T: np.ndarray) -> np.ndarray:  # noqa: N803
+def planar_pose(T: np.ndarray) -> np.ndarray:
     """(x, y, yaw) of a 4x4 pose whose x axis is the heading (REP-103 base_link: x forward, z up)."""
     return np.array([T[0, 3], T[1, 3], math.atan2(T[1, 0], T[0, 0])])
 
@@ -63,7 +72,7 @@ def planar_delta(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
 
 def prepare_image(rgb: np.ndarray, size: int) -> torch.Tensor:
     """HxWx3 uint8 -> (3, size, size) float in [0, 1] (area-averaged resize, as the training images)."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(f"expected an HxWx3 colour image, got shape {rgb.shape}", "publish rgb8 or bgr8 images")

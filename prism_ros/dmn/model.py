@@ -31,8 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prism_ros.dmn.particles import (TRACKING_STD, compose, egocentric, pose_features, pose_loss,
-                                     run_particle_filter, uniform_log_weights, weighted_mean)
+from prism_ros.dmn.particles import (
+    TRACKING_STD,
+    compose,
+    egocentric,
+    pose_features,
+    pose_loss,
+    run_particle_filter,
+    uniform_log_weights,
+    weighted_mean,
+)
 
 POSE_CHANNELS = 4  # a pose as network input: (x, y, cos yaw, sin yaw)
 
@@ -118,7 +126,7 @@ class BroadcastConv(nn.Module):
     def features(self, features: Tensor) -> Tensor:
         """Feature share (..., C, H, W) -> (..., out, H', W'), bias included."""
         weight = self.conv.weight[:, :self.feature_channels]
-        conv = lambda x: F.conv2d(x, weight, self.conv.bias, self.conv.stride, self.conv.padding)  # noqa: E731
+        conv = lambda x: F.conv2d(x, weight, self.conv.bias, self.conv.stride, self.conv.padding)
         return _over_leading(conv, features)
 
     def vectors(self, vectors: Tensor) -> Tensor:

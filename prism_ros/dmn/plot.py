@@ -19,10 +19,10 @@ def plot_episode(method: LocalizationMethod, domain: str, out: Path, steps: int 
 
     The particles after step t come from a run on the first t + 1 queries with the same random draws, so the
     panels show one filter run."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     envs = make_environments(domain, split_seeds("test", 1, start=episode))
     poses = sample_poses(envs, contexts + steps)

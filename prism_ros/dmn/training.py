@@ -179,7 +179,7 @@ def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn
           source=None, progress: bool = True, device: str | torch.device = "cpu") -> TrainResult:
     """Train one method end to end on the pose loss (tracking setting) on ``device`` (episodes are rendered on
     the CPU and moved there); returns the best validated weights (on ``device``)."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     torch.manual_seed(train_config.seed)
     method = build_method(name, dmn_config).to(device)
@@ -241,7 +241,7 @@ def evaluate(method: LocalizationMethod, domain: str, setting: str, episodes: in
     """Success rate (squared x-y error < 0.2 at the last step) and mean squared x-y error of ``method`` on
     held-out test environments, run on ``device``. Every method sees the same episodes and belief draws
     (seeded; a CUDA generator draws other numbers than the CPU one)."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     mode, steps, particles_field = SETTINGS[setting]
     particles = getattr(dmn_config, particles_field)

@@ -240,7 +240,7 @@ def slice_grid(sdf_map, height: float, config: CostmapConfig | None = None, box=
     padded = Costmap((u0 - pad * c.resolution, v0 - pad * c.resolution), float(height), c, *(np.empty(shape),) * 6)
     points = torch.from_numpy(padded.world_points().reshape(-1, 3).astype(np.float32)).to(sdf_map.device)
     samples = [sdf_map.sample(chunk) for chunk in points.split(1 << 20)]
-    read = lambda name: torch.cat([getattr(s, name) for s in samples]).cpu().numpy().reshape(shape)  # noqa: E731
+    read = lambda name: torch.cat([getattr(s, name) for s in samples]).cpu().numpy().reshape(shape)
     mean, std, observed = read("mean"), read("std"), read("observed")
     padded.seconds["sample"] = time.perf_counter() - started
     max_std = c.max_std if c.max_std is not None else sdf_map.config.truncation

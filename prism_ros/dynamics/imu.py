@@ -177,7 +177,7 @@ class ImuDeadReckoning:
 
     def reset(self, t: float, R, p, v, gyro=(0.0, 0.0, 0.0), accel=(0.0, 0.0, GRAVITY)) -> None:
         """Start from orientation R, position p, world velocity v at time t (last sample held)."""
-        as_tensor = lambda x: torch.as_tensor(x, **self.options)  # noqa: E731
+        as_tensor = lambda x: torch.as_tensor(x, **self.options)
         self.state = (float(t), as_tensor(R), as_tensor(p), as_tensor(v), as_tensor(gyro), as_tensor(accel))
 
     def update(self, t, gyro, accel):

@@ -174,7 +174,7 @@ def sample_rollouts(model: TransitionModel, state: GaussianState, controls, hori
     T0, v0, P = state.T.detach(), state.velocity.detach(), state.covariance.detach()
     options = dict(dtype=T0.dtype, device=T0.device)
     times = state.t + step_s * torch.arange(steps + 1, dtype=torch.float64)
-    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=T0.dtype).to(T0.device)  # noqa: E731
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=T0.dtype).to(T0.device)
     keep = torch.ones(samples + 1, 1, **options)
     keep[0] = 0.0  # row 0: the nominal rollout, no noise
 

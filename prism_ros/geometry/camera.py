@@ -40,7 +40,7 @@ class PinholeCamera:
 
     def __post_init__(self):
         like = self.fx if torch.is_tensor(self.fx) else torch.zeros((), dtype=torch.float32)
-        as_t = lambda x: torch.as_tensor(x, dtype=like.dtype, device=like.device)  # noqa: E731
+        as_t = lambda x: torch.as_tensor(x, dtype=like.dtype, device=like.device)
         self.fx, self.fy, self.cx, self.cy = (as_t(v).reshape(()) for v in (self.fx, self.fy, self.cx, self.cy))
         self.width, self.height = int(self.width), int(self.height)
         self.distortion = as_t(self.distortion).reshape(-1)
@@ -66,7 +66,7 @@ class PinholeCamera:
         return self.fx.dtype
 
     @property
-    def K(self) -> torch.Tensor:  # noqa: N802 - the usual name
+    def K(self) -> torch.Tensor:
         """(3, 3) camera matrix."""
         o, one = torch.zeros_like(self.fx), torch.ones_like(self.fx)
         return torch.stack((self.fx, o, self.cx, o, self.fy, self.cy, o, o, one)).reshape(3, 3)

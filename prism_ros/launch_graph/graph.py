@@ -63,7 +63,7 @@ def share_dir() -> Path:
     """Where ``config/``, ``rviz/`` and ``launch/`` are: the ament share folder of prism_ros when it is
     installed in a sourced workspace, else this source checkout, else ``<sys.prefix>/share/prism_ros``."""
     try:
-        from ament_index_python.packages import get_package_share_directory  # noqa: PLC0415
+        from ament_index_python.packages import get_package_share_directory
 
         return Path(get_package_share_directory(PACKAGE))
     except (ImportError, LookupError, OSError, ValueError):
@@ -199,7 +199,7 @@ def missing_files(specs: list[NodeSpec]) -> list[str]:
 def launch_nodes(specs: list[NodeSpec]) -> list:
     """``launch_ros.actions.Node`` actions for ``specs`` (launch files only: needs launch_ros); a missing
     parameter or rviz file stops the launch with an InputError naming it."""
-    from launch_ros.actions import Node  # noqa: PLC0415
+    from launch_ros.actions import Node
 
     missing = missing_files(specs)
     if missing:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from prism_ros.loopback import loopback_env, random_domain_id
 from prism_ros.errors import InputError
 from prism_ros.launch_graph.graph import GRAPHS, SENSORS, USE_SIM_TIME, NodeSpec, missing_files
+from prism_ros.loopback import loopback_env, random_domain_id
 
 
 def parameter_argument(name: str, value) -> str:
@@ -172,7 +172,7 @@ def _forward_signals(graph: RunningGraph) -> dict:
 
     Main thread only (Python's rule for signal handlers); returns the handlers it replaced.
     """
-    import threading  # noqa: PLC0415
+    import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}

@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 
 from prism_ros.errors import InputError
-from prism_ros.loopback import apply_loopback_env, random_domain_id
 from prism_ros.launch_graph.graph import NodeSpec, bag_player_spec, config_path, prism_node_spec, share_dir
+from prism_ros.loopback import apply_loopback_env, random_domain_id
 from prism_ros.nodes.replay_monitor import NOT_STAGES, ReplayMonitor, estimates_from_messages
 
 
@@ -51,7 +51,7 @@ IDLE_DONE_S = 5.0  # after the bag ended: nothing processed for this long = the 
 def node_parameter_values(parameter_files: Sequence[Path], overrides: dict) -> dict:
     """The node's parameter values as rcl resolves them: declared defaults, then each file's ``/**`` and
     ``prism_node`` sections in order, then ``overrides``."""
-    from prism_ros.nodes.prism_node import NODE_NAME, PARAMETERS  # noqa: PLC0415
+    from prism_ros.nodes.prism_node import NODE_NAME, PARAMETERS
 
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     for path in parameter_files:
@@ -64,12 +64,12 @@ def node_parameter_values(parameter_files: Sequence[Path], overrides: dict) -> d
 
 def count_messages(bag: Path, topic: str) -> int:
     """Messages on ``topic`` in the bag (from its index, nothing is read)."""
-    from rosbags.highlevel import AnyReader  # noqa: PLC0415
+    from rosbags.highlevel import AnyReader
 
     try:
         with AnyReader([Path(bag)]) as reader:
             return sum(c.msgcount for c in reader.connections if c.topic == topic)
-    except Exception as error:  # noqa: BLE001 - rosbags raises its own errors for unreadable bags
+    except Exception as error:
         raise InputError(f"cannot read the bag ({error})", "give a rosbag2 folder (mcap or sqlite3) or a "
                          "ROS 1 .bag file", bag) from None
 
@@ -78,7 +78,7 @@ def bag_ground_truth(bag: Path, preset: ReplayPreset):
     """(stamps, T_world_camera) from the bag's ground-truth topic, or None."""
     if preset.bag_reader is None:
         return None
-    from prism_ros.datasets import open_dataset  # noqa: PLC0415
+    from prism_ros.datasets import open_dataset
 
     try:
         return open_dataset(bag, fmt="rosbag", preset=preset.bag_reader).ground_truth()
@@ -93,7 +93,7 @@ def replay_bag(bag: Path, preset: str, out: Path, rate: float = 1.0, config: str
     """Play ``bag`` into prism_node (separate processes, real DDS) and write the offline runner's outputs
     to ``out``; returns the summary. ``extra_nodes`` join the graph (e.g. a baseline and a recorder) and the
     player waits for them too. ``visualize`` keeps the live mesh/cloud publishing (for RViz)."""
-    from prism_ros.launch_graph.launcher import start_graph  # noqa: PLC0415
+    from prism_ros.launch_graph.launcher import start_graph
 
     bag, out = Path(bag), Path(out)
     if preset not in PRESETS:
@@ -180,7 +180,7 @@ def _wait_for_node(monitor: ReplayMonitor, graph, log: Path) -> None:
 
 def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, progress: bool) -> None:
     """Spin until the bag has played and the node has worked off its queue; a progress bar of frames."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     bar = tqdm(total=frames_in_bag, desc="prism_node", unit="frame", disable=not progress)
     player_done_at = last_change = None
@@ -212,9 +212,9 @@ def write_replay_outputs(out: Path, estimates: list, timing: dict, diagnostics: 
                          wall: float, codes: list, saved: tuple[bool, str], ground_truth: Path | None,
                          bag: Path, preset: ReplayPreset) -> dict:
     """The offline runner's files from what the node published; the summary (also summary.json)."""
-    from prism_ros.datasets.common import interpolate_poses  # noqa: PLC0415
-    from prism_ros.prism.pipeline import score, score_map, write_outputs  # noqa: PLC0415
-    from prism_ros.evaluation.trajectory_io import read_tum  # noqa: PLC0415
+    from prism_ros.datasets.common import interpolate_poses
+    from prism_ros.evaluation.trajectory_io import read_tum
+    from prism_ros.prism.pipeline import score, score_map, write_outputs
 
     write_outputs(out, estimates)
     stats = [timing[stamp] for stamp in sorted(timing)]
@@ -249,7 +249,7 @@ def write_replay_outputs(out: Path, estimates: list, timing: dict, diagnostics: 
             summary.update(score(out, [e for e, _ in kept], [t for _, t in kept]))
             scene = _scene_of(bag)
             if scene is not None and saved[0]:
-                from prism_ros.prism.map import GaussianSdfMap  # noqa: PLC0415
+                from prism_ros.prism.map import GaussianSdfMap
 
                 summary["map_error"] = score_map(GaussianSdfMap.load(out / "map.pt"), kept[0][0].T_world_camera,
                                                  kept[0][1], scene.sdf)
@@ -259,7 +259,7 @@ def write_replay_outputs(out: Path, estimates: list, timing: dict, diagnostics: 
 
 def _scene_of(bag: Path):
     """The exact scene when the bag sits in a `prism-ros synth` folder (for the map error), else None."""
-    from prism_ros.synthetic import read_scene  # noqa: PLC0415
+    from prism_ros.synthetic import read_scene
 
     folder = bag if bag.is_dir() else bag.parent
     for candidate in (folder, folder.parent):

@@ -54,17 +54,43 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Header, Int32
 from std_srvs.srv import Trigger
 
-from prism_ros.prism.config import resolve_device
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (camera_info_to_intrinsics, depth_to_metres, diagnostics_message, header_ns,
-                                         image_to_numpy, matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
-from prism_ros.nodes.parameters import (Param, checked_changes, count, declare, intrinsics_check, non_negative,
-                                        not_empty, one_of, parameters_file, positive, read_all, transform)
-from prism_ros.nodes.prism_node import (DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS, BadInput,
-                                        left_covariance_to_ros)
+from prism_ros.nodes.conversions import (
+    camera_info_to_intrinsics,
+    depth_to_metres,
+    diagnostics_message,
+    header_ns,
+    image_to_numpy,
+    matrix_to_pose_with_covariance,
+    pose_to_matrix,
+    to_rgb,
+)
+from prism_ros.nodes.parameters import (
+    Param,
+    checked_changes,
+    count,
+    declare,
+    intrinsics_check,
+    non_negative,
+    not_empty,
+    one_of,
+    parameters_file,
+    positive,
+    read_all,
+    transform,
+)
+from prism_ros.nodes.prism_node import (
+    DEPTH_ENCODINGS,
+    IDENTITY16,
+    QOS_NAMES,
+    RGB_ENCODINGS,
+    BadInput,
+    left_covariance_to_ros,
+)
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
+from prism_ros.prism.config import resolve_device
 
 NODE_NAME = "ace_node"
 RECIPES = ("cpu", "gpu", "test")
@@ -158,15 +184,15 @@ def parameters_yaml() -> str:
         "`dynamic` ones may be changed at runtime; the others are read at start-up (invalid values: exit code 2)."])
 
 
-def camera_covariance_to_ros(covariance: np.ndarray, T_world_camera: np.ndarray,  # noqa: N803
-                             T_map_base: np.ndarray, scale: float = 1.0,  # noqa: N803
+def camera_covariance_to_ros(covariance: np.ndarray, T_world_camera: np.ndarray,
+                             T_map_base: np.ndarray, scale: float = 1.0,
                              floor: np.ndarray | None = None) -> np.ndarray:
     """ACE's covariance of a right perturbation T exp(xi) of the camera pose -> ROS pose covariance of the base:
     left = scale Ad(T) cov Ad(T)^T + diag(floor^2) (invariant to the constant camera -> base transform), then
     the ROS lever arm. ``floor``: std per [rho, phi] axis added in the world frame."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from prism_ros.geometry import se3_adjoint  # noqa: PLC0415
+    from prism_ros.geometry import se3_adjoint
 
     adjoint = se3_adjoint(torch.as_tensor(T_world_camera, dtype=torch.float64)).numpy()
     left = scale * adjoint @ covariance @ adjoint.T
@@ -175,7 +201,7 @@ def camera_covariance_to_ros(covariance: np.ndarray, T_world_camera: np.ndarray,
     return left_covariance_to_ros(left, T_map_base[:3, 3])
 
 
-def is_new_keyframe(T: np.ndarray, keyframes: list[np.ndarray], distance: float, angle_deg: float) -> bool:  # noqa: N803
+def is_new_keyframe(T: np.ndarray, keyframes: list[np.ndarray], distance: float, angle_deg: float) -> bool:
     """True when ``T`` (camera pose) is ``distance`` from every keyframe or turned ``angle_deg`` from the
     nearest one (the usual keyframe rule: new viewpoints, not new times)."""
     if not keyframes:
@@ -240,7 +266,7 @@ class AceNode(Node):
 
     # -- set-up ---------------------------------------------------------------------------------
     def configure(self) -> None:
-        from prism_ros.ace import load_encoder  # noqa: PLC0415 - torch-heavy, after the parameter checks
+        from prism_ros.ace import load_encoder
 
         self.values = read_all(self, PARAMETERS, "config/ace.yaml")
         v = self.values
@@ -248,7 +274,8 @@ class AceNode(Node):
             raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
                              "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
         if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
-            raise InputError("intrinsics_source is parameters but intrinsics is unset", "set intrinsics:=[fx, fy, cx, cy]")
+            raise InputError("intrinsics_source is parameters but intrinsics is unset",
+                             "set intrinsics:=[fx, fy, cx, cy]")
         self._recent = deque(maxlen=v["image_buffer"])
         self.T_base_camera = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
         self.T_camera_base = np.linalg.inv(self.T_base_camera)
@@ -267,7 +294,7 @@ class AceNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _read_map(self, path: Path):
-        from prism_ros.ace import load_map  # noqa: PLC0415
+        from prism_ros.ace import load_map
 
         return load_map(path, encoder_id=self.encoder.encoder_id, device=self.device)
 
@@ -391,7 +418,7 @@ class AceNode(Node):
         if match is None:
             return
         try:
-            T_world_camera = pose_to_matrix(msg.pose.pose) @ self.T_base_camera  # noqa: N806
+            T_world_camera = pose_to_matrix(msg.pose.pose) @ self.T_base_camera
         except InputError as error:
             self._bad_input("bad_pose", f"{self.values['prism_node']}/pose: {error.problem}", "send unit quaternions")
             return
@@ -403,8 +430,8 @@ class AceNode(Node):
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
             return
-        from prism_ros.ace.buffer import prepare_frame  # noqa: PLC0415
-        from prism_ros.ace.mapping import get_recipe  # noqa: PLC0415
+        from prism_ros.ace.buffer import prepare_frame
+        from prism_ros.ace.mapping import get_recipe
 
         frame.pose = T_world_camera
         view = prepare_frame(frame, get_recipe(self.values["mapping_recipe"]).image_height, use_depth=True)
@@ -419,7 +446,8 @@ class AceNode(Node):
         """Decode one set into a Frame (BadInput naming the cause, the problem and the fix)."""
         rgb_msg = item.rgb
         if rgb_msg.encoding not in RGB_ENCODINGS:
-            raise BadInput("bad_encoding", f"colour has encoding {rgb_msg.encoding!r}", f"publish {', '.join(RGB_ENCODINGS[:5])}")
+            raise BadInput("bad_encoding", f"colour has encoding {rgb_msg.encoding!r}",
+                           f"publish {', '.join(RGB_ENCODINGS[:5])}")
         v = self.values
         if item.info is None and v["intrinsics_source"] == "camera_info":
             raise BadInput("missing_camera_info", f"no CameraInfo on {v['camera_info_topic']} yet",
@@ -464,7 +492,7 @@ class AceNode(Node):
                 item, reason, done = self._jobs.popleft()
             try:
                 answer = self._relocalize(item, reason)
-            except Exception as error:  # noqa: BLE001 - the worker must survive anything
+            except Exception as error:
                 answer = (False, f"relocalization failed: {type(error).__name__}: {error}")
                 self.get_logger().error(f"{answer[1]}\n{traceback.format_exc()}")
             if done is not None:
@@ -472,7 +500,7 @@ class AceNode(Node):
                 done["event"].set()
 
     def _relocalize(self, item: ImageSet | None, reason: str) -> tuple[bool, str]:
-        from prism_ros.ace.relocalize import relocalize  # noqa: PLC0415
+        from prism_ros.ace.relocalize import relocalize
 
         if item is None and reason == "recovery":
             item = self._lost_image()
@@ -507,7 +535,7 @@ class AceNode(Node):
         if not result.accepted:
             return False, (f"rejected ({reason}): {result.inliers} inliers < {v['min_inliers']}"
                            + (f" ({result.reason})" if result.reason else ""))
-        T_map_base = result.pose @ self.T_camera_base  # noqa: N806
+        T_map_base = result.pose @ self.T_camera_base
         floor = [v["position_std_floor"]] * 3 + [np.radians(v["rotation_std_floor_deg"])] * 3
         covariance = camera_covariance_to_ros(result.covariance, result.pose, T_map_base, v["covariance_scale"], floor)
         msg = matrix_to_pose_with_covariance(T_map_base, covariance, item.rgb.header.stamp, v["map_frame"])
@@ -532,7 +560,7 @@ class AceNode(Node):
 
     # -- online mapping -------------------------------------------------------------------------
     def _map_in_background(self) -> None:
-        from prism_ros.ace.mapping import get_recipe, map_views  # noqa: PLC0415
+        from prism_ros.ace.mapping import get_recipe, map_views
 
         while not self._stop.wait(0.5):
             v = self.values
@@ -546,7 +574,7 @@ class AceNode(Node):
             try:
                 recipe = get_recipe(v["mapping_recipe"], steps=v["mapping_steps"] or None)
                 first = views[0]
-                K = first.K  # noqa: N806
+                K = first.K
                 intrinsics = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
                               int(first.grey.shape[1]), int(first.grey.shape[0]))
                 started = time.perf_counter()
@@ -560,7 +588,7 @@ class AceNode(Node):
                     self.stats.mappings += 1
                     self.stats.last_mapping_s = seconds
                 self.get_logger().info(f"online mapping: {len(views)} keyframes mapped in {seconds:.1f} s; {saved}")
-            except Exception as error:  # noqa: BLE001 - the thread must survive anything
+            except Exception as error:
                 if self._stop.is_set():
                     return
                 self._failure("mapping", f"online mapping failed: {type(error).__name__}: {error}")
@@ -576,7 +604,7 @@ class AceNode(Node):
         return response
 
     def _save(self, ace_map) -> str:
-        from prism_ros.ace import save_map  # noqa: PLC0415
+        from prism_ros.ace import save_map
 
         path = Path(self.values["map_path"]).expanduser()
         partial = path.with_name(path.name + ".partial")

@@ -52,7 +52,7 @@ def has_ros_piece(name: str) -> bool:
     module_name, attribute, _ = ROS_PIECES[name]
     try:
         module = importlib.import_module(module_name)
-    except Exception:  # noqa: BLE001 - ImportError, or a broken install raising anything else
+    except Exception:
         return False
     return hasattr(module, attribute)
 
@@ -139,7 +139,7 @@ class ApproximateTimeSynchronizer:
         self._callbacks: list[Callable] = [callback] if callback else []
         self._lock = threading.Lock()
 
-    def registerCallback(self, callback: Callable) -> None:  # noqa: N802 - message_filters name
+    def registerCallback(self, callback: Callable) -> None:
         """Add a callback called with one message per input for each matched set."""
         self._callbacks.append(callback)
 
@@ -214,7 +214,7 @@ def make_synchronizer(node, inputs: Sequence[tuple[type, str, QoSProfile]], queu
 
 
 def _message_filters_synchronizer(node, inputs, queue_size, slop, callback) -> Synchronizer:
-    import message_filters  # noqa: PLC0415 - optional ROS piece
+    import message_filters
 
     subscribers = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos)
                    for msg_type, topic, qos in inputs]
@@ -250,7 +250,7 @@ class NullTransformBroadcaster:
         self.warned = False
         self.dropped = 0
 
-    def sendTransform(self, transform) -> None:  # noqa: N802 - tf2_ros name
+    def sendTransform(self, transform) -> None:
         """Drop ``transform`` (one or a list); the first call logs the warning."""
         self.dropped += len(transform) if isinstance(transform, (list, tuple)) else 1
         if not self.warned:
@@ -261,7 +261,7 @@ class NullTransformBroadcaster:
 def make_tf_broadcaster(node, warn: Callable[[str], None] | None = None):
     """tf2_ros.TransformBroadcaster when importable, else a :class:`NullTransformBroadcaster`."""
     if has_ros_piece("tf2_ros"):
-        import tf2_ros  # noqa: PLC0415 - optional ROS piece
+        import tf2_ros
 
         return tf2_ros.TransformBroadcaster(node)
     return NullTransformBroadcaster(node, warn)

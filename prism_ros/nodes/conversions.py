@@ -18,8 +18,7 @@ from typing import Iterable
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import (Pose, PoseStamped, PoseWithCovarianceStamped, Transform,
-                               TransformStamped)
+from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped, Transform, TransformStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_msgs.msg import Header
@@ -177,7 +176,7 @@ def _numpy_to_image_np(pixels: np.ndarray, encoding: str) -> Image:
 
 @lru_cache(maxsize=1)
 def _bridge():
-    from cv_bridge import CvBridge  # noqa: PLC0415 - optional ROS piece
+    from cv_bridge import CvBridge
 
     return CvBridge()
 
@@ -218,7 +217,7 @@ def image_to_rgb(msg: Image) -> np.ndarray:
 
 def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     """Convert 8-bit pixels in ``encoding`` (rgb8, bgr8, rgba8, bgra8, mono8, 8UC1/3/4) to RGB."""
-    import cv2  # noqa: PLC0415 - heavy import kept local
+    import cv2
 
     conversions = {"rgb8": None, "8UC3": None, "bgr8": cv2.COLOR_BGR2RGB,
                    "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB, "8UC4": cv2.COLOR_RGBA2RGB,
@@ -273,7 +272,7 @@ def compressed_to_numpy(msg: CompressedImage) -> np.ndarray:
     Colour images come back in the channel order of the original encoding (RGB for rgb8 sources,
     BGR for bgr8 ones); compressedDepth 16UC1 gives uint16, 32FC1 gives float32 metres (NaN invalid).
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     data = np.frombuffer(msg.data, dtype=np.uint8)
     is_depth = "compresseddepth" in msg.format.replace(" ", "").lower()
@@ -310,7 +309,7 @@ def numpy_to_compressed(pixels: np.ndarray, encoding: str = "rgb8", fmt: str = "
     The format string follows image_transport ("rgb8; jpeg compressed bgr8") so other ROS tools
     decode it; RGB sources are stored as BGR as OpenCV expects.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     if fmt not in ("jpeg", "png"):
         raise ValueError(f"fmt must be jpeg or png, not {fmt!r}")
@@ -359,7 +358,7 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics:
 def intrinsics_to_camera_info(intrinsics: Intrinsics, stamp: Time | float | None = None,
                               frame_id: str = "") -> CameraInfo:
     """CameraInfo of a pinhole camera (R = identity, P = [K | 0])."""
-    K = intrinsics.K  # noqa: N806
+    K = intrinsics.K
     projection = np.zeros((3, 4))
     projection[:, :3] = K
     distortion = [float(v) for v in intrinsics.distortion]
@@ -452,14 +451,14 @@ def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, flo
 
 
 def _matrix(translation, quaternion) -> np.ndarray:
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = quaternion_to_matrix(quaternion.x, quaternion.y, quaternion.z, quaternion.w)
     T[:3, 3] = _vector3(translation)
     return T
 
 
-def _check_pose_matrix(T: np.ndarray) -> np.ndarray:  # noqa: N803
-    T = np.asarray(T, dtype=np.float64)  # noqa: N806
+def _check_pose_matrix(T: np.ndarray) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
     if T.shape != (4, 4):
         raise ValueError(f"pose must be a 4x4 matrix, got shape {T.shape}")
     return T
@@ -470,9 +469,9 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
     return _matrix(pose.position, pose.orientation)
 
 
-def matrix_to_pose(T: np.ndarray) -> Pose:  # noqa: N803
+def matrix_to_pose(T: np.ndarray) -> Pose:
     """geometry_msgs/Pose of a 4x4 matrix."""
-    T = _check_pose_matrix(T)  # noqa: N806
+    T = _check_pose_matrix(T)
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = map(float, T[:3, 3])
     q = pose.orientation
@@ -485,9 +484,9 @@ def transform_to_matrix(transform: Transform) -> np.ndarray:
     return _matrix(transform.translation, transform.rotation)
 
 
-def matrix_to_transform(T: np.ndarray) -> Transform:  # noqa: N803
+def matrix_to_transform(T: np.ndarray) -> Transform:
     """geometry_msgs/Transform of a 4x4 matrix."""
-    T = _check_pose_matrix(T)  # noqa: N806
+    T = _check_pose_matrix(T)
     transform = Transform()
     t = transform.translation
     t.x, t.y, t.z = map(float, T[:3, 3])
@@ -501,7 +500,7 @@ def pose_stamped_to_matrix(msg: PoseStamped) -> np.ndarray:
     return pose_to_matrix(msg.pose)
 
 
-def matrix_to_pose_stamped(T: np.ndarray, stamp: Time | float | None = None,  # noqa: N803
+def matrix_to_pose_stamped(T: np.ndarray, stamp: Time | float | None = None,
                            frame_id: str = "map") -> PoseStamped:
     """PoseStamped of a 4x4 matrix expressed in ``frame_id``."""
     return PoseStamped(header=make_header(frame_id, stamp), pose=matrix_to_pose(T))
@@ -512,7 +511,7 @@ def transform_stamped_to_matrix(msg: TransformStamped) -> np.ndarray:
     return transform_to_matrix(msg.transform)
 
 
-def matrix_to_transform_stamped(T: np.ndarray, stamp: Time | float | None = None,  # noqa: N803
+def matrix_to_transform_stamped(T: np.ndarray, stamp: Time | float | None = None,
                                 frame_id: str = "map", child_frame_id: str = "camera") -> TransformStamped:
     """TransformStamped parent ``frame_id`` <- child ``child_frame_id``."""
     return TransformStamped(header=make_header(frame_id, stamp), child_frame_id=child_frame_id,
@@ -543,7 +542,7 @@ def pose_with_covariance_to_matrix(msg: PoseWithCovarianceStamped) -> tuple[np.n
     return pose_to_matrix(msg.pose.pose), covariance_from_msg(msg.pose.covariance)
 
 
-def matrix_to_pose_with_covariance(T: np.ndarray, covariance: np.ndarray,  # noqa: N803
+def matrix_to_pose_with_covariance(T: np.ndarray, covariance: np.ndarray,
                                    stamp: Time | float | None = None,
                                    frame_id: str = "map") -> PoseWithCovarianceStamped:
     """PoseWithCovarianceStamped of a 4x4 pose and a 6x6 ROS-order covariance."""
@@ -558,7 +557,7 @@ def odometry_to_matrix(msg: Odometry) -> tuple[np.ndarray, np.ndarray]:
     return pose_to_matrix(msg.pose.pose), covariance_from_msg(msg.pose.covariance)
 
 
-def matrix_to_odometry(T: np.ndarray, stamp: Time | float | None = None,  # noqa: N803
+def matrix_to_odometry(T: np.ndarray, stamp: Time | float | None = None,
                        frame_id: str = "odom", child_frame_id: str = "base_link",
                        covariance: np.ndarray | None = None, twist: np.ndarray | None = None,
                        twist_covariance: np.ndarray | None = None) -> Odometry:

@@ -37,8 +37,15 @@ from std_srvs.srv import Trigger
 
 from prism_ros.errors import InputError
 from prism_ros.nodes.compat import qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (diagnostics_message, header_ns, image_to_numpy, make_header,
-                                         matrix_to_pose_with_covariance, pose_to_matrix, to_rgb)
+from prism_ros.nodes.conversions import (
+    diagnostics_message,
+    header_ns,
+    image_to_numpy,
+    make_header,
+    matrix_to_pose_with_covariance,
+    pose_to_matrix,
+    to_rgb,
+)
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
 from prism_ros.nodes.prism_node import QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, run_node
@@ -88,7 +95,7 @@ def parameters_yaml() -> str:
 
 
 def default_weights() -> Path:
-    from prism_ros.cli.dmn import weights_path  # noqa: PLC0415
+    from prism_ros.cli.dmn import weights_path
 
     return weights_path("rooms", "pf-dmn")
 
@@ -138,8 +145,8 @@ class DmnNode(Node):
 
     # -- set-up ---------------------------------------------------------------------------------
     def configure(self) -> None:
-        from prism_ros.dmn.localizer import Area, DmnLocalizer, load_contexts  # noqa: PLC0415
-        from prism_ros.dmn.training import load_method  # noqa: PLC0415
+        from prism_ros.dmn.localizer import Area, DmnLocalizer, load_contexts
+        from prism_ros.dmn.training import load_method
 
         self.values = v = read_all(self, PARAMETERS, "config/dmn.yaml")
         weights = Path(v["weights_path"]).expanduser() if v["weights_path"] else default_weights()
@@ -211,7 +218,7 @@ class DmnNode(Node):
 
     def _planar(self, pose, topic: str) -> np.ndarray | None:
         """(x, y, yaw) of a geometry_msgs/Pose, or None (counted as bad_pose)."""
-        from prism_ros.dmn.localizer import planar_pose  # noqa: PLC0415
+        from prism_ros.dmn.localizer import planar_pose
 
         try:
             return planar_pose(pose_to_matrix(pose))
@@ -274,7 +281,7 @@ class DmnNode(Node):
 
     # -- the filter -----------------------------------------------------------------------------
     def _work(self) -> None:
-        from prism_ros.dmn.localizer import planar_delta  # noqa: PLC0415
+        from prism_ros.dmn.localizer import planar_delta
 
         last = 0.0
         while not self._stop.is_set():
@@ -316,7 +323,7 @@ class DmnNode(Node):
 
     def _publish(self, estimate: np.ndarray, covariance: np.ndarray, particles: np.ndarray, stamp) -> None:
         frame = self.values["map_frame"]
-        T = np.eye(4)  # noqa: N806
+        T = np.eye(4)
         c, s = math.cos(estimate[2]), math.sin(estimate[2])
         T[:2, :2], T[:2, 3] = [[c, -s], [s, c]], estimate[:2]
         self.pose_pub.publish(matrix_to_pose_with_covariance(T, planar_covariance_to_ros(covariance), stamp, frame))

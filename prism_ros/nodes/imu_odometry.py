@@ -20,8 +20,7 @@ from sensor_msgs.msg import Imu
 
 from prism_ros.dynamics.imu import ImuDeadReckoning
 from prism_ros.nodes.compat import reliable_qos
-from prism_ros.nodes.conversions import (imu_to_arrays, matrix_to_odometry, pose_stamped_to_matrix,
-                                         stamp_to_sec)
+from prism_ros.nodes.conversions import imu_to_arrays, matrix_to_odometry, pose_stamped_to_matrix, stamp_to_sec
 from prism_ros.nodes.runner import interruptible
 
 

@@ -65,10 +65,10 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from prism_ros.prism.map import block_keys, coords_of_keys
-from prism_ros.prism.mesh import Mesh, colour_map, extract_mesh
 from prism_ros.nodes.compat import qos_by_name
 from prism_ros.nodes.conversions import as_stamp, make_header, numpy_to_image
+from prism_ros.prism.map import block_keys, coords_of_keys
+from prism_ros.prism.mesh import Mesh, colour_map, extract_mesh
 
 COLOURINGS = ("colour", "uncertainty")
 MESH_NS = "prism_mesh"

@@ -59,8 +59,8 @@ def transform(allow_empty: bool):
             return None
         if len(values) != 16 or not all(math.isfinite(v) for v in values):
             return f"needs 16 finite numbers (a row-major 4x4 matrix), got {len(values)}"
-        T = np.asarray(values).reshape(4, 4)  # noqa: N806
-        R = T[:3, :3]  # noqa: N806
+        T = np.asarray(values).reshape(4, 4)
+        R = T[:3, :3]
         if not np.allclose(T[3], [0, 0, 0, 1]) or not np.allclose(R.T @ R, np.eye(3), atol=1e-3) \
                 or np.linalg.det(R) < 0:
             return "is not a rigid transform (rotation must be orthonormal, last row 0 0 0 1)"
@@ -123,7 +123,7 @@ def convert_value(spec: Param, name: str, value: Any, reference: str) -> Any:
 
 def declare(node, table: dict[str, Param]) -> None:
     """Declare every parameter of ``table`` on ``node`` with its description (and whether it is read-only)."""
-    from rcl_interfaces.msg import ParameterDescriptor  # noqa: PLC0415
+    from rcl_interfaces.msg import ParameterDescriptor
 
     for name, spec in table.items():
         node.declare_parameter(name, spec.default, ParameterDescriptor(
@@ -164,7 +164,7 @@ def checked_changes(table: dict[str, Param], parameters, reference: str) -> tupl
 
 def parameters_file(table: dict[str, Param], header: list[str]) -> str:
     """A ROS 2 parameters file (``/**`` section) with every parameter, its default and its meaning."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     lines = [f"# {line}" if line else "#" for line in header] + ["/**:", "  ros__parameters:"]
     for name, spec in table.items():
@@ -190,7 +190,7 @@ def table_start(node: str) -> str:
 def parameters_markdown(parameters: dict[str, Param]) -> str:
     """A markdown table of ``parameters``: name, default (as in the YAML parameters file), whether it may change
     at runtime, and the description."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -205,7 +205,7 @@ def parameters_markdown(parameters: dict[str, Param]) -> str:
 
 def node_parameters(node: str) -> dict[str, Param]:
     """The PARAMETERS table of a node in :data:`DOCUMENTED_NODES` (imports the node module, hence rclpy)."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
     return importlib.import_module(DOCUMENTED_NODES[node][0]).PARAMETERS
 

@@ -131,8 +131,8 @@ def _check_numbers(options: PlayOptions) -> None:
 
 def open_bag(paths: Sequence[Path]):
     """An opened rosbags AnyReader; InputError when missing or unreadable."""
-    from rosbags.highlevel import AnyReader  # noqa: PLC0415 - keep `--help` fast
-    from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
 
     for path in paths:
         if not path.exists():
@@ -140,7 +140,7 @@ def open_bag(paths: Sequence[Path]):
     try:
         reader = AnyReader(list(paths), default_typestore=get_typestore(Stores.LATEST))
         reader.open()
-    except Exception as err:  # noqa: BLE001 - rosbags raises several unrelated types
+    except Exception as err:
         raise InputError(f"cannot read bag: {err}".strip(),
                          "check it is a ROS 1 .bag or a ROS 2 bag folder/.db3/.mcap", paths[0]) from err
     return reader
@@ -153,7 +153,7 @@ def message_class(msgtype: str):
         package, _, name = msgtype.partition("/")
     try:
         module = importlib.import_module(f"{package}.msg")
-    except Exception:  # noqa: BLE001 - missing package, or a non-message module of that name
+    except Exception:
         return None
     cls = getattr(module, name, None)
     return cls if cls is not None and hasattr(type(cls), "_TYPE_SUPPORT") else None
@@ -201,7 +201,7 @@ def cdr_converter(reader) -> Callable[[bytes, str], bytes]:
     """Function (raw, msgtype) -> CDR bytes: identity for ROS 2 bags, ros1_to_cdr for ROS 1 bags."""
     if reader.is2:
         return lambda raw, _msgtype: raw if isinstance(raw, bytes) else bytes(raw)
-    from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
+    from rosbags.typesys import Stores, get_typestore
 
     # The bag's own definitions, except a ROS 2 Header (no seq): ros1_to_cdr then drops seq.
     store = get_typestore(Stores.EMPTY)
@@ -238,10 +238,10 @@ class BagPlayback:
 
     def __init__(self, node, reader, plans: list[TopicPlan], missing: dict[str, list[str]],
                  options: PlayOptions):
-        from rclpy.duration import Duration  # noqa: PLC0415
-        from rosgraph_msgs.msg import Clock  # noqa: PLC0415
+        from rclpy.duration import Duration
+        from rosgraph_msgs.msg import Clock
 
-        from prism_ros.nodes.compat import qos_by_name, reliable_qos  # noqa: PLC0415
+        from prism_ros.nodes.compat import qos_by_name, reliable_qos
 
         self.node, self.reader, self.options = node, reader, options
         self.plans = {p.topic: p for p in plans}
@@ -352,7 +352,7 @@ class BagPlayback:
         if self.options.qos != "reliable" or not behind:
             time.sleep(seconds)
             return
-        from rclpy.duration import Duration  # noqa: PLC0415
+        from rclpy.duration import Duration
 
         topic = max(behind, key=self._since_ack.get)
         if self.publishers[topic].wait_for_all_acked(Duration(nanoseconds=int(seconds * 1e9))):
@@ -365,7 +365,7 @@ class BagPlayback:
             cdr = self.to_cdr(raw, msgtype)
             if topic not in self._verified:
                 self._verify_first(topic, cdr)
-        except Exception as err:  # noqa: BLE001 - rosbags/rclpy raise various types
+        except Exception as err:
             if topic in self._verified:
                 self._skip_message(topic, str(err))
             else:  # the first message does not fit the installed type: the topic cannot be played
@@ -378,7 +378,7 @@ class BagPlayback:
 
     def _verify_first(self, topic: str, cdr: bytes) -> None:
         """Deserialise the first message of a topic once: catches definitions that differ."""
-        from rclpy.serialization import deserialize_message  # noqa: PLC0415
+        from rclpy.serialization import deserialize_message
 
         deserialize_message(cdr, self.plans[topic].cls)
         self._verified.add(topic)
@@ -446,7 +446,7 @@ def _progress(total: int, quiet: bool):
     if quiet:
         return _NoBar()
     try:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
     except ImportError:
         return _NoBar()
     return tqdm(total=total, unit="msg", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
@@ -507,17 +507,17 @@ def _play_on(node, reader, plans, missing, options) -> PlayReport:
     return report
 
 
-class _private_node:  # noqa: N801 - used as a context manager
+class _private_node:
     """A node "bag_player" in its own rclpy context (leaves the caller's default context alone)."""
 
     def __init__(self, ros_args: Sequence[str] | None):
         self.ros_args = list(ros_args or [])
 
     def __enter__(self):
-        import rclpy  # noqa: PLC0415
-        from rclpy.context import Context  # noqa: PLC0415
-        from rclpy.node import Node  # noqa: PLC0415
-        from rclpy.signals import SignalHandlerOptions  # noqa: PLC0415
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
 
         self.context = Context()
         rclpy.init(args=["bag_player", *self.ros_args], context=self.context,
@@ -587,7 +587,7 @@ def options_from_parameters(node, defaults: dict) -> PlayOptions:
 
     Dynamic typing lets launch files pass "1" for a float or "true" as a string.
     """
-    from rcl_interfaces.msg import ParameterDescriptor  # noqa: PLC0415
+    from rcl_interfaces.msg import ParameterDescriptor
 
     values = {}
     for name, (key, convert) in _PARAMETERS.items():
@@ -641,7 +641,7 @@ def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script: 0 at the end of the bag, 2 for bad input, 130 when interrupted."""
-    from prism_ros.nodes.runner import interruptible  # noqa: PLC0415 - rclpy-heavy module, after argument errors
+    from prism_ros.nodes.runner import interruptible
 
     interruptible()
     cli, ros_args = split_ros_args(list(sys.argv[1:] if argv is None else argv))

@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
-from nav_msgs.msg import MapMetaData, OccupancyGrid, Path as PathMsg
+from nav_msgs.msg import MapMetaData, OccupancyGrid
+from nav_msgs.msg import Path as PathMsg
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray

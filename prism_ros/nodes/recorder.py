@@ -19,12 +19,16 @@ from nav_msgs.msg import Odometry
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from prism_ros.nodes.compat import reliable_qos
-from prism_ros.nodes.conversions import (odometry_to_matrix, pose_stamped_to_matrix,
-                                         pose_with_covariance_to_matrix, stamp_to_sec,
-                                         transform_stamped_to_matrix)
-from prism_ros.nodes.runner import interruptible
 from prism_ros.evaluation.trajectory_io import write_tum
+from prism_ros.nodes.compat import reliable_qos
+from prism_ros.nodes.conversions import (
+    odometry_to_matrix,
+    pose_stamped_to_matrix,
+    pose_with_covariance_to_matrix,
+    stamp_to_sec,
+    transform_stamped_to_matrix,
+)
+from prism_ros.nodes.runner import interruptible
 
 #: graph type name -> (message class, message -> 4x4 pose)
 POSE_TYPES = {

@@ -14,14 +14,14 @@ class ReplayMonitor:
     """The replay's own node (this process): collects what prism_node publishes and calls its services."""
 
     def __init__(self, domain_id: int):
-        import rclpy  # noqa: PLC0415
-        from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
-        from nav_msgs.msg import Odometry  # noqa: PLC0415
-        from rclpy.context import Context  # noqa: PLC0415
-        from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
-        from rclpy.node import Node  # noqa: PLC0415
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
 
-        from prism_ros.nodes.compat import reliable_qos  # noqa: PLC0415
+        from prism_ros.nodes.compat import reliable_qos
 
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
@@ -37,7 +37,7 @@ class ReplayMonitor:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable_qos(100))
 
     def _on_timing(self, msg) -> None:
-        from prism_ros.nodes.conversions import header_ns  # noqa: PLC0415
+        from prism_ros.nodes.conversions import header_ns
 
         for status in msg.status:
             values = {kv.key: float(kv.value) for kv in status.values}
@@ -63,7 +63,7 @@ class ReplayMonitor:
 
     def call(self, service: str, timeout: float) -> tuple[bool, str]:
         """Call a std_srvs/Trigger service of prism_node; (success, message)."""
-        from std_srvs.srv import Trigger  # noqa: PLC0415
+        from std_srvs.srv import Trigger
 
         client = self.node.create_client(Trigger, f"{NODE}/{service}")
         try:
@@ -89,21 +89,21 @@ def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]],
     """The node's odometry messages back in the filter's terms (:class:`prism_ros.prism.filter.Estimate`):
     camera pose ``T_map_base @ T_base_camera``, the left se(3) covariance (undoing the ROS lever arm), and
     the velocity [world velocity of the body origin, body rates] (undoing :func:`base_twist`)."""
-    from prism_ros.prism.filter import Estimate  # noqa: PLC0415
-    from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix  # noqa: PLC0415
-    from prism_ros.nodes.prism_node import base_twist, build_filter_config, ros_covariance_to_left  # noqa: PLC0415
+    from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix
+    from prism_ros.nodes.prism_node import base_twist, build_filter_config, ros_covariance_to_left
+    from prism_ros.prism.filter import Estimate
 
-    T_base_camera = np.asarray(values["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
-    T_body_camera = np.asarray(build_filter_config(values).T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
+    T_base_camera = np.asarray(values["T_base_camera"], dtype=np.float64).reshape(4, 4)
+    T_body_camera = np.asarray(build_filter_config(values).T_body_camera, dtype=np.float64).reshape(4, 4)
     estimates = []
     for msg in sorted(odometry, key=header_ns):
-        T_map_base, covariance = odometry_to_matrix(msg)  # noqa: N806
-        T_world_camera = T_map_base @ T_base_camera  # noqa: N806
-        T_world_body = T_world_camera @ np.linalg.inv(T_body_camera)  # noqa: N806
+        T_map_base, covariance = odometry_to_matrix(msg)
+        T_world_camera = T_map_base @ T_base_camera
+        T_world_body = T_world_camera @ np.linalg.inv(T_body_camera)
         twist_jacobian, _ = base_twist(np.eye(6), np.eye(6), T_world_body, T_map_base)  # J @ I = J
         tw = msg.twist.twist
         twist = np.array([tw.linear.x, tw.linear.y, tw.linear.z, tw.angular.x, tw.angular.y, tw.angular.z])
-        K = np.linalg.inv(twist_jacobian)  # noqa: N806
+        K = np.linalg.inv(twist_jacobian)
         stamp = header_ns(msg)
         stages = timing.get(stamp, {})
         estimates.append(Estimate(

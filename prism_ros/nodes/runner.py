@@ -55,7 +55,7 @@ class Periodic:
         while not self._stop.wait(self.period):
             try:
                 self.callback()
-            except Exception as error:  # noqa: BLE001 - diagnostics must outlive any one failure
+            except Exception as error:
                 if not self._stop.is_set():
                     self.on_error(error)
 
@@ -77,9 +77,9 @@ def events_executor():
     filter thread needs. The MultiThreadedExecutor also spins while a ready callback waits for its mutually
     exclusive group."""
     try:
-        from rclpy.experimental import EventsExecutor  # noqa: PLC0415
+        from rclpy.experimental import EventsExecutor
     except ImportError:
-        from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
+        from rclpy.executors import SingleThreadedExecutor
 
         return SingleThreadedExecutor()
     return EventsExecutor()

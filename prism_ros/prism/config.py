@@ -49,7 +49,8 @@ class FilterConfig:
     map_level: int = 0  # the map fuses depth at this pyramid level (colour always at full resolution)
     max_depth: float = 5.0  # metres; farther depth is ignored (noise grows with z^2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # per-frame stages: fused Warp kernels (prism_ros.prism.kernels) or the torch reference; auto = fused when Warp loads
+    # per-frame stages: fused Warp kernels (prism_ros.prism.kernels) or the torch reference;
+    # auto = fused when Warp loads
     backend: str = "auto"  # auto | fused | torch
     # torch CPU threads. 1 by default: per-frame tensors are small, and extra OpenMP threads spin and
     # contend with each other and with other processes for few cores

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from prism_ros.threads import use_cpu_threads
-from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame
-from prism_ros.prism.drift import MapDrift
 from prism_ros.dynamics.model import make_transition
-from prism_ros.prism.kernels import set_cpu_threads as set_kernel_threads, warm_up
+from prism_ros.prism.config import FilterConfig
+from prism_ros.prism.drift import MapDrift
+from prism_ros.prism.kernels import set_cpu_threads as set_kernel_threads
+from prism_ros.prism.kernels import warm_up
 from prism_ros.prism.map import GaussianSdfMap
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import RenderResult, render
 from prism_ros.prism.state import GaussianState, PoseEstimate
 from prism_ros.prism.tracking import track
 from prism_ros.prism.velocity import condition_on_pose
+from prism_ros.threads import use_cpu_threads
 
 
 @dataclass
@@ -179,7 +180,7 @@ def warm_up_frames(config: FilterConfig, count: int = 3, width: int = 160, heigh
     """A still camera at the identity looking into a room corner (a wall 2 m ahead, one 0.8 m to the right, the
     floor 0.6 m below), checker-textured, at 30 Hz, with the IMU samples (200 Hz, at rest) or the zero command its
     transition model needs."""
-    from prism_ros.datasets.base import ImuSamples, Intrinsics  # noqa: PLC0415
+    from prism_ros.datasets.base import ImuSamples, Intrinsics
 
     intrinsics = Intrinsics(125.0, 125.0, (width - 1) / 2, (height - 1) / 2, width, height)
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)

@@ -464,7 +464,7 @@ class GaussianSdfMap:
         One gather per channel (a multi-channel gather is several times slower per value on the CPU)."""
         c = self.config
         flat = rows.reshape(-1)
-        read = lambda channel: self._voxels[channel].index_select(0, flat).view(rows.shape)  # noqa: E731
+        read = lambda channel: self._voxels[channel].index_select(0, flat).view(rows.shape)
         precision = read(_PRECISION)
         prior_precision = 1.0 / c.prior_std**2
         total = precision + prior_precision
@@ -519,7 +519,7 @@ class GaussianSdfMap:
         corners that saw colour are the observed ones."""
         c = self.config
         flat = rows.view(-1)
-        read = lambda values: values.index_select(0, flat).view(rows.shape)  # noqa: E731 - one channel per gather
+        read = lambda values: values.index_select(0, flat).view(rows.shape)
         means = read(self._read_mean) if means is None else means
         seen = torch.sub(self._unobserved, means).sign_()  # 1 where observed, 0 where the cache holds _unobserved
         observed = torch.minimum(*torch.minimum(*torch.minimum(seen[0], seen[1]))) > 0  # all 8 corners
@@ -580,7 +580,7 @@ class GaussianSdfMap:
 
     def _fused_pixel_table(self, level: ObservationLevel, colour: torch.Tensor) -> PixelTable:
         """:meth:`_pixel_table` in one Warp kernel (:mod:`prism_ros.prism.kernels.integrate`)."""
-        from prism_ros.prism.kernels.integrate import fill_pixel_table  # noqa: PLC0415 - Warp only when asked for
+        from prism_ros.prism.kernels.integrate import fill_pixel_table
 
         rgb = self._colour_at_level(colour, level.depth.shape).permute(1, 2, 0)  # (H,W,3), a view at level 0
         table = fill_pixel_table(level.depth, level.points, level.normals, rgb.contiguous(), self.config)
@@ -589,7 +589,7 @@ class GaussianSdfMap:
     def _fused_band_blocks(self, level: ObservationLevel, T: torch.Tensor) -> tuple[int, torch.Tensor]:
         """:meth:`_band_block_keys` + :meth:`_allocate` with one Warp kernel: samples in allocated blocks are found
         in the dense index, and only the keys of new blocks are sorted and allocated (same blocks, in slot order)."""
-        from prism_ros.prism.kernels.integrate import band_block_slots  # noqa: PLC0415
+        from prism_ros.prism.kernels.integrate import band_block_slots
 
         stride, offsets = self._band_samples(level)
         existing, new_keys = band_block_slots(self, level, T, offsets, stride)
@@ -607,7 +607,7 @@ class GaussianSdfMap:
                              T: torch.Tensor) -> int:
         """:meth:`_update_blocks` in one Warp kernel, in place on the storage (cameras whose distortion the
         kernel does not model take the torch update)."""
-        from prism_ros.prism.kernels import integrate as kernels  # noqa: PLC0415
+        from prism_ros.prism.kernels import integrate as kernels
 
         if not kernels.supports(camera):
             return self._update_blocks(slots, pixels, camera, T)

@@ -123,7 +123,7 @@ def dense_volume(sdf_map, min_weight: float = 0.0, box=None) -> tuple[np.ndarray
     keep = torch.zeros((*grid, b, b, b), dtype=torch.bool, device=sdf_map.device)
     volume[at], keep[at] = mean, meshable
     shape = [n * b for n in grid]
-    as_dense = lambda t: t.permute(0, 3, 1, 4, 2, 5).reshape(shape).cpu().numpy()  # noqa: E731
+    as_dense = lambda t: t.permute(0, 3, 1, 4, 2, 5).reshape(shape).cpu().numpy()
     return as_dense(volume), as_dense(keep), (low * b).cpu().numpy()
 
 
@@ -204,7 +204,8 @@ def read_ply(path: str | Path) -> Mesh:
     data = path.read_bytes()
     end = data.find(b"end_header\n")
     if not data.startswith(b"ply") or end < 0:
-        raise InputError("not a PLY file (no 'ply' ... 'end_header')", "write it with prism_ros.prism.mesh.write_ply", path)
+        raise InputError("not a PLY file (no 'ply' ... 'end_header')", "write it with prism_ros.prism.mesh.write_ply",
+                         path)
     header = data[:end].decode("ascii", "replace")
     if "format binary_little_endian 1.0" not in header:
         raise InputError("only binary little-endian PLY is supported", "write it with write_ply", path)
@@ -214,7 +215,7 @@ def read_ply(path: str | Path) -> Mesh:
     faces = np.frombuffer(data, _FACE, face_count, body + vertices.nbytes)
     if face_count and not (faces["count"] == 3).all():
         raise InputError("only triangle faces are supported", "triangulate the mesh", path)
-    get = lambda name, dtype: (vertices[name].astype(dtype) if name in vertex_dtype.names  # noqa: E731
+    get = lambda name, dtype: (vertices[name].astype(dtype) if name in vertex_dtype.names
                                else np.zeros(vertex_count, dtype))
     return Mesh(np.stack([get(a, np.float32) for a in "xyz"], -1),
                 faces["index"].astype(np.int32).reshape(-1, 3),

@@ -61,7 +61,7 @@ class Observation:
         colour = torch.as_tensor(frame.rgb, device=device).float() / 255.0
         fused = backend == "fused"
         if fused:
-            from prism_ros.prism.kernels import observe as kernels  # noqa: PLC0415 - Warp only with the fused backend
+            from prism_ros.prism.kernels import observe as kernels
         if frame.depth_intrinsics is not None and frame.depth_intrinsics != frame.intrinsics:
             colour_camera = PinholeCamera.from_intrinsics(frame.intrinsics, device=device)
             registered = kernels.register_colour(colour, colour_camera, depth, camera.pixel_rays(),
@@ -84,7 +84,7 @@ def make_level(camera: PinholeCamera, depth: torch.Tensor, intensity: torch.Tens
     if not geometry:
         return ObservationLevel(camera, depth, None, None, intensity, None)
     if fused:
-        from prism_ros.prism.kernels.observe import level_arrays  # noqa: PLC0415 - Warp only with the fused backend
+        from prism_ros.prism.kernels.observe import level_arrays
 
         points, normals, gradient = level_arrays(depth, camera.pixel_rays(), intensity)
         return ObservationLevel(camera, depth, points, normals, intensity, gradient)

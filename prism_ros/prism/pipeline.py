@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Dataset
-from prism_ros.prism.filter import Estimate, PrismFilter
-from prism_ros.geometry import se3_adjoint, se3_log
 from prism_ros.evaluation.trajectory_io import write_tum
+from prism_ros.geometry import se3_adjoint, se3_log
+from prism_ros.prism.config import FilterConfig
+from prism_ros.prism.filter import Estimate, PrismFilter
 
 CHI2_6DOF_95 = (1.2373, 14.4494)  # two-sided 95 % band of a chi-square with 6 degrees of freedom
 STAGES = ("observe", "predict", "render", "track", "velocity", "map")

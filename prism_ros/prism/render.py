@@ -132,7 +132,7 @@ class FieldReads(NamedTuple):
 
         nearest, mean = getattr(field, "sample_nearest_mean", nearest), getattr(field, "sample_mean", mean)
         eps = config.normal_step_voxels * float(field.config.voxel_size)
-        stencil = lambda points: nearest(points)[0] if not config.trilinear_normals else mean(points)  # noqa: E731
+        stencil = lambda points: nearest(points)[0] if not config.trilinear_normals else mean(points)
 
         def surface(points):
             return field.sample(points), sdf_gradient(stencil, points, eps)
@@ -207,7 +207,7 @@ def render(field, T_world_camera: torch.Tensor, camera: PinholeCamera, config: R
     index; other fields take this module's path), or 'auto' (see :func:`prism_ros.prism.kernels.resolve_backend`)."""
     config = config or RenderConfig()
     if backend != "torch" and resolve_backend(backend) == "fused":
-        from prism_ros.prism.kernels import render as fused  # noqa: PLC0415 - compiles or loads the kernels
+        from prism_ros.prism.kernels import render as fused
 
         if fused.supports(field):
             return fused.render(field, T_world_camera, camera, config)

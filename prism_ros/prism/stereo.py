@@ -133,12 +133,12 @@ def _check_intrinsics(intrinsics: Intrinsics, which: str) -> None:
                          "give OpenCV-order radial-tangential coefficients (k1, k2, p1, p2[, k3])")
 
 
-def _check_transform(T: np.ndarray, what: str) -> np.ndarray:  # noqa: N803
+def _check_transform(T: np.ndarray, what: str) -> np.ndarray:
     try:
-        T = np.asarray(T, dtype=np.float64).reshape(4, 4)  # noqa: N806
+        T = np.asarray(T, dtype=np.float64).reshape(4, 4)
     except (TypeError, ValueError):
         raise InputError(f"{what} must be a 4x4 matrix", "give the stereo extrinsic as a 4x4 transform") from None
-    R = T[:3, :3]  # noqa: N806
+    R = T[:3, :3]
     if not np.all(np.isfinite(T)) or not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
         raise InputError(f"{what} is not a rigid transform (rotation not orthonormal or not finite)",
                          "check the stereo extrinsic (a 4x4 [R t; 0 1] with R a rotation)")
@@ -155,8 +155,8 @@ class StereoRectifier:
     per thread.
     """
 
-    def __init__(self, left: Intrinsics, right: Intrinsics, T_left_right=None, *,  # noqa: N803
-                 T_right_left=None, config: StereoConfig | None = None):  # noqa: N803
+    def __init__(self, left: Intrinsics, right: Intrinsics, T_left_right=None, *,
+                 T_right_left=None, config: StereoConfig | None = None):
         self.config = (config or StereoConfig()).check()
         _check_intrinsics(left, "left")
         _check_intrinsics(right, "right")
@@ -168,13 +168,13 @@ class StereoRectifier:
             raise InputError("give exactly one stereo extrinsic", "pass T_left_right (right -> left) "
                              "or T_right_left (left -> right)")
         if T_right_left is None:
-            T_right_left = np.linalg.inv(_check_transform(T_left_right, "T_left_right"))  # noqa: N806
-        T_right_left = _check_transform(T_right_left, "T_right_left")  # noqa: N806
+            T_right_left = np.linalg.inv(_check_transform(T_left_right, "T_left_right"))
+        T_right_left = _check_transform(T_right_left, "T_right_left")
         if np.linalg.norm(T_right_left[:3, 3]) < 1e-6:
             raise InputError("stereo baseline is zero", "check the stereo extrinsic (translation in metres)")
         self.left, self.right = left, right
         size = (left.width, left.height)
-        R1, R2, P1, P2, _, _, _ = cv2.stereoRectify(  # noqa: N806
+        R1, R2, P1, P2, _, _, _ = cv2.stereoRectify(
             left.K, np.asarray(left.distortion, np.float64), right.K, np.asarray(right.distortion, np.float64),
             size, T_right_left[:3, :3].copy(), T_right_left[:3, 3].reshape(3, 1).copy(), flags=ZERO_DISPARITY,
             alpha=self.config.alpha, newImageSize=size)
@@ -203,16 +203,16 @@ class StereoRectifier:
         return cls(frame.intrinsics, frame.right_intrinsics, frame.T_left_right, config=config)
 
     @property
-    def T_rect_left(self) -> np.ndarray:  # noqa: N802
+    def T_rect_left(self) -> np.ndarray:
         """4x4 left camera -> rectified left camera (pure rotation, same centre)."""
-        T = np.eye(4)  # noqa: N806
+        T = np.eye(4)
         T[:3, :3] = self.R_rect_left
         return T
 
     @property
-    def T_left_rect(self) -> np.ndarray:  # noqa: N802
+    def T_left_rect(self) -> np.ndarray:
         """4x4 rectified left camera -> left camera: ``T_world_rect = T_world_left @ T_left_rect``."""
-        T = np.eye(4)  # noqa: N806
+        T = np.eye(4)
         T[:3, :3] = self.R_rect_left.T
         return T
 
@@ -310,8 +310,8 @@ class StereoDepthDataset(Dataset):
         return self.dataset.timestamps
 
     @property
-    def T_imu_camera(self) -> np.ndarray | None:  # noqa: N802
-        T = self.dataset.T_imu_camera  # noqa: N806
+    def T_imu_camera(self) -> np.ndarray | None:
+        T = self.dataset.T_imu_camera
         return None if T is None else T @ self.rectifier.T_left_rect
 
     @property

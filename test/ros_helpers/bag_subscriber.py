@@ -13,13 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root: prism_ros
 
-import rclpy  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import Image, Imu  # noqa: E402
+import rclpy
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, Imu
 
-from prism_ros.nodes.compat import reliable_qos, sensor_qos  # noqa: E402
-from prism_ros.nodes.conversions import header_ns, image_to_numpy, stamp_to_ns  # noqa: E402
+from prism_ros.nodes.compat import reliable_qos, sensor_qos
+from prism_ros.nodes.conversions import header_ns, image_to_numpy, stamp_to_ns
 
 
 def main() -> int:

@@ -14,14 +14,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/: ros_helpers
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image
 
-from prism_ros.nodes.compat import reliable_qos  # noqa: E402
-from prism_ros.nodes.conversions import image_to_numpy  # noqa: E402
-from ros_helpers.patterns import depth_pattern, rgb_pattern  # noqa: E402
+from prism_ros.nodes.compat import reliable_qos
+from prism_ros.nodes.conversions import image_to_numpy
+from ros_helpers.patterns import depth_pattern, rgb_pattern
 
 
 def main() -> int:

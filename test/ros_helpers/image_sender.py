@@ -13,13 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/: ros_helpers
 
-import rclpy  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image
 
-from prism_ros.nodes.compat import reliable_qos  # noqa: E402
-from prism_ros.nodes.conversions import numpy_to_image, sec_to_stamp  # noqa: E402
-from ros_helpers.patterns import depth_pattern, padded_rgb_message, rgb_pattern  # noqa: E402
+from prism_ros.nodes.compat import reliable_qos
+from prism_ros.nodes.conversions import numpy_to_image, sec_to_stamp
+from ros_helpers.patterns import depth_pattern, padded_rgb_message, rgb_pattern
 
 
 def main() -> int:

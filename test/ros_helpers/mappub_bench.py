@@ -14,12 +14,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from prism_ros.loopback import apply_loopback_env, spawn  # noqa: E402
+from prism_ros.loopback import apply_loopback_env, spawn
 
 ENV = apply_loopback_env()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 SUBSCRIBER = """
 import sys, rclpy
@@ -48,8 +48,8 @@ def main() -> int:
     from rclpy.node import Node
 
     from prism_ros.datasets.base import Frame
-    from prism_ros.prism.map import GaussianSdfMap, MapConfig
     from prism_ros.nodes.map_publishing import MapPublisher
+    from prism_ros.prism.map import GaussianSdfMap, MapConfig
     from prism_ros.prism.observation import Observation
     from prism_ros.synthetic import make_sequence
 

@@ -18,15 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root: prism_ros
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, PointCloud2
+from visualization_msgs.msg import Marker, MarkerArray
 
-from prism_ros.nodes.compat import sensor_qos  # noqa: E402
-from prism_ros.nodes.conversions import header_ns, image_to_numpy  # noqa: E402
+from prism_ros.nodes.compat import sensor_qos
+from prism_ros.nodes.conversions import header_ns, image_to_numpy
 
 
 def marker_data(marker: Marker) -> dict:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
-import rclpy  # noqa: E402
-from rclpy.duration import Duration  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+import rclpy
+from rclpy.duration import Duration
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
 
-from prism_ros.nodes.compat import reliable_qos  # noqa: E402
-from prism_ros.nodes.conversions import make_header  # noqa: E402
+from prism_ros.nodes.compat import reliable_qos
+from prism_ros.nodes.conversions import make_header
 
 T0 = 1700000000.0
 

@@ -28,8 +28,7 @@ from prism_ros.errors import InputError
 
 BACKENDS = ("auto", "torch", "fused")
 # modules holding @wp.kernel functions, loaded (compiled or read from the cache) by warm_up
-KERNEL_MODULES = ("prism_ros.prism.kernels.render", "prism_ros.prism.kernels.integrate", "prism_ros.prism.kernels.track",
-                  "prism_ros.prism.kernels.observe")
+KERNEL_MODULES = tuple(f"prism_ros.prism.kernels.{stage}" for stage in ("render", "integrate", "track", "observe"))
 
 _lock = threading.Lock()
 _wp = None
@@ -42,13 +41,13 @@ def warp():
     with _lock:
         if _wp is None and _import_error is None:
             try:
-                import warp as wp  # noqa: PLC0415
+                import warp as wp
 
                 wp.config.log_level = 40  # errors only: no greeting
                 with _quiet_native_stderr():
                     wp.init()
                 _wp = wp
-            except Exception as error:  # ImportError, or a broken install failing in init  # noqa: BLE001
+            except Exception as error:  # ImportError, or a broken install failing in init
                 _import_error = f"{type(error).__name__}: {error}"
     if _wp is None:
         raise InputError(f"the fused backend needs NVIDIA Warp, which could not be loaded ({_import_error})",
@@ -61,7 +60,7 @@ def _quiet_native_stderr():
     """On a machine where torch sees no CUDA, Warp's native start-up prints "Could not find or load the NVIDIA CUDA
     driver" to the process's stderr: noise there (and it would break a node's one-line errors). File descriptor 2
     goes to /dev/null for the call; failures still raise."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if torch.cuda.is_available():
         yield
@@ -99,7 +98,7 @@ def resolve_backend(name: str) -> str:
 
 def device_name(device) -> str:
     """Warp's name of a torch device (``cpu``, ``cuda:N``)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     device = torch.device(device)
     if device.type == "cuda":
@@ -147,7 +146,7 @@ def launch(kernel, count: int, inputs: list, device) -> int:
     where Warp runs a launch on the calling thread, :func:`parts` contiguous ranges run on as many threads (each
     launch releases the GIL), the first on the calling thread. On CUDA the kernel runs on torch's current stream,
     so it is ordered with torch's work on the same tensors."""
-    import torch  # noqa: PLC0415
+    import torch
 
     wp = warp()
     name = device_name(device)

@@ -34,9 +34,9 @@ _RATIONAL_COEFFICIENTS = 8  # k1, k2, p1, p2, k3, k4, k5, k6: what the voxel ker
 
 
 @wp.kernel
-def pixel_table(first: int, part: int, depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3), normals: wp.array(dtype=wp.vec3),
-                colour: wp.array(dtype=wp.vec3), width: int, noise_a: float, noise_b: float, min_cos: float,
-                edge_ratio: float, max_depth: float, table: wp.array2d(dtype=float)):
+def pixel_table(first: int, part: int, depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3),
+                normals: wp.array(dtype=wp.vec3), colour: wp.array(dtype=wp.vec3), width: int, noise_a: float,
+                noise_b: float, min_cos: float, edge_ratio: float, max_depth: float, table: wp.array2d(dtype=float)):
     """One pixel of the padded (H+2, W+2) table per thread (see ``GaussianSdfMap._pixel_table``; the image is
     flat, H*W, row-major): NaN depth on the border and where invalid; normals at depth edges or missing
     replaced by (0, 0, -1). (A flat launch: Warp's CPU loop over a 2-d launch costs several times more.)"""
@@ -116,8 +116,8 @@ def nearest_pixel(xyz: wp.vec3, fx: float, fy: float, cx: float, cy: float, widt
 
 
 @wp.kernel
-def update_voxels(first: int, part: int, origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3), block_shift: int,
-                  slots: wp.array(dtype=wp.int32),
+def update_voxels(first: int, part: int, origins: wp.array(dtype=wp.vec3), offsets: wp.array(dtype=wp.vec3),
+                  block_shift: int, slots: wp.array(dtype=wp.int32),
                   depth: wp.array(dtype=float), values: wp.array2d(dtype=float),
                   fx: float, fy: float, cx: float, cy: float, width: int, height: int,
                   distortion: wp.array(dtype=float), max_radius_sq: float,
@@ -174,7 +174,7 @@ def fill_pixel_table(depth: torch.Tensor, points: torch.Tensor, normals: torch.T
     colour (H,W,3) (rows as in :class:`~prism_ros.prism.map.PixelTable`: depth, then its values)."""
     h, w = depth.shape
     table = torch.empty((10, (h + 2) * (w + 2)), dtype=torch.float32, device=depth.device)
-    flat = lambda t: t.to(torch.float32).reshape(-1, *t.shape[2:])  # noqa: E731 - float32 (H*W[,3]) views
+    flat = lambda t: t.to(torch.float32).reshape(-1, *t.shape[2:])
     launch(pixel_table, (h + 2) * (w + 2), [
         array(flat(depth)), array(flat(points), wp.vec3), array(flat(normals), wp.vec3), array(flat(colour), wp.vec3),
         w, config.noise_a, config.noise_b, config.min_cos_incidence, config.depth_edge_ratio, config.max_depth,
@@ -269,7 +269,7 @@ def band_block_slots(sdf_map, level, T: torch.Tensor, offsets: torch.Tensor, str
     touched = torch.zeros(max(sdf_map.num_blocks, 1), dtype=torch.int32, device=device)
     missing = torch.empty(count, dtype=torch.int64, device=device)
     T32 = T.float().cpu()
-    from prism_ros.prism.map import _KEY_MASK, _KEY_OFFSET  # noqa: PLC0415 - the map's key layout
+    from prism_ros.prism.map import _KEY_MASK, _KEY_OFFSET
 
     launch(band_blocks, count, [
         array(depth), array(points, wp.vec3), stride, columns, array(offsets.float()), c.max_depth,

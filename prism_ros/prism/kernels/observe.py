@@ -170,7 +170,7 @@ def intensity_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
         current = pyramid[-1]
         h, w = current.shape
         if h % 2 or w % 2 or h < 4 or w < 4:  # odd: kornia resamples by size / floor(size / 2), not exactly 2
-            from prism_ros.geometry import intensity_pyramid as reference  # noqa: PLC0415
+            from prism_ros.geometry import intensity_pyramid as reference
 
             return pyramid[:-1] + [level[0, 0] for level in reference(current[None, None], levels - len(pyramid) + 1)]
         out = torch.empty((h // 2, w // 2), dtype=torch.float32, device=image.device)

@@ -1,5 +1,5 @@
-"""The fused render: :func:`prism_ros.prism.render.render` of a :class:`~prism_ros.prism.map.GaussianSdfMap` with a dense
-block index, one Warp kernel thread per ray.
+"""The fused render: :func:`prism_ros.prism.render.render` of a :class:`~prism_ros.prism.map.GaussianSdfMap` with a
+dense block index, one Warp kernel thread per ray.
 
 Each thread does what the torch reference does in ~20k small tensor ops: the whole march (nearest-voxel reads
 of the read-mean cache, the trilinear re-read within the band, sphere tracing, jumps through unobserved space
@@ -314,7 +314,8 @@ def render_rays(first: wp.int32, part: wp.int32, m: DenseMap, s: March, state: w
             s1 = mean
             trilinear0 = prev_trilinear
             break
-        # advance (prism_ros.prism.render.advance): trace where observed, jump or walk where not, take a landed jump back
+        # advance (prism_ros.prism.render.advance): trace where observed, jump or walk where not,
+        # take a landed jump back
         landed = jumped * negative
         traced = wp.clamp(wp.abs(mean) * s.step_scale, s.step_min, s.step_max)
         jump = wp.max(wp.where(t >= walk_until, 1.0, 0.0) - observed, 0.0)
@@ -363,7 +364,7 @@ def render_rays(first: wp.int32, part: wp.int32, m: DenseMap, s: March, state: w
 # ----------------------------------------------------------------------------- host side
 def supports(field) -> bool:
     """Whether ``field`` is a map this kernel reads: a GaussianSdfMap with a dense block index."""
-    from prism_ros.prism.map import GaussianSdfMap  # noqa: PLC0415
+    from prism_ros.prism.map import GaussianSdfMap
 
     return isinstance(field, GaussianSdfMap) and field._dense is not None
 
