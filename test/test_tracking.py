@@ -305,23 +305,6 @@ def test_tracks_on_cuda(room):
     assert estimate.ok and mm < 1.0 and deg < 0.05
 
 
-@pytest.mark.parametrize("angle", [1e-7, 1e-3, 0.3, 2.0, np.pi - 5e-4])
-def test_host_rotation_closed_forms_equal_scipy(angle):
-    from scipy.spatial.transform import Rotation
-
-    from prism_ros.prism.tracking import so3_exp, so3_log
-
-    rng = np.random.default_rng(7)
-    for _ in range(20):
-        axis = rng.normal(size=3)
-        phi = axis / np.linalg.norm(axis) * angle
-        R = Rotation.from_rotvec(phi).as_matrix()
-        np.testing.assert_allclose(so3_exp(phi), R, atol=1e-13)
-        np.testing.assert_allclose(so3_exp(so3_log(R)), R, atol=1e-12)
-        if angle < 3.0:
-            np.testing.assert_allclose(so3_log(R), phi, atol=1e-12)
-
-
 def test_not_converged_needs_a_last_update_large_in_metres_and_in_posterior_sigmas():
     from prism_ros.prism.tracking import lost_reasons
 
