@@ -109,7 +109,7 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     delta in posterior standard deviations), prior_distance
     (e^T P^-1 e), points, and ``reasons``: the lost criteria that failed (``ok`` = none failed).
     Degenerate input (no valid depth, an empty render) returns the prior with ``ok=False``.
-    ``backend``: 'torch' (:func:`linearize`), 'fused' (:mod:`prism_ros.prism.kernels.track`) or 'auto'.
+    ``backend``: 'torch' (:func:`linearise`), 'fused' (:mod:`prism_ros.prism.kernels.track`) or 'auto'.
     """
     config = config or TrackingConfig()
     backend = resolve_backend(backend)
@@ -121,9 +121,9 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     T = prior.T.copy() if init_T is None else as_numpy(init_T)
     system, iterations, update, delta = None, 0, float("nan"), np.zeros(6)
     for level in levels:
-        linearize_at = linearizer(level, reference, config, backend)
+        linearise_at = lineariser(level, reference, config, backend)
         for _ in range(level.iterations):
-            system = linearize_at(T)
+            system = linearise_at(T)
             delta = gauss_newton_step(system, T, prior)
             T, iterations, update = se3_exp_np(delta) @ T, iterations + 1, float(np.linalg.norm(delta))
             if update < config.convergence * 2.0 ** max(level.offset, 0):
@@ -163,7 +163,7 @@ class Sums(NamedTuple):
     rows: float  # rows of the active terms
 
 
-class Linearization(NamedTuple):
+class Linearisation(NamedTuple):
     """The tempered data term at one pose: 1/2 delta^T H delta + g^T delta, and the terms behind it (torch
     path) or their :class:`Sums` (fused path, which keeps no per-point data)."""
 
@@ -175,16 +175,16 @@ class Linearization(NamedTuple):
     sums: Sums | None = None
 
 
-def linearizer(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
-    """``linearize_at(T) -> Linearization`` for one level with the resolved backend ('torch' or 'fused')."""
+def lineariser(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
+    """``linearise_at(T) -> Linearisation`` for one level with the resolved backend ('torch' or 'fused')."""
     if backend == "fused":
-        from prism_ros.prism.kernels.track import linearizer as fused_linearizer  # noqa: PLC0415 - needs Warp
+        from prism_ros.prism.kernels.track import lineariser as fused_lineariser  # noqa: PLC0415 - needs Warp
 
-        return fused_linearizer(level, ref, config)
-    return lambda T: linearize(T, level, ref, config)
+        return fused_lineariser(level, ref, config)
+    return lambda T: linearise(T, level, ref, config)
 
 
-def linearize(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingConfig) -> Linearization:
+def linearise(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingConfig) -> Linearisation:
     """Residuals, Jacobians and robust weights of all observed points at pose T -> tempered normal equations."""
     poses = torch.as_tensor(np.concatenate((T[:3], (ref.T_render_world @ T)[:3])), dtype=torch.float32)
     poses = poses.to(level.points.device)  # rows: [R | t] of T_world_camera, then of T_render_camera
@@ -195,10 +195,10 @@ def linearize(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingC
         if config.photometric_weight > 0 else None
     H, g = normal_equations([(icp, config.icp_weight), (photometric, config.photometric_weight)], level.kappa,
                             config)
-    return Linearization(H, g, icp, photometric, q.shape[1])
+    return Linearisation(H, g, icp, photometric, q.shape[1])
 
 
-def gauss_newton_step(system: Linearization, T: np.ndarray, prior: "Prior") -> np.ndarray:
+def gauss_newton_step(system: Linearisation, T: np.ndarray, prior: "Prior") -> np.ndarray:
     """The delta of T <- exp(delta^) T minimising the linearised data + prior objective."""
     e = se3_log_np(T @ prior.T_inverse)
     J = se3_left_jacobian_inverse_np(e)
@@ -531,7 +531,7 @@ def prior_distance(T: np.ndarray, prior: Prior) -> float:
     return float(e @ prior.information @ e)
 
 
-def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
+def term_sums(system: Linearisation, config: TrackingConfig) -> Sums:
     """The :class:`Sums` of a linearisation's per-point terms (one device readback)."""
     icp, photometric = system.icp, system.photometric
     active = [t for t, w in ((icp, config.icp_weight), (photometric, config.photometric_weight)) if t is not None
@@ -545,7 +545,7 @@ def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
     return Sums(*sums)
 
 
-def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig,
+def assess(system: Linearisation, iterations: int, update: float, distance: float, config: TrackingConfig,
            update_sigmas: float = float("nan")) -> dict:
     """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed;
     ``update_sigmas``: the last update in posterior standard deviations."""
