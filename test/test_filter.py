@@ -52,7 +52,7 @@ def test_tracks_the_synthetic_sequence_to_millimetres(sequence):
     assert all(e.tracking_ok for e in estimates)
     errors = np.array([np.linalg.norm(e.T_world_camera[:3, 3] - sequence.poses[i][:3, 3])
                        for i, e in enumerate(estimates)])
-    assert np.sqrt(np.mean(errors**2)) < 0.01  # the issue's 1 cm ATE target (init at ground truth)
+    assert np.sqrt(np.mean(errors**2)) < 0.01  # the 1 cm ATE target (init at ground truth)
     est = np.stack([e.T_world_camera for e in estimates])
     nees = pose_nees(est, np.stack(sequence.poses[:FRAMES]), np.stack([e.pose_covariance for e in estimates]))
     assert np.all(np.isfinite(nees[1:]))
@@ -158,7 +158,7 @@ def test_imu_model_with_a_camera_to_body_extrinsic(tmp_path):
 
 @pytest.mark.parametrize("motion", ["handheld", "drone"])
 def test_synthetic_scene_meets_the_accuracy_and_calibration_targets(tmp_path, motion):
-    """The issue's synthetic targets, through the offline runner with the folder's preset (IMU-driven, gravity
+    """The synthetic targets, through the offline runner with the folder's preset (IMU-driven, gravity
     solved after 0.5 s since the first pose is the identity): ATE < 1 cm, pose NEES inside the two-sided 95 %
     chi-square band on >= 90 % of frames, mean map SDF error near surfaces < 1 cm, and the map std ranking
     the error (Spearman > 0). Reduced size (160x120, 120 frames: one frame moves the band fraction by under 1 %,

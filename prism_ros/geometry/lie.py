@@ -1,26 +1,22 @@
 """SO(3) / SE(3): the project's one implementation of the Lie-group maths.
 
 Conventions: ``xi = [rho, phi]`` (translation part first, then rotation), ``exp(xi) = [[R, J_l(phi) rho],
-[0, 1]]``, left/right Jacobians as in Barfoot, "State Estimation for Robotics" (``exp(xi + d) ~= exp(J_l(xi) d)
-exp(xi)``, ``J_r(xi) = J_l(-xi)``), ``ad(xi) = [[phi^, rho^], [0, phi^]]`` and
-``T exp(xi) T^-1 = exp(se3_adjoint(T) xi)``.
+[0, 1]]``, Jacobians as in Barfoot, "State Estimation for Robotics": ``exp(xi + d) ~= exp(J_l(xi) d) exp(xi)``,
+``J_r(xi) = J_l(-xi)``; ``ad(xi) = [[phi^, rho^], [0, phi^]]`` and ``T exp(xi) T^-1 = exp(se3_adjoint(T) xi)``.
 
 Two flavours:
 - torch (plain names): batched over leading dims, any float dtype and device, differentiable, no host syncs.
-  Poses stay plain 4x4 tensors because tracking, rendering and the map all work on them. kornia's functional
-  conversions do the SO(3) maps: ``axis_angle_to_rotation_matrix`` for exp and ``rotation_matrix_to_axis_angle``
-  (Shepperd quaternion + atan2) for log. Measured against scipy on 1000 rotations each (random,
-  1e-9..1e-2 rad, pi - 1e-7..pi - 0.1 rad): at most 5e-7 (float32) and 1e-15 (float64) away, relative accuracy
-  held for tiny angles and finite gradients at the identity. kornia's ``liegroup.Se3`` is an ``nn.Module``
-  whose outputs require grad by themselves and its ``So3`` Jacobians take (B, 3) only; pypose would put a
-  ``LieTensor`` subclass into every module. The rest is written here, a few lines each.
-- numpy (``*_np``): one float64 vector or matrix at a time on the host, for tracking's 6-DoF bookkeeping,
-  where a torch call's overhead would exceed the arithmetic (``skew_np`` also batches).
+  Poses stay plain 4x4 tensors (tracking, rendering and the map all use them). The SO(3) exp and log are
+  kornia's functional conversions (log by Shepperd's quaternion + atan2: within 5e-7 (float32) and 1e-15
+  (float64) of scipy from 1e-9 rad to pi, finite gradients at the identity); kornia's ``liegroup`` classes are
+  not used because ``Se3`` is an ``nn.Module`` whose outputs require grad and ``So3``'s Jacobians take (B, 3) only.
+- numpy (``*_np``): one float64 vector or matrix at a time, for tracking's host-side 6-DoF bookkeeping, where a
+  torch call costs more than its arithmetic (``skew_np`` also batches).
 
-Both evaluate the same coefficients of theta = |phi| (``_COEFFICIENTS``): closed forms, and below a switch Taylor
-series in theta^2 (relative error < 1e-16), evaluated on theta^2 so that gradients stay finite at zero. The
-Jacobians and their inverses are exact closed forms (no truncated series in ad(xi)); test/test_lie.py checks
-them against scipy, matrix_exp, autodiff and finite differences in float32 and float64.
+Both evaluate one table of coefficients of theta = |phi| (``_COEFFICIENTS``): closed forms, and below a switch
+Taylor series in theta^2 (relative error < 1e-16), on theta^2 so that gradients stay finite at zero. The
+Jacobians and their inverses are exact closed forms; test/test_lie.py checks them against scipy, matrix_exp,
+autodiff and finite differences in float32 and float64.
 """
 from __future__ import annotations
 
