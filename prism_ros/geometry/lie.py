@@ -27,6 +27,8 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
 _NEAR_PI = math.pi - 1e-3  # so3_log_np: above this angle the skew part is too small to give the axis
+_I3 = np.eye(3)
+_I3.flags.writeable = False
 
 # Each coefficient of t = |phi|: its Taylor coefficients in t^2, its closed form (t, sin, cos) -> value, and the
 # t^2 below which the series is used. The series switch at t = 0.3 (relative error < 1e-16 there), where the
@@ -93,21 +95,21 @@ def _coefficients_np(phi: np.ndarray, *names: str) -> list[float]:
 
 
 # The formulas below are shared by both flavours: they only use @, * and + on matrices and coefficients.
-def _rotation(K, a, b, eye):
-    """I + a K + b K^2 with K = phi^: exp(phi) for coefficients (sinc, a), J_l(phi) for (a, b)."""
-    return eye + a * K + b * (K @ K)
+def _rotation(K, K2, a, b, eye):
+    """I + a K + b K^2 with K = phi^, K2 = K @ K: exp(phi) for coefficients (sinc, a), J_l(phi) for (a, b)."""
+    return eye + a * K + b * K2
 
 
-def _left_jacobian_inverse(K, c, eye):
+def _left_jacobian_inverse(K, K2, c, eye):
     """J_l(phi)^-1 = I - K/2 + c K^2 in closed form (|phi| < 2 pi)."""
-    return eye - 0.5 * K + c * (K @ K)
+    return eye - 0.5 * K + c * K2
 
 
-def _q(P, Rh, b, d, e):
-    """Barfoot's Q_l(rho, phi), the top-right block of the SE(3) J_l (P = phi^, Rh = rho^)."""
+def _q(P, PP, Rh, b, d, e):
+    """Barfoot's Q_l(rho, phi), the top-right block of the SE(3) J_l (P = phi^, PP = P @ P, Rh = rho^)."""
     PR, RP = P @ Rh, Rh @ P
     PRP = PR @ P
-    return 0.5 * Rh + b * (PR + RP + PRP) + d * (P @ PR + RP @ P - 3 * PRP) + e * (PRP @ P + P @ PRP)
+    return 0.5 * Rh + b * (PR + RP + PRP) + d * (PP @ Rh + Rh @ PP - 3 * PRP) + e * (PR @ PP + PP @ RP)
 
 
 # ----------------------------------------------------------------------------- torch: hat / vee
@@ -160,25 +162,29 @@ def so3_log(R: torch.Tensor) -> torch.Tensor:  # noqa: N803 - the usual name
 def so3_left_jacobian(phi: torch.Tensor) -> torch.Tensor:
     """J_l(phi) (..., 3, 3): exp(phi + d) ~= exp(J_l d) exp(phi); also the V matrix of se3_exp."""
     a, b = _coefficients(phi, "a", "b")
-    return _rotation(skew(phi), a, b, _eye(3, phi))
+    K = skew(phi)
+    return _rotation(K, K @ K, a, b, _eye(3, phi))
 
 
 def so3_right_jacobian(phi: torch.Tensor) -> torch.Tensor:
     """J_r(phi) = J_l(-phi) (..., 3, 3): exp(phi + d) ~= exp(phi) exp(J_r d) (IMU preintegration)."""
     a, b = _coefficients(phi, "a", "b")
-    return _rotation(-skew(phi), a, b, _eye(3, phi))
+    K = skew(phi)
+    return _rotation(-K, K @ K, a, b, _eye(3, phi))
 
 
 def so3_left_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
     """J_l(phi)^-1 (..., 3, 3), in closed form (|phi| < 2 pi)."""
     (c,) = _coefficients(phi, "c")
-    return _left_jacobian_inverse(skew(phi), c, _eye(3, phi))
+    K = skew(phi)
+    return _left_jacobian_inverse(K, K @ K, c, _eye(3, phi))
 
 
 def so3_right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
     """J_r(phi)^-1 = J_l(-phi)^-1 (..., 3, 3)."""
     (c,) = _coefficients(phi, "c")
-    return _left_jacobian_inverse(-skew(phi), c, _eye(3, phi))
+    K = skew(phi)
+    return _left_jacobian_inverse(-K, K @ K, c, _eye(3, phi))
 
 
 # ----------------------------------------------------------------------------- torch: SE(3)
@@ -228,8 +234,9 @@ def se3_left_jacobian(xi: torch.Tensor) -> torch.Tensor:
     phi = xi[..., 3:]
     a, b, d, e = _coefficients(phi, "a", "b", "d", "e")
     P = skew(phi)
-    J = _rotation(P, a, b, _eye(3, xi))
-    return _blocks(J, _q(P, skew(xi[..., :3]), b, d, e), J)
+    PP = P @ P
+    J = _rotation(P, PP, a, b, _eye(3, xi))
+    return _blocks(J, _q(P, PP, skew(xi[..., :3]), b, d, e), J)
 
 
 def se3_right_jacobian(xi: torch.Tensor) -> torch.Tensor:
@@ -243,8 +250,9 @@ def se3_left_jacobian_inverse(xi: torch.Tensor) -> torch.Tensor:
     phi = xi[..., 3:]
     b, c, d, e = _coefficients(phi, "b", "c", "d", "e")
     P = skew(phi)
-    J_inv = _left_jacobian_inverse(P, c, _eye(3, xi))
-    return _blocks(J_inv, -J_inv @ _q(P, skew(xi[..., :3]), b, d, e) @ J_inv, J_inv)
+    PP = P @ P
+    J_inv = _left_jacobian_inverse(P, PP, c, _eye(3, xi))
+    return _blocks(J_inv, -J_inv @ _q(P, PP, skew(xi[..., :3]), b, d, e) @ J_inv, J_inv)
 
 
 def se3_right_jacobian_inverse(xi: torch.Tensor) -> torch.Tensor:
@@ -263,6 +271,9 @@ def skew_np(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v)
     if not np.issubdtype(v.dtype, np.floating):
         v = v.astype(np.float64)
+    if v.ndim == 1:  # the common case, several times faster than the batched stack
+        x, y, z = v
+        return np.array(((0.0, -z, y), (z, 0.0, -x), (-y, x, 0.0)), dtype=v.dtype)
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     o = np.zeros_like(x)
     return np.stack((o, -z, y, z, o, -x, -y, x, o), -1).reshape(*v.shape[:-1], 3, 3)
@@ -271,15 +282,16 @@ def skew_np(v: np.ndarray) -> np.ndarray:
 def so3_exp_np(phi: np.ndarray) -> np.ndarray:
     """Rotation vector (3,) -> rotation (3, 3) by Rodrigues' formula."""
     sinc, a = _coefficients_np(phi, "sinc", "a")
-    return _rotation(skew_np(phi), sinc, a, np.eye(3))
+    K = skew_np(phi)
+    return _rotation(K, K @ K, sinc, a, _I3)
 
 
 def so3_log_np(R: np.ndarray) -> np.ndarray:  # noqa: N803
     """Rotation (3, 3) -> rotation vector (3,), |phi| <= pi; near pi, where the skew part no longer gives the
     axis, scipy's quaternion path."""
     s = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])  # sin(t) * axis
-    sin = float(np.linalg.norm(s))
-    t = math.atan2(sin, 0.5 * (np.trace(R) - 1.0))
+    sin = math.sqrt(s @ s)
+    t = math.atan2(sin, 0.5 * (R[0, 0] + R[1, 1] + R[2, 2] - 1.0))
     if t > _NEAR_PI:
         from scipy.spatial.transform import Rotation  # noqa: PLC0415 - rare
 
@@ -290,20 +302,25 @@ def so3_log_np(R: np.ndarray) -> np.ndarray:  # noqa: N803
 def so3_left_jacobian_np(phi: np.ndarray) -> np.ndarray:
     """J_l(phi) (3, 3)."""
     a, b = _coefficients_np(phi, "a", "b")
-    return _rotation(skew_np(phi), a, b, np.eye(3))
+    K = skew_np(phi)
+    return _rotation(K, K @ K, a, b, _I3)
 
 
 def so3_left_jacobian_inverse_np(phi: np.ndarray) -> np.ndarray:
     """J_l(phi)^-1 (3, 3), in closed form."""
     (c,) = _coefficients_np(phi, "c")
-    return _left_jacobian_inverse(skew_np(phi), c, np.eye(3))
+    K = skew_np(phi)
+    return _left_jacobian_inverse(K, K @ K, c, _I3)
 
 
 def se3_exp_np(xi: np.ndarray) -> np.ndarray:
     """Twist [rho, phi] (6,) -> transform (4, 4), as :func:`se3_exp`."""
+    sinc, a, b = _coefficients_np(xi[3:], "sinc", "a", "b")
+    K = skew_np(xi[3:])
+    K2 = K @ K
     T = np.eye(4)
-    T[:3, :3] = so3_exp_np(xi[3:])
-    T[:3, 3] = so3_left_jacobian_np(xi[3:]) @ xi[:3]
+    T[:3, :3] = _rotation(K, K2, sinc, a, _I3)
+    T[:3, 3] = _rotation(K, K2, a, b, _I3) @ xi[:3]
     return T
 
 
@@ -323,11 +340,11 @@ def se3_inverse_np(T: np.ndarray) -> np.ndarray:  # noqa: N803
 
 def se3_left_jacobian_inverse_np(xi: np.ndarray) -> np.ndarray:
     """SE(3) J_l(xi)^-1 (6, 6), in closed form, as :func:`se3_left_jacobian_inverse`."""
-    phi = xi[3:]
-    b, c, d, e = _coefficients_np(phi, "b", "c", "d", "e")
-    P = skew_np(phi)
-    J_inv = _left_jacobian_inverse(P, c, np.eye(3))
+    b, c, d, e = _coefficients_np(xi[3:], "b", "c", "d", "e")
+    P = skew_np(xi[3:])
+    PP = P @ P
+    J_inv = _left_jacobian_inverse(P, PP, c, _I3)
     out = np.zeros((6, 6))
     out[:3, :3] = out[3:, 3:] = J_inv
-    out[:3, 3:] = -J_inv @ _q(P, skew_np(xi[:3]), b, d, e) @ J_inv
+    out[:3, 3:] = -J_inv @ _q(P, PP, skew_np(xi[:3]), b, d, e) @ J_inv
     return out
