@@ -16,7 +16,7 @@ from prism_ros.prism import tracking
 from prism_ros.datasets import open_dataset
 from prism_ros.geometry import se3_exp
 from prism_ros.prism.kernels import warm_up
-from prism_ros.prism.kernels.track import linearizer
+from prism_ros.prism.kernels.track import lineariser
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import render
@@ -55,14 +55,14 @@ def main() -> None:
     reference = tracking.make_reference(rendered, config)
     level = tracking.make_levels(obs, rendered, config)[-1]  # the finest: render resolution, stride 2
     T = prior_T.numpy()
-    fused = linearizer(level, reference, config)
+    fused = lineariser(level, reference, config)
     print(f"render {rendered.camera.width}x{rendered.camera.height}, finest level {level.points.shape[1]} points")
-    for backend, linearize in (("torch", lambda: tracking.linearize(T, level, reference, config)),
+    for backend, linearise in (("torch", lambda: tracking.linearise(T, level, reference, config)),
                                ("fused", lambda: fused(T))):
         estimate = tracking.track(obs, rendered, prior_T, prior_cov, config, backend=backend)
         whole = median_ms(lambda: tracking.track(obs, rendered, prior_T, prior_cov, config, backend=backend),
                           args.repeats)
-        print(f"{backend}: linearisation {median_ms(linearize, args.repeats)}, track() {whole} "
+        print(f"{backend}: linearisation {median_ms(linearise, args.repeats)}, track() {whole} "
               f"({estimate.quality['iterations']} iterations, ok={estimate.ok})")
 
 

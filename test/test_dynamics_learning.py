@@ -12,7 +12,7 @@ from prism_ros.cli.main import main
 from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP
 from prism_ros.dynamics.learning import (MotionData, TrainingConfig, calibrate_std, compare, evaluate_model,
-                                         load_residual, make_windows, rollout, save_residual, still_biases,
+                                         load_residual, make_windows, predict_windows, save_residual, still_biases,
                                          train_residual, train_windows, window_starts)
 from prism_ros.errors import InputError
 from prism_ros.synthetic import ControlModel, ImuModel, make_trajectory, synthesize_control, synthesize_imu
@@ -59,9 +59,9 @@ def test_untrained_residual_rollout_equals_engineered():
     data = synthetic_drone(seconds=5.0, noisy=False)
     windows = make_windows(data, window_starts(data, 1.0, 0.5), 20, 0.05)
     config = DynamicsConfig(model="imu", bias_accel=tuple(BIAS_ACCEL))
-    plain = rollout(ImuEuler(config), windows)
+    plain = predict_windows(ImuEuler(config), windows)
     with torch.no_grad():
-        hooked = rollout(ImuEuler(config, ResidualMLP()), windows)
+        hooked = predict_windows(ImuEuler(config, ResidualMLP()), windows)
     assert torch.equal(plain.positions, hooked.positions) and torch.equal(plain.velocities, hooked.velocities)
     assert float(hooked.cov_position.abs().max()) < 1e-20 and float(plain.cov_position.abs().max()) == 0.0
     # and, given the bias, the engineered rollout is the exact-IMU truth to within the zero-order-hold error
@@ -177,7 +177,7 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     for name, value in result.residual.state_dict().items():
         assert torch.equal(residual.state_dict()[name], value), name
     windows = make_windows(data, window_starts(data, 0.5, 2.0), 10, 0.05)
-    a, b = (rollout(ImuEuler(dynamics, r), windows) for r in (result.residual, residual))
+    a, b = (predict_windows(ImuEuler(dynamics, r), windows) for r in (result.residual, residual))
     assert torch.equal(a.positions, b.positions) and torch.equal(a.cov_position, b.cov_position)
 
     # a file written before the trained step was stored: the step comes from its training config
@@ -203,7 +203,7 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     from prism_ros.dynamics.model import make_transition
 
     switched = make_transition(replace(dynamics, residual_mlp=False, residual_model=str(path)))
-    c = rollout(switched, windows)
+    c = predict_windows(switched, windows)
     assert torch.equal(a.positions, c.positions) and torch.equal(a.cov_position, c.cov_position)
     with pytest.raises(InputError, match="trained for the imu model, not control"):
         make_transition(replace(dynamics, model="control", residual_model=str(path)))

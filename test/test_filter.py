@@ -13,7 +13,7 @@ from prism_ros.prism.filter import PrismFilter
 from prism_ros.geometry import PinholeCamera, se3_exp, transform_points
 from prism_ros.prism.pipeline import pose_nees
 from prism_ros.synthetic import make_sequence
-from prism_ros.synthetic.scene import render as render_scene
+from prism_ros.synthetic.scene import render_scene
 
 FRAMES, WIDTH, HEIGHT = 24, 160, 120
 

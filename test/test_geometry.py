@@ -1,169 +1,18 @@
-"""Lie groups vs scipy / matrix_exp / finite differences, camera vs OpenCV, pyramids."""
+"""Camera vs OpenCV, pyramids (the Lie groups are in test_lie.py)."""
 from __future__ import annotations
-
-import math
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
 
 from prism_ros.datasets.base import Intrinsics
-from prism_ros.geometry import (
-    PinholeCamera,
-    camera_pyramid,
-    depth_pyramid,
-    intensity_pyramid,
-    se3_adjoint,
-    se3_compose,
-    se3_exp,
-    se3_inverse,
-    se3_log,
-    skew,
-    so3_exp,
-    so3_left_jacobian,
-    so3_left_jacobian_inverse,
-    so3_log,
-    so3_right_jacobian,
-    so3_right_jacobian_inverse,
-    transform_points,
-)
+from prism_ros.geometry import PinholeCamera, camera_pyramid, depth_pyramid, intensity_pyramid
 
 DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: 2e-6, torch.float64: 1e-13}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 # TUM fr1 colour camera: strong radial distortion with k3
 FR1 = Intrinsics(517.3, 516.5, 318.6, 255.3, 640, 480, (0.2624, -0.9531, -0.0054, 0.0026, 1.1633))
-
-
-def rotation_vectors(kind: str, n: int = 500, seed: int = 0) -> torch.Tensor:
-    """float64 rotation vectors: random angles in [0, pi), tiny (1e-9..1e-2) or near pi (pi - 1e-7..pi - 1e-2)."""
-    g = torch.Generator().manual_seed(seed)
-    axis = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    axis = axis / axis.norm(dim=-1, keepdim=True)
-    angle = {
-        "random": torch.rand(n, generator=g, dtype=torch.float64) * math.pi,
-        "tiny": torch.logspace(-9, -2, n, dtype=torch.float64),
-        "near_pi": math.pi - torch.logspace(-7, -2, n, dtype=torch.float64),
-        "switch": 0.3 + torch.linspace(-1e-6, 1e-6, n, dtype=torch.float64),  # series / closed form boundary
-    }[kind]
-    return axis * angle[:, None]
-
-
-def hat6(xi: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype)
-    out[..., :3, :3] = skew(xi[..., 3:])
-    out[..., :3, 3] = xi[..., :3]
-    return out
-
-
-# ---------------------------------------------------------------- Lie groups
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["random", "tiny", "near_pi", "switch"])
-def test_so3_exp_log_match_scipy(kind, dtype):
-    phi = rotation_vectors(kind)
-    R_ref = torch.from_numpy(Rotation.from_rotvec(phi.numpy()).as_matrix())
-    R = so3_exp(phi.to(dtype))
-    assert R.dtype == dtype
-    assert (R.double() - R_ref).abs().max() < TOL[dtype]
-    phi_back = so3_log(R_ref.to(dtype)).double()
-    assert ((phi_back - phi).norm(dim=-1) / phi.norm(dim=-1).clamp_max(1.0)).max() < 5 * TOL[dtype]
-    if dtype == torch.float64:
-        phi_scipy = torch.from_numpy(Rotation.from_matrix(R_ref.numpy()).as_rotvec())
-        assert (phi_back - phi_scipy).abs().max() < 1e-12
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_so3_log_at_pi_gives_a_valid_rotation_vector(dtype):
-    phi = rotation_vectors("random")
-    phi = math.pi * phi / phi.norm(dim=-1, keepdim=True)
-    R = so3_exp(phi.to(dtype))
-    back = so3_log(R)
-    assert (back.norm(dim=-1).double() - math.pi).abs().max() < 10 * TOL[dtype]
-    assert (so3_exp(back) - R).abs().max() < 10 * TOL[dtype]  # +phi and -phi are the same rotation at pi
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["random", "tiny", "near_pi", "switch"])
-def test_se3_exp_matches_matrix_exponential_and_log_inverts_it(kind, dtype):
-    phi = rotation_vectors(kind)
-    rho = torch.randn(phi.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    xi = torch.cat((rho, phi), -1)
-    T_ref = torch.linalg.matrix_exp(hat6(xi))
-    T = se3_exp(xi.to(dtype))
-    assert T.dtype == dtype and T.shape == (len(xi), 4, 4)
-    assert (T.double() - T_ref).abs().max() < 5 * TOL[dtype]
-    xi_back = se3_log(T_ref.to(dtype)).double()
-    scale = xi.norm(dim=-1, keepdim=True).clamp_max(1.0)
-    assert ((xi_back - xi).abs() / scale).max() < 20 * TOL[dtype]
-
-
-def test_lie_functions_batch_over_leading_dims():
-    xi = torch.randn(2, 3, 6, dtype=torch.float64)
-    T = se3_exp(xi)
-    assert T.shape == (2, 3, 4, 4) and se3_log(T).shape == (2, 3, 6)
-    assert se3_adjoint(T).shape == (2, 3, 6, 6)
-    assert so3_right_jacobian(xi[..., 3:]).shape == (2, 3, 3, 3)
-    assert se3_exp(torch.zeros(6)).shape == (4, 4)
-    A, B = se3_exp(torch.randn(5, 6, dtype=torch.float64)), se3_exp(torch.randn(6, dtype=torch.float64))
-    assert torch.allclose(se3_compose(A, B), A @ B[None])
-    p = torch.randn(5, 7, 3, dtype=torch.float64)
-    expected = torch.einsum("bij,bnj->bni", A[:, :3, :3], p) + A[:, None, :3, 3]
-    assert torch.allclose(transform_points(A, p), expected)
-    assert torch.allclose(transform_points(B, p), p @ B[:3, :3].T + B[:3, 3])
-
-
-def test_inverse_and_skew():
-    T = se3_exp(torch.randn(10, 6, dtype=torch.float64))
-    assert torch.allclose(se3_inverse(T), torch.linalg.inv(T), atol=1e-12)
-    assert torch.allclose(se3_compose(T, se3_inverse(T)), torch.eye(4, dtype=torch.float64).expand(10, 4, 4),
-                          atol=1e-12)
-    a, b = torch.randn(2, 4, 3, dtype=torch.float64)
-    assert torch.allclose((skew(a) @ b[..., None])[..., 0], torch.linalg.cross(a, b))
-
-
-def test_adjoint_maps_twists_through_conjugation():
-    g = torch.Generator().manual_seed(3)
-    T = se3_exp(torch.randn(20, 6, generator=g, dtype=torch.float64))
-    xi = torch.randn(20, 6, generator=g, dtype=torch.float64) * 0.5
-    lhs = T @ se3_exp(xi) @ se3_inverse(T)
-    assert torch.allclose(lhs, se3_exp((se3_adjoint(T) @ xi[..., None])[..., 0]), atol=1e-12)
-    assert torch.allclose(se3_adjoint(se3_inverse(T)), torch.linalg.inv(se3_adjoint(T)), atol=1e-10)
-
-
-@pytest.mark.parametrize("kind", ["random", "tiny", "switch"])
-def test_so3_jacobians_match_finite_differences(kind):
-    phi = rotation_vectors(kind, n=20)
-    eps = 1e-6
-    I3 = torch.eye(3, dtype=torch.float64)
-    R = so3_exp(phi)
-    # columns: d/dd log(exp(phi + d) exp(phi)^T) = J_l, log(exp(phi)^T exp(phi + d)) = J_r
-    fd_l = torch.stack([(so3_log(so3_exp(phi + eps * e) @ R.mT) - so3_log(so3_exp(phi - eps * e) @ R.mT)) / (2 * eps)
-                        for e in I3], -1)
-    fd_r = torch.stack([(so3_log(R.mT @ so3_exp(phi + eps * e)) - so3_log(R.mT @ so3_exp(phi - eps * e))) / (2 * eps)
-                        for e in I3], -1)
-    assert (so3_left_jacobian(phi) - fd_l).abs().max() < 1e-8
-    assert (so3_right_jacobian(phi) - fd_r).abs().max() < 1e-8
-    assert torch.allclose(so3_left_jacobian(phi) @ so3_left_jacobian_inverse(phi), I3.expand(20, 3, 3), atol=1e-12)
-    assert torch.allclose(so3_right_jacobian(phi) @ so3_right_jacobian_inverse(phi), I3.expand(20, 3, 3), atol=1e-12)
-    assert torch.allclose(so3_right_jacobian(phi), R.mT @ so3_left_jacobian(phi), atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_gradients_are_finite_at_the_identity(dtype):
-    xi = torch.zeros(6, dtype=dtype, requires_grad=True)
-    fns = [lambda x: se3_exp(x), lambda x: se3_log(se3_exp(x)), lambda x: so3_left_jacobian(x[3:]),
-           lambda x: so3_right_jacobian_inverse(x[3:]), lambda x: so3_log(so3_exp(x[3:]))]
-    for fn in fns:
-        (grad,) = torch.autograd.grad(fn(xi).sum(), xi)
-        assert torch.isfinite(grad).all()
-    (grad,) = torch.autograd.grad(se3_log(se3_exp(xi))[1], xi)  # d log(exp(xi)) / d xi = I at 0
-    assert torch.allclose(grad, torch.eye(6, dtype=dtype)[1])
-
-
-def test_outputs_do_not_require_grad_by_themselves():
-    assert not se3_exp(torch.randn(6)).requires_grad and not se3_log(torch.eye(4)).requires_grad
 
 
 # ---------------------------------------------------------------- camera
@@ -280,15 +129,6 @@ def test_camera_pyramid_matches_image_pyramid_and_projection():
 
 
 # ---------------------------------------------------------------- CUDA
-@CUDA
-def test_lie_on_cuda_matches_cpu():
-    xi = torch.randn(100, 6, dtype=torch.float64)
-    T = se3_exp(xi.cuda())
-    assert T.device.type == "cuda"
-    assert torch.allclose(T.cpu(), se3_exp(xi), atol=1e-12)
-    assert torch.allclose(se3_log(T).cpu(), se3_log(se3_exp(xi)), atol=1e-10)
-
-
 @CUDA
 def test_camera_and_pyramid_on_cuda():
     cam = PinholeCamera.from_intrinsics(FR1, device="cuda")

@@ -39,13 +39,13 @@ QUALITY_FLOORS = dict(inlier_ratio=0.0, coverage=0.0, icp_rmse=1e-6, photometric
                       min_eigenvalue=0.0, condition=0.0, prior_distance=1e-6)
 
 
-def linearizations(obs, rendered, T, config):
-    """(torch, fused) Linearization of every tracking level at pose T."""
-    from prism_ros.prism.kernels.track import linearizer  # noqa: PLC0415 - needs Warp
+def linearisations(obs, rendered, T, config):
+    """(torch, fused) Linearisation of every tracking level at pose T."""
+    from prism_ros.prism.kernels.track import lineariser  # noqa: PLC0415 - needs Warp
 
     reference = tracking.make_reference(rendered, config)
     T = np.asarray(T, dtype=np.float64)
-    return [(tracking.linearize(T, level, reference, config), linearizer(level, reference, config)(T))
+    return [(tracking.linearise(T, level, reference, config), lineariser(level, reference, config)(T))
             for level in tracking.make_levels(obs, rendered, config)]
 
 
@@ -58,7 +58,7 @@ def compare_systems(obs, rendered, T, config, at_map: bool) -> dict:
     their length; at the MAP (robust weights 1) H agrees to float32 summation rounding.
     """
     worst = dict(H=0.0, step=0.0, counts=0.0, sums=0.0)
-    for reference, fused in linearizations(obs, rendered, T, config):
+    for reference, fused in linearisations(obs, rendered, T, config):
         scale = np.abs(reference.H).max()
         assert scale > 0 and fused.points == reference.points
         solve = lambda g: np.linalg.solve(reference.H + 1e-9 * scale * np.eye(6), g)  # noqa: E731
@@ -171,8 +171,8 @@ def test_cuda_matches_cpu(room):  # noqa: F811 - the imported fixture
     rgb, depth = room.frame(0)
     config = TrackingConfig()
     for (_, cpu), (reference, cuda) in zip(
-            linearizations(observe(rgb, depth, QVGA), map_render(room.scene, prior_T, QVGA), prior_T, config),
-            linearizations(observe(rgb, depth, QVGA, device="cuda"),
+            linearisations(observe(rgb, depth, QVGA), map_render(room.scene, prior_T, QVGA), prior_T, config),
+            linearisations(observe(rgb, depth, QVGA, device="cuda"),
                            map_render(room.scene, prior_T, QVGA, device="cuda"), prior_T, config)):
         for other in (cpu, reference):
             assert np.abs(cuda.H - other.H).max() < 1e-5 * np.abs(other.H).max()

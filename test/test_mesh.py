@@ -9,7 +9,7 @@ from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.mesh import Mesh, colour_map, cube_mask, extract_mesh, read_ply, write_ply
 from prism_ros.prism.observation import Observation
-from prism_ros.synthetic.scene import ROOM_SIZE, Scene, make_materials, render
+from prism_ros.synthetic.scene import ROOM_SIZE, Scene, make_materials, render_scene
 
 INTRINSICS = Intrinsics(131.25, 131.25, 79.5, 59.5, 160, 120)
 CENTRE, RADIUS = np.array([3.0, 2.5, 1.2]), 0.4
@@ -38,7 +38,7 @@ def sphere_map():
     for angle, height in rings:
         eye = CENTRE + np.array([1.2 * np.cos(angle + height), 1.2 * np.sin(angle + height), height])
         T = look_at(eye, CENTRE)
-        view = render(scene, T, INTRINSICS)
+        view = render_scene(scene, T, INTRINSICS)
         rgb = (view.rgb.numpy() * 255).round().astype(np.uint8)
         obs = Observation.from_frame(Frame(0, 0.0, rgb, view.depth.float().numpy(), INTRINSICS), levels=1)
         sdf_map.integrate(obs.finest, obs.colour, T)

@@ -60,7 +60,7 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
     from prism_ros.nodes.conversions import (image_to_numpy, matrix_to_pose, ns_to_stamp, pose_to_matrix,
                                              stamp_to_sec)
     from prism_ros.nodes.map_publishing import latched_qos
-    from prism_ros.synthetic.scene import render
+    from prism_ros.synthetic.scene import render_scene
     from prism_ros.synthetic.writer import read_scene
     from ros_helpers.prism_probe import PrismProbe
 
@@ -135,7 +135,7 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         k, factor = frames[0].intrinsics, depth_msg.width / frames[0].intrinsics.width
         camera = Intrinsics(k.fx * factor, k.fy * factor, (k.cx + 0.5) * factor - 0.5, (k.cy + 0.5) * factor - 0.5,
                             depth_msg.width, depth_msg.height)
-        exact = render(scene, torch.as_tensor(mean[-1]), camera).depth.numpy()  # base = camera here
+        exact = render_scene(scene, torch.as_tensor(mean[-1]), camera).depth.numpy()  # base = camera here
         seen = np.isfinite(predicted) & np.isfinite(exact)
         assert seen.mean() > 0.3, seen.mean()
         assert np.median(np.abs(predicted[seen] - exact[seen])) < 0.02

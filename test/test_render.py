@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from prism_ros.geometry import PinholeCamera
 from prism_ros.prism.render import RenderConfig, render
 from prism_ros.synthetic.scene import make_scene
-from prism_ros.synthetic.scene import render as render_scene
+from prism_ros.synthetic.scene import render_scene
 from prism_ros.synthetic.writer import intrinsics_for
 
 UNOBSERVED_STD = 1.0

@@ -51,15 +51,15 @@ def depth_errors(depth: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------ synthetic, exact
 def test_synthetic_pair_gives_exact_depth_to_two_percent(scene):
     """Two renders 0.11 m apart along the camera x axis: SGBM depth against the exact rendered depth."""
-    from prism_ros.synthetic import render
+    from prism_ros.synthetic import render_scene
 
     T_left_right = translation(EUROC_BASELINE)  # noqa: N806 - the right camera sits at +x in the left frame
-    left, right = render(scene, T_WORLD_LEFT, CAMERA), render(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
+    left, right = render_scene(scene, T_WORLD_LEFT, CAMERA), render_scene(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
     rectifier = StereoRectifier(CAMERA, CAMERA, T_left_right)
     assert np.allclose(rectifier.R_rect_left, np.eye(3), atol=1e-9)  # already rectified: no rotation
     assert rectifier.baseline == pytest.approx(EUROC_BASELINE)
     result = rectifier.compute(uint8(left), uint8(right))
-    truth = render(scene, T_WORLD_LEFT @ rectifier.T_left_rect, rectifier.intrinsics).depth.cpu().numpy()
+    truth = render_scene(scene, T_WORLD_LEFT @ rectifier.T_left_rect, rectifier.intrinsics).depth.cpu().numpy()
     error, valid = depth_errors(result.depth, truth)
     print(f"\nsynthetic, pure 0.11 m baseline: median relative depth error {error:.4f}, valid {valid:.3f}, "
           f"depth {np.nanmin(truth):.2f}-{np.nanmax(truth):.2f} m")
@@ -72,22 +72,22 @@ def test_synthetic_pair_gives_exact_depth_to_two_percent(scene):
 def test_synthetic_general_rig_rectified_camera_is_what_the_docs_say(scene):
     """A rig with a rotated, slightly offset right camera: the rectified left image is the pinhole view
     from ``T_world_left @ T_left_rect`` with the rectified intrinsics, and depth matches that view."""
-    from prism_ros.synthetic import render
+    from prism_ros.synthetic import render_scene
 
     T_left_right = translation(EUROC_BASELINE, 0.004, -0.003)  # noqa: N806
     T_left_right[:3, :3] = Rotation.from_euler("xyz", [0.5, 1.0, 0.3], degrees=True).as_matrix()
-    left, right = render(scene, T_WORLD_LEFT, CAMERA), render(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
+    left, right = render_scene(scene, T_WORLD_LEFT, CAMERA), render_scene(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
     rectifier = StereoRectifier(CAMERA, CAMERA, T_right_left=np.linalg.inv(T_left_right))
     angle = np.degrees(np.linalg.norm(Rotation.from_matrix(rectifier.R_rect_left).as_rotvec()))
     assert angle > 1.0  # the rectification really rotates the left camera here
     assert np.allclose(rectifier.T_left_rect @ rectifier.T_rect_left, np.eye(4))
     assert rectifier.intrinsics.distortion == (0.0,) * 5
     T_world_rect = T_WORLD_LEFT @ rectifier.T_left_rect  # noqa: N806
-    direct = render(scene, T_world_rect, rectifier.intrinsics)
+    direct = render_scene(scene, T_world_rect, rectifier.intrinsics)
     left_rect, right_rect = rectifier.rectify(uint8(left), uint8(right))
     # interpolation only (~0.3 grey levels); a wrong rotation convention or focal length gives tens
     assert np.abs(left_rect.astype(float) - uint8(direct)).mean() < 1.5
-    direct_right = render(scene, T_world_rect @ translation(rectifier.baseline), rectifier.intrinsics)
+    direct_right = render_scene(scene, T_world_rect @ translation(rectifier.baseline), rectifier.intrinsics)
     assert np.abs(right_rect.astype(float) - uint8(direct_right)).mean() < 1.5
     result = rectifier.compute(uint8(left), uint8(right))
     error, valid = depth_errors(result.depth, direct.depth.cpu().numpy())

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from prism_ros.errors import InputError
 from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.synthetic import (ControlModel, DepthNoise, ImuModel, Scene, generate, intrinsics_for,
-                                 make_sequence, make_trajectory, render, synthesize_control, synthesize_imu)
+                                 make_sequence, make_trajectory, render_scene, synthesize_control, synthesize_imu)
 from prism_ros.synthetic.scene import make_materials, noisy_depth, pixel_rays
 from prism_ros.synthetic.writer import TOPICS
 
@@ -52,7 +52,7 @@ def sphere_trace(scene: Scene, origin: torch.Tensor, dirs: torch.Tensor, steps: 
 def test_depth_is_the_exact_ray_primitive_intersection():
     scene, intrinsics = hand_built_scene(), intrinsics_for(**SMALL)
     T = looking_along_x([1.0, 2.5, 1.5])
-    view = render(scene, T, intrinsics)
+    view = render_scene(scene, T, intrinsics)
     depth, surface = view.depth.numpy(), view.surface.numpy()
     wall = surface == 1  # x = 6 face, fronto-parallel at 5 m from the camera
     assert wall.sum() > 1000 and np.abs(depth[wall] - 5.0).max() < 1e-12
@@ -69,7 +69,7 @@ def test_depth_agrees_with_sphere_tracing_the_sdf():
     seq = make_sequence(frames=31, seed=4, width=80, height=60, noise=False)
     cases = [(seq.scene, seq.poses[i]) for i in (0, 15, 30)] + [(hand_built_scene(), looking_along_x([1.0, 2.5, 1.5]))]
     for scene, T in cases:
-        view = render(scene, T, seq.intrinsics)
+        view = render_scene(scene, T, seq.intrinsics)
         dirs = pixel_rays(seq.intrinsics).reshape(-1, 3) @ torch.tensor(T[:3, :3]).T
         norms = dirs.norm(dim=-1)
         t, converged = sphere_trace(scene, torch.tensor(T[:3, 3]), dirs / norms[:, None])
@@ -86,7 +86,7 @@ def test_backprojected_depth_lies_on_the_sdf_zero_set(motion):
     seq = make_sequence(frames=90, seed=1, motion=motion, noise=False, **SMALL)
     for index in (0, 45, 89):
         T = torch.tensor(seq.poses[index])
-        view = render(seq.scene, T, seq.intrinsics)
+        view = render_scene(seq.scene, T, seq.intrinsics)
         points = T[:3, 3] + view.depth[..., None] * (pixel_rays(seq.intrinsics) @ T[:3, :3].T)
         assert seq.scene.sdf(points.reshape(-1, 3)).abs().max() < 1e-6  # measured ~1e-14
 
@@ -95,7 +95,7 @@ def test_windowed_render_equals_brute_force_intersection():
     seq = make_sequence(frames=60, seed=2, noise=False, **SMALL)
     for index in (0, 30, 59):
         T = torch.tensor(seq.poses[index])
-        view = render(seq.scene, T, seq.intrinsics)
+        view = render_scene(seq.scene, T, seq.intrinsics)
         dirs = pixel_rays(seq.intrinsics).reshape(-1, 3) @ T[:3, :3].T
         t, surface, normal = seq.scene.intersect(T[:3, 3], dirs)
         assert torch.equal(t, view.depth.reshape(-1)) and torch.equal(surface, view.surface.reshape(-1))
@@ -130,7 +130,7 @@ def test_colour_is_view_independent():
 # ----------------------------------------------------------------------------- sensor models
 def test_depth_noise_model():
     seq = make_sequence(frames=1, seed=0, noise=False)  # 640x480 for statistics
-    view = render(seq.scene, seq.poses[0], seq.intrinsics)
+    view = render_scene(seq.scene, seq.poses[0], seq.intrinsics)
     model = DepthNoise()
     gen = torch.Generator().manual_seed(0)
     noisy = noisy_depth(view.depth, view.cos_incidence, model, gen).double()

@@ -32,7 +32,8 @@ from prism_ros.ace.buffer import AugmentedView, Augmentation, MappingFrame, augm
 from prism_ros.ace.encoder import LITE_CONFIG, Encoder, EncoderConfig, normalise, round_to_fp16, save_encoder
 from prism_ros.ace.head import Head, HeadConfig
 from prism_ros.datasets.base import Intrinsics
-from prism_ros.synthetic.scene import N_ROOM_FACES, NOISE_PERIOD, ROOM_SIZE, albedo, make_scene, pixel_rays, render
+from prism_ros.synthetic.scene import (N_ROOM_FACES, NOISE_PERIOD, ROOM_SIZE, albedo, make_scene, pixel_rays,
+                                      render_scene)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def look_at(position: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray
 def relit_grey(scene, T_world_camera: np.ndarray, intrinsics: Intrinsics, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray]:
     """(grey uint8, depth float32) of one view with random lighting and sensor noise."""
-    view = render(scene, T_world_camera, intrinsics)
+    view = render_scene(scene, T_world_camera, intrinsics)
     T = torch.as_tensor(T_world_camera, dtype=torch.float64)
     dirs = pixel_rays(intrinsics) @ T[:3, :3].T
     points = (T[:3, 3] + view.depth[..., None] * dirs).reshape(-1, 3)

@@ -30,6 +30,7 @@ from prism_ros.ace.ensemble import best_of
 from prism_ros.ace.head import Head
 from prism_ros.ace.mapfile import AceMap
 from prism_ros.datasets.base import Intrinsics
+from prism_ros.geometry.lie import skew_np
 
 REFERENCE_THRESHOLD_PX = 10.0  # ACE's inlier threshold at 480 rows
 DEFAULT_MIN_INLIERS = 50
@@ -118,8 +119,7 @@ def pose_covariance(T_world_camera: np.ndarray, points: np.ndarray, pixels: np.n
     zeros = np.zeros_like(z)
     d_proj = np.stack([np.stack([fx / z, zeros, -fx * x / z**2], -1),
                        np.stack([zeros, fy / z, -fy * y / z**2], -1)], 1)  # (N,2,3)
-    skew = np.stack([np.stack([zeros, -z, y], -1), np.stack([z, zeros, -x], -1),
-                     np.stack([-y, x, zeros], -1)], 1)  # [X_c]x (N,3,3)
+    skew = skew_np(cam)  # [X_c]x (N,3,3)
     d_cam = np.concatenate([-np.broadcast_to(np.eye(3), skew.shape), skew], -1)  # dX_c/dxi = [-I, [X_c]x]
     J = (d_proj @ d_cam).reshape(-1, 6)
     uv = np.stack([fx * x / z + K[0, 2], fy * y / z + K[1, 2]], -1)

@@ -171,7 +171,7 @@ def still_biases(data: MotionData, speed: float = 0.02, margin: float = 0.2) -> 
 @dataclass
 class Windows:
     """``B`` rollout windows of ``K`` steps: start poses ``T0`` (B,4,4) and velocities ``v0`` (B,6) (world
-    linear from ground truth, body rate = first raw gyro sample: :func:`rollout` subtracts the model's gyro
+    linear from ground truth, body rate = first raw gyro sample: :func:`predict_windows` subtracts the model's gyro
     bias, as the filter's state holds after an IMU step), inputs ``u`` (B, K, n+1, 6) ``[gyro, accel]``,
     true positions and velocities at the end of every step (B, K, 3), start times ``t`` (B,)."""
 
@@ -240,9 +240,9 @@ def make_windows(data: MotionData, starts: np.ndarray, steps: int, dt: float) ->
                    torch.as_tensor(interp(data.velocities), **f64), dt)
 
 
-# ----------------------------------------------------------------------------- rollout and loss
+# ----------------------------------------------------------------------------- window predictions and loss
 @dataclass
-class Rollout:
+class WindowPrediction:
     """Predicted positions and velocities at the end of every step (B, K, 3) and their learned covariances
     (B, K, 3, 3) (zero for the engineered model), before the ground-truth floor."""
 
@@ -259,7 +259,7 @@ def step_window(windows: Windows) -> InputWindow:
     return InputWindow(0.0, windows.dt, times, windows.u[0, 0], torch.zeros(0, dtype=torch.float64))
 
 
-def rollout(model: TransitionModel, windows: Windows) -> Rollout:
+def predict_windows(model: TransitionModel, windows: Windows) -> WindowPrediction:
     """Roll all windows forward ``K`` steps through the model (a loop over steps only)."""
     window, dt = step_window(windows), windows.dt
     bias_gyro = torch.as_tensor(getattr(model, "bias_gyro", (0.0, 0.0, 0.0)), dtype=windows.v0.dtype)
@@ -278,7 +278,7 @@ def rollout(model: TransitionModel, windows: Windows) -> Rollout:
         out["pp"].append(S_pp)
         out["vv"].append(S_vv)
     stacked = {key: torch.stack(value, 1) for key, value in out.items()}
-    return Rollout(stacked["p"], stacked["v"], stacked["pp"], stacked["vv"])
+    return WindowPrediction(stacked["p"], stacked["v"], stacked["pp"], stacked["vv"])
 
 
 def gaussian_nll(error: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
@@ -293,7 +293,8 @@ def floored(covariance: torch.Tensor, floor: float) -> torch.Tensor:
     return covariance + floor**2 * torch.eye(3, dtype=covariance.dtype)
 
 
-def rollout_nll(prediction: Rollout, windows: Windows, position_floor: float, velocity_floor: float) -> torch.Tensor:
+def rollout_nll(prediction: WindowPrediction, windows: Windows, position_floor: float,
+                velocity_floor: float) -> torch.Tensor:
     """Mean over windows and steps of the position NLL plus the velocity NLL (nats)."""
     position = gaussian_nll(prediction.positions - windows.positions, floored(prediction.cov_position, position_floor))
     velocity = gaussian_nll(prediction.velocities - windows.velocities,
@@ -403,14 +404,14 @@ def train_residual(data: MotionData, dynamics: DynamicsConfig, config: TrainingC
     prepare_residual(model, train, config)
     floors = (config.position_floor, config.velocity_floor)
     with torch.no_grad():
-        before = float(rollout_nll(rollout(model, test), test, *floors))
+        before = float(rollout_nll(predict_windows(model, test), test, *floors))
     optimiser = torch.optim.Adam(residual.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(config.steps, 1))
     generator = torch.Generator().manual_seed(config.seed)
     handles, losses = linear_rows_only(residual), []
     for step in range(config.steps):
         batch = train.subset(torch.randperm(len(train), generator=generator)[:config.batch])
-        loss = rollout_nll(rollout(model, batch), batch, *floors)
+        loss = rollout_nll(predict_windows(model, batch), batch, *floors)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -422,7 +423,7 @@ def train_residual(data: MotionData, dynamics: DynamicsConfig, config: TrainingC
         handle.remove()
     shift = calibrate_std(model, calibration, config) if calibration is not None else 0.0
     with torch.no_grad():
-        after = float(rollout_nll(rollout(model, test), test, *floors))
+        after = float(rollout_nll(predict_windows(model, test), test, *floors))
     return TrainingResult(residual, losses, before, after, float(split), time.perf_counter() - started,
                           {"train_windows": len(train), "calibration_windows": len(calibration or ()),
                            "held_out_windows": len(test), "std_scale": math.exp(shift)})
@@ -436,7 +437,7 @@ def calibrate_std(model: TransitionModel, windows: Windows, config: TrainingConf
     where the ground-truth floor alone covers the errors, shrinking the std would say nothing. Shifts the
     linear log-std bias by log s and returns it."""
     with torch.no_grad():
-        prediction = rollout(model, windows)
+        prediction = predict_windows(model, windows)
     steps = [int(round(h / windows.dt)) - 1 for h in HORIZONS if 0 <= int(round(h / windows.dt)) - 1 < windows.steps]
     error = prediction.positions[:, steps] - windows.positions[:, steps]
 
@@ -465,7 +466,7 @@ def evaluate_model(model: TransitionModel, windows: Windows, config: TrainingCon
     """Position error (median, mean; m) at each horizon, and the fraction of windows whose true position lies
     in the predicted 95 % ellipsoid (chi-square, 3 dof, learned covariance plus the position floor)."""
     with torch.no_grad():
-        prediction = rollout(model, windows)
+        prediction = predict_windows(model, windows)
     result: dict[str, float] = {"windows": float(len(windows))}
     for horizon in horizons:
         k = int(round(horizon / windows.dt)) - 1

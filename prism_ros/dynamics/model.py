@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.geometry.lie import se3_exp, se3_from_rt, se3_inverse, se3_log, skew, so3_exp, so3_right_jacobian
+from prism_ros.geometry.lie import (se3_exp, se3_from_rt, se3_hat, se3_inverse, se3_log, skew, so3_exp,
+                                    so3_right_jacobian, vee)
 from prism_ros.dynamics.imu import GRAVITY, METHODS, held, imu_window, integrate_imu, window_weights
 from prism_ros.prism.state import GaussianState
 
@@ -87,12 +88,6 @@ class DynamicsConfig:
 
 
 # ----------------------------------------------------------------------------- state tangent
-def hat(xi: torch.Tensor) -> torch.Tensor:
-    """(..., 6) twist [rho, phi] -> (..., 4, 4) matrix [[phi^, rho], [0, 0]] of se(3)."""
-    top = torch.cat([skew(xi[..., 3:]), xi[..., :3, None]], -1)
-    return torch.cat([top, torch.zeros_like(top[..., :1, :])], -2)
-
-
 def boxplus(T: torch.Tensor, v: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (+) delta``: left se(3) perturbation of the pose, additive velocity; batched over delta (..., 12)."""
     return se3_exp(delta[..., :6]) @ T, v + delta[..., 6:]
@@ -101,12 +96,6 @@ def boxplus(T: torch.Tensor, v: torch.Tensor, delta: torch.Tensor) -> tuple[torc
 def boxminus(T_a: torch.Tensor, v_a: torch.Tensor, T_b: torch.Tensor, v_b: torch.Tensor) -> torch.Tensor:
     """``x_a (-) x_b`` (..., 12): ``[log(T_a T_b^-1), v_a - v_b]``, the inverse of :func:`boxplus`."""
     return torch.cat([se3_log(T_a @ se3_inverse(T_b)), v_a - v_b], -1)
-
-
-def vee(S: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) skew part -> (..., 3)."""
-    return 0.5 * torch.stack([S[..., 2, 1] - S[..., 1, 2], S[..., 0, 2] - S[..., 2, 0],
-                              S[..., 1, 0] - S[..., 0, 1]], -1)
 
 
 def symmetrise(P: torch.Tensor) -> torch.Tensor:
@@ -282,7 +271,7 @@ class TransitionModel:
         T, v, u = T.detach(), v.detach(), window.values.detach()
         with torch.enable_grad():
             z = T.new_zeros(12, 12 + u.numel(), requires_grad=True)
-            T_z = T + hat(z[:, :6]) @ T
+            T_z = T + se3_hat(z[:, :6]) @ T
             T_out, v_out = self.propagate(T_z, v + z[:, 6:12], u + z[:, 12:].reshape(12, *u.shape), window)
             T_next, v_next = T_out[0].detach(), v_out[0].detach()
             X = T_out @ se3_inverse(T_next)
@@ -296,7 +285,7 @@ class TransitionModel:
         u = window.values.detach()
         with torch.enable_grad():
             z = T.new_zeros(6, 12 + u.numel(), requires_grad=True)
-            T_z = T + hat(z[:, :6]) @ T
+            T_z = T + se3_hat(z[:, :6]) @ T
             r = self.residual_increment(T_z, v + z[:, 6:12], u + z[:, 12:].reshape(6, *u.shape), window.dt)
             (J,) = torch.autograd.grad(r.diagonal().sum(), z)
         return r[0].detach(), J

@@ -1,12 +1,18 @@
 """Geometry on torch tensors (no ROS): Lie groups on 4x4 matrices, pinhole camera, pyramids."""
 from prism_ros.geometry.camera import PinholeCamera
 from prism_ros.geometry.lie import (
+    se3_ad,
     se3_adjoint,
     se3_compose,
     se3_exp,
     se3_from_rt,
+    se3_hat,
     se3_inverse,
+    se3_left_jacobian,
+    se3_left_jacobian_inverse,
     se3_log,
+    se3_right_jacobian,
+    se3_right_jacobian_inverse,
     skew,
     so3_exp,
     so3_left_jacobian,
@@ -15,6 +21,7 @@ from prism_ros.geometry.lie import (
     so3_right_jacobian,
     so3_right_jacobian_inverse,
     transform_points,
+    vee,
 )
 from prism_ros.geometry.pyramid import camera_pyramid, depth_pyramid, downsample_depth, intensity_pyramid
 
@@ -24,12 +31,18 @@ __all__ = [
     "depth_pyramid",
     "downsample_depth",
     "intensity_pyramid",
+    "se3_ad",
     "se3_adjoint",
     "se3_compose",
     "se3_exp",
     "se3_from_rt",
+    "se3_hat",
     "se3_inverse",
+    "se3_left_jacobian",
+    "se3_left_jacobian_inverse",
     "se3_log",
+    "se3_right_jacobian",
+    "se3_right_jacobian_inverse",
     "skew",
     "so3_exp",
     "so3_left_jacobian",
@@ -38,4 +51,5 @@ __all__ = [
     "so3_right_jacobian",
     "so3_right_jacobian_inverse",
     "transform_points",
+    "vee",
 ]

@@ -92,6 +92,7 @@ from visualization_msgs.msg import MarkerArray
 from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.geometry.lie import skew_np
 from prism_ros.prism.kernels import BACKENDS
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
@@ -106,7 +107,6 @@ from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, c
                                       read_all, transform)
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
-from prism_ros.prism.tracking import skew3
 
 NODE_NAME = "prism_node"
 IDENTITY16 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -356,14 +356,14 @@ def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.n
     """6x6 covariance of the left perturbation [rho, phi] of a pose at ``position`` -> ROS (position error,
     world-fixed-axis rotation error): dp = rho + phi x p, dR = Exp(phi) R."""
     J = np.eye(6)  # noqa: N806
-    J[:3, 3:] = -skew3(position)
+    J[:3, 3:] = -skew_np(position)
     return J @ np.asarray(covariance) @ J.T
 
 
 def ros_covariance_to_left(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
     """Inverse of :func:`left_covariance_to_ros`: J^-1 = [[I, [p]x], [0, I]]."""
     J_inv = np.eye(6)  # noqa: N806
-    J_inv[:3, 3:] = skew3(position)
+    J_inv[:3, 3:] = skew_np(position)
     return J_inv @ np.asarray(covariance) @ J_inv.T
 
 
@@ -375,7 +375,7 @@ def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_bo
     lever = T_world_base[:3, 3] - T_world_body[:3, 3]
     J = np.zeros((6, 6))  # noqa: N806
     J[:3, :3] = R_wbase.T
-    J[:3, 3:] = -R_wbase.T @ skew3(lever) @ R_wb
+    J[:3, 3:] = -R_wbase.T @ skew_np(lever) @ R_wb
     J[3:, 3:] = R_wbase.T @ R_wb
     return J @ np.asarray(velocity), J @ np.asarray(velocity_covariance) @ J.T
 

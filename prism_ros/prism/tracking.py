@@ -12,9 +12,7 @@ PRISM steps 1 and 2. The camera pose ``T`` = T_world_camera minimises
   N (spacing / correlation_pixels)^2 independent ones; the raw Gauss-Newton Hessian would be
   over-confident by the inverse of that factor. The MAP and the Laplace Hessian use the same tempered
   objective, so the two stay consistent.
-- The prior term's Jacobian is the SE(3) left-Jacobian inverse d e / d delta = J_l(e)^-1, taken by its
-  series I - ad(e)/2 + ad(e)^2/12 (the next term is ad(e)^4/720: exact to rounding for the few-cm,
-  few-degree gaps between prior and MAP).
+- The prior term's Jacobian is the SE(3) left-Jacobian inverse d e / d delta = J_l(e)^-1, in closed form.
 
 Gauss-Newton runs on the left (world-frame) perturbation ``T <- exp(delta^) T`` coarse to fine over
 observation pyramid levels, always against the same render (each point's render pixel follows from
@@ -35,9 +33,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial.transform import Rotation
 
 from prism_ros.geometry import camera_pyramid, downsample_depth
+from prism_ros.geometry.lie import se3_exp_np, se3_inverse_np, se3_left_jacobian_inverse_np, se3_log_np
 from prism_ros.prism.kernels import resolve_backend
 from prism_ros.prism.observation import Observation, ObservationLevel, make_level
 from prism_ros.prism.render import RenderResult
@@ -111,7 +109,7 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     delta in posterior standard deviations), prior_distance
     (e^T P^-1 e), points, and ``reasons``: the lost criteria that failed (``ok`` = none failed).
     Degenerate input (no valid depth, an empty render) returns the prior with ``ok=False``.
-    ``backend``: 'torch' (:func:`linearize`), 'fused' (:mod:`prism_ros.prism.kernels.track`) or 'auto'.
+    ``backend``: 'torch' (:func:`linearise`), 'fused' (:mod:`prism_ros.prism.kernels.track`) or 'auto'.
     """
     config = config or TrackingConfig()
     backend = resolve_backend(backend)
@@ -123,11 +121,11 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     T = prior.T.copy() if init_T is None else as_numpy(init_T)
     system, iterations, update, delta = None, 0, float("nan"), np.zeros(6)
     for level in levels:
-        linearize_at = linearizer(level, reference, config, backend)
+        linearise_at = lineariser(level, reference, config, backend)
         for _ in range(level.iterations):
-            system = linearize_at(T)
+            system = linearise_at(T)
             delta = gauss_newton_step(system, T, prior)
-            T, iterations, update = pose_exp(delta) @ T, iterations + 1, float(np.linalg.norm(delta))
+            T, iterations, update = se3_exp_np(delta) @ T, iterations + 1, float(np.linalg.norm(delta))
             if update < config.convergence * 2.0 ** max(level.offset, 0):
                 break
     if system is None:
@@ -165,7 +163,7 @@ class Sums(NamedTuple):
     rows: float  # rows of the active terms
 
 
-class Linearization(NamedTuple):
+class Linearisation(NamedTuple):
     """The tempered data term at one pose: 1/2 delta^T H delta + g^T delta, and the terms behind it (torch
     path) or their :class:`Sums` (fused path, which keeps no per-point data)."""
 
@@ -177,16 +175,16 @@ class Linearization(NamedTuple):
     sums: Sums | None = None
 
 
-def linearizer(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
-    """``linearize_at(T) -> Linearization`` for one level with the resolved backend ('torch' or 'fused')."""
+def lineariser(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
+    """``linearise_at(T) -> Linearisation`` for one level with the resolved backend ('torch' or 'fused')."""
     if backend == "fused":
-        from prism_ros.prism.kernels.track import linearizer as fused_linearizer  # noqa: PLC0415 - needs Warp
+        from prism_ros.prism.kernels.track import lineariser as fused_lineariser  # noqa: PLC0415 - needs Warp
 
-        return fused_linearizer(level, ref, config)
-    return lambda T: linearize(T, level, ref, config)
+        return fused_lineariser(level, ref, config)
+    return lambda T: linearise(T, level, ref, config)
 
 
-def linearize(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingConfig) -> Linearization:
+def linearise(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingConfig) -> Linearisation:
     """Residuals, Jacobians and robust weights of all observed points at pose T -> tempered normal equations."""
     poses = torch.as_tensor(np.concatenate((T[:3], (ref.T_render_world @ T)[:3])), dtype=torch.float32)
     poses = poses.to(level.points.device)  # rows: [R | t] of T_world_camera, then of T_render_camera
@@ -197,19 +195,19 @@ def linearize(T: np.ndarray, level: "Level", ref: "Reference", config: TrackingC
         if config.photometric_weight > 0 else None
     H, g = normal_equations([(icp, config.icp_weight), (photometric, config.photometric_weight)], level.kappa,
                             config)
-    return Linearization(H, g, icp, photometric, q.shape[1])
+    return Linearisation(H, g, icp, photometric, q.shape[1])
 
 
-def gauss_newton_step(system: Linearization, T: np.ndarray, prior: "Prior") -> np.ndarray:
+def gauss_newton_step(system: Linearisation, T: np.ndarray, prior: "Prior") -> np.ndarray:
     """The delta of T <- exp(delta^) T minimising the linearised data + prior objective."""
-    e = pose_log(T @ prior.T_inverse)
-    J = left_jacobian_inverse(e)
+    e = se3_log_np(T @ prior.T_inverse)
+    J = se3_left_jacobian_inverse_np(e)
     return -np.linalg.solve(system.H + J.T @ prior.information @ J, system.g + J.T @ prior.information @ e)
 
 
 def laplace_covariance(H_data: np.ndarray, T: np.ndarray, prior: "Prior") -> np.ndarray:
     """Laplace approximation at the MAP: (tempered data Hessian + prior information at T)^-1."""
-    J = left_jacobian_inverse(pose_log(T @ prior.T_inverse))
+    J = se3_left_jacobian_inverse_np(se3_log_np(T @ prior.T_inverse))
     covariance = np.linalg.inv(H_data + J.T @ prior.information @ J)
     return 0.5 * (covariance + covariance.T)
 
@@ -322,7 +320,7 @@ def make_reference(render: RenderResult, config: TrackingConfig) -> Reference | 
     R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=render.depth.device)
     focal, centre = (torch.stack(c).float()[:, None] for c in ((render.camera.fx, render.camera.fy),
                                                                  (render.camera.cx, render.camera.cy)))
-    return Reference(render.camera, focal, centre, pose_inverse(T), R, surfels, images)
+    return Reference(render.camera, focal, centre, se3_inverse_np(T), R, surfels, images)
 
 
 def residual_variance(render: RenderResult, config: TrackingConfig) -> torch.Tensor:
@@ -510,7 +508,7 @@ class Prior(NamedTuple):
 def make_prior(T, covariance) -> Prior:
     T, covariance = as_numpy(T), as_numpy(covariance)
     information = np.linalg.inv(covariance)
-    return Prior(T, pose_inverse(T), covariance, 0.5 * (information + information.T))
+    return Prior(T, se3_inverse_np(T), covariance, 0.5 * (information + information.T))
 
 
 def prior_estimate(prior: Prior, device, reason: str) -> PoseEstimate:
@@ -526,81 +524,14 @@ def as_numpy(x) -> np.ndarray:
     return np.array(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=np.float64)
 
 
-def skew3(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-def so3_left_jacobian(phi: np.ndarray) -> np.ndarray:
-    """J_l(phi) = I + (1 - cos t)/t^2 phi^ + (t - sin t)/t^3 phi^2 (Taylor below 1e-3 rad)."""
-    t = float(np.linalg.norm(phi))
-    K = skew3(phi)
-    if t < 1e-3:
-        a, b = 0.5 - t * t / 24.0, 1.0 / 6.0 - t * t / 120.0
-    else:
-        a, b = (1.0 - math.cos(t)) / t**2, (t - math.sin(t)) / t**3
-    return np.eye(3) + a * K + b * (K @ K)
-
-
-def so3_exp(phi: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula (Taylor below 1e-4 rad). Closed forms on 3-vectors: scipy's Rotation is an order of
-    magnitude slower per call, and Gauss-Newton makes several per iteration."""
-    t = float(np.linalg.norm(phi))
-    K = skew3(phi)
-    if t < 1e-4:
-        return np.eye(3) + K + 0.5 * (K @ K)
-    return np.eye(3) + (math.sin(t) / t) * K + ((1.0 - math.cos(t)) / t**2) * (K @ K)
-
-
-def so3_log(R: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`so3_exp` (rotation vector); near pi, where the skew part vanishes, scipy's quaternion path."""
-    cos = min(max((np.trace(R) - 1.0) * 0.5, -1.0), 1.0)
-    t = math.acos(cos)
-    skew_part = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) * 0.5
-    if t < 1e-4:
-        return skew_part  # sin t / t = 1 to rounding
-    if t > math.pi - 1e-3:
-        return Rotation.from_matrix(R).as_rotvec()
-    return (t / math.sin(t)) * skew_part
-
-
-def pose_exp(xi: np.ndarray) -> np.ndarray:
-    """[rho, phi] -> 4x4 [[exp(phi), J_l(phi) rho], [0, 1]] (as :func:`prism_ros.geometry.se3_exp`)."""
-    T = np.eye(4)
-    T[:3, :3] = so3_exp(xi[3:])
-    T[:3, 3] = so3_left_jacobian(xi[3:]) @ xi[:3]
-    return T
-
-
-def pose_log(T: np.ndarray) -> np.ndarray:
-    """4x4 -> [rho, phi], the inverse of :func:`pose_exp`."""
-    phi = so3_log(T[:3, :3])
-    return np.concatenate((np.linalg.solve(so3_left_jacobian(phi), T[:3, 3]), phi))
-
-
-def pose_inverse(T: np.ndarray) -> np.ndarray:
-    inverse = np.eye(4)
-    inverse[:3, :3] = T[:3, :3].T
-    inverse[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return inverse
-
-
-def left_jacobian_inverse(xi: np.ndarray) -> np.ndarray:
-    """SE(3) J_l(xi)^-1 by its series I - ad/2 + ad^2/12 with ad = [[phi^, rho^], [0, phi^]]:
-    log(exp(delta^) exp(xi^)) ~ xi + J_l(xi)^-1 delta."""
-    ad = np.zeros((6, 6))
-    ad[:3, :3] = ad[3:, 3:] = skew3(xi[3:])
-    ad[:3, 3:] = skew3(xi[:3])
-    return np.eye(6) - 0.5 * ad + (ad @ ad) / 12.0
-
-
 # ----------------------------------------------------------------------------- tracking quality
 def prior_distance(T: np.ndarray, prior: Prior) -> float:
     """Squared Mahalanobis distance e^T P^-1 e of the pose from the prior mean (the innovation test)."""
-    e = pose_log(T @ prior.T_inverse)
+    e = se3_log_np(T @ prior.T_inverse)
     return float(e @ prior.information @ e)
 
 
-def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
+def term_sums(system: Linearisation, config: TrackingConfig) -> Sums:
     """The :class:`Sums` of a linearisation's per-point terms (one device readback)."""
     icp, photometric = system.icp, system.photometric
     active = [t for t, w in ((icp, config.icp_weight), (photometric, config.photometric_weight)) if t is not None
@@ -614,7 +545,7 @@ def term_sums(system: Linearization, config: TrackingConfig) -> Sums:
     return Sums(*sums)
 
 
-def assess(system: Linearization, iterations: int, update: float, distance: float, config: TrackingConfig,
+def assess(system: Linearisation, iterations: int, update: float, distance: float, config: TrackingConfig,
            update_sigmas: float = float("nan")) -> dict:
     """Quality numbers at the MAP (finest level, final weights) and the lost criteria that failed;
     ``update_sigmas``: the last update in posterior standard deviations."""

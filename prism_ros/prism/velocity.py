@@ -21,23 +21,8 @@ from __future__ import annotations
 import torch
 
 from prism_ros.dynamics.model import symmetrise
-from prism_ros.geometry.lie import se3_inverse, se3_log, skew
+from prism_ros.geometry.lie import se3_inverse, se3_left_jacobian_inverse, se3_log
 from prism_ros.prism.state import GaussianState, PoseEstimate
-
-
-def se3_ad(xi: torch.Tensor) -> torch.Tensor:
-    """(..., 6) -> (..., 6, 6) adjoint of se(3) for [rho, phi]: [[phi^, rho^], [0, phi^]]."""
-    rho, phi = skew(xi[..., :3]), skew(xi[..., 3:])
-    return torch.cat([torch.cat([phi, rho], -1), torch.cat([torch.zeros_like(phi), phi], -1)], -2)
-
-
-def se3_left_jacobian_inverse(xi: torch.Tensor) -> torch.Tensor:
-    """J_l(xi)^-1 (6,6) by its Bernoulli series I - ad/2 + ad^2/12 - ad^4/720 + ad^6/30240 (the odd terms
-    beyond the first vanish); the first omitted term, ad^8/1209600, is ~3e-9 at |xi| = 0.5."""
-    ad = se3_ad(xi)
-    ad2 = ad @ ad
-    eye = torch.eye(6, dtype=xi.dtype, device=xi.device)
-    return eye - ad / 2 + ad2 @ (eye / 12 - ad2 / 720 + ad2 @ ad2 / 30240)
 
 
 def condition_on_pose(prior: GaussianState, pose: PoseEstimate) -> GaussianState:

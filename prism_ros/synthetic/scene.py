@@ -390,7 +390,7 @@ def object_windows(scene: Scene, T_world_camera: np.ndarray, intrinsics: Intrins
     return windows
 
 
-def render(scene: Scene, T_world_camera, intrinsics: Intrinsics, ao: bool = False) -> Render:
+def render_scene(scene: Scene, T_world_camera, intrinsics: Intrinsics, ao: bool = False) -> Render:
     """Render the scene from a 4x4 camera-to-world pose (optical frame) with pinhole ``intrinsics``."""
     T_np = np.asarray(torch.as_tensor(T_world_camera).cpu(), dtype=np.float64)
     T = torch.as_tensor(T_np, device=scene.device)

@@ -19,6 +19,7 @@ from torch.func import jvp
 
 from prism_ros.errors import InputError
 from prism_ros.dynamics.imu import GRAVITY
+from prism_ros.geometry.lie import vee
 
 PROFILES = ("handheld", "drone")
 ROOM_SIZE = (6.0, 5.0, 3.0)
@@ -86,10 +87,7 @@ class Trajectory:
         """Exact state and derivatives at times ``t`` (seconds from the start of the profile)."""
         t = torch.as_tensor(t, dtype=torch.float64)
         R, R_dot = jvp(self.rotation, (t,), (torch.ones_like(t),))
-        omega_hat = R.transpose(-1, -2) @ R_dot
-        omega = 0.5 * torch.stack([omega_hat[:, 2, 1] - omega_hat[:, 1, 2],
-                                   omega_hat[:, 0, 2] - omega_hat[:, 2, 0],
-                                   omega_hat[:, 1, 0] - omega_hat[:, 0, 1]], -1)
+        omega = vee(R.transpose(-1, -2) @ R_dot)
         return Kinematics(t, R, self.position(t), self.position(t, 1), self.position(t, 2), omega)
 
 

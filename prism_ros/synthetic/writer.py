@@ -33,7 +33,7 @@ from prism_ros.datasets.base import Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.synthetic.imu import ControlModel, ImuModel, ImuStream, synthesize_control, synthesize_imu
-from prism_ros.synthetic.scene import DepthNoise, Scene, make_scene, noisy_depth, render, rgb_to_uint8
+from prism_ros.synthetic.scene import DepthNoise, Scene, make_scene, noisy_depth, render_scene, rgb_to_uint8
 from prism_ros.synthetic.trajectory import Trajectory, make_trajectory
 
 DEFAULT_INTRINSICS = Intrinsics(525.0, 525.0, 319.5, 239.5, 640, 480)
@@ -108,7 +108,7 @@ class Sequence:
 
     def frame(self, index: int, ao: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(rgb HxWx3 uint8, depth HxW float32 metres with NaN invalid) of one frame; deterministic."""
-        view = render(self.scene, self.poses[index], self.intrinsics, ao=ao)
+        view = render_scene(self.scene, self.poses[index], self.intrinsics, ao=ao)
         if not self.noise:
             return rgb_to_uint8(view.rgb).cpu().numpy(), view.depth.float().cpu().numpy()
         generator = torch.Generator(device=self.scene.device)

@@ -1,6 +1,6 @@
 """Fused tracking linearisation: one Warp kernel per Gauss-Newton iteration (PRISM steps 1-2).
 
-:func:`prism_ros.prism.tracking.linearize` builds (7,N) Jacobian rows per term in float32 and multiplies them
+:func:`prism_ros.prism.tracking.linearise` builds (7,N) Jacobian rows per term in float32 and multiplies them
 out: about 60 torch calls and a dozen passes over N-sized buffers per iteration. The kernel here does the
 same per observed point in one pass and never writes per-point data:
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from prism_ros.prism.kernels import array, device_name, parts, run_parallel, warp
-from prism_ros.prism.tracking import Level, Linearization, Reference, Sums, TrackingConfig, project
+from prism_ros.prism.tracking import Level, Linearisation, Reference, Sums, TrackingConfig, project
 
 wp = warp()
 wp.set_module_options({"enable_backward": False})  # forward only: halves the compile time
@@ -96,7 +96,7 @@ def bilinear(image: wp.array3d(dtype=float), gx: float, gy: float) -> vec5:
 
 
 @wp.kernel
-def linearize_kernel(first: int, part: int, points: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
+def linearise_kernel(first: int, part: int, points: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
                      intensity: wp.array(dtype=float), normal_gate: wp.array(dtype=float),
                      surfels: wp.array2d(dtype=float), image: wp.array3d(dtype=float),
                      uv_given: wp.array2d(dtype=float), distorted: int,
@@ -191,9 +191,9 @@ def linearize_kernel(first: int, part: int, points: wp.array2d(dtype=float), nor
         wp.atomic_add(out, part, SUMS_AT + k, sums[k])
 
 
-def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable[[np.ndarray], Linearization]:
-    """``linearize(T) -> Linearization`` of ``level`` against ``ref`` with the kernel (the torch path:
-    :func:`prism_ros.prism.tracking.linearize`); the launch is recorded once, each call sets the pose."""
+def lineariser(level: Level, ref: Reference, config: TrackingConfig) -> Callable[[np.ndarray], Linearisation]:
+    """``linearise(T) -> Linearisation`` of ``level`` against ``ref`` with the kernel (the torch path:
+    :func:`prism_ros.prism.tracking.linearise`); the launch is recorded once, each call sets the pose."""
     if config.robust_loss not in LOSSES:
         raise ValueError(f"unknown robust_loss {config.robust_loss!r}: use huber, tukey or none")
     device = level.points.device
@@ -223,11 +223,11 @@ def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable
               int(photometric), level.kappa * max(config.photometric_weight, 0.0), LOSSES[config.robust_loss],
               float(config.robust_scale), chunk, array(out)]
     bounds = [chunks * k // pieces for k in range(pieces + 1)]
-    launches = [wp.launch(linearize_kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
+    launches = [wp.launch(linearise_kernel, dim=bounds[k + 1] - bounds[k], inputs=[bounds[k], k, *inputs],
                           device=name, record_cmd=True) for k in range(pieces)]
     stream = wp.stream_from_torch(torch.cuda.current_stream(device)) if device.type == "cuda" else None
 
-    def linearize(T: np.ndarray) -> Linearization:
+    def linearise(T: np.ndarray) -> Linearisation:
         poses = np.concatenate((T[:3], (ref.T_render_world @ T)[:3])).astype(np.float32)
         params = {"R": wp.mat33(*poses[:3, :3].ravel().tolist()), "t": wp.vec3(*poses[:3, 3].tolist()),
                 "R_render": wp.mat33(*poses[3:, :3].ravel().tolist()), "t_render": wp.vec3(*poses[3:, 3].tolist())}
@@ -241,8 +241,8 @@ def linearizer(level: Level, ref: Reference, config: TrackingConfig) -> Callable
         run_parallel([partial(launch.launch, stream) for launch in launches])
         values = out.sum(0).cpu().numpy()
         H = values[:36].reshape(6, 6)
-        return Linearization(0.5 * (H + H.T), values[36:42].copy(), None, None, n,
+        return Linearisation(0.5 * (H + H.T), values[36:42].copy(), None, None, n,
                              Sums(*values[42:].tolist()))
 
-    linearize.tensors = (level, ref, image, uv, out)  # behind the recorded launch's pointers: kept alive
-    return linearize
+    linearise.tensors = (level, ref, image, uv, out)  # behind the recorded launch's pointers: kept alive
+    return linearise
