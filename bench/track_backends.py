@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from prism_ros.prism import tracking
 from prism_ros.datasets import open_dataset
 from prism_ros.geometry import se3_exp
+from prism_ros.prism import tracking
 from prism_ros.prism.kernels import warm_up
 from prism_ros.prism.kernels.track import lineariser
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
@@ -60,7 +60,8 @@ def main() -> None:
     for backend, linearise in (("torch", lambda: tracking.linearise(T, level, reference, config)),
                                ("fused", lambda: fused(T))):
         estimate = tracking.track(obs, rendered, prior_T, prior_cov, config, backend=backend)
-        whole = median_ms(lambda: tracking.track(obs, rendered, prior_T, prior_cov, config, backend=backend),
+        whole = median_ms(lambda backend=backend: tracking.track(obs, rendered, prior_T, prior_cov, config,
+                                                                 backend=backend),
                           args.repeats)
         print(f"{backend}: linearisation {median_ms(linearise, args.repeats)}, track() {whole} "
               f"({estimate.quality['iterations']} iterations, ok={estimate.ok})")

@@ -7,16 +7,28 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from shared_data import sample
 
 from prism_ros.cli.main import main
 from prism_ros.datasets.base import ImuSamples
+from prism_ros.dynamics.learning import (
+    MotionData,
+    TrainingConfig,
+    calibrate_std,
+    compare,
+    evaluate_model,
+    load_residual,
+    make_windows,
+    predict_windows,
+    save_residual,
+    still_biases,
+    train_residual,
+    train_windows,
+    window_starts,
+)
 from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP
-from prism_ros.dynamics.learning import (MotionData, TrainingConfig, calibrate_std, compare, evaluate_model,
-                                         load_residual, make_windows, predict_windows, save_residual, still_biases,
-                                         train_residual, train_windows, window_starts)
 from prism_ros.errors import InputError
 from prism_ros.synthetic import ControlModel, ImuModel, make_trajectory, synthesize_control, synthesize_imu
-from shared_data import sample
 
 IMU_RATE = 200.0
 BIAS_ACCEL = np.array([0.3, -0.25, 0.2])  # m/s^2, body frame, injected into the synthetic IMU
@@ -139,7 +151,7 @@ def test_std_calibration_undoes_an_over_confident_std(trained):
     with torch.no_grad():
         residual.log_std.bias[:3] -= 4.0  # std x 0.02
     assert calibrate_std(model, calibration, config) > 0.0
-    coverage = lambda windows: [evaluate_model(model, windows, config)["coverage_0.5"]]  # noqa: E731 (FAST: 0.5 s)
+    coverage = lambda windows: [evaluate_model(model, windows, config)["coverage_0.5"]]
     assert abs(np.mean(coverage(calibration)) - 0.95) < 0.02
     calibrated = coverage(held_out)
     with torch.no_grad():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame
-from prism_ros.prism.filter import PrismFilter
 from prism_ros.geometry import PinholeCamera, se3_exp, transform_points
+from prism_ros.prism.config import FilterConfig
+from prism_ros.prism.filter import PrismFilter
 from prism_ros.prism.pipeline import pose_nees
 from prism_ros.synthetic import make_sequence
 from prism_ros.synthetic.scene import render_scene
@@ -130,8 +130,8 @@ def test_relocalization_before_the_first_frame_sets_the_initial_pose(sequence):
 def test_imu_model_with_a_camera_to_body_extrinsic(tmp_path):
     """IMU-driven prediction with the synthetic rig's non-trivial T_imu_camera: the map is fused from the
     camera pose (not the body pose) and tracking stays at millimetres."""
-    from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
+    from prism_ros.prism.config import preset_config
     from prism_ros.synthetic import generate
 
     data = open_dataset(generate(tmp_path / "seq", frames=FRAMES, seed=0, motion="drone", bag=None,
@@ -158,13 +158,13 @@ def test_imu_model_with_a_camera_to_body_extrinsic(tmp_path):
 
 @pytest.mark.parametrize("motion", ["handheld", "drone"])
 def test_synthetic_scene_meets_the_accuracy_and_calibration_targets(tmp_path, motion):
-    """The synthetic accuracy and calibration bounds, through the offline runner with the folder's preset (IMU-driven, gravity
-    solved after 0.5 s since the first pose is the identity): ATE < 1 cm, pose NEES inside the two-sided 95 %
+    """The synthetic accuracy and calibration bounds, through the offline runner with the folder's preset (IMU-driven,
+    gravity solved after 0.5 s since the first pose is the identity): ATE < 1 cm, pose NEES inside the two-sided 95 %
     chi-square band on >= 90 % of frames, mean map SDF error near surfaces < 1 cm, and the map std ranking
     the error (Spearman > 0). Reduced size (160x120, 120 frames: one frame moves the band fraction by under 1 %,
     and the first 0.5 s predict with constant velocity); docs/prism.md reports the 320x240 figures."""
-    from prism_ros.prism.config import preset_config
     from prism_ros.datasets import open_dataset
+    from prism_ros.prism.config import preset_config
     from prism_ros.prism.pipeline import run_sequence
     from prism_ros.synthetic import generate, read_scene
 
@@ -178,7 +178,8 @@ def test_synthetic_scene_meets_the_accuracy_and_calibration_targets(tmp_path, mo
                            true_sdf=read_scene(folder).sdf)
     error = summary["map_error"]
     print(f"\n{motion}: ATE {summary['ate_rmse_m'] * 1e3:.2f} mm, NEES median {summary['nees_median']:.1f}, "
-          f"{100 * summary['nees_fraction_in_95_band']:.0f}% in band, map error mean {error['mean_abs_m'] * 1e3:.1f} mm,"
+          f"{100 * summary['nees_fraction_in_95_band']:.0f}% in band, "
+          f"map error mean {error['mean_abs_m'] * 1e3:.1f} mm,"
           f" Spearman {error['std_error_spearman']:.2f}")
     assert summary["lost_frames"] == 0
     assert summary["ate_rmse_m"] < 0.01

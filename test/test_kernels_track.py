@@ -15,11 +15,22 @@ import numpy as np
 import pytest
 import torch
 from shared_data import sample
-from test_tracking import (ICP_ONLY, PHOTOMETRIC_ONLY, PREDICTION_ERROR, QVGA, WEAK_PRIOR, left_error, map_render,
-                           moved, observe, pose_covariance, room)  # noqa: F401 - room is a fixture
+from test_tracking import (
+    ICP_ONLY,
+    PHOTOMETRIC_ONLY,
+    PREDICTION_ERROR,
+    QVGA,
+    WEAK_PRIOR,
+    left_error,
+    map_render,
+    moved,
+    observe,
+    pose_covariance,
+    room,
+)
 
-from prism_ros.prism import tracking
 from prism_ros.geometry import PinholeCamera
+from prism_ros.prism import tracking
 from prism_ros.prism.kernels import available
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import RenderResult
@@ -41,7 +52,7 @@ QUALITY_FLOORS = dict(inlier_ratio=0.0, coverage=0.0, icp_rmse=1e-6, photometric
 
 def linearisations(obs, rendered, T, config):
     """(torch, fused) Linearisation of every tracking level at pose T."""
-    from prism_ros.prism.kernels.track import lineariser  # noqa: PLC0415 - needs Warp
+    from prism_ros.prism.kernels.track import lineariser
 
     reference = tracking.make_reference(rendered, config)
     T = np.asarray(T, dtype=np.float64)
@@ -61,7 +72,7 @@ def compare_systems(obs, rendered, T, config, at_map: bool) -> dict:
     for reference, fused in linearisations(obs, rendered, T, config):
         scale = np.abs(reference.H).max()
         assert scale > 0 and fused.points == reference.points
-        solve = lambda g: np.linalg.solve(reference.H + 1e-9 * scale * np.eye(6), g)  # noqa: E731
+        solve = lambda g, H=reference.H + 1e-9 * scale * np.eye(6): np.linalg.solve(H, g)
         step = np.abs(solve(reference.g - fused.g)).max() / (1.0 if at_map else np.abs(solve(reference.g)).max())
         expected, got = tracking.term_sums(reference, config), fused.sums
         counts = max(abs(getattr(expected, k) - getattr(got, k)) for k in COUNTS)
@@ -96,7 +107,7 @@ def compare_tracks(obs, rendered, prior_T, prior_cov, config):
 
 # ----------------------------------------------------------------------------- synthetic room
 @pytest.fixture(scope="module")
-def frame0(room):  # noqa: F811 - the imported fixture
+def frame0(room):
     T_true = room.poses[0]
     prior_T = moved(T_true, *PREDICTION_ERROR)
     return T_true, prior_T, observe(*room.frame(0), QVGA), map_render(room.scene, prior_T, QVGA)
@@ -127,7 +138,7 @@ def test_track_agrees(frame0, terms):
     assert fused.ok and np.abs(left_error(T_true, fused.T)).max() < 1e-3
 
 
-def test_lost_frame_agrees(room):  # noqa: F811 - the imported fixture
+def test_lost_frame_agrees(room):
     """Facing away from the render: both backends call it lost for the same reasons."""
     prior_T = torch.as_tensor(room.poses[0])
     T_away = moved(room.poses[0], (0.0, 0.0, 0.3), (0.0, math.radians(150.0), 0.0))
@@ -142,7 +153,7 @@ def test_lost_frame_agrees(room):  # noqa: F811 - the imported fixture
 @pytest.fixture(scope="module")
 def kitchen():
     """7-Scenes redkitchen frame 8 (VGA observation) and a QVGA keyframe render of frame 0 at its pose."""
-    from prism_ros.datasets import open_dataset  # noqa: PLC0415
+    from prism_ros.datasets import open_dataset
 
     dataset = open_dataset(sample("7scenes_redkitchen_seq_0000_0399"), frames="0:9:8")
     key, current = (Observation.from_frame(frame) for frame in dataset)
@@ -165,7 +176,7 @@ def test_real_frames_agree(kitchen):
 
 # ----------------------------------------------------------------------------- device
 @CUDA
-def test_cuda_matches_cpu(room):  # noqa: F811 - the imported fixture
+def test_cuda_matches_cpu(room):
     T_true = room.poses[0]
     prior_T = moved(T_true, *PREDICTION_ERROR)
     rgb, depth = room.frame(0)

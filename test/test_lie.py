@@ -196,7 +196,7 @@ def test_se3_left_jacobian_inverse_matches_autodiff():
         g = torch.Generator().manual_seed(seed)
         xi = torch.randn(6, generator=g, **F64)
         xi = size * xi / xi.norm()
-        exact = jacfwd(lambda e: se3_log(se3_exp(e) @ se3_exp(xi)))(torch.zeros(6, **F64))
+        exact = jacfwd(lambda e, xi=xi: se3_log(se3_exp(e) @ se3_exp(xi)))(torch.zeros(6, **F64))
         assert torch.allclose(se3_left_jacobian_inverse(xi), exact, atol=1e-8)
 
 
@@ -247,8 +247,8 @@ def test_se3_jacobian_inverses_match_autodiff_of_log(kind):
     zero = torch.zeros(6, **F64)
     for x in twists(kind, n=40):
         T = se3_exp(x)
-        left = jacfwd(lambda d: se3_log(se3_exp(d) @ T))(zero)
-        right = jacfwd(lambda d: se3_log(T @ se3_exp(d)))(zero)
+        left = jacfwd(lambda d, T=T: se3_log(se3_exp(d) @ T))(zero)
+        right = jacfwd(lambda d, T=T: se3_log(T @ se3_exp(d)))(zero)
         assert torch.allclose(se3_left_jacobian_inverse(x), left, atol=1e-12)
         assert torch.allclose(se3_right_jacobian_inverse(x), right, atol=1e-12)
 

@@ -19,7 +19,6 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(150)
@@ -34,7 +33,7 @@ def _cells(grid) -> np.ndarray:
     from prism_ros.nodes.conversions import pose_to_matrix
 
     info = grid.info
-    T = pose_to_matrix(info.origin)  # noqa: N806
+    T = pose_to_matrix(info.origin)
     cols, rows = np.meshgrid((np.arange(info.width) + 0.5) * info.resolution,
                              (np.arange(info.height) + 0.5) * info.resolution)
     local = np.stack([cols, rows, np.zeros_like(cols), np.ones_like(cols)], -1)
@@ -50,19 +49,19 @@ def _cloud_fields(msg) -> dict[str, np.ndarray]:
 def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_sequence, spawn_python, ros_node,
                                                                       tmp_path):
     from geometry_msgs.msg import PoseWithCovarianceStamped
-    from nav_msgs.msg import OccupancyGrid, Path as PathMsg
+    from nav_msgs.msg import OccupancyGrid
+    from nav_msgs.msg import Path as PathMsg
+    from ros_helpers.prism_probe import PrismProbe
     from sensor_msgs.msg import Image, PointCloud2
     from visualization_msgs.msg import Marker, MarkerArray
 
     from prism_ros.datasets import open_dataset
     from prism_ros.datasets.base import Intrinsics
     from prism_ros.nodes.compat import qos_by_name, reliable_qos
-    from prism_ros.nodes.conversions import (image_to_numpy, matrix_to_pose, ns_to_stamp, pose_to_matrix,
-                                             stamp_to_sec)
+    from prism_ros.nodes.conversions import image_to_numpy, matrix_to_pose, pose_to_matrix, stamp_to_sec
     from prism_ros.nodes.map_publishing import latched_qos
     from prism_ros.synthetic.scene import render_scene
     from prism_ros.synthetic.writer import read_scene
-    from ros_helpers.prism_probe import PrismProbe
 
     dataset = open_dataset(synthetic_sequence)
     scene = read_scene(synthetic_sequence)
@@ -73,7 +72,8 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
                                                   "cost_cloud")}
     for name, msg_type, qos in (("rollouts", MarkerArray, reliable_qos(10)), ("predicted_path", PathMsg,
                                 reliable_qos(10)), ("predicted_depth", Image, qos_by_name("sensor_data", 10)),
-                                ("costmap", OccupancyGrid, latched_qos(1)), ("cost_cloud", PointCloud2, latched_qos(1))):
+                                ("costmap", OccupancyGrid, latched_qos(1)),
+                                ("cost_cloud", PointCloud2, latched_qos(1))):
         ros_node.create_subscription(msg_type, f"/prism_node/{name}", lambda m, n=name: got[n].append(m), qos)
     log = (tmp_path / "node.log").open("w")
     node = spawn_python(["-m", "prism_ros.nodes.prism_node"], "--ros-args", *ros_args(
@@ -114,7 +114,7 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         assert np.allclose([stamp_to_sec(p.header.stamp) - last_t for p in path.poses], STEP * np.arange(steps + 1),
                            atol=1e-6)
         mean = np.stack([pose_to_matrix(p.pose) for p in path.poses])
-        T_last = pose_to_matrix(last.pose.pose)  # noqa: N806
+        T_last = pose_to_matrix(last.pose.pose)
         assert np.linalg.norm(mean[0, :3, 3] - T_last[:3, 3]) < 0.01
         twist = probe.got["odometry"][-1].twist.twist.linear  # base = body here: base-frame velocity of the state
         expected = T_last[:3, 3] + HORIZON * T_last[:3, :3] @ np.array([twist.x, twist.y, twist.z])

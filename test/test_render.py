@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from prism_ros.geometry import PinholeCamera
 from prism_ros.prism.render import RenderConfig, render
-from prism_ros.synthetic.scene import make_scene
-from prism_ros.synthetic.scene import render_scene
+from prism_ros.synthetic.scene import make_scene, render_scene
 from prism_ros.synthetic.writer import intrinsics_for
 
 UNOBSERVED_STD = 1.0
@@ -83,7 +82,7 @@ class AnalyticField:
                                device=points.device)
         weights = torch.where(corners.bool(), frac[:, None], 1 - frac[:, None]).prod(-1)  # (N,8)
         s = self.exact(((base[:, None] + corners) * vs).reshape(-1, 3))
-        mix = lambda x: (weights * x.reshape(-1, 8)).sum(-1)  # noqa: E731
+        mix = lambda x: (weights * x.reshape(-1, 8)).sum(-1)
         colour = (weights[..., None] * s.colour.reshape(-1, 8, 3)).sum(1)
         return SdfSample(mix(s.mean), mix(s.std), colour, s.observed.reshape(-1, 8).all(-1))
 
@@ -240,7 +239,7 @@ def test_jumps_through_unobserved_space_never_clear_a_surface():
 def test_back_faces_are_ignored():
     """Camera inside a solid half-space (z < 1) looking up at a sphere beyond its top face: the face is
     crossed - -> + (a back face) and must not be rendered; the sphere behind it is."""
-    plane = lambda p: p[:, 2] - 1.0  # noqa: E731 - solid below z = 1, the camera at z = 0 is inside it
+    plane = lambda p: p[:, 2] - 1.0
     sphere = sphere_sdf((0.0, 0.0, 2.5), 0.4)
     field = AnalyticField(lambda p: torch.minimum(plane(p), sphere(p)))
     camera = camera_for(160, 120)

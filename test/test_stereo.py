@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
+from shared_data import sample
 
 from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.prism.stereo import StereoConfig, StereoDepthDataset, StereoRectifier, rgbd_frame
-from shared_data import sample
 
 # EuRoC-like camera. Non-integer principal point: the synthetic renderer's rays through the exact
 # principal point (direction component 0) come back invalid, which would put a line of holes in the truth.
@@ -26,7 +26,7 @@ T_WORLD_LEFT[:3, 3] = [1.0, 2.5, 1.4]
 
 
 def translation(x, y=0.0, z=0.0) -> np.ndarray:
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, 3] = [x, y, z]
     return T
 
@@ -53,7 +53,7 @@ def test_synthetic_pair_gives_exact_depth_to_two_percent(scene):
     """Two renders 0.11 m apart along the camera x axis: SGBM depth against the exact rendered depth."""
     from prism_ros.synthetic import render_scene
 
-    T_left_right = translation(EUROC_BASELINE)  # noqa: N806 - the right camera sits at +x in the left frame
+    T_left_right = translation(EUROC_BASELINE)
     left, right = render_scene(scene, T_WORLD_LEFT, CAMERA), render_scene(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
     rectifier = StereoRectifier(CAMERA, CAMERA, T_left_right)
     assert np.allclose(rectifier.R_rect_left, np.eye(3), atol=1e-9)  # already rectified: no rotation
@@ -74,7 +74,7 @@ def test_synthetic_general_rig_rectified_camera_is_what_the_docs_say(scene):
     from ``T_world_left @ T_left_rect`` with the rectified intrinsics, and depth matches that view."""
     from prism_ros.synthetic import render_scene
 
-    T_left_right = translation(EUROC_BASELINE, 0.004, -0.003)  # noqa: N806
+    T_left_right = translation(EUROC_BASELINE, 0.004, -0.003)
     T_left_right[:3, :3] = Rotation.from_euler("xyz", [0.5, 1.0, 0.3], degrees=True).as_matrix()
     left, right = render_scene(scene, T_WORLD_LEFT, CAMERA), render_scene(scene, T_WORLD_LEFT @ T_left_right, CAMERA)
     rectifier = StereoRectifier(CAMERA, CAMERA, T_right_left=np.linalg.inv(T_left_right))
@@ -82,7 +82,7 @@ def test_synthetic_general_rig_rectified_camera_is_what_the_docs_say(scene):
     assert angle > 1.0  # the rectification really rotates the left camera here
     assert np.allclose(rectifier.T_left_rect @ rectifier.T_rect_left, np.eye(4))
     assert rectifier.intrinsics.distortion == (0.0,) * 5
-    T_world_rect = T_WORLD_LEFT @ rectifier.T_left_rect  # noqa: N806
+    T_world_rect = T_WORLD_LEFT @ rectifier.T_left_rect
     direct = render_scene(scene, T_world_rect, rectifier.intrinsics)
     left_rect, right_rect = rectifier.rectify(uint8(left), uint8(right))
     # interpolation only (~0.3 grey levels); a wrong rotation convention or focal length gives tens
@@ -136,7 +136,7 @@ def test_rgbd_frame_and_dataset_compose_the_rectification(euroc):
     assert frame.pose is not None
     dataset = StereoDepthDataset(euroc)
     rgbd = dataset[3]
-    T_left_rect = dataset.rectifier.T_left_rect  # noqa: N806
+    T_left_rect = dataset.rectifier.T_left_rect
     assert rgbd.depth.shape == (480, 752) and rgbd.depth.dtype == np.float32
     assert rgbd.rgb.shape == (480, 752, 3) and rgbd.rgb.dtype == np.uint8
     assert rgbd.intrinsics == dataset.rectifier.intrinsics

@@ -8,10 +8,21 @@ import torch
 import yaml
 from scipy.spatial.transform import Rotation
 
-from prism_ros.errors import InputError
 from prism_ros.dynamics.imu import GRAVITY
-from prism_ros.synthetic import (ControlModel, DepthNoise, ImuModel, Scene, generate, intrinsics_for,
-                                 make_sequence, make_trajectory, render_scene, synthesize_control, synthesize_imu)
+from prism_ros.errors import InputError
+from prism_ros.synthetic import (
+    ControlModel,
+    DepthNoise,
+    ImuModel,
+    Scene,
+    generate,
+    intrinsics_for,
+    make_sequence,
+    make_trajectory,
+    render_scene,
+    synthesize_control,
+    synthesize_imu,
+)
 from prism_ros.synthetic.scene import make_materials, noisy_depth, pixel_rays
 from prism_ros.synthetic.writer import TOPICS
 
@@ -29,7 +40,7 @@ def looking_along_x(position) -> np.ndarray:
 def hand_built_scene() -> Scene:
     """Room with one sphere on the optical axis of ``looking_along_x((1, 2.5, 1.5))``, a yawed box and a
     cylinder off to the sides."""
-    f64 = lambda rows: torch.tensor(rows, dtype=torch.float64).reshape(-1, len(rows[0]) if rows else 1)  # noqa: E731
+    f64 = lambda rows: torch.tensor(rows, dtype=torch.float64).reshape(-1, len(rows[0]) if rows else 1)
     spheres, boxes = f64([[3.5, 2.5, 1.5, 0.5]]), f64([[2.6, 1.9, 0.4, 0.3, 0.2, 0.4, 0.6]])
     cylinders = f64([[2.8, 3.2, 0.0, 2.0, 0.25]])
     materials = make_materials(np.random.default_rng(0), 6 + 3)
@@ -228,7 +239,7 @@ def test_generate_writes_the_folder_and_an_mcap_bag(tmp_path):
     seq = make_sequence(frames=8, seed=2, noise=False, **SMALL)
     rgb_names = sorted((out / "rgb").glob("*.png"))
     assert len(rgb_names) == 8 and len(list((out / "depth").glob("*.png"))) == 8
-    lines = lambda name: [l for l in (out / name).read_text().splitlines() if not l.startswith("#")]  # noqa: E731
+    lines = lambda name: [l for l in (out / name).read_text().splitlines() if not l.startswith("#")]
     assert len(lines("rgb.txt")) == len(lines("depth.txt")) == len(lines("groundtruth.txt")) == 8
     assert len(lines("imu.txt")) == len(seq.imu_us) == 1 + int(7 / 30 * 200) and len(lines("control.txt")) == 8
     stamp, name = lines("depth.txt")[5].split()

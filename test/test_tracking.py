@@ -17,9 +17,9 @@ from prism_ros.datasets.base import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, se3_inverse, se3_log
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import RenderResult
+from prism_ros.prism.tracking import TrackingConfig, track
 from prism_ros.synthetic import intrinsics_for, make_scene, make_sequence, render_scene
 from prism_ros.synthetic.scene import rgb_to_uint8
-from prism_ros.prism.tracking import TrackingConfig, track
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 LUMA = (0.299, 0.587, 0.114)
@@ -39,7 +39,7 @@ def map_render(scene, T_world_camera, intrinsics, device="cpu") -> RenderResult:
     colour = rgb_to_uint8(view.rgb).float() / 255.0
     intensity = colour @ torch.tensor(LUMA)
     gradient = spatial_gradient(intensity[None, None], mode="diff", order=1, normalized=True)[0, 0]
-    f32 = lambda x: x.float().to(device)  # noqa: E731
+    f32 = lambda x: x.float().to(device)
     return RenderResult(T.to(device), camera.to(device), f32(view.depth), f32(vertex), f32(view.normal), f32(colour),
                         f32(intensity), f32(gradient), f32(torch.zeros_like(view.depth)),
                         torch.isfinite(view.depth).to(device))

@@ -7,8 +7,8 @@ from torch.func import jacfwd
 from prism_ros.dynamics.model import DynamicsConfig, boxminus, boxplus, make_transition
 from prism_ros.geometry.lie import se3_exp, se3_left_jacobian, se3_log
 from prism_ros.prism.state import GaussianState, PoseEstimate
-from prism_ros.synthetic import make_trajectory
 from prism_ros.prism.velocity import condition_on_pose
+from prism_ros.synthetic import make_trajectory
 
 F64 = dict(dtype=torch.float64)
 FPS = 30.0

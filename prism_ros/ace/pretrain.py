@@ -28,12 +28,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from prism_ros.ace.buffer import AugmentedView, Augmentation, MappingFrame, augment, feature_targets, prepare_frame
+from prism_ros.ace.buffer import Augmentation, AugmentedView, MappingFrame, augment, feature_targets, prepare_frame
 from prism_ros.ace.encoder import LITE_CONFIG, Encoder, EncoderConfig, normalise, round_to_fp16, save_encoder
 from prism_ros.ace.head import Head, HeadConfig
 from prism_ros.datasets.base import Intrinsics
-from prism_ros.synthetic.scene import (N_ROOM_FACES, NOISE_PERIOD, ROOM_SIZE, albedo, make_scene, pixel_rays,
-                                      render_scene)
+from prism_ros.synthetic.scene import (
+    N_ROOM_FACES,
+    NOISE_PERIOD,
+    ROOM_SIZE,
+    albedo,
+    make_scene,
+    pixel_rays,
+    render_scene,
+)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def _pose(rvec, tvec) -> np.ndarray:
 def p3p_hypotheses(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, count: int, threshold: float,
                    rng: np.random.Generator, max_tries: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Up to ``count`` poses (rvec, tvec) from random 4-point sets (OpenCV P3P), each consistent with its set."""
-    hypotheses, tries = [], 0
+    hypotheses = []
     max_tries = max_tries or 20 * count
     sets = rng.integers(0, len(points), size=(max_tries, 4))
     for idx in sets:

@@ -36,10 +36,17 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from prism_ros.datasets.base import ImuSamples
 from prism_ros.datasets.common import check_increasing, numeric, read_rows, read_trajectory, seconds_from_ns
-from prism_ros.dynamics.model import (ControlEuler, DynamicsConfig, ImuEuler, InputWindow, ResidualMLP, TransitionModel,
-                                residual_features)
-from prism_ros.errors import InputError, read_torch_file
 from prism_ros.dynamics.imu import GRAVITY
+from prism_ros.dynamics.model import (
+    ControlEuler,
+    DynamicsConfig,
+    ImuEuler,
+    InputWindow,
+    ResidualMLP,
+    TransitionModel,
+    residual_features,
+)
+from prism_ros.errors import InputError, read_torch_file
 
 FILE_FORMAT = "prism_ros.dynamics_residual"
 CHI2_95_3D = 7.814727903251178  # chi-square quantile, 3 degrees of freedom, 0.95
@@ -228,7 +235,7 @@ def make_windows(data: MotionData, starts: np.ndarray, steps: int, dt: float) ->
     index = np.clip(np.searchsorted(data.imu.t, query, side="right") - 1, 0, len(data.imu) - 1)
     u = np.concatenate([data.imu.gyro[index], data.imu.accel[index]], -1)
     ends = starts[:, None] + (np.arange(steps) + 1)[None, :] * dt  # (B, K)
-    interp = lambda x: np.stack([np.interp(ends, data.t, x[:, k]) for k in range(3)], -1)  # noqa: E731
+    interp = lambda x: np.stack([np.interp(ends, data.t, x[:, k]) for k in range(3)], -1)
     poses = np.repeat(np.eye(4)[None], len(starts), 0)
     poses[:, :3, :3] = Slerp(data.t, Rotation.from_matrix(data.poses[:, :3, :3]))(starts).as_matrix()
     poses[:, :3, 3] = np.stack([np.interp(starts, data.t, data.poses[:, k, 3]) for k in range(3)], -1)
@@ -357,7 +364,7 @@ def train_windows(data: MotionData, config: TrainingConfig) -> tuple[Windows, Wi
         raise InputError(f"too short for {horizon:g} s windows in every part of the split ({len(train)} training, "
                          f"{len(calibration)} calibration, {len(test)} held-out windows)",
                          "give a longer sequence (or --calibration 0)")
-    windows = lambda starts: make_windows(data, starts, config.rollout_steps, config.step)  # noqa: E731
+    windows = lambda starts: make_windows(data, starts, config.rollout_steps, config.step)
     return windows(train), windows(calibration) if config.calibration > 0 else None, windows(test), split
 
 

@@ -36,9 +36,18 @@ import torch
 from torch import nn
 
 from prism_ros.datasets.base import ImuSamples
-from prism_ros.geometry.lie import (se3_exp, se3_from_rt, se3_hat, se3_inverse, se3_log, skew, so3_exp,
-                                    so3_right_jacobian, vee)
 from prism_ros.dynamics.imu import GRAVITY, METHODS, held, imu_window, integrate_imu, window_weights
+from prism_ros.geometry.lie import (
+    se3_exp,
+    se3_from_rt,
+    se3_hat,
+    se3_inverse,
+    se3_log,
+    skew,
+    so3_exp,
+    so3_right_jacobian,
+    vee,
+)
 from prism_ros.prism.state import GaussianState
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -406,7 +415,7 @@ class EulerModel(TransitionModel):
         B = R_all[1:] @ so3_right_jacobian(held(rates, self.method) * dt[:, None]) * dt[:, None, None]
         S_alpha = suffix_sum(alpha[:, None] * s)[1:]  # sum over the samples after each interval's left one
         S_beta = suffix_sum(beta[:, None] * s)[1:]
-        n, p0, p1 = len(t), T[:3, 3], T_next[:3, 3]
+        p0, p1 = T[:3, 3], T_next[:3, 3]
         eye = torch.eye(3, dtype=T.dtype, device=T.device)
         F = torch.eye(12, dtype=T.dtype, device=T.device)
         F[:3, 3:6] = skew(p1 - p0 - (beta[:, None] * s).sum(0))
@@ -568,8 +577,8 @@ TRANSITIONS = {"constant_velocity": ConstantVelocity, "imu": ImuEuler, "control"
 
 def trained_residual(config: DynamicsConfig) -> nn.Module:
     """The residual in ``config.residual_model`` (InputError when unreadable or trained for another model)."""
-    from prism_ros.dynamics.learning import load_residual  # noqa: PLC0415 - it imports this module
-    from prism_ros.errors import InputError  # noqa: PLC0415
+    from prism_ros.dynamics.learning import load_residual
+    from prism_ros.errors import InputError
 
     residual, trained, _, _ = load_residual(config.residual_model)
     if trained.model != config.model:

@@ -120,7 +120,7 @@ def skew(v: torch.Tensor) -> torch.Tensor:
     return torch.stack((o, -z, y, z, o, -x, -y, x, o), -1).reshape(*v.shape[:-1], 3, 3)
 
 
-def vee(S: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def vee(S: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) -> (..., 3): the vector of S's skew part (S - S^T) / 2; the inverse of :func:`skew`."""
     return 0.5 * torch.stack([S[..., 2, 1] - S[..., 1, 2], S[..., 0, 2] - S[..., 2, 0],
                               S[..., 1, 0] - S[..., 0, 1]], -1)
@@ -154,7 +154,7 @@ def so3_exp(phi: torch.Tensor) -> torch.Tensor:
     return axis_angle_to_rotation_matrix(phi)
 
 
-def so3_log(R: torch.Tensor) -> torch.Tensor:  # noqa: N803 - the usual name
+def so3_log(R: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation -> (..., 3) rotation vector with |phi| <= pi (accurate near 0 and near pi)."""
     return rotation_matrix_to_axis_angle(R)
 
@@ -188,7 +188,7 @@ def so3_right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- torch: SE(3)
-def se3_from_rt(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def se3_from_rt(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Stack (..., 3, 3) rotations and (..., 3) translations (broadcast) into (..., 4, 4) transforms. (numpy's
     broadcast_shapes: torch's imports its symbolic-shape machinery and sympy on first use.)"""
     shape = np.broadcast_shapes(tuple(R.shape[:-2]), tuple(t.shape[:-1]))
@@ -205,25 +205,25 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     return se3_from_rt(so3_exp(phi), t)
 
 
-def se3_log(T: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def se3_log(T: torch.Tensor) -> torch.Tensor:
     """(..., 4, 4) transform -> (..., 6) twist [rho, phi], the inverse of se3_exp (|phi| <= pi)."""
     phi = so3_log(T[..., :3, :3])
     rho = (so3_left_jacobian_inverse(phi) @ T[..., :3, 3:])[..., 0]
     return torch.cat((rho, phi), -1)
 
 
-def se3_inverse(T: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def se3_inverse(T: torch.Tensor) -> torch.Tensor:
     """Closed-form inverse [[R^T, -R^T t], [0, 1]] of (..., 4, 4) rigid transforms."""
     Rt = T[..., :3, :3].transpose(-1, -2)
     return se3_from_rt(Rt, -(Rt @ T[..., :3, 3:])[..., 0])
 
 
-def se3_compose(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def se3_compose(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """A @ B with broadcasting over leading dims (T_a_c = T_a_b @ T_b_c)."""
     return A @ B
 
 
-def se3_adjoint(T: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def se3_adjoint(T: torch.Tensor) -> torch.Tensor:
     """(..., 6, 6) adjoint [[R, [t]x R], [0, R]] for the [rho, phi] order: T exp(xi) T^-1 = exp(Ad_T xi)."""
     R, t = T[..., :3, :3], T[..., :3, 3]
     return _blocks(R, skew(t) @ R, R)
@@ -260,7 +260,7 @@ def se3_right_jacobian_inverse(xi: torch.Tensor) -> torch.Tensor:
     return se3_left_jacobian_inverse(-xi)
 
 
-def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:  # noqa: N803
+def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply (..., 4, 4) transforms to (..., N, 3) points (leading dims broadcast): R p + t."""
     return points @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
 
@@ -286,14 +286,14 @@ def so3_exp_np(phi: np.ndarray) -> np.ndarray:
     return _rotation(K, K @ K, sinc, a, _I3)
 
 
-def so3_log_np(R: np.ndarray) -> np.ndarray:  # noqa: N803
+def so3_log_np(R: np.ndarray) -> np.ndarray:
     """Rotation (3, 3) -> rotation vector (3,), |phi| <= pi; near pi, where the skew part no longer gives the
     axis, scipy's quaternion path."""
     s = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])  # sin(t) * axis
     sin = math.sqrt(s @ s)
     t = math.atan2(sin, 0.5 * (R[0, 0] + R[1, 1] + R[2, 2] - 1.0))
     if t > _NEAR_PI:
-        from scipy.spatial.transform import Rotation  # noqa: PLC0415 - rare
+        from scipy.spatial.transform import Rotation
 
         return Rotation.from_matrix(R).as_rotvec()
     return s * (t / sin) if sin > 0.0 else s
@@ -324,13 +324,13 @@ def se3_exp_np(xi: np.ndarray) -> np.ndarray:
     return T
 
 
-def se3_log_np(T: np.ndarray) -> np.ndarray:  # noqa: N803
+def se3_log_np(T: np.ndarray) -> np.ndarray:
     """Transform (4, 4) -> twist [rho, phi] (6,), the inverse of :func:`se3_exp_np`."""
     phi = so3_log_np(T[:3, :3])
     return np.concatenate((so3_left_jacobian_inverse_np(phi) @ T[:3, 3], phi))
 
 
-def se3_inverse_np(T: np.ndarray) -> np.ndarray:  # noqa: N803
+def se3_inverse_np(T: np.ndarray) -> np.ndarray:
     """Inverse [[R^T, -R^T t], [0, 1]] of a (4, 4) rigid transform."""
     inverse = np.eye(4)
     inverse[:3, :3] = T[:3, :3].T

@@ -80,7 +80,8 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
-from nav_msgs.msg import OccupancyGrid, Odometry, Path as PathMsg
+from nav_msgs.msg import OccupancyGrid, Odometry
+from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -89,23 +90,49 @@ from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from prism_ros.prism.config import FilterConfig
 from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.geometry.lie import skew_np
-from prism_ros.prism.kernels import BACKENDS
-from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
-from prism_ros.nodes.conversions import (camera_info_to_intrinsics, covariance_from_msg, compressed_source_encoding,
-                                         compressed_to_numpy, depth_to_metres, diagnostics_message, header_ns,
-                                         image_to_numpy, matrix_to_odometry, matrix_to_pose_with_covariance,
-                                         matrix_to_transform_stamped, make_header, numpy_to_image, pose_to_matrix,
-                                         stamp_to_sec, to_rgb)
 from prism_ros.nodes import prediction_publishing
+from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
+from prism_ros.nodes.conversions import (
+    camera_info_to_intrinsics,
+    compressed_source_encoding,
+    compressed_to_numpy,
+    covariance_from_msg,
+    depth_to_metres,
+    diagnostics_message,
+    header_ns,
+    image_to_numpy,
+    make_header,
+    matrix_to_odometry,
+    matrix_to_pose_with_covariance,
+    matrix_to_transform_stamped,
+    numpy_to_image,
+    pose_to_matrix,
+    stamp_to_sec,
+    to_rgb,
+)
 from prism_ros.nodes.map_publishing import MapPublisher, latched_qos
-from prism_ros.nodes.parameters import (Param, checked_changes, convert_value, count, declare, fraction,
-                                      intrinsics_check, non_negative, not_empty, one_of, parameters_file, positive,
-                                      read_all, transform)
+from prism_ros.nodes.parameters import (
+    Param,
+    checked_changes,
+    convert_value,
+    count,
+    declare,
+    fraction,
+    intrinsics_check,
+    non_negative,
+    not_empty,
+    one_of,
+    parameters_file,
+    positive,
+    read_all,
+    transform,
+)
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
+from prism_ros.prism.config import FilterConfig
+from prism_ros.prism.kernels import BACKENDS
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
 
 NODE_NAME = "prism_node"
@@ -266,7 +293,7 @@ def resolve_config_path(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_file():
         return path
-    from prism_ros.resources import config_file  # noqa: PLC0415
+    from prism_ros.resources import config_file
 
     found = config_file(value, required=False) if "/" not in value else None
     if found is None:
@@ -355,25 +382,25 @@ def check_stereo_parameters(values: dict) -> np.ndarray:
 def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
     """6x6 covariance of the left perturbation [rho, phi] of a pose at ``position`` -> ROS (position error,
     world-fixed-axis rotation error): dp = rho + phi x p, dR = Exp(phi) R."""
-    J = np.eye(6)  # noqa: N806
+    J = np.eye(6)
     J[:3, 3:] = -skew_np(position)
     return J @ np.asarray(covariance) @ J.T
 
 
 def ros_covariance_to_left(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
     """Inverse of :func:`left_covariance_to_ros`: J^-1 = [[I, [p]x], [0, I]]."""
-    J_inv = np.eye(6)  # noqa: N806
+    J_inv = np.eye(6)
     J_inv[:3, 3:] = skew_np(position)
     return J_inv @ np.asarray(covariance) @ J_inv.T
 
 
-def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_body: np.ndarray,  # noqa: N803
-               T_world_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_body: np.ndarray,
+               T_world_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The filter's velocity [v_world of the body origin, omega in the body frame] (and its covariance) as the
     base's twist in the base frame: [v of the base origin, omega], both in base coordinates."""
-    R_wb, R_wbase = T_world_body[:3, :3], T_world_base[:3, :3]  # noqa: N806
+    R_wb, R_wbase = T_world_body[:3, :3], T_world_base[:3, :3]
     lever = T_world_base[:3, 3] - T_world_body[:3, 3]
-    J = np.zeros((6, 6))  # noqa: N806
+    J = np.zeros((6, 6))
     J[:3, :3] = R_wbase.T
     J[:3, 3:] = -R_wbase.T @ skew_np(lever) @ R_wb
     J[3:, 3:] = R_wbase.T @ R_wb
@@ -558,21 +585,21 @@ class PrismNode(Node):
                "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
             + (f", control {v['control_topic']}" if v["control_topic"] else ""))
 
-    def _set_extrinsics(self, T_left_rect: np.ndarray) -> None:  # noqa: N803
+    def _set_extrinsics(self, T_left_rect: np.ndarray) -> None:
         """Place the filter's camera: the left camera rotated by ``T_left_rect`` (the rectified camera with stereo
         depth, else the identity). T_base_camera and the filter config's T_body_camera are the left camera's."""
         self.T_left_rect = np.asarray(T_left_rect, dtype=np.float64)
-        T_base_left = np.asarray(self.values["T_base_camera"], dtype=np.float64).reshape(4, 4)  # noqa: N806
+        T_base_left = np.asarray(self.values["T_base_camera"], dtype=np.float64).reshape(4, 4)
         self.T_base_camera = T_base_left @ self.T_left_rect
         self.T_camera_base = np.linalg.inv(self.T_base_camera)
-        T_body_left = np.asarray(self._left_filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)  # noqa: N806
-        T_body_camera = T_body_left @ self.T_left_rect  # noqa: N806
+        T_body_left = np.asarray(self._left_filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)
+        T_body_camera = T_body_left @ self.T_left_rect
         self.filter_config = self._left_filter_config if np.array_equal(self.T_left_rect, np.eye(4)) else \
             replace(self._left_filter_config, T_body_camera=tuple(T_body_camera.ravel().tolist()))
         self.T_camera_body = np.linalg.inv(T_body_camera)
 
     def _new_filter(self, initial_pose: np.ndarray | None = None):
-        from prism_ros.prism.filter import PrismFilter  # noqa: PLC0415 - torch-heavy, after the parameter checks
+        from prism_ros.prism.filter import PrismFilter
 
         return PrismFilter(self.filter_config, initial_pose=initial_pose)
 
@@ -630,7 +657,7 @@ class PrismNode(Node):
         """Rollouts and costmap (:mod:`prediction_publishing`) on their own threads: the rollout thread always
         runs (``rollout_samples`` may be raised from 0 at runtime), the costmap's with ``costmap_period > 0``."""
         v = self.values
-        import torch  # noqa: PLC0415 - torch-heavy, after the parameter checks
+        import torch
 
         self._rollout_generator = torch.Generator().manual_seed(0)
         self.rollout_pubs = (self.create_publisher(MarkerArray, "~/rollouts", reliable_qos(1)),
@@ -798,7 +825,7 @@ class PrismNode(Node):
                             "send it in map_frame (this node does not look up TF)")
             return None
         try:
-            T_map_base = pose_to_matrix(msg.pose.pose)  # noqa: N806
+            T_map_base = pose_to_matrix(msg.pose.pose)
         except InputError as error:
             self._bad_input("bad_initial_pose", f"{topic}: {error.problem}", error.fix or "send a unit quaternion")
             return None
@@ -809,7 +836,7 @@ class PrismNode(Node):
 
     def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """A relocalized base pose (e.g. from ace_node): the filter continues from it on the map it has."""
-        T_map_base = self._pose_input(msg, "~/set_pose")  # noqa: N806
+        T_map_base = self._pose_input(msg, "~/set_pose")
         if T_map_base is None:
             return
         covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
@@ -827,7 +854,7 @@ class PrismNode(Node):
                                f"{self.values['map_frame']}; tracking continues on the kept map")
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
-        T_map_base = self._pose_input(msg, "/initialpose")  # noqa: N806
+        T_map_base = self._pose_input(msg, "/initialpose")
         if T_map_base is None:
             return
         stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
@@ -884,7 +911,7 @@ class PrismNode(Node):
                 continue
             try:
                 self._process(item)
-            except Exception as error:  # noqa: BLE001 - the worker must survive anything
+            except Exception as error:
                 if self._stop.is_set():
                     return  # shutting down: the context may already be gone
                 self._bad_input("filter_error", f"unexpected {type(error).__name__}: {error}\n"
@@ -1042,7 +1069,7 @@ class PrismNode(Node):
 
     def _decode_right(self, msg: Image) -> np.ndarray:
         """The right image as HxW uint8 grey (SGBM matches grey images)."""
-        import cv2  # noqa: PLC0415
+        import cv2
 
         topic = self.values["right_topic"]
         if msg.encoding not in RGB_ENCODINGS:
@@ -1074,7 +1101,7 @@ class PrismNode(Node):
             self._adopt_rectification(rectifier.T_left_rect)
         return self._rectifier
 
-    def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:  # noqa: N803
+    def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:
         """Make the rectified left camera of ``T_left_rect`` the filter's camera. Before the first frame the
         filter is rebuilt with it (an /initialpose kept: same base pose); later the filter and map are reset
         (the map was fused in the old camera)."""
@@ -1099,7 +1126,8 @@ class PrismNode(Node):
             try:
                 pixels = compressed_to_numpy(msg)
             except InputError as error:
-                raise BadInput("bad_image", f"colour on {topic}: {error.problem}", error.fix or "publish jpeg or png")
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
+                               error.fix or "publish jpeg or png") from error
         else:
             encoding = msg.encoding
             if encoding not in RGB_ENCODINGS:
@@ -1108,12 +1136,13 @@ class PrismNode(Node):
             try:
                 pixels = image_to_numpy(msg)
             except InputError as error:
-                raise BadInput("bad_image", f"colour on {topic}: {error.problem}", error.fix or "fix the publisher")
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
+                               error.fix or "fix the publisher") from error
         try:
             return to_rgb(pixels, encoding)
-        except (InputError, Exception) as error:  # noqa: BLE001 - OpenCV raises cv2.error on odd shapes
+        except (InputError, Exception) as error:
             raise BadInput("bad_encoding", f"colour on {topic} ({encoding}, shape {pixels.shape}) is not a colour "
-                           f"image: {error}", f"publish {', '.join(RGB_ENCODINGS[:5])}")
+                           f"image: {error}", f"publish {', '.join(RGB_ENCODINGS[:5])}") from error
 
     def _intrinsics(self, info: CameraInfo | None, shape) -> Intrinsics:
         height, width = shape[:2]
@@ -1125,7 +1154,7 @@ class PrismNode(Node):
             intrinsics = camera_info_to_intrinsics(info)
         except InputError as error:
             raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']}: {error.problem}",
-                           error.fix or "publish a calibrated CameraInfo")
+                           error.fix or "publish a calibrated CameraInfo") from error
         if (info.width or info.height) and (info.width, info.height) != (width, height):
             raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
                            f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
@@ -1189,12 +1218,12 @@ class PrismNode(Node):
 
     def _publish_estimate(self, estimate, stamp) -> None:
         v = self.values
-        T_world_camera = np.asarray(estimate.T_world_camera, dtype=np.float64)  # noqa: N806
-        T_map_base = T_world_camera @ self.T_camera_base  # noqa: N806
+        T_world_camera = np.asarray(estimate.T_world_camera, dtype=np.float64)
+        T_map_base = T_world_camera @ self.T_camera_base
         covariance = left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3])
         pose = matrix_to_pose_with_covariance(T_map_base, covariance, stamp, v["map_frame"])
         self.pose_pub.publish(pose)
-        T_world_body = T_world_camera @ self.T_camera_body  # noqa: N806
+        T_world_body = T_world_camera @ self.T_camera_body
         twist, twist_covariance = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
         self.odom_pub.publish(matrix_to_odometry(T_map_base, stamp, v["odom_frame"], v["base_frame"], covariance,
                                                  twist, twist_covariance))
@@ -1237,7 +1266,7 @@ class PrismNode(Node):
                     if not self._publish_map_part(*snapshot):
                         break
                     self._stop.wait((time.perf_counter() - started) * (1.0 - MAP_DUTY) / MAP_DUTY)
-            except Exception as error:  # noqa: BLE001 - the thread must survive anything
+            except Exception as error:
                 if self._stop.is_set():
                     return
                 self._bad_input("filter_error", f"map publishing failed: {type(error).__name__}: {error}\n"
@@ -1290,7 +1319,7 @@ class PrismNode(Node):
         """``rollout_samples`` futures of the latest state (filter's model, current input held) and the depth
         the map predicts at the horizon's mean camera pose. Sampling and rendering hold the map lock: they read
         the model and map the worker changes (tens of ms for 64 x 20 at 160 x 120, once a period)."""
-        from prism_ros.dynamics.rollout import predicted_depth, sample_rollouts  # noqa: PLC0415
+        from prism_ros.dynamics.rollout import predicted_depth, sample_rollouts
 
         v = self.values
         if v["rollout_samples"] <= 0:
@@ -1305,12 +1334,12 @@ class PrismNode(Node):
             model, controls = model_and_input
             rollouts = sample_rollouts(model, self.filter.state, controls, v["rollout_horizon"], v["rollout_step"],
                                        v["rollout_samples"], self._rollout_generator)
-            T_body_camera = self.filter.T_body_camera  # noqa: N806
+            T_body_camera = self.filter.T_body_camera
             depth = None
             if v["predicted_depth"] and self._render_camera is not None:
                 depth = predicted_depth(self.filter.map, rollouts.mean_poses[-1], T_body_camera, self._render_camera,
                                         self.filter_config.render)[0].cpu().numpy()
-        T_body_base = T_body_camera.cpu().numpy() @ self.T_camera_base  # noqa: N806
+        T_body_base = T_body_camera.cpu().numpy() @ self.T_camera_base
         times = rollouts.times.numpy()
         markers, path = prediction_publishing.rollout_messages(rollouts.poses.cpu().numpy() @ T_body_base,
                                                                rollouts.mean_poses.cpu().numpy() @ T_body_base,
@@ -1327,7 +1356,7 @@ class PrismNode(Node):
     def _publish_costmap(self) -> None:
         """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
         a snapshot of the map: only the clone holds the map lock."""
-        from prism_ros.dynamics.costmap import cost_to_go, slice_grid  # noqa: PLC0415
+        from prism_ros.dynamics.costmap import cost_to_go, slice_grid
 
         v = self.values
         started = time.perf_counter()
@@ -1414,7 +1443,7 @@ class PrismNode(Node):
         if hasattr(inner, "slop_ns"):
             inner.slop_ns = int(round(slop * 1e9))
         else:  # message_filters
-            from rclpy.duration import Duration  # noqa: PLC0415
+            from rclpy.duration import Duration
 
             inner.slop = Duration(seconds=slop)
 
@@ -1451,7 +1480,7 @@ class PrismNode(Node):
         path = self._map_file()
         fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
         try:
-            from prism_ros.prism.mesh import extract_mesh, write_ply  # noqa: PLC0415
+            from prism_ros.prism.mesh import extract_mesh, write_ply
 
             with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
                 sdf_map = self.filter.map.clone()
@@ -1484,7 +1513,7 @@ class PrismNode(Node):
         return response
 
     def _srv_load_map(self, _request, response):
-        from prism_ros.prism.map import GaussianSdfMap  # noqa: PLC0415
+        from prism_ros.prism.map import GaussianSdfMap
 
         path = self._map_file()
         try:

@@ -133,7 +133,7 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     covariance = laplace_covariance(system.H, T, prior)
     quality = assess(system, iterations, update, prior_distance(T, prior), config,
                      update_sigmas=float(np.sqrt(max(delta @ np.linalg.solve(covariance, delta), 0.0))))
-    as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=render.depth.device)  # noqa: E731
+    as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=render.depth.device)
     return PoseEstimate(as_torch(T), as_torch(covariance), not quality["reasons"], quality)
 
 
@@ -178,7 +178,7 @@ class Linearisation(NamedTuple):
 def lineariser(level: "Level", ref: "Reference", config: TrackingConfig, backend: str):
     """``linearise_at(T) -> Linearisation`` for one level with the resolved backend ('torch' or 'fused')."""
     if backend == "fused":
-        from prism_ros.prism.kernels.track import lineariser as fused_lineariser  # noqa: PLC0415 - needs Warp
+        from prism_ros.prism.kernels.track import lineariser as fused_lineariser
 
         return fused_lineariser(level, ref, config)
     return lambda T: linearise(T, level, ref, config)
@@ -483,7 +483,7 @@ def observation_levels(obs: Observation, last: int, fused: bool = False) -> list
         camera = camera_pyramid(coarsest.camera, 2)[1]
         intensity = box_pyramid(coarsest.intensity, 1)[1]
         if fused:
-            from prism_ros.prism.kernels.observe import downsample_depth as halve  # noqa: PLC0415
+            from prism_ros.prism.kernels.observe import downsample_depth as halve
         depth = halve(coarsest.depth) if fused else downsample_depth(coarsest.depth)
         levels.append(make_level(camera, depth, intensity, fused=fused))
     return levels
@@ -516,7 +516,7 @@ def prior_estimate(prior: Prior, device, reason: str) -> PoseEstimate:
     quality = dict(inlier_ratio=0.0, coverage=0.0, valid_pixels=0, icp_rmse=float("nan"), photometric_rmse=float("nan"),
                    mean_residual=float("nan"), condition=float("inf"), min_eigenvalue=0.0, iterations=0,
                    update_norm=float("nan"), update_sigmas=float("nan"), prior_distance=0.0, points=0, reasons=[reason])
-    as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)  # noqa: E731
+    as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)
     return PoseEstimate(as_torch(prior.T), as_torch(prior.covariance), False, quality)
 
 

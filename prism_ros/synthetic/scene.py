@@ -90,7 +90,7 @@ class Scene:
     @staticmethod
     def from_description(description: dict, device="cpu") -> "Scene":
         """The scene's geometry back from :meth:`describe` (materials are not stored: grey, for SDF use)."""
-        rows = lambda key, n: torch.tensor(description[key], dtype=torch.float64).reshape(-1, n)  # noqa: E731
+        rows = lambda key, n: torch.tensor(description[key], dtype=torch.float64).reshape(-1, n)
         spheres, boxes, cylinders = rows("spheres", 4), rows("boxes", 7), rows("cylinders", 5)
         count = N_ROOM_FACES + len(spheres) + len(boxes) + len(cylinders)
         size = torch.tensor(description["room_size"], dtype=torch.float64)
@@ -453,7 +453,7 @@ def make_scene(seed: int = 0, keep_out=None, clearance: float = 0.5, n_boxes: in
             params = place(rng, kind, keep_out, clearance, placed)
             if params is not None:
                 kinds[kind].append(params)
-    tensor = lambda rows, n: torch.tensor(np.array(rows).reshape(-1, n), dtype=torch.float64)  # noqa: E731
+    tensor = lambda rows, n: torch.tensor(np.array(rows).reshape(-1, n), dtype=torch.float64)
     spheres, boxes, cylinders = tensor(kinds["sphere"], 4), tensor(kinds["box"], 7), tensor(kinds["cylinder"], 5)
     materials = make_materials(rng, N_ROOM_FACES + len(spheres) + len(boxes) + len(cylinders))
     return Scene(size, spheres, boxes, cylinders, materials).to(device)

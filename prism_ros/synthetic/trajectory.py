@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from prism_ros.errors import InputError
 from prism_ros.dynamics.imu import GRAVITY
+from prism_ros.errors import InputError
 from prism_ros.geometry.lie import vee
 
 PROFILES = ("handheld", "drone")
