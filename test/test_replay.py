@@ -130,3 +130,36 @@ def test_messages_convert_back_to_the_filter_conventions():
         assert np.allclose(got.pose_covariance, want.pose_covariance, atol=1e-12)
         assert np.allclose(got.velocity, want.velocity, atol=1e-9)
         assert np.allclose(got.velocity_covariance, want.velocity_covariance, atol=1e-10)
+
+
+def test_the_replay_waits_for_every_frame_of_the_bag_when_the_node_lags_the_player():
+    """On a loaded machine the node's executor can take frames from DDS after the player has exited: its
+    frames_received then lags the bag, and the replay must wait for the rest, not stop at what arrived so far."""
+    import time
+    from types import SimpleNamespace
+
+    from prism_ros.launch_graph.replay import _follow
+
+    class Node:  # a process that stays up
+        process = SimpleNamespace(poll=lambda: None)
+
+    class Monitor:
+        """The node's diagnostics as the replay sees them: 27 of 30 frames for 1.5 s after the player ended, then 30."""
+
+        def __init__(self):
+            self.start = time.monotonic()
+            self.diagnostics_at = 0.0
+
+        def spin(self, seconds):
+            time.sleep(seconds)
+            self.diagnostics_at = time.monotonic()
+
+        def count(self, key):
+            late = time.monotonic() - self.start > 1.5
+            return {"frames_processed": 30 if late else 27, "frames_received": 30 if late else 27}.get(key, 0)
+
+    monitor = Monitor()
+    player = SimpleNamespace(nodes=[SimpleNamespace(process=SimpleNamespace(poll=lambda: 0))])  # already exited
+    _follow(monitor, SimpleNamespace(nodes=[Node()]), player, frames_in_bag=30, progress=False)
+    assert monitor.count("frames_processed") == 30
+    assert time.monotonic() - monitor.start < 5.0  # returned when the last frame was done, not by the idle timeout

@@ -184,7 +184,7 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
 
     bar = tqdm(total=frames_in_bag, desc="prism_node", unit="frame", disable=not progress)
     player_done_at = last_change = None
-    last_count = -1
+    last_count: tuple = ()
     try:
         while True:
             monitor.spin(0.1)
@@ -193,8 +193,9 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
             bar.set_postfix(lost=monitor.count("frames_lost"), bad=monitor.count("bad_input_total"), refresh=False)
             bar.refresh()
             now = time.monotonic()
-            if done != last_count:
-                last_count, last_change = done, now
+            progress_mark = (done, monitor.count("frames_received"), monitor.count("bad_input_total"))
+            if progress_mark != last_count:
+                last_count, last_change = progress_mark, now
             if graph.nodes[0].process.poll() is not None:
                 raise InputError(f"prism_node exited with code {graph.nodes[0].process.poll()} during the replay",
                                  "read prism_node.log in the output folder")
@@ -202,7 +203,9 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
                 player_done_at = now
             if player_done_at is None or now - player_done_at < 1.0 or monitor.diagnostics_at < player_done_at:
                 continue
-            if done >= monitor.count("frames_received") or now - last_change > IDLE_DONE_S:
+            # every frame of the bag accounted for; or nothing received, processed or rejected for a while (frames
+            # lost on the way). The node's received count lags the player on a loaded machine, so it is no end mark.
+            if done >= frames_in_bag or now - last_change > IDLE_DONE_S:
                 return
     finally:
         bar.close()
