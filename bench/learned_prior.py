@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prism_ros.datasets.base import Frame, ImuSamples
 from prism_ros.dynamics.learning import MotionData, TrainingConfig, save_residual, train_residual
 from prism_ros.dynamics.model import DynamicsConfig
+from prism_ros.frame import Frame, ImuSamples
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import PrismFilter
 from prism_ros.prism.pipeline import pose_nees, score

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import DynamicsConfig, TransitionModel, make_transition
+from prism_ros.frame import ImuSamples
 from prism_ros.prism.state import GaussianState
 
 RATE = 200.0

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import torch
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
 from prism_ros.dynamics.rollout import sample_rollouts
+from prism_ros.frame import ImuSamples
 from prism_ros.prism.state import GaussianState
 
 

@@ -12,8 +12,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
 from ros_helpers.dds import spin_until
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 
-from prism_ros.datasets.base import Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import Intrinsics
 from prism_ros.nodes import compat
 from prism_ros.nodes import conversions as cv
 from prism_ros.nodes.compat import (

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.func import jacfwd
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import (
     ConstantVelocity,
     ControlEuler,
@@ -18,6 +17,7 @@ from prism_ros.dynamics.model import (
     boxplus,
     make_transition,
 )
+from prism_ros.frame import ImuSamples
 from prism_ros.geometry.lie import se3_exp, skew, so3_exp, so3_right_jacobian
 from prism_ros.prism.state import GaussianState
 from prism_ros.synthetic import ImuModel, make_trajectory, synthesize_imu

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.imu import imu_window, window_weights
 from prism_ros.dynamics.model import DynamicsConfig, InputWindow, ResidualMLP, TransitionModel, make_transition
+from prism_ros.frame import ImuSamples
 from prism_ros.geometry.lie import se3_exp
 from prism_ros.prism.state import GaussianState
 

@@ -10,7 +10,6 @@ import torch
 from shared_data import sample
 
 from prism_ros.cli.main import main
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.learning import (
     MotionData,
     TrainingConfig,
@@ -28,6 +27,7 @@ from prism_ros.dynamics.learning import (
 )
 from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP
 from prism_ros.errors import InputError
+from prism_ros.frame import ImuSamples
 from prism_ros.synthetic import ControlModel, ImuModel, make_trajectory, synthesize_control, synthesize_imu
 
 IMU_RATE = 200.0

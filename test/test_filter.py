@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.datasets.base import Frame
+from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, transform_points
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import PrismFilter

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.datasets.base import Intrinsics
+from prism_ros.frame import Intrinsics
 from prism_ros.geometry import PinholeCamera, camera_pyramid, depth_pyramid, intensity_pyramid
 
 DTYPES = [torch.float32, torch.float64]

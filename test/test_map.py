@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
 from prism_ros.evaluation.metrics import map_error
+from prism_ros.frame import Frame, Intrinsics
 from prism_ros.geometry import PinholeCamera
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.observation import Observation, make_level

@@ -15,7 +15,7 @@ from ros_helpers.dds import spin_until
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
-from prism_ros.datasets.base import Frame
+from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.mesh import colour_map, extract_mesh

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from prism_ros.datasets.base import Frame, Intrinsics
+from prism_ros.frame import Frame, Intrinsics
 from prism_ros.prism.map import GaussianSdfMap, MapConfig
 from prism_ros.prism.mesh import Mesh, colour_map, cube_mask, extract_mesh, read_ply, write_ply
 from prism_ros.prism.observation import Observation

@@ -17,7 +17,7 @@ from prism_ros.synthetic import make_sequence
 def synthetic_frame():
     sequence = make_sequence(frames=2, seed=1, noise=False, width=160, height=120)
     rgb, depth = sequence.frame(0)
-    from prism_ros.datasets.base import Frame
+    from prism_ros.frame import Frame
 
     return Frame(index=0, timestamp=0.0, rgb=rgb, depth=depth, intrinsics=sequence.intrinsics,
                  pose=sequence.poses[0])

@@ -56,7 +56,7 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
     from visualization_msgs.msg import Marker, MarkerArray
 
     from prism_ros.datasets import open_dataset
-    from prism_ros.datasets.base import Intrinsics
+    from prism_ros.frame import Intrinsics
     from prism_ros.nodes.compat import qos_by_name, reliable_qos
     from prism_ros.nodes.conversions import image_to_numpy, matrix_to_pose, pose_to_matrix, stamp_to_sec
     from prism_ros.nodes.map_publishing import latched_qos

@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from prism_ros.cli.main import app
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import DynamicsConfig, ImuEuler, ResidualMLP, make_transition
 from prism_ros.dynamics.rollout import linearised_rollout, predicted_depth, sample_rollouts, world_position_covariance
 from prism_ros.errors import InputError
+from prism_ros.frame import ImuSamples
 from prism_ros.prism.state import GaussianState
 
 HORIZON, STEP = 1.0, 0.05

@@ -11,8 +11,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 from shared_data import sample
 
-from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import Frame, Intrinsics
 from prism_ros.prism.stereo import StereoConfig, StereoDepthDataset, StereoRectifier, rgbd_frame
 
 # EuRoC-like camera. Non-integer principal point: the synthetic renderer's rays through the exact

@@ -13,7 +13,7 @@ import pytest
 import torch
 from kornia.filters import spatial_gradient
 
-from prism_ros.datasets.base import Frame
+from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, se3_inverse, se3_log
 from prism_ros.prism.observation import Observation
 from prism_ros.prism.render import RenderResult

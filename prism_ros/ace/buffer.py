@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from prism_ros.ace.encoder import OUTPUT_STRIDE, Encoder, feature_pixels, grey_image, normalise
-from prism_ros.datasets.base import Frame, Intrinsics
+from prism_ros.frame import Frame, Intrinsics
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from prism_ros.ace.buffer import Augmentation, AugmentedView, MappingFrame, augment, feature_targets, prepare_frame
 from prism_ros.ace.encoder import LITE_CONFIG, Encoder, EncoderConfig, normalise, round_to_fp16, save_encoder
 from prism_ros.ace.head import Head, HeadConfig
-from prism_ros.datasets.base import Intrinsics
+from prism_ros.frame import Intrinsics
 from prism_ros.synthetic.scene import (
     N_ROOM_FACES,
     NOISE_PERIOD,

@@ -29,7 +29,7 @@ from prism_ros.ace.encoder import Encoder, feature_pixels, normalise
 from prism_ros.ace.ensemble import best_of
 from prism_ros.ace.head import Head
 from prism_ros.ace.mapfile import AceMap
-from prism_ros.datasets.base import Intrinsics
+from prism_ros.frame import Intrinsics
 from prism_ros.geometry.lie import skew_np
 
 REFERENCE_THRESHOLD_PX = 10.0  # ACE's inlier threshold at 480 rows

@@ -194,8 +194,8 @@ def _controls(model, name: str, command: str | None, command_file: Path | None, 
     held IMU sample (imu / learned; default: at rest, the gravity reaction and no rotation)."""
     import numpy as np
 
-    from prism_ros.datasets.base import ImuSamples
     from prism_ros.dynamics.model import ImuEuler
+    from prism_ros.frame import ImuSamples
 
     given = parse_floats(command, 6, "--command", "0.5,0,0,0,0,0.2")
     if command_file is not None:

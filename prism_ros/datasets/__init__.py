@@ -17,8 +17,10 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
+
 from ..errors import InputError
-from .base import Dataset, Frame, ImuSamples, Intrinsics
+from .base import Dataset
 from .common import SlicedDataset, parse_frames
 from .euroc import EurocDataset
 from .rosbag import RosbagDataset

@@ -13,8 +13,10 @@ import numpy as np
 import yaml
 from scipy.spatial.transform import Rotation, Slerp
 
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
+
 from ..errors import InputError
-from .base import Dataset, Frame, ImuSamples, Intrinsics
+from .base import Dataset
 
 #: Depth beyond these bounds means the depth scale is wrong: RGB-D sensors see roughly 0.3-10 m.
 PLAUSIBLE_MEDIAN_DEPTH_M = 0.1

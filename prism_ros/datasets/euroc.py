@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from prism_ros.frame import Frame, ImuSamples
+
 from ..errors import InputError
-from .base import Frame, ImuSamples
 from .common import (
     StoredDataset,
     associate,

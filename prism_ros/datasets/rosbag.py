@@ -31,8 +31,9 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
+
 from ..errors import InputError
-from .base import Frame, ImuSamples, Intrinsics
 from .common import (
     StoredDataset,
     associate,

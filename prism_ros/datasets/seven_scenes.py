@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from prism_ros.evaluation.trajectory_io import orthonormalize_poses
+from prism_ros.frame import Frame, Intrinsics
 
 from ..errors import InputError
-from .base import Dataset, Frame, Intrinsics
+from .base import Dataset
 from .common import check_depth_scale, check_index, natural_key, read_depth, read_rgb, to_intrinsics
 
 COLOR_FILE = re.compile(r"frame-(\d+)\.color\.(?:jpg|png)$")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
+
 from ..errors import InputError
-from .base import Frame, ImuSamples, Intrinsics
 from .common import (
     StoredDataset,
     associate,

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation, Slerp
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.datasets.common import check_increasing, numeric, read_rows, read_trajectory, seconds_from_ns
 from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.dynamics.model import (
@@ -47,6 +46,7 @@ from prism_ros.dynamics.model import (
     residual_features,
 )
 from prism_ros.errors import InputError, read_torch_file
+from prism_ros.frame import ImuSamples
 
 FILE_FORMAT = "prism_ros.dynamics_residual"
 CHI2_95_3D = 7.814727903251178  # chi-square quantile, 3 degrees of freedom, 0.95

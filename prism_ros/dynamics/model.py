@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.imu import GRAVITY, METHODS, held, imu_window, integrate_imu, window_weights
+from prism_ros.frame import ImuSamples
 from prism_ros.geometry.lie import (
     se3_exp,
     se3_from_rt,

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prism_ros.datasets.base import ImuSamples
 from prism_ros.dynamics.model import ConstantVelocity, ControlEuler, ImuEuler, TransitionModel, symmetrise
 from prism_ros.errors import InputError
+from prism_ros.frame import ImuSamples
 from prism_ros.geometry.lie import se3_exp, se3_from_rt, skew, so3_exp
 from prism_ros.prism.state import GaussianState
 

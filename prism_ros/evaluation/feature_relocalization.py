@@ -38,8 +38,8 @@ import torch
 from tqdm import tqdm
 
 from prism_ros.ace.buffer import register_depth
-from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import Frame, Intrinsics
 
 REFERENCE_HEIGHT = 480  # pixel thresholds are given for 480-row images
 DETECTORS = ("sift", "orb")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from kornia.geometry.calibration import distort_points, undistort_points
 
-from prism_ros.datasets.base import Intrinsics
+from prism_ros.frame import Intrinsics
 
 _UNDISTORT_ITERS = 20
 _RAYS: OrderedDict = OrderedDict()  # pixel rays of recent intrinsics (pyramid levels of a few cameras)

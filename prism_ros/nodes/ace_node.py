@@ -54,8 +54,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Header, Int32
 from std_srvs.srv import Trigger
 
-from prism_ros.datasets.base import Frame, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import Frame, Intrinsics
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
     camera_info_to_intrinsics,

@@ -23,8 +23,8 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_msgs.msg import Header
 
-from prism_ros.datasets.base import ImuSamples, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import ImuSamples, Intrinsics
 from prism_ros.nodes.compat import has_ros_piece
 
 NS_PER_S = 1_000_000_000

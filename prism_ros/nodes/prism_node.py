@@ -90,8 +90,8 @@ from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from prism_ros.datasets.base import Frame, ImuSamples, Intrinsics
 from prism_ros.errors import InputError
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
 from prism_ros.geometry.lie import skew_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from prism_ros.datasets.base import Frame
 from prism_ros.dynamics.model import make_transition
+from prism_ros.frame import Frame
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.drift import MapDrift
 from prism_ros.prism.kernels import set_cpu_threads as set_kernel_threads
@@ -180,7 +180,7 @@ def warm_up_frames(config: FilterConfig, count: int = 3, width: int = 160, heigh
     """A still camera at the identity looking into a room corner (a wall 2 m ahead, one 0.8 m to the right, the
     floor 0.6 m below), checker-textured, at 30 Hz, with the IMU samples (200 Hz, at rest) or the zero command its
     transition model needs."""
-    from prism_ros.datasets.base import ImuSamples, Intrinsics
+    from prism_ros.frame import ImuSamples, Intrinsics
 
     intrinsics = Intrinsics(125.0, 125.0, (width - 1) / 2, (height - 1) / 2, width, height)
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)

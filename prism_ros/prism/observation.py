@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import spatial_gradient
 
-from prism_ros.datasets.base import Frame
+from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera, camera_pyramid, depth_pyramid, intensity_pyramid, transform_points
 
 

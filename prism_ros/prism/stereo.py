@@ -11,7 +11,7 @@ and extrinsics instead, with the rectified camera having the same centre as the 
     T_world_rect = T_world_left @ T_left_rect        (StereoRectifier.T_left_rect, rotation only)
     T_imu_rect   = T_imu_left   @ T_left_rect
 
-:func:`rgbd_frame` does this for one stereo :class:`~prism_ros.datasets.base.Frame` (EuRoC reader:
+:func:`rgbd_frame` does this for one stereo :class:`~prism_ros.frame.Frame` (EuRoC reader:
 ``right``, ``right_intrinsics``, ``T_left_right`` = right -> left) and :class:`StereoDepthDataset`
 for a whole dataset (poses, ground truth and ``T_imu_camera`` composed), so the filter sees a plain
 RGB-D dataset.
@@ -30,8 +30,9 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from prism_ros.datasets.base import Dataset, Frame, ImuSamples, Intrinsics
+from prism_ros.datasets.base import Dataset
 from prism_ros.errors import InputError
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
 
 SGBM_MODES = {"sgbm": cv2.StereoSGBM_MODE_SGBM, "hh": cv2.StereoSGBM_MODE_HH,
               "sgbm_3way": cv2.StereoSGBM_MODE_SGBM_3WAY, "hh4": cv2.StereoSGBM_MODE_HH4}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prism_ros.datasets.base import Intrinsics
+from prism_ros.frame import Intrinsics
 
 ROOM_SIZE = (6.0, 5.0, 3.0)
 LIGHT = (0.35, 0.55, 0.75)  # direction towards the (infinitely far) light, normalised at use

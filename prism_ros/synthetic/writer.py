@@ -29,9 +29,9 @@ import yaml
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from prism_ros.datasets.base import Intrinsics
 from prism_ros.dynamics.imu import GRAVITY
 from prism_ros.errors import InputError
+from prism_ros.frame import Intrinsics
 from prism_ros.synthetic.imu import ControlModel, ImuModel, ImuStream, synthesize_control, synthesize_imu
 from prism_ros.synthetic.scene import DepthNoise, Scene, make_scene, noisy_depth, render_scene, rgb_to_uint8
 from prism_ros.synthetic.trajectory import Trajectory, make_trajectory

@@ -47,7 +47,7 @@ def main() -> int:
     import rclpy
     from rclpy.node import Node
 
-    from prism_ros.datasets.base import Frame
+    from prism_ros.frame import Frame
     from prism_ros.nodes.map_publishing import MapPublisher
     from prism_ros.prism.map import GaussianSdfMap, MapConfig
     from prism_ros.prism.observation import Observation
