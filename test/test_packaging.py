@@ -88,3 +88,60 @@ def test_core_has_no_ros_imports():
                     offenders.append(f"{path.relative_to(ROOT)}: {name}")
     # cli.py imports prism_ros.nodes lazily inside commands (allowed: not a ROS package import)
     assert not offenders, offenders
+
+
+#: every third-party module the package imports (at load or inside a function) -> the rosdep key that installs
+#: it, declared in package.xml so that `rosdep install` + `colcon build` give a node that starts. The keys are
+#: those of ros/rosdistro (rosdep/python.yaml; ROS packages by name).
+ROSDEP_KEYS = {
+    "rclpy": "rclpy", "sensor_msgs": "sensor_msgs", "geometry_msgs": "geometry_msgs", "nav_msgs": "nav_msgs",
+    "std_msgs": "std_msgs", "std_srvs": "std_srvs", "visualization_msgs": "visualization_msgs",
+    "diagnostic_msgs": "diagnostic_msgs", "rosgraph_msgs": "rosgraph_msgs", "builtin_interfaces": "builtin_interfaces",
+    "rcl_interfaces": "rcl_interfaces", "ament_index_python": "ament_index_python", "tf2_ros": "tf2_ros",
+    "message_filters": "message_filters", "cv_bridge": "cv_bridge", "launch_ros": "launch_ros",
+    "torch": "python3-torch", "cv2": "python3-opencv", "scipy": "python3-scipy", "numpy": "python3-numpy",
+    "yaml": "python3-yaml", "rosbags": "python3-rosbags-pip", "kornia": "python3-kornia-pip",
+    "matplotlib": "python3-matplotlib", "skimage": "python3-skimage", "tqdm": "python3-tqdm", "rich": "python3-rich",
+    "typer": "python3-typer",
+}
+#: modules with no rosdep key: installed with pip (docs), imported only where they are used, so the nodes start
+#: without them (warp: the fused kernels, `backend: auto` falls back to torch; evo: trajectory scoring in the CLI)
+PIP_ONLY = {"warp": "warp-lang", "evo": "evo"}
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Top-level third-party module -> the package files that import it (module level or inside functions)."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "prism_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top != "prism_ros" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_package_xml_declares_every_module_the_package_imports():
+    exec_depends = {e.text for e in ET.parse(ROOT / "package.xml").getroot().findall("exec_depend")}
+    imported = third_party_imports()
+    unknown = {module: sorted(files) for module, files in imported.items() if module not in {*ROSDEP_KEYS, *PIP_ONLY}}
+    assert not unknown, f"imported but neither a rosdep key nor pip-only: {unknown}"
+    missing = {ROSDEP_KEYS[module] for module in imported if module in ROSDEP_KEYS} - exec_depends
+    assert not missing, f"package.xml lacks <exec_depend> for {sorted(missing)}"
+
+
+def test_nodes_start_without_the_pip_only_modules():
+    """What a node imports at start comes from package.xml's keys: the pip-only modules load later, if at all."""
+    modules = ["prism_ros.nodes.prism_node", "prism_ros.nodes.ace_node", "prism_ros.nodes.dmn_node",
+               "prism_ros.nodes.player", "prism_ros.nodes.recorder", "prism_ros.nodes.imu_odometry"]
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(PIP_ONLY)!r}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout

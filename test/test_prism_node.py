@@ -46,10 +46,10 @@ def synthetic(synthetic_sequence) -> Path:
     return synthetic_sequence
 
 
-def _start_node(spawn_python, log: Path, *extra: str, **params) -> subprocess.Popen:
+def _start_node(spawn_python, log: Path, *extra: str, env: dict | None = None, **params) -> subprocess.Popen:
     sink = log.open("w")
     return spawn_python(NODE_MODULE, "--ros-args", *extra, *ros_args(**params), stdout=sink,
-                        stderr=subprocess.STDOUT)
+                        stderr=subprocess.STDOUT, env=env)
 
 
 def _stop(process: subprocess.Popen, sig=signal.SIGINT, timeout: float = 15.0) -> int:
@@ -421,6 +421,37 @@ def test_a_frame_waits_for_imu_that_arrives_after_its_images(synthetic, spawn_py
     publish_imu(2)
     late = probe.wait_diag(lambda d: d["bad_input.missing_imu"] == "1")
     assert late["frames_processed"] == "2", late
+    assert node.poll() is None, log.read_text()[-3000:]
+
+
+def test_save_map_without_scikit_image_saves_the_map_and_names_the_missing_package(synthetic, spawn_python,
+                                                                                   ros_node, tmp_path):
+    """A workspace without scikit-image (marching cubes): ~/save_map writes the map file, says the mesh was not
+    written and which package gives it, and the node keeps running."""
+    import os
+
+    from ros_helpers.prism_probe import PrismProbe
+
+    from prism_ros.datasets import open_dataset
+
+    blocked = tmp_path / "blocked"
+    (blocked / "skimage").mkdir(parents=True)
+    (blocked / "skimage" / "__init__.py").write_text("raise ImportError(\"No module named 'skimage'\")\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]))
+    frame = open_dataset(synthetic, fmt="tum")[0]
+    probe = PrismProbe(ros_node)
+    log = tmp_path / "node.log"
+    map_path = tmp_path / "map.pt"
+    node = _start_node(spawn_python, log, env=env, rgb_topic="/probe/rgb", depth_topic="/probe/depth",
+                       camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
+                       camera_info_qos="reliable", filter_config="prism_synthetic.yaml",
+                       transition_model="constant_velocity", diagnostics_period=0.1, map_path=str(map_path))
+    probe.wait_ready()
+    probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, int(round(frame.timestamp * 1e9)))
+    probe.wait_diag(lambda d: d["frames_processed"] == "1")
+    saved = probe.call("save_map")
+    assert saved.success and "mesh not written" in saved.message and "python3-skimage" in saved.message, saved
+    assert map_path.is_file() and not map_path.with_suffix(".ply").exists()
     assert node.poll() is None, log.read_text()[-3000:]
 
 

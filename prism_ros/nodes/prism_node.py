@@ -1480,8 +1480,6 @@ class PrismNode(Node):
         path = self._map_file()
         fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
         try:
-            from prism_ros.prism.mesh import extract_mesh, write_ply
-
             with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
                 sdf_map = self.filter.map.clone()
             if sdf_map.num_blocks == 0:
@@ -1490,10 +1488,8 @@ class PrismNode(Node):
             partial = path.with_name(path.name + ".partial")
             sdf_map.save(partial)
             partial.replace(path)
-            mesh = extract_mesh(sdf_map)
-            mesh_path = path.with_suffix(".ply")
-            write_ply(mesh, mesh_path)
             blocks = sdf_map.num_blocks
+            mesh_note = self._save_mesh(sdf_map, path.with_suffix(".ply"))
         except InputError as error:
             response.success, response.message = False, f"cannot save the map to {path}: {error}"
             self._failure("save_map", response.message)
@@ -1508,9 +1504,21 @@ class PrismNode(Node):
             self._failure("save_map", response.message)
             return response
         response.success = True
-        response.message = f"saved {blocks} blocks to {path} and the mesh ({len(mesh.faces)} faces) to {mesh_path}"
+        response.message = f"saved {blocks} blocks to {path}; {mesh_note}"
         self.get_logger().info(response.message)
         return response
+
+    @staticmethod
+    def _save_mesh(sdf_map, mesh_path: Path) -> str:
+        """The map's mesh beside the map file; without scikit-image (marching cubes) the map file alone is saved."""
+        from prism_ros.prism.mesh import extract_mesh, write_ply
+
+        try:
+            mesh = extract_mesh(sdf_map)
+        except ImportError as error:
+            return f"mesh not written ({error}) -> install scikit-image (rosdep key python3-skimage)"
+        write_ply(mesh, mesh_path)
+        return f"the mesh ({len(mesh.faces)} faces) to {mesh_path}"
 
     def _srv_load_map(self, _request, response):
         from prism_ros.prism.map import GaussianSdfMap
