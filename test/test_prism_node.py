@@ -455,6 +455,43 @@ def test_save_map_without_scikit_image_saves_the_map_and_names_the_missing_packa
     assert node.poll() is None, log.read_text()[-3000:]
 
 
+def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_python, ros_node, tmp_path):
+    """Lost frames make /diagnostics WARN, ERROR once they span lost_error_after seconds of frame stamps, and OK
+    again when tracking resumes (here: frames turned upside down cannot be tracked against the map)."""
+    from dataclasses import replace
+
+    from ros_helpers.prism_probe import PrismProbe
+
+    from prism_ros.datasets import open_dataset
+
+    frame = open_dataset(synthetic, fmt="tum")[0]
+    flipped = replace(frame, rgb=np.ascontiguousarray(frame.rgb[::-1, ::-1]),
+                      depth=np.ascontiguousarray(frame.depth[::-1, ::-1]))
+    probe = PrismProbe(ros_node)
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, rgb_topic="/probe/rgb", depth_topic="/probe/depth",
+                       camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
+                       camera_info_qos="reliable", filter_config="prism_synthetic.yaml",
+                       transition_model="constant_velocity", diagnostics_period=0.1, lost_error_after=0.15,
+                       frame_queue=10)
+    probe.wait_ready()
+    t0 = int(round(frame.timestamp * 1e9))
+
+    def send(f, k):
+        probe.publish_frame(f.rgb, f.depth, f.intrinsics, t0 + k * 100_000_000)
+        return probe.wait_diag(lambda d: d["frames_processed"] == str(k + 1))
+
+    assert send(frame, 0)["_level"] == "0"
+    warned = send(flipped, 1)
+    assert warned["state"] == "lost" and warned["_level"] == "1" and warned["lost_for_s"] == "0.000", warned
+    assert send(flipped, 2)["_level"] == "1"  # lost for 0.1 s
+    error = send(flipped, 3)  # lost for 0.2 s >= 0.15 s
+    assert error["_level"] == "2" and "lost for 0.2 s" in error["_message"], error
+    recovered = send(frame, 4)
+    assert recovered["state"] == "tracking" and recovered["_level"] == "0" and recovered["lost_for_s"] == "0.000"
+    assert node.poll() is None, log.read_text()[-3000:]
+
+
 def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthetic, spawn_python, ros_node,
                                                                           tmp_path):
     """The other input paths: CompressedImage colour, intrinsics from parameters (no CameraInfo), and the

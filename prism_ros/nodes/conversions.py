@@ -81,9 +81,11 @@ def make_header(frame_id: str = "", stamp: Time | float | int | None = None) -> 
 
 
 def diagnostics_message(name: str, ok: bool, message: str, values: dict, stamp=None, hardware_id: str = "",
-                        frame_id: str = "") -> DiagnosticArray:
-    """A DiagnosticArray of one status (OK, else WARN) whose key/values are ``values`` (already strings)."""
-    status = DiagnosticStatus(level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN, name=name, message=message,
+                        frame_id: str = "", level: bytes | None = None) -> DiagnosticArray:
+    """A DiagnosticArray of one status (OK, else WARN, or ``level``) whose key/values are ``values`` (strings)."""
+    if level is None:
+        level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
+    status = DiagnosticStatus(level=level, name=name, message=message,
                               hardware_id=hardware_id, values=[KeyValue(key=k, value=v) for k, v in values.items()])
     return DiagnosticArray(header=make_header(frame_id, stamp), status=[status])
 

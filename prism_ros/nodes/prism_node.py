@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
 from nav_msgs.msg import Path as PathMsg
@@ -262,6 +262,8 @@ PARAMETERS: dict[str, Param] = {
     "imu_wait": Param(0.1, "float", "seconds a frame waits for the IMU sample that closes its window (IMU "
                       "messages may arrive after the images); 0 = no wait", dynamic=True, check=non_negative),
     "publish_when_lost": Param(True, "bool", "publish the predicted pose while tracking is lost", dynamic=True),
+    "lost_error_after": Param(2.0, "float", "seconds of frames lost in a row (frame stamps) after which /diagnostics "
+                              "reports ERROR (WARN before)", dynamic=True, check=non_negative),
     # -- outputs
     "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=not_empty),
     "odom_frame": Param("odom", "str", "odometry frame (map -> odom is the identity)", dynamic=True,
@@ -488,6 +490,8 @@ class Stats:
     costmaps: int = 0  # costmap slices published
     costmap_ms: float = float("nan")  # snapshot, slice and cost-to-go of the last one
     tracking_ok: bool | None = None
+    lost_since: float | None = None  # stamp of the first frame of the current run of lost frames
+    lost_for: float = 0.0  # seconds (frame stamps) from that frame to the latest processed one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -849,7 +853,7 @@ class PrismNode(Node):
             self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
         with self._stats_lock:
             self.stats.relocalizations += 1
-            self.stats.tracking_ok = None
+            self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
         self.get_logger().info(f"pose set on ~/set_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                                f"{self.values['map_frame']}; tracking continues on the kept map")
 
@@ -968,6 +972,12 @@ class PrismNode(Node):
             self.stats.lost += int(not estimate.tracking_ok)
             self.stats.tracking_ok = bool(estimate.tracking_ok)
             self.stats.step_ms = step_ms
+            if estimate.tracking_ok:
+                self.stats.lost_since, self.stats.lost_for = None, 0.0
+            else:
+                if self.stats.lost_since is None:
+                    self.stats.lost_since = frame.timestamp
+                self.stats.lost_for = frame.timestamp - self.stats.lost_since
         if not estimate.tracking_ok:
             reasons = ", ".join(map(str, estimate.quality.get("reasons", []))) or "see the tracking quality"
             self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
@@ -1212,7 +1222,7 @@ class PrismNode(Node):
                 self._last_stamp_ns = None
         with self._stats_lock:
             self.stats.resets += 1
-            self.stats.tracking_ok = None
+            self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
         if log:
             self.get_logger().info(f"{reason}: filter and map reset")
 
@@ -1399,7 +1409,7 @@ class PrismNode(Node):
                 "relocalizations": s.relocalizations, "bad_input_total": sum(s.bad_input.values()),
                 **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
                 **{f"failures.{k}": n for k, n in s.failures.items()},
-                "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}",
+                "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}", "lost_for_s": f"{s.lost_for:.3f}",
             }
             if self.values["rollout_samples"] > 0 or s.rollouts:
                 values.update(rollouts_published=s.rollouts, rollout_ms=f"{s.rollout_ms:.1f}")
@@ -1420,8 +1430,13 @@ class PrismNode(Node):
         values = self.diagnostics_values()
         bad = int(values["bad_input_total"])
         message = values["state"] + (f", {bad} bad inputs" if bad else "")
+        lost_for = float(values["lost_for_s"])
+        level = None  # OK while tracking, WARN otherwise, ERROR once lost for lost_error_after seconds
+        if values["state"] == "lost" and lost_for >= self.values["lost_error_after"]:
+            level, message = DiagnosticStatus.ERROR, f"{message} for {lost_for:.1f} s"
         self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
-                                                  message, values, self.get_clock().now().to_msg(), self.device))
+                                                  message, values, self.get_clock().now().to_msg(), self.device,
+                                                  level=level))
 
     # -- parameters at runtime -------------------------------------------------------------------
 
