@@ -328,6 +328,18 @@ def test_camera_info_and_intrinsics_round_trip():
         cv.camera_info_to_intrinsics(CameraInfo())
 
 
+def test_rectified_camera_info_gives_the_projection_and_no_distortion():
+    """image_rect topics: K and D describe the raw image; the rectified camera is P (image_proc's new matrix)."""
+    raw = Intrinsics(525.0, 526.0, 319.5, 239.5, 640, 480, (0.1, -0.2, 0.001, 0.002, 0.05))
+    msg = cv.intrinsics_to_camera_info(raw)
+    msg.p = [510.0, 0.0, 318.0, 0.0, 0.0, 512.0, 241.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert cv.camera_info_to_intrinsics(msg) == raw
+    assert cv.camera_info_to_intrinsics(msg, rectified=True) == Intrinsics(510.0, 512.0, 318.0, 241.0, 640, 480)
+    msg.p = [0.0] * 12
+    with pytest.raises(InputError, match="rectified_input"):
+        cv.camera_info_to_intrinsics(msg, rectified=True)
+
+
 def test_imu_round_trip():
     msg = cv.arrays_to_imu(5.5, [0.1, 0.2, 0.3], [0.0, 0.0, 9.81], frame_id="imu")
     assert isinstance(msg, Imu) and msg.orientation_covariance[0] == -1.0

@@ -116,6 +116,8 @@ PARAMETERS: dict[str, Param] = {
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; parameters: "
                                "from `intrinsics` and `distortion` (cameras without CameraInfo, e.g. EuRoC)",
                                check=one_of(("camera_info", "parameters"))),
+    "rectified_input": Param(False, "bool", "the images are rectified (image_rect topics): the camera is "
+                             "CameraInfo's P and no distortion is removed (K and D describe the raw image)"),
     "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy (intrinsics_source: parameters)",
                         check=intrinsics_check),
     "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
@@ -455,7 +457,7 @@ class AceNode(Node):
         try:
             rgb = to_rgb(image_to_numpy(rgb_msg), rgb_msg.encoding)
             if v["intrinsics_source"] == "camera_info":
-                intrinsics = camera_info_to_intrinsics(item.info)
+                intrinsics = camera_info_to_intrinsics(item.info, rectified=v["rectified_input"])
             else:
                 fx, fy, cx, cy = v["intrinsics"]
                 intrinsics = Intrinsics(fx, fy, cx, cy, rgb.shape[1], rgb.shape[0], tuple(v["distortion"]))

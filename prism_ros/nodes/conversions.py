@@ -338,12 +338,21 @@ def numpy_to_compressed(pixels: np.ndarray, encoding: str = "rgb8", fmt: str = "
 _OPENCV_ORDER_MODELS = ("plumb_bob", "rational_polynomial", "")
 
 
-def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics:
+def camera_info_to_intrinsics(msg: CameraInfo, rectified: bool = False) -> Intrinsics:
     """Intrinsics (fx, fy, cx, cy, size, OpenCV-order distortion) of a CameraInfo.
 
     Only models whose coefficients are in OpenCV order are accepted (plumb_bob,
-    rational_polynomial); other models are fine when all their coefficients are zero.
+    rational_polynomial); other models are fine when all their coefficients are zero. ``rectified``: the
+    images are already rectified (``image_rect`` topics), so the projection P gives the camera and there is no
+    distortion left to remove (K and D describe the raw image).
     """
+    if rectified:
+        p = np.asarray(msg.p, dtype=np.float64)
+        if p.size != 12 or p[0] <= 0 or p[5] <= 0:
+            raise InputError("CameraInfo has no projection matrix P for rectified images",
+                             "publish the CameraInfo that image_proc sets P in, or rectified_input:=false")
+        return Intrinsics(fx=float(p[0]), fy=float(p[5]), cx=float(p[2]), cy=float(p[6]),
+                          width=int(msg.width), height=int(msg.height), distortion=(0.0,) * 5)
     k = np.asarray(msg.k, dtype=np.float64)
     distortion = tuple(float(v) for v in msg.d)
     if msg.distortion_model not in _OPENCV_ORDER_MODELS and any(distortion):

@@ -211,6 +211,8 @@ PARAMETERS: dict[str, Param] = {
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; "
                                "parameters: from `intrinsics` and `distortion` (colour and depth only are "
                                "synchronised)", check=one_of(("camera_info", "parameters"))),
+    "rectified_input": Param(False, "bool", "the images are rectified (image_rect topics): the camera is "
+                             "CameraInfo's P and no distortion is removed (K and D describe the raw image)"),
     "intrinsics": Param([0.0, 0.0, 0.0, 0.0], "floats", "fx fy cx cy of the colour (stereo: left) camera "
                         "(intrinsics_source: parameters)", check=intrinsics_check),
     "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
@@ -1161,7 +1163,7 @@ class PrismNode(Node):
             fx, fy, cx, cy = v["intrinsics"]
             return Intrinsics(fx, fy, cx, cy, width, height, tuple(v["distortion"]))
         try:
-            intrinsics = camera_info_to_intrinsics(info)
+            intrinsics = camera_info_to_intrinsics(info, rectified=v["rectified_input"])
         except InputError as error:
             raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']}: {error.problem}",
                            error.fix or "publish a calibrated CameraInfo") from error
