@@ -52,6 +52,13 @@ def _start_node(spawn_python, log: Path, *extra: str, env: dict | None = None, *
                         stderr=subprocess.STDOUT, env=env)
 
 
+def rviz_displays(prefix: str) -> dict[str, str]:
+    """Topic -> display class of rviz/prism.rviz's displays whose topic starts with ``prefix``."""
+    manager = yaml.safe_load((REPO / "rviz/prism.rviz").read_text())["Visualization Manager"]
+    return {d["Topic"]["Value"]: d["Class"] for d in manager["Displays"]
+            if d.get("Topic", {}).get("Value", "").startswith(prefix)}
+
+
 def _stop(process: subprocess.Popen, sig=signal.SIGINT, timeout: float = 15.0) -> int:
     process.send_signal(sig)
     return process.wait(timeout)
@@ -104,12 +111,22 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
     assert done["bad_input_total"] == "0" and done["frames_lost"] == "0", done
     assert done["device"] == "cpu" and done["transition_model"] == "imu" and int(done["map_blocks"]) > 0
     poses, odometry, paths = probe.got["pose"], probe.got["odometry"], probe.got["path"]
-    assert len(poses) == len(odometry) == len(paths) == processed
+    assert len(poses) == len(odometry) == len(paths) == processed, (  # which stamps arrived, if any went missing
+        [stamp_to_sec(p.header.stamp) for p in poses], len(odometry), len(paths))
     assert all(p.header.frame_id == "map" for p in poses)
     assert all(isinstance(o, Odometry) and o.header.frame_id == "odom" and o.child_frame_id == "imu_link"
                for o in odometry)
     assert isinstance(paths[-1], PathMsg) and paths[-1].header.frame_id == "map"
     assert len(paths[-1].poses) == processed
+
+    # RViz's displays of prism_node topics name topics (and types) the running node publishes; the rollout and
+    # costmap topics exist when rollout_samples / costmap_period enable them
+    offered = dict(ros_node.get_publisher_names_and_types_by_node("prism_node", "/"))
+    enabled_later = {"/prism_node/rollouts", "/prism_node/predicted_path", "/prism_node/costmap"}
+    for topic, display in rviz_displays("/prism_node/").items():
+        if topic not in enabled_later:
+            assert topic in offered, (topic, sorted(offered))
+            assert display.split("/")[-1] in offered[topic][0].split("/")[-1], (topic, display, offered[topic])
     covariance = np.asarray(poses[-1].pose.covariance).reshape(6, 6)
     assert np.allclose(covariance, covariance.T) and np.all(np.linalg.eigvalsh(covariance) > 0)
     twist_covariance = np.asarray(odometry[-1].twist.covariance).reshape(6, 6)
