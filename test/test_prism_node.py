@@ -474,17 +474,24 @@ def test_save_map_without_scikit_image_saves_the_map_and_names_the_missing_packa
 
 def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_python, ros_node, tmp_path):
     """Lost frames make /diagnostics WARN, ERROR once they span lost_error_after seconds of frame stamps, and OK
-    again when tracking resumes (here: frames turned upside down cannot be tracked against the map)."""
+    again when tracking resumes (here: frames turned upside down cannot be tracked against the map); the
+    stamped ~/tracking_status gives each frame's verdict at its own stamp."""
     from dataclasses import replace
 
+    from diagnostic_msgs.msg import DiagnosticArray
     from ros_helpers.prism_probe import PrismProbe
 
     from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.compat import reliable_qos
+    from prism_ros.nodes.conversions import header_ns
 
     frame = open_dataset(synthetic, fmt="tum")[0]
     flipped = replace(frame, rgb=np.ascontiguousarray(frame.rgb[::-1, ::-1]),
                       depth=np.ascontiguousarray(frame.depth[::-1, ::-1]))
     probe = PrismProbe(ros_node)
+    statuses = []
+    status_sub = ros_node.create_subscription(DiagnosticArray, "/prism_node/tracking_status", statuses.append,
+                                              reliable_qos(100))
     log = tmp_path / "node.log"
     node = _start_node(spawn_python, log, rgb_topic="/probe/rgb", depth_topic="/probe/depth",
                        camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
@@ -492,6 +499,7 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
                        transition_model="constant_velocity", diagnostics_period=0.1, lost_error_after=0.15,
                        frame_queue=10)
     probe.wait_ready()
+    assert probe.spin_until(lambda: status_sub.get_publisher_count() > 0, 10)
     t0 = int(round(frame.timestamp * 1e9))
 
     def send(f, k):
@@ -506,6 +514,13 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     assert error["_level"] == "2" and "lost for 0.2 s" in error["_message"], error
     recovered = send(frame, 4)
     assert recovered["state"] == "tracking" and recovered["_level"] == "0" and recovered["lost_for_s"] == "0.000"
+    assert probe.spin_until(lambda: len(statuses) == 5, 10), len(statuses)
+    assert [header_ns(m) for m in statuses] == [t0 + k * 100_000_000 for k in range(5)]
+    levels = [int.from_bytes(m.status[0].level, "little") if isinstance(m.status[0].level, bytes)
+              else m.status[0].level for m in statuses]
+    assert levels == [0, 1, 1, 2, 0], levels
+    lost = {kv.key: kv.value for kv in statuses[1].status[0].values}
+    assert lost["tracking_ok"] == "false" and "inlier ratio" in lost["reasons"], lost
     assert node.poll() is None, log.read_text()[-3000:]
 
 

@@ -60,6 +60,8 @@ at their stamp: queued frames stamped before it are skipped (``frames_superseded
 behind its input (a replay) starts from the right frame. ``~/tracking_ok`` (std_msgs/Bool, per processed
 frame) tells a relocalizer when tracking is lost and ``~/tracking_lost`` (std_msgs/Header, per lost frame)
 which image it lost, so the relocalizer answers for that frame and not for a newer one PRISM has not reached.
+``~/tracking_status`` (diagnostic_msgs/DiagnosticArray stamped like the frame) gives the same verdict with
+its level (ERROR once lost for ``lost_error_after`` s), inlier ratio, coverage and the reasons.
 
 Parameters: :data:`PARAMETERS` (documented in config/prism.yaml; sensor presets in config/sensors/).
 Invalid parameters at start-up: one line on stderr and exit code 2; at runtime: the change is rejected
@@ -638,6 +640,7 @@ class PrismNode(Node):
         self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
         self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
         self.lost_pub = self.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
+        self.status_pub = self.create_publisher(DiagnosticArray, "~/tracking_status", reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
         self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
@@ -994,6 +997,7 @@ class PrismNode(Node):
         if not estimate.tracking_ok:  # before tracking_ok, so a relocalizer counting lost frames knows which
             self.lost_pub.publish(Header(stamp=stamp, frame_id=camera_frame))
         self.tracking_pub.publish(Bool(data=bool(estimate.tracking_ok)))
+        self.status_pub.publish(self._tracking_status(estimate, stamp, camera_frame))
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
         latency_ms = 1e3 * (time.monotonic() - item.received)
@@ -1393,6 +1397,23 @@ class PrismNode(Node):
             self.stats.costmap_ms = 1e3 * (time.perf_counter() - started)
 
     # -- diagnostics ----------------------------------------------------------------------------
+
+    def _tracking_status(self, estimate, stamp, frame_id: str) -> DiagnosticArray:
+        """The frame's tracking verdict stamped like the frame: level OK / WARN (lost) / ERROR (lost for
+        lost_error_after s), the quality figures and the reasons a frame was lost."""
+        with self._stats_lock:
+            lost_for = self.stats.lost_for
+        quality = estimate.quality or {}
+        level = None
+        if not estimate.tracking_ok and lost_for >= self.values["lost_error_after"]:
+            level = DiagnosticStatus.ERROR
+        values = {"tracking_ok": str(bool(estimate.tracking_ok)).lower(), "lost_for_s": f"{lost_for:.3f}",
+                  **{key: f"{float(quality[key]):.4g}" for key in ("inlier_ratio", "coverage", "icp_rmse")
+                     if key in quality},
+                  "reasons": "; ".join(map(str, quality.get("reasons", [])))}
+        return diagnostics_message(f"{self.get_name()}: tracking", bool(estimate.tracking_ok),
+                                   "tracking" if estimate.tracking_ok else "lost", values, stamp,
+                                   frame_id=frame_id, level=level)
 
     def _state(self) -> str:
         if self._paused:
