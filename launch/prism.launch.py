@@ -15,6 +15,7 @@ files and optional nodes.
 | bag | "" | path | ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock ("" = none: live sensors or another player) |
 | rate | 1.0 | number | bag playback speed factor (0 = as fast as possible); only with bag |
 | loop | false | true, false | restart the bag at its end; only with bag |
+| namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
 
 Parameter files are ROS 2 parameter YAML (``prism_node:`` or ``/**:`` with ``ros__parameters``); the
 sensor preset is loaded after config, so it overrides it, and use_sim_time overrides both.
@@ -34,6 +35,7 @@ ARGUMENTS = {
     "bag": ("", "ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock (empty: none)"),
     "rate": ("1.0", "bag playback speed factor (0 = as fast as possible); only with bag"),
     "loop": ("false", "restart the bag at its end; only with bag"),
+    "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
 }
 CHOICES = {
     "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],

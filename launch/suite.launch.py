@@ -17,6 +17,7 @@ stay valid, and for now it only logs that the node is not part of this release.
 | bag | "" | path | ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock ("" = none: live sensors or another player) |
 | rate | 1.0 | number | bag playback speed factor (0 = as fast as possible); only with bag |
 | loop | false | true, false | restart the bag at its end; only with bag |
+| namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
 | ace | false | true, false | also start ace_node (ACE relocalization and recovery of prism_node) |
 | ace_map | "" | path | ACE map file for ace_node ("" = map_path of config/ace.yaml) |
 | dmn | false | true, false | also start dmn_node (DMN particle-filter localization; particles in RViz) |
@@ -37,6 +38,7 @@ ARGUMENTS = {
     "bag": ("", "ROS 1 .bag or ROS 2 bag folder/.db3/.mcap to play with /clock (empty: none)"),
     "rate": ("1.0", "bag playback speed factor (0 = as fast as possible); only with bag"),
     "loop": ("false", "restart the bag at its end; only with bag"),
+    "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
     "ace": ("false", "also start ace_node (ACE relocalization and recovery of prism_node)"),
     "ace_map": ("", "ACE map file for ace_node (empty: map_path of config/ace.yaml)"),
     "dmn": ("false", "also start dmn_node (DMN particle-filter localization)"),
@@ -50,8 +52,8 @@ CHOICES = {
     "ace": ["true", "false"],
     "dmn": ["true", "false"],
 }
-GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "ace", "ace_map", "dmn",
-                   "dmn_contexts")
+GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "namespace", "ace", "ace_map",
+                   "dmn", "dmn_contexts")
 
 
 def _declare(name, default, description):

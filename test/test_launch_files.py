@@ -418,6 +418,18 @@ def test_launcher_node_command_passes_parameter_files_before_values():
                    "--params-file", "/c/euroc.yaml", "-p", "use_sim_time:=true", "-r", "/a:=/b"]
 
 
+def test_namespace_puts_the_nodes_of_a_graph_in_it_except_rviz():
+    specs = suite_graph(bag="/data/run.bag", rviz=True, ace=True, namespace="robot1/", share=ROOT)
+    assert {s.executable: s.namespace for s in specs} == {"bag_player": "/robot1", "prism_node": "/robot1",
+                                                          "ace_node": "/robot1", "rviz2": ""}
+    prism = next(s for s in specs if s.executable == "prism_node")
+    command = launcher.node_command(prism, missing_ok=True)
+    assert command[command.index("__ns:=/robot1") - 1] == "-r"
+    assert all(s.namespace == "" for s in prism_graph(share=ROOT))
+    with pytest.raises(InputError, match="not a ROS namespace"):
+        prism_graph(namespace="2robots", share=ROOT)
+
+
 def test_launcher_dry_run_prints_the_prism_graph(capsys, tmp_path):
     bag = tmp_path / "run.bag"
     assert launcher.cli(["prism", str(bag), "--sensor", "euroc", "--rviz", "--rate", "0", "--dry-run"]) == 0

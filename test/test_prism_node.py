@@ -524,6 +524,57 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     assert node.poll() is None, log.read_text()[-3000:]
 
 
+def test_two_namespaced_nodes_side_by_side(synthetic, ros_node, spawn_python, tmp_path):
+    """Two prism_nodes in namespaces /robot1 and /robot2 with the default relative topics: each takes its own
+    camera (<ns>/rgb/image, <ns>/depth/image, <ns>/rgb/camera_info) and publishes under <ns>/prism_node."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.compat import reliable_qos
+    from prism_ros.nodes.conversions import intrinsics_to_camera_info, numpy_to_image
+
+    frame = open_dataset(synthetic, fmt="tum")[0]
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(ros_node)
+    poses, inputs, nodes = {}, {}, []
+    for ns in ("robot1", "robot2"):
+        nodes.append(_start_node(spawn_python, tmp_path / f"{ns}.log", "-r", f"__ns:=/{ns}", rgb_qos="reliable",
+                                 depth_qos="reliable", camera_info_qos="reliable",
+                                 filter_config="prism_synthetic.yaml", transition_model="constant_velocity"))
+        poses[ns] = []
+        ros_node.create_subscription(PoseWithCovarianceStamped, f"/{ns}/prism_node/pose", poses[ns].append,
+                                     reliable_qos(10))
+        inputs[ns] = [ros_node.create_publisher(cls, f"/{ns}/{topic}", reliable_qos(10))
+                      for cls, topic in ((Image, "rgb/image"), (Image, "depth/image"), (CameraInfo, "rgb/camera_info"))]
+
+    def spin_until(condition, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not condition():
+            executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    assert spin_until(lambda: all(p.get_subscription_count() >= 1 for pubs in inputs.values() for p in pubs), 60)
+
+    def send(ns, k):
+        stamp = frame.timestamp + k / 30
+        rgb, depth, info = inputs[ns]
+        rgb.publish(numpy_to_image(frame.rgb, "rgb8", stamp=stamp))
+        depth.publish(numpy_to_image(frame.depth, "32FC1", stamp=stamp))
+        info.publish(intrinsics_to_camera_info(frame.intrinsics, stamp=stamp))
+
+    for k in range(2):
+        send("robot1", k)
+        assert spin_until(lambda k=k: len(poses["robot1"]) == k + 1, 30), [len(p) for p in poses.values()]
+    send("robot2", 0)
+    assert spin_until(lambda: len(poses["robot2"]) == 1, 30)
+    spin_until(lambda: False, 0.5)
+    assert [len(poses["robot1"]), len(poses["robot2"])] == [2, 1]
+    assert all(node.poll() is None for node in nodes)
+    executor.remove_node(ros_node)
+
+
 def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthetic, spawn_python, ros_node,
                                                                           tmp_path):
     """The other input paths: CompressedImage colour, intrinsics from parameters (no CameraInfo), and the

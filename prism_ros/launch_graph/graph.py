@@ -8,6 +8,7 @@ launch arguments first, in an ``OpaqueFunction``) because it picks files and opt
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ class NodeSpec:
     arguments: tuple[str, ...] = ()
     module: str | None = None  # `python -m <module>` when the console script is not found
     parameter_files: tuple[Any, ...] = ()  # ROS 2 parameter YAML files, loaded before ``parameters``
+    namespace: str = ""  # "" or an absolute namespace ("/robot1"): the node's relative and private topics follow it
 
 
 PACKAGE = "prism_ros"
@@ -107,8 +109,17 @@ def rviz_spec(rviz_config: Any, use_sim_time: bool = False, name: str = "rviz2")
     return NodeSpec("rviz2", "rviz2", name, {"use_sim_time": use_sim_time}, arguments=("-d", str(rviz_config)))
 
 
+def as_namespace(namespace: Any) -> str:
+    """A launch argument as a node namespace: "" (none) or "/a/b"; InputError for anything ROS refuses."""
+    text = str(namespace or "").strip().strip("/")
+    if text and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", text):
+        raise InputError(f"namespace:={namespace!r} is not a ROS namespace",
+                         "use letters, digits, _ and /, not starting with a digit, e.g. namespace:=robot1")
+    return f"/{text}" if text else ""
+
+
 def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
-                rviz: Any = False, rate: Any = 1.0, loop: Any = False, share: Path | None = None,
+                rviz: Any = False, rate: Any = 1.0, loop: Any = False, namespace: Any = "", share: Path | None = None,
                 **player: Any) -> list[NodeSpec]:
     """Graph of ``prism.launch.py``: [bag_player (when ``bag``)], prism_node, [rviz2 (when ``rviz``)].
 
@@ -116,7 +127,8 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     sensor: one of :data:`SENSORS`, loaded from ``config/sensors/<sensor>.yaml`` after ``config``;
     use_sim_time: "auto" (true exactly when a bag plays and publishes /clock), "true" or "false";
     bag: bag to play with /clock ("" or None: none, the sensor's topics come from elsewhere);
-    rviz: also start rviz2 with ``rviz/prism.rviz``; rate, loop and ``player``: bag player options.
+    rviz: also start rviz2 with ``rviz/prism.rviz``; rate, loop and ``player``: bag player options;
+    namespace: the player's and prism_node's namespace (two cameras or robots side by side; rviz2 stays global).
     Strings as launch passes them are accepted for every value. Files are not checked here (see
     :func:`missing_files`). Unknown sensor or bad boolean: :class:`InputError`.
     """
@@ -138,6 +150,7 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
         specs.append(replace(player_spec, parameters={**player_spec.parameters, "clock": True}))
     specs.append(prism_node_spec(config_path(config, share), share / SENSOR_CONFIG.format(sensor=sensor),
                                  use_sim_time=sim_time))
+    specs = [replace(spec, namespace=as_namespace(namespace)) for spec in specs]
     if as_bool(rviz, "rviz"):
         specs.append(rviz_spec(share / RVIZ_CONFIG, use_sim_time=sim_time))
     return specs
@@ -168,20 +181,21 @@ def dmn_node_spec(dmn_config: Any, sensor_config: Any, contexts: Any = "", use_s
 
 def suite_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
                 rviz: Any = False, rate: Any = 1.0, loop: Any = False, ace: Any = False, ace_map: Any = "",
-                dmn: Any = False, dmn_contexts: Any = "", share: Path | None = None, **player: Any) -> list[NodeSpec]:
+                dmn: Any = False, dmn_contexts: Any = "", namespace: Any = "", share: Path | None = None,
+                **player: Any) -> list[NodeSpec]:
     """Graph of ``suite.launch.py``: :func:`prism_graph` plus, with ``ace``, ace_node on the same sensor preset
     (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s) and,
     with ``dmn``, dmn_node (``dmn_contexts``: its context file, else ``config/dmn.yaml``'s)."""
     share = share or share_dir()
-    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, share=share, **player)
+    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, namespace, share=share, **player)
     prism = next(s for s in specs if s.executable == "prism_node")
     after = specs.index(prism) + 1
     if as_bool(dmn, "dmn"):
-        specs.insert(after, dmn_node_spec(share / DMN_CONFIG, prism.parameter_files[1], dmn_contexts,
-                                          prism.parameters["use_sim_time"]))
+        specs.insert(after, replace(dmn_node_spec(share / DMN_CONFIG, prism.parameter_files[1], dmn_contexts,
+                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace))
     if as_bool(ace, "ace"):
-        specs.insert(after, ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
-                                          prism.parameters["use_sim_time"]))
+        specs.insert(after, replace(ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
+                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace))
     return specs
 
 
@@ -205,7 +219,7 @@ def launch_nodes(specs: list[NodeSpec]) -> list:
     if missing:
         raise InputError(f"{', '.join(missing)} not found",
                          "give config:=<existing file> or install prism_ros with its config/ and rviz/ folders")
-    return [Node(package=spec.package, executable=spec.executable, name=spec.name,
+    return [Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
                  parameters=[*spec.parameter_files, spec.parameters], remappings=list(spec.remappings),
                  arguments=list(spec.arguments), output="screen") for spec in specs]
 

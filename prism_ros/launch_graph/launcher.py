@@ -62,6 +62,8 @@ def node_command(spec: NodeSpec, python: str = sys.executable, missing_ok: bool 
     so the values win, as with launch_ros)."""
     command = executable_command(spec, python, missing_ok) + list(spec.arguments)
     command += ["--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.namespace:
+        command += ["-r", f"__ns:={spec.namespace}"]
     for path in spec.parameter_files:
         command += ["--params-file", str(path)]
     for name, value in spec.parameters.items():
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     prism.add_argument("--use-sim-time", default="auto", choices=USE_SIM_TIME,
                        help="auto: true exactly when a bag plays (it publishes /clock)")
     prism.add_argument("--rviz", action="store_true", help="also start rviz2 with rviz/prism.rviz")
+    prism.add_argument("--namespace", default="", help="namespace of the nodes, e.g. robot1 (rviz2 stays global)")
     suite = p.add_argument_group("suite graph (suite.launch.py's arguments, plus the prism graph's)")
     suite.add_argument("--ace", action="store_true", help="also start ace_node (relocalization, recovery)")
     suite.add_argument("--ace-map", default="", help="ACE map file for ace_node (default: config/ace.yaml's)")
@@ -235,7 +238,8 @@ def graph_arguments(args: argparse.Namespace) -> dict:
         return {"bag": bag, "rate": args.rate, "loop": args.loop}
     config = Path(args.config).expanduser()
     arguments = {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
-                 "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config}
+                 "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config,
+                 "namespace": args.namespace}
     if args.graph == "suite":
         arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "",
                          dmn=args.dmn, dmn_contexts=str(Path(args.dmn_contexts).resolve()) if args.dmn_contexts else "")

@@ -109,9 +109,9 @@ PARAMETERS: dict[str, Param] = {
     "encoder_path": Param("", "str", "encoder weights; empty = the encoder shipped with prism_ros"),
     "device": Param("cpu", "str", "cpu | cuda | cuda:N | auto"),
     # -- inputs
-    "rgb_topic": Param("/camera/rgb/image_color", "str", "colour image (rgb8, bgr8, rgba8, bgra8, mono8)",
+    "rgb_topic": Param("rgb/image", "str", "colour image (rgb8, bgr8, rgba8, bgra8, mono8)",
                        check=not_empty),
-    "camera_info_topic": Param("/camera/rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
+    "camera_info_topic": Param("rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
                                "with the images when intrinsics_source is camera_info)"),
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; parameters: "
                                "from `intrinsics` and `distortion` (cameras without CameraInfo, e.g. EuRoC)",
@@ -150,7 +150,8 @@ PARAMETERS: dict[str, Param] = {
     # -- recovery of prism_node
     "recovery": Param(True, "bool", "relocalize when prism_node reports tracking lost and send it the pose",
                       dynamic=True),
-    "prism_node": Param("/prism_node", "str", "the PRISM node: its tracking_ok, pose and set_pose topics",
+    "prism_node": Param("prism_node", "str", "the PRISM node (a name relative to this node's namespace, or "
+                        "absolute): its tracking_ok, pose and set_pose topics",
                         check=not_empty),
     "initial_localization": Param(True, "bool", "after a map is read from a file, relocalize until a pose is "
                                   "accepted and send it to /initialpose (PRISM restarts in the map's frame)",
@@ -319,7 +320,7 @@ class AceNode(Node):
         if v["online_mapping"]:
             self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose", self._on_prism_pose, reliable_qos(50))
         self.set_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/set_pose", reliable_qos(10))
-        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "initialpose", reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.inliers_pub = self.create_publisher(Int32, "~/inliers", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
@@ -547,7 +548,7 @@ class AceNode(Node):
             with self._lock:
                 self.stats.recoveries_sent += 1
             self._lost_run = 0  # frames PRISM lost before it got this pose must not trigger another one
-            self.get_logger().info(f"recovery: sent {v['prism_node']}/set_pose for the image at "
+            self.get_logger().info(f"recovery: sent {self.set_pose_pub.topic_name} for the image at "
                                    f"{header_ns(item.rgb) / 1e9:.6f} s ({result.inliers} inliers, base at "
                                    f"{np.round(T_map_base[:3, 3], 3).tolist()})")
         elif reason == "initial" and self._initial_pending:

@@ -68,10 +68,10 @@ PARAMETERS: dict[str, Param] = {
     "context_path": Param("", "str", "context file (images + planar poses + area) for context_source: file"),
     "area": Param([0.0, 0.0, 10.0], "floats", "[x0, y0, side] (m): the square mapped to normalised [-1, 1] "
                   "(context_source: prism; a context file carries its own)", check=_area),
-    "rgb_topic": Param("/camera/rgb/image_color", "str", "colour camera (rgb8, bgr8, rgba8, bgra8, mono8)"),
+    "rgb_topic": Param("rgb/image", "str", "colour camera (rgb8, bgr8, rgba8, bgra8, mono8)"),
     "image_qos": Param("sensor_data", "str", "QoS of the camera", check=one_of(QOS_NAMES)),
-    "odometry_topic": Param("/prism_node/odometry", "str", "nav_msgs/Odometry driving the particles"),
-    "prism_node": Param("/prism_node", "str", "PRISM node whose ~/pose gives context poses (context_source: prism)"),
+    "odometry_topic": Param("prism_node/odometry", "str", "nav_msgs/Odometry driving the particles"),
+    "prism_node": Param("prism_node", "str", "PRISM node whose ~/pose gives context poses (context_source: prism)"),
     "keyframe_distance": Param(0.5, "float", "a new context when this far (m) from every other", check=positive),
     "keyframe_angle_deg": Param(30.0, "float", "... or turned this much (deg) from the nearest", check=positive),
     "max_contexts": Param(32, "int", "contexts kept (the oldest is dropped)", check=lambda v: None if v >= 1 else
@@ -176,7 +176,7 @@ class DmnNode(Node):
         v = self.values
         self.create_subscription(Image, v["rgb_topic"], self._on_image, qos_by_name(v["image_qos"], 5))
         self.create_subscription(Odometry, v["odometry_topic"], self._on_odometry, reliable_qos(100))
-        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, reliable_qos(10))
         if v["context_source"] == "prism":
             self.create_subscription(PoseWithCovarianceStamped, f"{v['prism_node'].rstrip('/')}/pose",
                                      self._on_prism_pose, reliable_qos(50))

@@ -179,13 +179,13 @@ def _stereo_max_depth(value):
 
 PARAMETERS: dict[str, Param] = {
     # -- inputs
-    "rgb_topic": Param("/camera/rgb/image_color", "str", "colour image (sensor_msgs/Image: rgb8, bgr8, rgba8, "
+    "rgb_topic": Param("rgb/image", "str", "colour image (sensor_msgs/Image: rgb8, bgr8, rgba8, "
                        "bgra8, mono8); with stereo depth the left image", check=not_empty),
     "rgb_compressed": Param(False, "bool", "colour topic carries sensor_msgs/CompressedImage (jpeg/png)"),
-    "depth_topic": Param("/camera/depth/image", "str", "depth image registered to the colour camera "
+    "depth_topic": Param("depth/image", "str", "depth image registered to the colour camera "
                          "(16UC1/mono16 scaled by depth_scale, or 32FC1 metres); unused with stereo depth",
                          check=not_empty),
-    "camera_info_topic": Param("/camera/rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
+    "camera_info_topic": Param("rgb/camera_info", "str", "CameraInfo of the colour camera (synchronised "
                                "with the images when intrinsics_source is camera_info)"),
     "imu_topic": Param("", "str", "sensor_msgs/Imu in the body frame; empty = no IMU"),
     "control_topic": Param("", "str", "commands for the control transition model; empty = none"),
@@ -636,7 +636,7 @@ class PrismNode(Node):
             control_type = AccelStamped if v["control_type"] == "accel" else TwistStamped
             self.create_subscription(control_type, v["control_topic"], self._on_control,
                                      qos_by_name(v["control_qos"], 10 * depth))
-        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, reliable_qos(10))
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, reliable_qos(10))
         self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
         self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
         self.lost_pub = self.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
