@@ -575,6 +575,50 @@ def test_two_namespaced_nodes_side_by_side(synthetic, ros_node, spawn_python, tm
     executor.remove_node(ros_node)
 
 
+def test_localization_mode_tracks_a_saved_map_without_changing_it(synthetic, spawn_python, ros_node, tmp_path):
+    """mode localization: the map saved by a SLAM run is loaded at start and frozen; the node tracks the same
+    frames against it (close to the SLAM run's poses), its map never grows, the file stays byte-identical and
+    ~/save_map is refused."""
+    import hashlib
+
+    from ros_helpers.prism_probe import PrismProbe
+
+    from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.conversions import pose_to_matrix
+    from prism_ros.prism.filter import PrismFilter
+
+    frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(8)]
+    values = {name: spec.default for name, spec in PARAMETERS.items()}
+    values.update(filter_config="prism_synthetic.yaml", transition_model="constant_velocity")
+    slam = PrismFilter(build_filter_config(values))
+    mapped = [slam.step(frame) for frame in frames]
+    map_path = tmp_path / "room.pt"
+    slam.map.save(map_path)
+    digest = hashlib.sha256(map_path.read_bytes()).hexdigest()
+
+    probe = PrismProbe(ros_node)
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, rgb_topic="/probe/rgb", depth_topic="/probe/depth",
+                       camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
+                       camera_info_qos="reliable", filter_config="prism_synthetic.yaml",
+                       transition_model="constant_velocity", diagnostics_period=0.1, mode="localization",
+                       map_path=str(map_path), frame_queue=len(frames))
+    probe.wait_ready()
+    blocks = probe.diag()["map_blocks"]
+    assert blocks == str(slam.map.num_blocks) and probe.diag()["mode"] == "localization"
+    for frame in frames:
+        probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, int(round(frame.timestamp * 1e9)))
+    done = probe.wait_diag(lambda d: d["frames_processed"] == str(len(frames)), 60)
+    assert done["frames_lost"] == "0" and done["map_blocks"] == blocks, done
+    assert probe.spin_until(lambda: len(probe.got["pose"]) == len(frames), 10)
+    last = pose_to_matrix(probe.got["pose"][-1].pose.pose)
+    assert np.linalg.norm(last[:3, 3] - mapped[-1].T_world_camera[:3, 3]) < 0.01
+    saved = probe.call("save_map")
+    assert not saved.success and "localization mode" in saved.message, saved.message
+    assert hashlib.sha256(map_path.read_bytes()).hexdigest() == digest
+    assert node.poll() is None, log.read_text()[-3000:]
+
+
 def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthetic, spawn_python, ros_node,
                                                                           tmp_path):
     """The other input paths: CompressedImage colour, intrinsics from parameters (no CameraInfo), and the
@@ -637,6 +681,9 @@ def test_compressed_colour_intrinsics_from_parameters_and_twist_commands(synthet
     ({"transition_model": "imu"}, ["imu_topic is empty", "set imu_topic"]),
     ({"filter_config": "/nonexistent/prism.yaml"}, ["filter_config '/nonexistent/prism.yaml' not found"]),
     ({"backend": "gpu"}, ["backend", "must be one of auto, torch, fused"]),
+    ({"mode": "localization", "map_path": "/nonexistent/room.pt"},
+     ["mode is localization but map_path /nonexistent/room.pt is not a file", "save a map"]),
+    ({"mode": "mapping"}, ["mode", "slam, localization"]),
 ])
 def test_invalid_parameters_at_startup_exit_2_with_the_reason(params, needles, spawn_python):
     process = spawn_python(NODE_MODULE, "--ros-args", *ros_args(**params))

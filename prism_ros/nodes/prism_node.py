@@ -284,7 +284,11 @@ PARAMETERS: dict[str, Param] = {
     "diagnostics_period": Param(1.0, "float", "seconds between /diagnostics messages (steady clock)",
                                 check=positive),
     "map_path": Param("prism_map.pt", "str", "file of ~/save_map and ~/load_map (relative to the working "
-                      "directory; the mesh goes next to it as .ply)", dynamic=True, check=not_empty),
+                      "directory; the mesh goes next to it as .ply); in localization mode the map loaded at start",
+                      dynamic=True, check=not_empty),
+    "mode": Param("slam", "str", "slam: track and map; localization: load map_path at start, track against it and "
+                  "never change it (~/load_map swaps the map, ~/save_map is refused)",
+                  check=one_of(("slam", "localization"))),
     **prediction_publishing.PARAMETERS,
 }
 
@@ -543,6 +547,7 @@ class PrismNode(Node):
         self._arrival_stamps: list[int | None] = []
         self._unmatched_since: float | None = None  # arrival of the oldest colour image not yet in a set
         self.filter = None
+        self._frozen_map = None  # localization mode: the loaded map every filter tracks against
         self.map_publisher = None
         self._stereo_config: StereoConfig | None = None
         self._rectifier: StereoRectifier | None = None  # built by the worker for the pairs' calibration and size
@@ -572,6 +577,7 @@ class PrismNode(Node):
             self._T_left_right = np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4)
         self._left_filter_config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
         self._set_extrinsics(self.T_left_rect)
+        self._frozen_map = self._localization_map() if v["mode"] == "localization" else None
         try:
             self.filter = self._new_filter()
             warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
@@ -609,7 +615,23 @@ class PrismNode(Node):
     def _new_filter(self, initial_pose: np.ndarray | None = None):
         from prism_ros.prism.filter import PrismFilter
 
-        return PrismFilter(self.filter_config, initial_pose=initial_pose)
+        slam = PrismFilter(self.filter_config, initial_pose=initial_pose)
+        if self._frozen_map is not None:  # localization: every filter tracks against the loaded map
+            slam.map, slam.map_frozen = self._frozen_map, True
+        return slam
+
+    def _localization_map(self):
+        """The map of localization mode, read from map_path at start (a bad file stops the start-up)."""
+        from prism_ros.prism.config import resolve_device
+        from prism_ros.prism.map import GaussianSdfMap
+
+        path = self._map_file()
+        if not path.is_file():
+            raise InputError(f"mode is localization but map_path {path} is not a file",
+                             "save a map with ~/save_map in slam mode (or prism-ros run), then set map_path to it")
+        loaded = GaussianSdfMap.load(path, resolve_device(self.filter_config.device))
+        self.get_logger().info(f"localization mode: {loaded.num_blocks} blocks from {path}, frozen")
+        return loaded
 
     def _create_interfaces(self) -> None:
         v = self.values
@@ -1443,7 +1465,8 @@ class PrismNode(Node):
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
         values["map_blocks"] = sdf_map.num_blocks
         values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"
-        values.update({"device": self.device, "transition_model": self.filter_config.dynamics.model,
+        values.update({"device": self.device, "mode": self.values["mode"],
+                       "transition_model": self.filter_config.dynamics.model,
                        "synchroniser": self.sync.implementation,
                        "tf": "broadcast" if self.tf_available else "not broadcast (tf2_ros missing)",
                        "imu_buffered": len(self._imu)})
@@ -1516,6 +1539,12 @@ class PrismNode(Node):
 
     def _srv_save_map(self, _request, response):
         path = self._map_file()
+        if self._frozen_map is not None:
+            response.success = False
+            response.message = (f"localization mode: the map from {path} is never changed, so there is nothing to "
+                                "save -> run in mode slam to build and save a map")
+            self._failure("save_map", response.message)
+            return response
         fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
         try:
             with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
@@ -1566,6 +1595,8 @@ class PrismNode(Node):
             loaded = GaussianSdfMap.load(path, self.filter.device)  # read before taking the lock
             with self._map_lock:
                 self.filter.map = loaded
+                if self._frozen_map is not None:
+                    self._frozen_map = loaded
                 self._clear_map_display()
                 self._map_dirty = True
         except InputError as error:

@@ -73,6 +73,7 @@ class PrismFilter:
         self.drift = MapDrift(self.config.map_drift, self.device)
         self.last_control = None
         self.timings: dict[str, float] = {}
+        self.map_frozen = False  # localization: track against a loaded map and never change it
 
     def step(self, frame: Frame) -> Estimate:
         """Process one frame; the filter's whole per-frame algorithm."""
@@ -82,7 +83,9 @@ class PrismFilter:
                                          first_level=min(self.config.render_level, self.config.map_level),
                                          backend=self.backend)
         if self.state is None:
-            return self.initialise(obs)
+            if not self.map_frozen:
+                return self.initialise(obs)
+            self.state = self.initial_state(obs)  # a frozen map: this first frame is tracked against it
         with self.timed("predict"):
             prior = self.transition.predict(self.state, obs.t, imu=obs.imu, control=self.last_control)
         self.last_control = obs.control  # u_t drives t -> t+1 (p(z_t+1 | z_t, u_t))
@@ -93,7 +96,7 @@ class PrismFilter:
         with self.timed("velocity"):
             self.state = condition_on_pose(prior, pose) if pose.ok else prior
         with self.timed("map"):
-            if pose.ok:
+            if pose.ok and not self.map_frozen:
                 self.integrate(obs, pose.T @ self.T_body_camera)  # the map is fused from the camera pose
                 self.drift.update(pose.covariance, pose.quality["coverage"])
         return self.estimate(pose.ok, pose.quality, rendered)
@@ -128,16 +131,22 @@ class PrismFilter:
 
     # -- the steps ---------------------------------------------------------------------------
 
+    def initial_camera_pose(self) -> torch.Tensor:
+        """T_world_camera of the first frame: the initial pose, the identity if none was given."""
+        return torch.eye(4, dtype=torch.float64, device=self.device) if self.initial_pose is None else \
+            torch.as_tensor(self.initial_pose, dtype=torch.float64, device=self.device)
+
+    def initial_state(self, obs: Observation) -> GaussianState:
+        """The state at the first frame: the initial pose with the initial uncertainty."""
+        self.last_control = obs.control
+        return GaussianState.initial(self.initial_camera_pose() @ self.T_camera_body, t=obs.t, device=self.device,
+                                     velocity_std=self.config.initial_velocity_std)
+
     def initialise(self, obs: Observation) -> Estimate:
         """First frame: the state starts at the initial pose and the frame seeds the map."""
-        T_camera = torch.eye(4, dtype=torch.float64, device=self.device) if self.initial_pose is None else \
-            torch.as_tensor(self.initial_pose, dtype=torch.float64, device=self.device)
-        T_body = T_camera @ self.T_camera_body
-        self.state = GaussianState.initial(T_body, t=obs.t, device=self.device,
-                                           velocity_std=self.config.initial_velocity_std)
-        self.last_control = obs.control
+        self.state = self.initial_state(obs)
         with self.timed("map"):
-            self.integrate(obs, T_camera)
+            self.integrate(obs, self.initial_camera_pose())
         return self.estimate(True, {"initialised": True}, None)
 
     def render_at(self, prior: GaussianState, obs: Observation) -> RenderResult:
