@@ -102,7 +102,8 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
                           "--wait-for-subscribers", "1", "--rate", "1", "--quiet")
     assert player.wait(60) == 0, player.communicate()[1]
     done = probe.wait_diag(lambda d: int(d["frames_processed"]) + int(d["frames_dropped"]) >= FRAMES, 60)
-    probe.spin(0.5)
+    # this process converts the large latched mesh messages too, so it can lag the node's poses by seconds
+    probe.spin_until(lambda: min(len(probe.got[k]) for k in ("pose", "odometry", "path")) >= FRAMES, 30)
     assert node.poll() is None, log.read_text()[-3000:]
 
     # what arrived: types, frames, one pose/odometry/path per frame (the queues hold the whole bag)
@@ -319,14 +320,16 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     jumped = probe.wait_diag(lambda d: d["time_jumps"] == "1" and int(d["frames_processed"]) == int(processed) + 1)
     assert jumped["resets"] == "1" and 0 < int(jumped["map_blocks"]) < int(blocks), jumped
 
-    # /initialpose restarts at the given base pose; the next frame is published there. Its stamp lies ahead of
-    # every frame received (RViz on another clock): it applies to the next frame, which is not skipped
+    # /initialpose restarts at the given base pose with its covariance; the next frame is published there. Its
+    # stamp lies ahead of every frame received (RViz on another clock): it applies to the next frame, not skipped
     T = np.eye(4)
     T[:3, 3] = [1.0, -2.0, 0.5]
     T[:3, :3] = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     initial = PoseWithCovarianceStamped()
     initial.header.frame_id = "map"
     initial.pose.pose = matrix_to_pose(T)
+    given = np.diag([0.04, 0.09, 0.01, 0.001, 0.002, 0.003])  # RViz order: x y z, then rotations about x y z
+    initial.pose.covariance = given.ravel().tolist()
     initial.header.stamp = ns_to_stamp(t0 + 40 * period)
     probe.initial_pose_pub.publish(initial)
     probe.wait_diag(lambda d: d["resets"] == "2")
@@ -334,6 +337,8 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     send(1, t0 + 20 * period)
     assert probe.spin_until(lambda: len(probe.got["pose"]) > count, 15)
     assert np.allclose(pose_to_matrix(probe.got["pose"][-1].pose.pose), T, atol=1e-6)
+    published = np.asarray(probe.got["pose"][-1].pose.covariance).reshape(6, 6)
+    assert np.allclose(published, given, rtol=0.02, atol=1e-6), np.diag(published)
 
     # ~/set_pose (a relocalizer's answer) moves the filter and keeps the map; one in another frame is refused
     set_pose = ros_node.create_publisher(PoseWithCovarianceStamped, "/prism_node/set_pose", reliable_qos(10))
@@ -349,9 +354,16 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     relocalized.pose.pose = matrix_to_pose(T)
     relocalized.pose.covariance = list(np.diag([1e-4] * 3 + [3e-4] * 3).ravel())
     assert probe.spin_until(lambda: set_pose.get_subscription_count() > 0, 10)
+    overflowing = PoseWithCovarianceStamped()  # a covariance too large to use: the filter's initial one instead
+    overflowing.header.frame_id = "map"
+    overflowing.header.stamp = relocalized.header.stamp
+    overflowing.pose.pose = matrix_to_pose(T)
+    overflowing.pose.covariance = [1.7e308] * 36
+    set_pose.publish(overflowing)
+    probe.wait_diag(lambda d: d["relocalizations"] == "1")
     set_pose.publish(wrong)
     set_pose.publish(relocalized)
-    moved = probe.wait_diag(lambda d: d["relocalizations"] == "1" and int(d["bad_input.bad_initial_pose"]) >= 1)
+    moved = probe.wait_diag(lambda d: d["relocalizations"] == "2" and int(d["bad_input.bad_initial_pose"]) >= 1)
     assert moved["map_blocks"] == kept["map_blocks"] and moved["resets"] == "2", moved
     count = len(probe.got["pose"])
     send(2, t0 + 21 * period)

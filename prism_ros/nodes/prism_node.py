@@ -54,8 +54,9 @@ The twist is the base's (linear velocity of the base origin and angular velocity
 Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
 file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
 success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate", in ``map_frame``)
-restarts the filter at that base pose with an empty map; ``~/set_pose`` (a relocalized base pose in
-``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and keeps the map. Both are poses
+restarts the filter at that base pose (with its covariance, when usable) with an empty map; ``~/set_pose``
+(a relocalized base pose in ``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and
+keeps the map. Both are poses
 at their stamp: queued frames stamped before it are skipped (``frames_superseded``), so a node that lags
 behind its input (a replay) starts from the right frame. ``~/tracking_ok`` (std_msgs/Bool, per processed
 frame) tells a relocalizer when tracking is lost and ``~/tracking_lost`` (std_msgs/Header, per lost frame)
@@ -612,10 +613,11 @@ class PrismNode(Node):
             replace(self._left_filter_config, T_body_camera=tuple(T_body_camera.ravel().tolist()))
         self.T_camera_body = np.linalg.inv(T_body_camera)
 
-    def _new_filter(self, initial_pose: np.ndarray | None = None):
+    def _new_filter(self, initial_pose: np.ndarray | None = None, initial_covariance: np.ndarray | None = None):
         from prism_ros.prism.filter import PrismFilter
 
         slam = PrismFilter(self.filter_config, initial_pose=initial_pose)
+        slam.initial_pose_covariance = initial_covariance
         if self._frozen_map is not None:  # localization: every filter tracks against the loaded map
             slam.map, slam.map_frozen = self._frozen_map, True
         return slam
@@ -865,14 +867,25 @@ class PrismNode(Node):
             return None
         return T_map_base
 
+    @staticmethod
+    def _pose_covariance(msg: PoseWithCovarianceStamped, T_map_base: np.ndarray) -> np.ndarray | None:
+        """The message's covariance as the filter's left covariance of the pose, or None when it is not a usable
+        covariance (not positive definite, or too large to handle): the filter's initial one is used then."""
+        try:
+            covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
+            with np.errstate(all="ignore"):
+                symmetric = 0.5 * (covariance + covariance.T)
+                usable = np.isfinite(symmetric).all() and np.all(np.linalg.eigvalsh(symmetric) > 0)
+        except (np.linalg.LinAlgError, ValueError, OverflowError):
+            return None
+        return covariance if usable else None
+
     def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """A relocalized base pose (e.g. from ace_node): the filter continues from it on the map it has."""
         T_map_base = self._pose_input(msg, "~/set_pose")
         if T_map_base is None:
             return
-        covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
-        if not np.all(np.linalg.eigvalsh(0.5 * (covariance + covariance.T)) > 0):
-            covariance = None  # no usable covariance: the filter's initial one
+        covariance = self._pose_covariance(msg, T_map_base)
         stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
         with self._map_lock:
             t = stamp if stamp > 0 else (self._last_processed_t or 0.0)
@@ -891,9 +904,11 @@ class PrismNode(Node):
         stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
         with self._order_lock:
             newest = self._last_stamp_ns
+        covariance = self._pose_covariance(msg, T_map_base)
         with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
             self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
-                        f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera)
+                        f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera,
+                        initial_covariance=covariance)
             # the pose of an image already received (ace_node's initial localization): older queued frames are
             # skipped; unstamped, or stamped ahead of the input (RViz on another clock): the next frame's pose
             self._start_after = stamp if newest is not None and 0 < stamp <= newest / 1e9 else 0.0
@@ -1236,11 +1251,13 @@ class PrismNode(Node):
             before = [c for c in self._control if c[0] <= t]
         return before[-1][1].copy() if before else None
 
-    def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True) -> None:
-        """A fresh filter and empty map (``initial_pose``: T_world_camera of the next frame). ``log=False`` is
-        the worker's reset on a time jump, which keeps the stamp order (the jump's frame set it)."""
+    def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True,
+               initial_covariance: np.ndarray | None = None) -> None:
+        """A fresh filter and empty map (``initial_pose``: T_world_camera of the next frame, with its left
+        ``initial_covariance`` when given). ``log=False`` is the worker's reset on a time jump, which keeps the
+        stamp order (the jump's frame set it)."""
         with self._map_lock:
-            self.filter = self._new_filter(initial_pose)
+            self.filter = self._new_filter(initial_pose, initial_covariance)
             self._last_processed_t = None
             self._start_after = 0.0
             self._path.clear()

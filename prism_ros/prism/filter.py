@@ -74,6 +74,7 @@ class PrismFilter:
         self.last_control = None
         self.timings: dict[str, float] = {}
         self.map_frozen = False  # localization: track against a loaded map and never change it
+        self.initial_pose_covariance: np.ndarray | None = None  # left, 6x6, of initial_pose; default: the config's
 
     def step(self, frame: Frame) -> Estimate:
         """Process one frame; the filter's whole per-frame algorithm."""
@@ -139,8 +140,12 @@ class PrismFilter:
     def initial_state(self, obs: Observation) -> GaussianState:
         """The state at the first frame: the initial pose with the initial uncertainty."""
         self.last_control = obs.control
-        return GaussianState.initial(self.initial_camera_pose() @ self.T_camera_body, t=obs.t, device=self.device,
-                                     velocity_std=self.config.initial_velocity_std)
+        state = GaussianState.initial(self.initial_camera_pose() @ self.T_camera_body, t=obs.t, device=self.device,
+                                      velocity_std=self.config.initial_velocity_std)
+        if self.initial_pose_covariance is not None:
+            state.covariance[:6, :6] = torch.as_tensor(np.asarray(self.initial_pose_covariance), dtype=torch.float64,
+                                                       device=self.device)
+        return state
 
     def initialise(self, obs: Observation) -> Estimate:
         """First frame: the state starts at the initial pose and the frame seeds the map."""

@@ -102,9 +102,6 @@ class PrismProbe:
         assert ok, "prism_node did not come up (no diagnostics or outputs not matched)"
         inputs = (self.rgb_pub, self.right_pub if self.right_pub is not None else self.depth_pub)
         ok = self.spin_until(lambda: all(p.get_subscription_count() >= 1 for p in inputs), 5.0)
-        # DDS matches each side on its own: the node's writers can match our readers a moment after our readers
-        # matched them, and what a volatile writer publishes before that never reaches us
-        self.spin(1.0)
 
     # -- services and parameters ---------------------------------------------------------------------
     def call(self, service: str, timeout: float = 20.0) -> Trigger.Response:
