@@ -184,7 +184,7 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
 
     bar = tqdm(total=frames_in_bag, desc="prism_node", unit="frame", disable=not progress)
     player_done_at = last_change = None
-    last_count: tuple = ()
+    last_mark: tuple = ()
     try:
         while True:
             monitor.spin(0.1)
@@ -194,8 +194,8 @@ def _follow(monitor: ReplayMonitor, graph, player_graph, frames_in_bag: int, pro
             bar.refresh()
             now = time.monotonic()
             progress_mark = (done, monitor.count("frames_received"), monitor.count("bad_input_total"))
-            if progress_mark != last_count:
-                last_count, last_change = progress_mark, now
+            if progress_mark != last_mark:
+                last_mark, last_change = progress_mark, now
             if graph.nodes[0].process.poll() is not None:
                 raise InputError(f"prism_node exited with code {graph.nodes[0].process.poll()} during the replay",
                                  "read prism_node.log in the output folder")

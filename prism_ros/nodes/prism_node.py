@@ -1443,9 +1443,7 @@ class PrismNode(Node):
         with self._stats_lock:
             lost_for = self.stats.lost_for
         quality = estimate.quality or {}
-        level = None
-        if not estimate.tracking_ok and lost_for >= self.values["lost_error_after"]:
-            level = DiagnosticStatus.ERROR
+        level = self._loss_level(not estimate.tracking_ok, lost_for)
         values = {"tracking_ok": str(bool(estimate.tracking_ok)).lower(), "lost_for_s": f"{lost_for:.3f}",
                   **{key: f"{float(quality[key]):.4g}" for key in ("inlier_ratio", "coverage", "icp_rmse")
                      if key in quality},
@@ -1453,6 +1451,11 @@ class PrismNode(Node):
         return diagnostics_message(f"{self.get_name()}: tracking", bool(estimate.tracking_ok),
                                    "tracking" if estimate.tracking_ok else "lost", values, stamp,
                                    frame_id=frame_id, level=level)
+
+    def _loss_level(self, lost: bool, lost_for: float):
+        """ERROR once tracking has been lost for ``lost_error_after`` seconds of frame stamps, else None (the
+        status's own OK / WARN)."""
+        return DiagnosticStatus.ERROR if lost and lost_for >= self.values["lost_error_after"] else None
 
     def _state(self) -> str:
         if self._paused:
@@ -1494,9 +1497,9 @@ class PrismNode(Node):
         bad = int(values["bad_input_total"])
         message = values["state"] + (f", {bad} bad inputs" if bad else "")
         lost_for = float(values["lost_for_s"])
-        level = None  # OK while tracking, WARN otherwise, ERROR once lost for lost_error_after seconds
-        if values["state"] == "lost" and lost_for >= self.values["lost_error_after"]:
-            level, message = DiagnosticStatus.ERROR, f"{message} for {lost_for:.1f} s"
+        level = self._loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
+        if level is not None:
+            message = f"{message} for {lost_for:.1f} s"
         self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
                                                   message, values, self.get_clock().now().to_msg(), self.device,
                                                   level=level))

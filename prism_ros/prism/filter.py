@@ -123,12 +123,17 @@ class PrismFilter:
         if self.state is None:
             self.initial_pose = T_camera.cpu().numpy()
             return
-        state = GaussianState.initial(T_camera @ self.T_camera_body, t=t, device=self.device,
+        self.state = self.state_at(T_camera, t, pose_covariance)
+
+    def state_at(self, T_world_camera: torch.Tensor, t: float, pose_covariance=None) -> GaussianState:
+        """A fresh state with the camera at ``T_world_camera`` at time ``t``: zero mean velocity of the initial
+        uncertainty, and ``pose_covariance`` (left, 6x6) as the pose's when given, else the initial one."""
+        state = GaussianState.initial(T_world_camera @ self.T_camera_body, t=t, device=self.device,
                                       velocity_std=self.config.initial_velocity_std)
         if pose_covariance is not None:
             state.covariance[:6, :6] = torch.as_tensor(np.asarray(pose_covariance), dtype=torch.float64,
                                                        device=self.device)
-        self.state = state
+        return state
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -140,12 +145,7 @@ class PrismFilter:
     def initial_state(self, obs: Observation) -> GaussianState:
         """The state at the first frame: the initial pose with the initial uncertainty."""
         self.last_control = obs.control
-        state = GaussianState.initial(self.initial_camera_pose() @ self.T_camera_body, t=obs.t, device=self.device,
-                                      velocity_std=self.config.initial_velocity_std)
-        if self.initial_pose_covariance is not None:
-            state.covariance[:6, :6] = torch.as_tensor(np.asarray(self.initial_pose_covariance), dtype=torch.float64,
-                                                       device=self.device)
-        return state
+        return self.state_at(self.initial_camera_pose(), obs.t, self.initial_pose_covariance)
 
     def initialise(self, obs: Observation) -> Estimate:
         """First frame: the state starts at the initial pose and the frame seeds the map."""
