@@ -13,7 +13,7 @@ all: test
 
 venv: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile tools/build_tf2_msgs.py tools/tf2_msgs/CMakeLists.txt tools/tf2_msgs/msg/TFMessage.msg
 	@echo "==> system library libusb-1.0 (Open3D needs it)"
 	@if ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then echo "    present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -29,6 +29,8 @@ $(STAMP): setup.py Makefile
 	else echo "==> installing $(TORCH)"; $(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"; fi
 	@echo "==> installing prism_ros (editable) with the ROS 2 Kilted wheels, Open3D and test tools"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[ros,mesh,test]'
+	@echo "==> tf2_msgs (no PyPI wheel): built from its message definition with the wheels' rosidl generators"
+	@$(PY) tools/build_tf2_msgs.py --venv $(VENV)
 	@touch $(STAMP)
 	@echo "==> environment ready: $(VENV)"
 

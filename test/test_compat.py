@@ -18,10 +18,8 @@ from prism_ros.nodes import compat
 from prism_ros.nodes import conversions as cv
 from prism_ros.nodes.compat import (
     ApproximateTimeSynchronizer,
-    NullTransformBroadcaster,
     has_ros_piece,
     make_synchronizer,
-    make_tf_broadcaster,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -142,23 +140,6 @@ def test_make_synchronizer_uses_message_filters_when_present(ros_node):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tf_fallback_warns_once(ros_node):
-    warnings = []
-    broadcaster = make_tf_broadcaster(ros_node, warn=warnings.append)
-    if has_ros_piece("tf2_ros"):
-        import tf2_ros
-
-        assert isinstance(broadcaster, tf2_ros.TransformBroadcaster)
-        return
-    assert isinstance(broadcaster, NullTransformBroadcaster)
-    transform = cv.matrix_to_transform_stamped(np.eye(4), 1.0, "map", "camera")
-    broadcaster.sendTransform(transform)
-    broadcaster.sendTransform([transform, transform])
-    assert warnings == [compat.TF_MISSING_WARNING]
-    assert "TF is not broadcast; poses are still published on topics" in warnings[0]
-    assert broadcaster.dropped == 3
-
-
 def test_has_ros_piece_is_not_fooled_by_a_launch_folder():
     """This repository has a launch/ folder, which imports as an empty namespace package."""
     spec = importlib.util.find_spec("launch")
@@ -167,7 +148,7 @@ def test_has_ros_piece_is_not_fooled_by_a_launch_folder():
     summary = {p.name: p for p in compat.ros_pieces_summary()}
     assert set(summary) == set(compat.ROS_PIECES)
     assert summary["launch"].present == has_ros_piece("launch")
-    assert "tf2_ros" in compat.format_ros_pieces()
+    assert "tf2_msgs" in compat.format_ros_pieces()
     with pytest.raises(KeyError):
         has_ros_piece("not_a_piece")
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_EXEC_DEPENDS = {
     "rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "visualization_msgs", "std_srvs",
-    "diagnostic_msgs", "tf2_ros", "message_filters", "cv_bridge", "python3-torch",
+    "diagnostic_msgs", "tf2_msgs", "message_filters", "cv_bridge", "python3-torch",
     "python3-opencv", "python3-scipy", "python3-open3d-pip", "python3-rosbags-pip",
 }
 
@@ -97,7 +97,7 @@ ROSDEP_KEYS = {
     "rclpy": "rclpy", "sensor_msgs": "sensor_msgs", "geometry_msgs": "geometry_msgs", "nav_msgs": "nav_msgs",
     "std_msgs": "std_msgs", "std_srvs": "std_srvs", "visualization_msgs": "visualization_msgs",
     "diagnostic_msgs": "diagnostic_msgs", "rosgraph_msgs": "rosgraph_msgs", "builtin_interfaces": "builtin_interfaces",
-    "rcl_interfaces": "rcl_interfaces", "ament_index_python": "ament_index_python", "tf2_ros": "tf2_ros",
+    "rcl_interfaces": "rcl_interfaces", "ament_index_python": "ament_index_python", "tf2_msgs": "tf2_msgs",
     "message_filters": "message_filters", "cv_bridge": "cv_bridge", "launch_ros": "launch_ros",
     "torch": "python3-torch", "cv2": "python3-opencv", "scipy": "python3-scipy", "numpy": "python3-numpy",
     "yaml": "python3-yaml", "rosbags": "python3-rosbags-pip", "kornia": "python3-kornia-pip",

@@ -89,7 +89,7 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         initial.header.frame_id = "map"
         initial.pose.pose = matrix_to_pose(frames[0].pose)
         probe.initial_pose_pub.publish(initial)
-        probe.wait_diag(lambda d: d["resets"] == "1")
+        probe.wait_diag(lambda d: d["relocalizations"] == "1")
         for frame in frames:
             probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, int(round(frame.timestamp * 1e9)))
             probe.spin(0.03)

@@ -96,12 +96,13 @@ def test_replay_reports_a_missing_bag_and_invalid_node_parameters(synthetic_sequ
 
 
 def test_messages_convert_back_to_the_filter_conventions():
-    """Odometry built as prism_node builds it -> estimates_from_messages recovers pose, left covariance and
-    velocity (lever arms of T_base_camera and T_body_camera included)."""
+    """Pose and odometry built as prism_node builds them -> estimates_from_messages recovers pose, left covariance
+    and velocity (lever arms of T_base_camera and T_body_camera included). The pose comes from ~/pose (map
+    frame), not from the odometry, whose odom frame a relocalization moved away from the map."""
     import torch
 
     from prism_ros.geometry import se3_exp
-    from prism_ros.nodes.conversions import matrix_to_odometry, sec_to_stamp
+    from prism_ros.nodes.conversions import matrix_to_odometry, matrix_to_pose_with_covariance, sec_to_stamp
     from prism_ros.nodes.prism_node import PARAMETERS, base_twist, left_covariance_to_ros
     from prism_ros.nodes.replay_monitor import estimates_from_messages
     from prism_ros.prism.filter import Estimate
@@ -111,7 +112,8 @@ def test_messages_convert_back_to_the_filter_conventions():
     T_base_camera, T_body_camera = pose(rng.normal(size=6) * 0.3), pose(rng.normal(size=6) * 0.3)
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     values.update(T_base_camera=list(T_base_camera.ravel()), T_body_camera=list(T_body_camera.ravel()))
-    truth, messages = [], []
+    truth, messages, poses = [], [], {}
+    T_odom_map = pose(rng.normal(size=6))
     for k in range(3):
         A, B = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
         estimate = Estimate(t=10.0 + k, T_world_camera=pose(rng.normal(size=6)), pose_covariance=A @ A.T * 1e-4,
@@ -119,11 +121,16 @@ def test_messages_convert_back_to_the_filter_conventions():
         T_map_base = estimate.T_world_camera @ np.linalg.inv(T_base_camera)
         T_world_body = estimate.T_world_camera @ np.linalg.inv(T_body_camera)
         twist, twist_cov = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
-        messages.append(matrix_to_odometry(T_map_base, sec_to_stamp(estimate.t), "odom", "base_link",
-                                           left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3]),
-                                           twist, twist_cov))
+        covariance = left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3])
+        messages.append(matrix_to_odometry(T_odom_map @ T_map_base, sec_to_stamp(estimate.t), "odom", "base_link",
+                                           covariance, twist, twist_cov))
+        poses[int(round(estimate.t * 1e9))] = matrix_to_pose_with_covariance(T_map_base, covariance,
+                                                                             sec_to_stamp(estimate.t), "map")
         truth.append(estimate)
-    recovered = estimates_from_messages(messages[::-1], {}, values)  # sorted by stamp on the way
+    recovered = estimates_from_messages(messages[::-1], {}, values, poses)  # sorted by stamp on the way
+    assert len(recovered) == 3
+    missing = estimates_from_messages(messages, {}, values, {k: v for k, v in list(poses.items())[1:]})
+    assert [e.t for e in missing] == [e.t for e in truth[1:]]  # a stamp without its pose is left out
     for got, want in zip(recovered, truth):
         assert got.t == pytest.approx(want.t)
         assert np.allclose(got.T_world_camera, want.T_world_camera, atol=1e-9)

@@ -149,7 +149,7 @@ def replay_bag(bag: Path, preset: str, out: Path, rate: float = 1.0, config: str
         codes = [code for g, grace in ((player_graph, 5.0), (graph, 10.0), (others, 5.0)) if g
                  for code in g.stop(grace=grace)]
         monitor.spin(0.2)
-        odometry, timing = list(monitor.odometry), dict(monitor.timing)
+        odometry, poses, timing = list(monitor.odometry), dict(monitor.poses), dict(monitor.timing)
         monitor.close()
         for handle in logs.values():
             handle.close()
@@ -158,7 +158,7 @@ def replay_bag(bag: Path, preset: str, out: Path, rate: float = 1.0, config: str
         raise InputError(f"prism_node published no pose ({summary_node.get('frames_received', 0)} frame sets "
                          f"received, {summary_node.get('bad_input_total', 0)} bad inputs; exit codes {codes})",
                          f"read {out / 'prism_node.log'}; check that --preset matches the bag", bag)
-    estimates = estimates_from_messages(odometry, timing, values)
+    estimates = estimates_from_messages(odometry, timing, values, poses)
     return write_replay_outputs(out, estimates, timing, summary_node, frames_in_bag, wall, codes,
                                 (saved, message), ground_truth, bag, choice)
 

@@ -20,8 +20,9 @@ A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, thread
   not the newest one, keeps the two in step when PRISM lags behind its input (a replay, a slow machine).
 - Initial localization: with ``initial_localization``, a map read from a file (at start-up or by
   ``~/load_map``) is in its own world, not in the frame PRISM started in: the node relocalizes incoming
-  images (at most once per ``recovery_period``) until one is accepted and sends it once to ``/initialpose``,
-  so PRISM restarts there and builds its map in the ACE map's frame (recovery poses then fit PRISM's map).
+  images (at most once per ``recovery_period``) until one is accepted and sends it once to
+  ``<prism_node>/reset_at_pose``, so PRISM restarts there and builds its map in the ACE map's frame (recovery
+  poses then fit PRISM's map).
 - Online mapping: with ``online_mapping``, sets whose stamp matches a ``<prism_node>/pose`` become
   keyframes (``keyframe_distance`` / ``keyframe_angle_deg`` from every other keyframe); every
   ``remap_after_keyframes`` new keyframes a background thread maps them all again with the recipe and
@@ -151,10 +152,11 @@ PARAMETERS: dict[str, Param] = {
     "recovery": Param(True, "bool", "relocalize when prism_node reports tracking lost and send it the pose",
                       dynamic=True),
     "prism_node": Param("prism_node", "str", "the PRISM node (a name relative to this node's namespace, or "
-                        "absolute): its tracking_ok, pose and set_pose topics",
+                        "absolute): its tracking_ok, pose, set_pose and reset_at_pose topics",
                         check=not_empty),
     "initial_localization": Param(True, "bool", "after a map is read from a file, relocalize until a pose is "
-                                  "accepted and send it to /initialpose (PRISM restarts in the map's frame)",
+                                  "accepted and send it to <prism_node>/reset_at_pose (PRISM restarts in the "
+                                  "map's frame)",
                                   dynamic=True),
     "lost_frames_for_recovery": Param(2, "int", "consecutive lost frames before relocalizing", dynamic=True,
                                       check=_at_least(1)),
@@ -320,7 +322,8 @@ class AceNode(Node):
         if v["online_mapping"]:
             self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose", self._on_prism_pose, reliable_qos(50))
         self.set_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/set_pose", reliable_qos(10))
-        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "initialpose", reliable_qos(10))
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/reset_at_pose",
+                                                      reliable_qos(10))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.inliers_pub = self.create_publisher(Int32, "~/inliers", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
@@ -556,8 +559,12 @@ class AceNode(Node):
             self.initial_pose_pub.publish(msg)
             with self._lock:
                 self.stats.initial_poses_sent += 1
-            self.get_logger().info(f"initial localization: sent /initialpose ({result.inliers} inliers, base at "
-                                   f"{np.round(T_map_base[:3, 3], 3).tolist()}): PRISM restarts in the map's frame")
+            q = msg.pose.pose.orientation
+            quaternion = " ".join(f"{value:.6f}" for value in (q.x, q.y, q.z, q.w))
+            self.get_logger().info(f"initial localization: sent {self.initial_pose_pub.topic_name} for the image at "
+                                   f"{header_ns(item.rgb) / 1e9:.6f} s ({result.inliers} inliers, base at "
+                                   f"{np.round(T_map_base[:3, 3], 4).tolist()} quaternion {quaternion}): PRISM "
+                                   "restarts in the map's frame")
         position = np.round(T_map_base[:3, 3], 3).tolist()
         return True, f"base at {position} in {v['map_frame']}, {result.inliers} inliers, {ms:.0f} ms ({reason})"
 

@@ -1,9 +1,9 @@
 """Optional ROS 2 pieces and explicit fallbacks for when they are not installed.
 
-The PyPI ROS 2 wheels ship rclpy and the message packages but not message_filters, tf2_ros,
-tf2_msgs, cv_bridge, launch or rosbag2_py. Each use of those goes through this module, which uses
-the real piece when importable and otherwise a tested pure-Python equivalent (or, for TF, an
-explicit "not broadcast" warning), and reports which one is in use.
+The PyPI ROS 2 wheels ship rclpy and the message packages but not message_filters, tf2_msgs,
+cv_bridge, launch or rosbag2_py. Each use of those goes through this module, which uses the real piece
+when importable and otherwise a tested pure-Python equivalent, and reports which one is in use. TF
+needs only tf2_msgs (:mod:`prism_ros.nodes.tf` publishes and looks up transforms itself).
 """
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 ROS_PIECES: dict[str, tuple[str, str, str]] = {
     "message_filters": ("message_filters", "ApproximateTimeSynchronizer",
                         "pure-Python ApproximateTimeSynchronizer (same matching rules)"),
-    "tf2_ros": ("tf2_ros", "TransformBroadcaster",
-                "TF is not broadcast; poses are still published on topics"),
-    "tf2_msgs": ("tf2_msgs.msg", "TFMessage", "/tf topics in bags are skipped by the player"),
+    "tf2_msgs": ("tf2_msgs.msg", "TFMessage", "no TF is sent or looked up (one warning; poses still go out on "
+                 "topics) and the player skips /tf topics in bags; `make venv` builds it"),
     "cv_bridge": ("cv_bridge", "CvBridge", "numpy image conversion (same arrays)"),
     "launch": ("launch", "LaunchDescription",
                "`python -m prism_ros.launch_graph.launcher` runs the same node graph as subprocesses"),
@@ -230,38 +229,3 @@ def _python_synchronizer(node, inputs, queue_size, slop, callback) -> Synchroniz
         for i, (msg_type, topic, qos) in enumerate(inputs)
     ]
     return Synchronizer("pure-python", sync, subscriptions)
-
-
-# ---------------------------------------------------------------------------------------------
-# TF
-# ---------------------------------------------------------------------------------------------
-
-TF_MISSING_WARNING = "tf2_ros not available: TF is not broadcast; poses are still published on topics"
-
-
-class NullTransformBroadcaster:
-    """Stands in for tf2_ros.TransformBroadcaster: drops transforms and warns once, explicitly.
-
-    Without tf2_msgs there is no TFMessage type to publish on /tf, so nothing else can be done.
-    """
-
-    def __init__(self, node, warn: Callable[[str], None] | None = None):
-        self._warn = warn or node.get_logger().warning
-        self.warned = False
-        self.dropped = 0
-
-    def sendTransform(self, transform) -> None:
-        """Drop ``transform`` (one or a list); the first call logs the warning."""
-        self.dropped += len(transform) if isinstance(transform, (list, tuple)) else 1
-        if not self.warned:
-            self.warned = True
-            self._warn(TF_MISSING_WARNING)
-
-
-def make_tf_broadcaster(node, warn: Callable[[str], None] | None = None):
-    """tf2_ros.TransformBroadcaster when importable, else a :class:`NullTransformBroadcaster`."""
-    if has_ros_piece("tf2_ros"):
-        import tf2_ros
-
-        return tf2_ros.TransformBroadcaster(node)
-    return NullTransformBroadcaster(node, warn)

@@ -5,9 +5,9 @@ CDR bytes as they are (ROS 2 bags: no deserialisation; ROS 1 bags: converted byt
 ``Typestore.ros1_to_cdr``), so the cost per message is a copy, not a Python message object.
 
 Topics whose message type has no installed Python package (e.g. tf2_msgs/msg/TFMessage with the
-PyPI wheels) are skipped with one warning per type. ``/clock`` carries bag time (at ``clock_hz``
-while waiting between messages, and with the messages). Pacing follows the bag's log time divided
-by ``rate``; ``rate=0`` publishes as fast as possible, still in order.
+PyPI wheels alone, before `make venv` builds it) are skipped with one warning per type. ``/clock``
+carries bag time (at ``clock_hz`` while waiting between messages, and with the messages). Pacing
+follows the bag's log time divided by ``rate``; ``rate=0`` publishes as fast as possible, still in order.
 
 Reliable QoS (the default) never drops at the player: the publisher keeps ``depth`` messages and,
 every ``depth // 2`` messages on a topic, waits (at most ``ack_timeout`` s) until matched readers

@@ -34,9 +34,14 @@ fused (the filter's own rule).
 Outputs (``~/`` = the node's private namespace): ``~/pose`` (PoseWithCovarianceStamped of ``base_frame``
 in ``map_frame``), ``~/odometry`` (nav_msgs/Odometry ``odom_frame`` -> ``base_frame``, twist in
 ``base_frame``), ``~/path`` (nav_msgs/Path, the last ``path_max_length`` poses), ``/diagnostics``,
-TF ``map -> odom`` (identity: no external odometry is fused) and ``odom -> base_link`` (through
-:func:`compat.make_tf_broadcaster`; without tf2_ros it says so once and the topics carry everything),
-and through :class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
+TF per REP-105 (:mod:`prism_ros.nodes.tf`): ``odom -> base_frame`` per frame when PRISM is the odometry
+(``publish_odom_tf``; a relocalization or restart moves ``map -> odom`` so that odom stays continuous),
+else ``map -> odom`` from another node's ``odom -> base_frame`` at each frame's stamp; ``map -> odom``
+every ``transform_publish_period`` stamped ``transform_tolerance`` ahead (``publish_map_odom_tf``);
+``base_frame -> camera`` latched on /tf_static from T_base_camera (``publish_camera_tf``), or looked up
+there instead (``extrinsics_source: tf``). ``~/odometry`` is in ``odom_frame`` when PRISM owns odom, else
+in ``map_frame``. Without tf2_msgs one warning says so and the topics carry everything. And through
+:class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
 ``~/rendered/depth``, ``~/rendered/uncertainty``; ``~/frame_timing`` (diagnostic_msgs/DiagnosticArray per
 processed frame, stamped with it: stage times, step and latency in ms; with stereo depth also the stereo
 matching time). Optional, each on its own thread (:mod:`prism_ros.nodes.prediction_publishing`): predictive
@@ -53,12 +58,13 @@ The twist is the base's (linear velocity of the base origin and angular velocity
 
 Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
 file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
-success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate", in ``map_frame``)
-restarts the filter at that base pose (with its covariance, when usable) with an empty map; ``~/set_pose``
-(a relocalized base pose in ``map_frame`` with its covariance, e.g. from ace_node) puts the filter there and
-keeps the map. Both are poses
-at their stamp: queued frames stamped before it are skipped (``frames_superseded``), so a node that lags
-behind its input (a replay) starts from the right frame. ``~/tracking_ok`` (std_msgs/Bool, per processed
+success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate") and ``~/set_pose`` (a
+relocalized base pose, e.g. from ace_node) put the filter at that base pose, with its covariance when usable,
+on the map it has; ``~/reset_at_pose`` wipes the map and restarts there (an initial localization in a prior
+map's frame); ``~/reset`` wipes the map. Pose inputs may be in any frame TF connects to ``map_frame``. Each
+is a pose at its stamp: queued frames stamped before it are skipped (``frames_superseded``), so a node that
+lags behind its input (a replay) starts from the right frame; unstamped or stamped ahead of the input, it
+is the next frame's pose. ``~/tracking_ok`` (std_msgs/Bool, per processed
 frame) tells a relocalizer when tracking is lost and ``~/tracking_lost`` (std_msgs/Header, per lost frame)
 which image it lost, so the relocalizer answers for that frame and not for a newer one PRISM has not reached.
 ``~/tracking_status`` (diagnostic_msgs/DiagnosticArray stamped like the frame) gives the same verdict with
@@ -97,7 +103,7 @@ from prism_ros.errors import InputError
 from prism_ros.frame import Frame, ImuSamples, Intrinsics
 from prism_ros.geometry.lie import skew_np
 from prism_ros.nodes import prediction_publishing
-from prism_ros.nodes.compat import has_ros_piece, make_synchronizer, make_tf_broadcaster, qos_by_name, reliable_qos
+from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
     camera_info_to_intrinsics,
     compressed_source_encoding,
@@ -134,6 +140,7 @@ from prism_ros.nodes.parameters import (
     transform,
 )
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
+from prism_ros.nodes.tf import MapOdom, TfBridge, TransformError
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.kernels import BACKENDS
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
@@ -154,7 +161,7 @@ CONTROL_BUFFER = 400
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
 CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
           "bad_image", "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
-          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal")
+          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal", "missing_tf")
 #: failed requests counted in /diagnostics (``failures.<name>``), logged each time
 FAILURES = ("rejected_parameter", "save_map", "load_map")
 
@@ -271,11 +278,26 @@ PARAMETERS: dict[str, Param] = {
                               "reports ERROR (WARN before)", dynamic=True, check=non_negative),
     # -- outputs
     "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=not_empty),
-    "odom_frame": Param("odom", "str", "odometry frame (map -> odom is the identity)", dynamic=True,
+    "odom_frame": Param("odom", "str", "odometry frame (REP-105: continuous; PRISM's own or another node's)",
+                        dynamic=True, check=not_empty),
+    "base_frame": Param("base_link", "str", "robot frame; the camera is placed by T_base_camera or TF", dynamic=True,
                         check=not_empty),
-    "base_frame": Param("base_link", "str", "robot frame; the camera is placed by T_base_camera", dynamic=True,
-                        check=not_empty),
-    "publish_tf": Param(True, "bool", "broadcast map -> odom -> base_frame (needs tf2_ros)", dynamic=True),
+    "publish_odom_tf": Param(True, "bool", "PRISM is the odometry: broadcast odom -> base_frame per frame; false when "
+                             "another node (wheel odometry, PX4, robot_localization) owns it: map -> odom then comes "
+                             "from its odom -> base_frame on /tf at each frame's stamp", dynamic=True),
+    "publish_map_odom_tf": Param(True, "bool", "broadcast map -> odom (relocalizations move it; odom stays "
+                                 "continuous)", dynamic=True),
+    "transform_publish_period": Param(0.05, "float", "seconds between map -> odom broadcasts (steady clock)",
+                                      check=positive),
+    "transform_tolerance": Param(0.1, "float", "map -> odom is stamped this far ahead of the clock (as "
+                                 "slam_toolbox does); external odometry may be this much older than a frame",
+                                 dynamic=True, check=non_negative),
+    "extrinsics_source": Param("parameter", "str", "parameter: the camera on the base is T_base_camera; tf: "
+                               "base_frame -> the colour image's frame_id, looked up on /tf_static (a URDF through "
+                               "robot_state_publisher) before the first frame", check=one_of(("parameter", "tf"))),
+    "publish_camera_tf": Param(True, "bool", "with extrinsics_source parameter: latch base_frame -> the colour "
+                               "image's frame_id (T_base_camera) on /tf_static; false when robot_state_publisher "
+                               "already does"),
     "path_max_length": Param(1000, "int", "poses kept on ~/path", dynamic=True,
                              check=lambda v: None if v >= 1 else "must be >= 1"),
     "map_publish_period": Param(1.0, "float", "seconds between mesh/cloud updates (steady clock)", dynamic=True,
@@ -487,7 +509,7 @@ class Stats:
     superseded: int = 0  # frames stamped before a pose set on ~/set_pose (already behind the relocalization)
     resets: int = 0
     time_jumps: int = 0
-    relocalizations: int = 0  # poses taken from ~/set_pose
+    relocalizations: int = 0  # poses taken from ~/set_pose and /initialpose
     bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
     latency_ms: float = float("nan")  # set complete -> outputs published
@@ -555,6 +577,12 @@ class PrismNode(Node):
         self._rectifier_key: tuple | None = None
         self.T_left_rect = np.eye(4)  # the filter's camera -> the left camera (identity without stereo)
         self._T_left_right = np.eye(4)  # stereo extrinsic, right -> left (parameter T_left_right)
+        self.tf: TfBridge | None = None
+        self.map_odom = MapOdom()
+        self._extrinsics_known = False  # T_base_camera is final (parameter, or found on /tf_static)
+        self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
+        self._tracked: deque = deque(maxlen=300)  # (t, T_world_camera) of recent tracked frames
+        self._restart: tuple | None = None  # (E, covariance, reason) of a ~/reset_at_pose for a tracked image
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -662,6 +690,8 @@ class PrismNode(Node):
                                      qos_by_name(v["control_qos"], 10 * depth))
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, reliable_qos(10))
         self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
+        self.create_subscription(PoseWithCovarianceStamped, "~/reset_at_pose", self._on_reset_at_pose,
+                                 reliable_qos(10))
         self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
         self.lost_pub = self.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
         self.status_pub = self.create_publisher(DiagnosticArray, "~/tracking_status", reliable_qos(10))
@@ -670,8 +700,8 @@ class PrismNode(Node):
         self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
         self.timing_pub = self.create_publisher(DiagnosticArray, "~/frame_timing", reliable_qos(10))
-        self.tf_broadcaster = make_tf_broadcaster(self, warn=lambda text: self._log_once("tf", text))
-        self.tf_available = has_ros_piece("tf2_ros")
+        self.tf = TfBridge(self, cache_s=60.0, warn=lambda text: self._log_once("tf", text))
+        self._extrinsics_known = v["extrinsics_source"] == "parameter"
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
         services = MutuallyExclusiveCallbackGroup()
@@ -683,7 +713,9 @@ class PrismNode(Node):
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
                                    log_errors_once(self._log_once, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
-                                   log_errors_once(self._log_once, "the input watchdog"))]
+                                   log_errors_once(self._log_once, "the input watchdog")),
+                          Periodic(v["transform_publish_period"], self._send_map_odom, "prism_tf",
+                                   log_errors_once(self._log_once, "the map -> odom broadcast"))]
         self._create_prediction_interfaces()
 
     def _create_prediction_interfaces(self) -> None:
@@ -850,29 +882,39 @@ class PrismNode(Node):
                 self._control.clear()
             self._control.append((t, command))
 
-    def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> np.ndarray | None:
-        """T_map_base of a pose input in map_frame, or None (counted as bad_initial_pose)."""
-        frame = msg.header.frame_id.lstrip("/")
-        if frame and frame != self.values["map_frame"]:
-            self._bad_input("bad_initial_pose", f"{topic} is in frame {frame!r}, not {self.values['map_frame']!r}",
-                            "send it in map_frame (this node does not look up TF)")
-            return None
+    def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """T_map_base of a pose input and its ROS covariance in map_frame, or None (counted as bad_initial_pose).
+        A pose in another frame (e.g. odom) is brought into map_frame through TF at its stamp."""
+        map_frame = self.values["map_frame"]
+        frame = msg.header.frame_id.lstrip("/") or map_frame
         try:
-            T_map_base = pose_to_matrix(msg.pose.pose)
+            T_frame_base = pose_to_matrix(msg.pose.pose)
         except InputError as error:
             self._bad_input("bad_initial_pose", f"{topic}: {error.problem}", error.fix or "send a unit quaternion")
             return None
-        if not np.isfinite(T_map_base).all() or not np.isfinite(msg.pose.covariance).all():
+        covariance = covariance_from_msg(msg.pose.covariance)
+        if not np.isfinite(T_frame_base).all() or not np.isfinite(covariance).all():
             self._bad_input("bad_initial_pose", f"{topic} has non-finite values", "send a finite pose and covariance")
             return None
-        return T_map_base
+        if frame == map_frame:
+            return T_frame_base, covariance
+        stamp = stamp_to_sec(msg.header.stamp)
+        try:
+            T_map_frame = self.tf.lookup(map_frame, frame, stamp if stamp > 0 else None,
+                                         self.values["transform_tolerance"])
+        except TransformError as error:
+            self._bad_input("bad_initial_pose", f"{topic} is in frame {frame!r}: {error}",
+                            f"send it in {map_frame!r}, or in a frame TF connects to it")
+            return None
+        rotate = np.kron(np.eye(2), T_map_frame[:3, :3])  # position and fixed-axis rotation errors turn alike
+        return T_map_frame @ T_frame_base, rotate @ covariance @ rotate.T
 
     @staticmethod
-    def _pose_covariance(msg: PoseWithCovarianceStamped, T_map_base: np.ndarray) -> np.ndarray | None:
-        """The message's covariance as the filter's left covariance of the pose, or None when it is not a usable
+    def _pose_covariance(ros_covariance: np.ndarray, T_map_base: np.ndarray) -> np.ndarray | None:
+        """A ROS pose covariance as the filter's left covariance of the pose, or None when it is not a usable
         covariance (not positive definite, or too large to handle): the filter's initial one is used then."""
         try:
-            covariance = ros_covariance_to_left(covariance_from_msg(msg.pose.covariance), T_map_base[:3, 3])
+            covariance = ros_covariance_to_left(ros_covariance, T_map_base[:3, 3])
             with np.errstate(all="ignore"):
                 symmetric = 0.5 * (covariance + covariance.T)
                 usable = np.isfinite(symmetric).all() and np.all(np.linalg.eigvalsh(symmetric) > 0)
@@ -880,38 +922,73 @@ class PrismNode(Node):
             return None
         return covariance if usable else None
 
+    def _pose_time(self, msg: PoseWithCovarianceStamped) -> float | None:
+        """The time a pose input applies at: its stamp when that is the stamp of an image already received
+        (queued older frames are then skipped); None when unstamped or stamped ahead of the input (RViz on
+        another clock; a future stamp would supersede every frame): the next frame's pose."""
+        stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
+        with self._order_lock:
+            newest = self._last_stamp_ns
+        return stamp if newest is not None and 0 < stamp <= newest / 1e9 else None
+
     def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """A relocalized base pose (e.g. from ace_node): the filter continues from it on the map it has."""
-        T_map_base = self._pose_input(msg, "~/set_pose")
-        if T_map_base is None:
+        self._relocalize(msg, "~/set_pose")
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """RViz's "2D Pose Estimate" (or any pose hint): as ~/set_pose, the map is kept (~/reset wipes it)."""
+        self._relocalize(msg, "/initialpose")
+
+    def _relocalize(self, msg: PoseWithCovarianceStamped, topic: str) -> None:
+        pose = self._pose_input(msg, topic)
+        if pose is None:
             return
-        covariance = self._pose_covariance(msg, T_map_base)
-        stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
+        T_map_base, covariance = pose[0], self._pose_covariance(pose[1], pose[0])
+        stamp = self._pose_time(msg)
         with self._map_lock:
-            t = stamp if stamp > 0 else (self._last_processed_t or 0.0)
-            self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
+            t = stamp if stamp is not None else (self._last_processed_t or 0.0)
+            if self.filter.state is None:  # before the first frame: the filter starts there (gravity included)
+                self.filter = self._new_filter(T_map_base @ self.T_base_camera, covariance)
+            else:
+                self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
+            self.map_odom.jump()
             self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
         with self._stats_lock:
             self.stats.relocalizations += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
-        self.get_logger().info(f"pose set on ~/set_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
+        self.get_logger().info(f"pose set on {topic}: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                                f"{self.values['map_frame']}; tracking continues on the kept map")
 
-    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
-        T_map_base = self._pose_input(msg, "/initialpose")
-        if T_map_base is None:
+    def _on_reset_at_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """Wipe the map and restart at this base pose: an initial localization in a prior map's frame (ace_node),
+        whose frame PRISM's map so far does not share."""
+        pose = self._pose_input(msg, "~/reset_at_pose")
+        if pose is None:
             return
-        stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
-        with self._order_lock:
-            newest = self._last_stamp_ns
-        covariance = self._pose_covariance(msg, T_map_base)
+        T_map_base, covariance = pose[0], self._pose_covariance(pose[1], pose[0])
+        stamp = self._pose_time(msg)
+        reason = (f"pose received on ~/reset_at_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
+                  f"{self.values['map_frame']}")
         with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
-            self._reset(f"initial pose received: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
-                        f"{self.values['map_frame']}", initial_pose=T_map_base @ self.T_base_camera,
-                        initial_covariance=covariance)
-            # the pose of an image already received (ace_node's initial localization): older queued frames are
-            # skipped; unstamped, or stamped ahead of the input (RViz on another clock): the next frame's pose
-            self._start_after = stamp if newest is not None and 0 < stamp <= newest / 1e9 else 0.0
+            T_camera = T_map_base @ self.T_base_camera
+            tracked = next((T for t, T in reversed(self._tracked) if stamp is not None and abs(t - stamp) < 1e-6),
+                           None)
+            if tracked is not None:  # that image is behind us: restart where PRISM's tracking since then puts it
+                self._restart = (T_camera @ np.linalg.inv(tracked), covariance, reason)
+                return
+            self._reset(reason, initial_pose=T_camera, initial_covariance=covariance)
+            self._start_after = stamp or 0.0  # that image is still queued: it starts the new map
+
+    def _restart_with(self, frame: Frame, estimate):
+        """Wipe the map and start a new one on this frame, at its tracked pose moved into the reset pose's frame:
+        ``E = T_reset inv(T_tracked at that image)``, so the motion since that image is not lost."""
+        E, covariance, reason = self._restart
+        self._restart = None
+        self._reset(reason, initial_pose=E @ np.asarray(estimate.T_world_camera, dtype=np.float64),
+                    initial_covariance=covariance, log=False)
+        self.get_logger().info(f"{reason}: filter and map reset; the new map starts at the frame of "
+                               f"{frame.timestamp:.6f} s, placed through PRISM's tracking since that image")
+        return self.filter.step(frame)
 
     def _watchdog(self) -> None:
         """Images arrive but no set is complete: name the missing stream, or the stamps that disagree.
@@ -971,6 +1048,7 @@ class PrismNode(Node):
                            "time_jumps; logged once)", level="info")
             self._reset(item.reset_reason, log=False)
         try:
+            self._place_camera(item.rgb.header.frame_id.lstrip("/"))
             frame = self._frame_from(item)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
@@ -1006,8 +1084,12 @@ class PrismNode(Node):
                 self._bad_input("filter_error", f"the filter rejected the frame: {error}",
                                 error.fix or "check the input")
                 return
+            if self._restart is not None:  # a ~/reset_at_pose for an image already tracked
+                estimate = self._restart_with(frame, estimate)
             step_ms = 1e3 * (time.perf_counter() - started)
             self._last_processed_t = frame.timestamp
+            if estimate.tracking_ok:
+                self._tracked.append((frame.timestamp, np.asarray(estimate.T_world_camera, dtype=np.float64)))
             self._map_dirty = self._map_dirty or estimate.tracking_ok
         with self._stats_lock:
             self.stats.processed += 1
@@ -1041,6 +1123,41 @@ class PrismNode(Node):
         with self._stats_lock:
             self.stats.latency_ms = latency_ms
         self._publish_frame_timing(estimate, stamp, step_ms, latency_ms, frame.extras.get("stereo_ms"))
+
+    def _place_camera(self, camera_frame: str) -> None:
+        """The camera on the base: with ``extrinsics_source: tf``, look up base_frame -> the image's frame once
+        (BadInput until TF has it); with the parameter, latch it on /tf_static once (``publish_camera_tf``)."""
+        v = self.values
+        if self._extrinsics_known:
+            if v["publish_camera_tf"] and v["extrinsics_source"] == "parameter" and camera_frame and \
+                    camera_frame != self._camera_tf_sent:
+                T_base_left = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
+                self.tf.send_static([matrix_to_transform_stamped(T_base_left, 0.0, v["base_frame"], camera_frame)])
+                self._camera_tf_sent = camera_frame
+            return
+        fix = (f"publish {v['base_frame']} -> {camera_frame or 'the camera frame'} on /tf_static "
+               "(robot_state_publisher with the robot's URDF), or extrinsics_source:=parameter with T_base_camera")
+        if not camera_frame:
+            raise BadInput("missing_tf", f"the colour image on {v['rgb_topic']} has no frame_id, so its place on "
+                           f"{v['base_frame']} cannot be looked up; frame skipped", fix)
+        try:
+            T_base_left = self.tf.lookup(v["base_frame"], camera_frame)
+        except TransformError as error:
+            raise BadInput("missing_tf", f"camera extrinsics not on TF yet ({error}); frame skipped", fix) from None
+        with self._map_lock:
+            initial = self.filter.initial_pose  # T_world_camera of the old camera: keep the base pose
+            if initial is not None:
+                initial = initial @ self.T_camera_base
+            v["T_base_camera"] = T_base_left.ravel().tolist()
+            self._set_extrinsics(self.T_left_rect)
+            if self.filter.state is None:
+                self.filter = self._new_filter(None if initial is None else initial @ self.T_base_camera,
+                                               self.filter.initial_pose_covariance)
+            else:
+                self._reset("camera extrinsics found on TF", log=False)
+        self._extrinsics_known = True
+        self.get_logger().info(f"camera extrinsics from TF: {v['base_frame']} -> {camera_frame} at "
+                               f"{np.round(T_base_left[:3, 3], 3).tolist()}")
 
     def _frame_from(self, item: PendingFrame) -> Frame:
         """Decode and check one set (BadInput names the cause and the fix): an RGB-D frame from registered
@@ -1258,9 +1375,12 @@ class PrismNode(Node):
         stamp order (the jump's frame set it)."""
         with self._map_lock:
             self.filter = self._new_filter(initial_pose, initial_covariance)
+            self.map_odom.jump()
             self._last_processed_t = None
             self._start_after = 0.0
             self._path.clear()
+            self._tracked.clear()
+            self._restart = None
             self._clear_map_display()
         if log:  # requested: any stamp is welcome next
             with self._order_lock:
@@ -1280,16 +1400,45 @@ class PrismNode(Node):
         self.pose_pub.publish(pose)
         T_world_body = T_world_camera @ self.T_camera_body
         twist, twist_covariance = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
-        self.odom_pub.publish(matrix_to_odometry(T_map_base, stamp, v["odom_frame"], v["base_frame"], covariance,
-                                                 twist, twist_covariance))
+        T_frame_base, frame = self._odometry(T_map_base, stamp)
+        rotate = np.kron(np.eye(2), T_frame_base[:3, :3] @ T_map_base[:3, :3].T)  # map -> odom axes
+        self.odom_pub.publish(matrix_to_odometry(T_frame_base, stamp, frame, v["base_frame"],
+                                                 rotate @ covariance @ rotate.T, twist, twist_covariance))
         self._path.append(PoseStamped(header=make_header(v["map_frame"], stamp), pose=pose.pose.pose))
         while len(self._path) > v["path_max_length"]:
             self._path.popleft()
         self.path_pub.publish(PathMsg(header=make_header(v["map_frame"], stamp), poses=list(self._path)))
-        if v["publish_tf"]:
-            self.tf_broadcaster.sendTransform([
-                matrix_to_transform_stamped(np.eye(4), stamp, v["map_frame"], v["odom_frame"]),
-                matrix_to_transform_stamped(T_map_base, stamp, v["odom_frame"], v["base_frame"])])
+
+    def _odometry(self, T_map_base: np.ndarray, stamp) -> tuple[np.ndarray, str]:
+        """REP-105 for one pose: the base pose for ~/odometry and its frame, odom -> base_frame on /tf when PRISM
+        owns odom, and map -> odom (from PRISM's odom, or from the external odometry at the frame's stamp)."""
+        v = self.values
+        if v["publish_odom_tf"]:
+            T_odom_base = self.map_odom.owned(T_map_base)
+            self.tf.send([matrix_to_transform_stamped(T_odom_base, stamp, v["odom_frame"], v["base_frame"])])
+            self._send_map_odom(stamp_to_sec(stamp))
+            return T_odom_base, v["odom_frame"]
+        t = stamp_to_sec(stamp)
+        try:
+            T_odom_base = self.tf.lookup(v["odom_frame"], v["base_frame"], t, v["transform_tolerance"])
+        except TransformError as error:
+            self._bad_input("missing_tf", f"no external odometry at the frame's stamp {t:.6f} s ({error}); map -> "
+                            "odom kept", f"start the node that broadcasts {v['odom_frame']} -> {v['base_frame']}, or "
+                            "publish_odom_tf:=true (PRISM is the odometry)")
+            return T_map_base, v["map_frame"]
+        self.map_odom.external(T_map_base, T_odom_base)
+        self._send_map_odom(t)
+        return T_map_base, v["map_frame"]
+
+    def _send_map_odom(self, t: float | None = None) -> None:
+        """map -> odom, stamped ``transform_tolerance`` ahead of ``t`` (a frame's stamp; default: the clock)."""
+        v = self.values
+        if not (v["publish_map_odom_tf"] and self.map_odom.known):
+            return
+        if t is None:
+            t = self.get_clock().now().nanoseconds / 1e9
+        self.tf.send([matrix_to_transform_stamped(self.map_odom.T_map_odom, t + v["transform_tolerance"],
+                                                  v["map_frame"], v["odom_frame"])])
 
     def _publish_frame_timing(self, estimate, stamp, step_ms: float, latency_ms: float,
                               stereo_ms: float | None = None) -> None:
@@ -1488,7 +1637,8 @@ class PrismNode(Node):
         values.update({"device": self.device, "mode": self.values["mode"],
                        "transition_model": self.filter_config.dynamics.model,
                        "synchroniser": self.sync.implementation,
-                       "tf": "broadcast" if self.tf_available else "not broadcast (tf2_ros missing)",
+                       "tf": ("not available (tf2_msgs missing)" if not self.tf.available else
+                              "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
                        "imu_buffered": len(self._imu)})
         return {k: str(v) for k, v in values.items()}
 

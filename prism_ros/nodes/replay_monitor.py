@@ -16,6 +16,7 @@ class ReplayMonitor:
     def __init__(self, domain_id: int):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
         from nav_msgs.msg import Odometry
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -29,12 +30,19 @@ class ReplayMonitor:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.odometry: list = []
+        self.poses: dict[int, object] = {}  # ~/pose by stamp (ns): the map-frame pose of each odometry message
         self.timing: dict[int, dict[str, float]] = {}
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_at = 0.0
         self.node.create_subscription(Odometry, f"{NODE}/odometry", self.odometry.append, reliable_qos(10000))
+        self.node.create_subscription(PoseWithCovarianceStamped, f"{NODE}/pose", self._on_pose, reliable_qos(10000))
         self.node.create_subscription(DiagnosticArray, f"{NODE}/frame_timing", self._on_timing, reliable_qos(10000))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable_qos(100))
+
+    def _on_pose(self, msg) -> None:
+        from prism_ros.nodes.conversions import header_ns
+
+        self.poses[header_ns(msg)] = msg
 
     def _on_timing(self, msg) -> None:
         from prism_ros.nodes.conversions import header_ns
@@ -85,11 +93,14 @@ class ReplayMonitor:
         self.context.try_shutdown()
 
 
-def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]], values: dict) -> list:
+def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]], values: dict,
+                            poses: dict[int, object] | None = None) -> list:
     """The node's odometry messages back in the filter's terms (:class:`prism_ros.prism.filter.Estimate`):
     camera pose ``T_map_base @ T_base_camera``, the left se(3) covariance (undoing the ROS lever arm), and
-    the velocity [world velocity of the body origin, body rates] (undoing :func:`base_twist`)."""
-    from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix
+    the velocity [world velocity of the body origin, body rates] (undoing :func:`base_twist`). The pose and its
+    covariance come from ``poses`` (~/pose by stamp, in the map frame) when given: the odometry is in the odom
+    frame, which a relocalization separates from the map; a stamp without its pose is left out."""
+    from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix, pose_to_matrix
     from prism_ros.nodes.prism_node import base_twist, build_filter_config, ros_covariance_to_left
     from prism_ros.prism.filter import Estimate
 
@@ -98,6 +109,11 @@ def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]],
     estimates = []
     for msg in sorted(odometry, key=header_ns):
         T_map_base, covariance = odometry_to_matrix(msg)
+        if poses is not None:
+            if header_ns(msg) not in poses:
+                continue
+            pose = poses[header_ns(msg)].pose
+            T_map_base, covariance = pose_to_matrix(pose.pose), covariance_from_msg(pose.covariance)
         T_world_camera = T_map_base @ T_base_camera
         T_world_body = T_world_camera @ np.linalg.inv(T_body_camera)
         twist_jacobian, _ = base_twist(np.eye(6), np.eye(6), T_world_body, T_map_base)  # J @ I = J

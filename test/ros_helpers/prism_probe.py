@@ -55,6 +55,8 @@ class PrismProbe:
         self.imu_pub = node.create_publisher(Imu, imu_topic, reliable_qos(50))
         self.right_pub = node.create_publisher(Image, right_topic, reliable_qos(50)) if right_topic else None
         self.initial_pose_pub = node.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
+        self.reset_pose_pub = node.create_publisher(PoseWithCovarianceStamped, "/prism_node/reset_at_pose",
+                                                    reliable_qos(10))
         self.clients: dict[str, object] = {}
 
     # -- waiting ------------------------------------------------------------------------------------
