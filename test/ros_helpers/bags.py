@@ -44,7 +44,7 @@ def _tf(types, i: int):
 
 def write_ros2_bag(path: Path, image_topic: str, imu_topic: str, count: int = 50,
                    width: int = 32, height: int = 24, tf_topic: str | None = "/tf") -> Path:
-    """ROS 2 mcap bag with ``count`` images and IMU messages (and an unplayable /tf topic)."""
+    """ROS 2 mcap bag with ``count`` images and IMU messages (and a /tf topic, unplayable without tf2_msgs)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
