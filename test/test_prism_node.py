@@ -96,7 +96,8 @@ def test_end_to_end_bag_to_pose_odometry_path_diagnostics_map_and_services(
     log = tmp_path / "node.log"
     node = _start_node(spawn_python, log, "--params-file", str(preset), frame_queue=FRAMES, queue_size=FRAMES,
                        rgb_qos="reliable", depth_qos="reliable", camera_info_qos="reliable", imu_qos="reliable",
-                       use_sim_time=True, diagnostics_period=0.2, map_publish_period=0.5, map_path=str(map_path))
+                       use_sim_time=True, diagnostics_period=0.2, map_publish_period=0.5, map_path=str(map_path),
+                       level_map=False)  # one map frame, as offline (test_tf checks the levelling)
     probe.wait_ready()
     player = spawn_python(["-m", "prism_ros.nodes.player"], synthetic / "bag", "--qos", "reliable",
                           "--wait-for-subscribers", "1", "--rate", "1", "--quiet")

@@ -1,6 +1,8 @@
 """TF per REP-105: map -> odom bookkeeping, and /tf + /tf_static over real DDS."""
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -53,8 +55,6 @@ def _needs_tf2_msgs():
 
 
 def _start(spawn_python, log, **params):
-    import subprocess
-
     from ros_helpers.ros_args import ros_args
 
     base = dict(rgb_topic="/probe/rgb", depth_topic="/probe/depth", camera_info_topic="/probe/camera_info",
@@ -168,9 +168,13 @@ def test_external_odometry_and_extrinsics_from_tf_static(synthetic_sequence, spa
         probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, stamp)
         probe.spin(0.05)
     assert probe.spin_until(lambda: len(probe.got["pose"]) == 4, 60), probe.diag()
-    # the first camera pose is the map's origin: the base is where /tf_static puts it
-    np.testing.assert_allclose(pose_to_matrix(probe.got["pose"][0].pose.pose), np.linalg.inv(T_BASE_CAMERA),
-                               atol=1e-6)
+    # the map is the first base pose; the base moves as the camera does through the extrinsic from /tf_static
+    first = pose_to_matrix(probe.got["pose"][0].pose.pose)
+    np.testing.assert_allclose(first, np.eye(4), atol=1e-9)
+    moved = (np.linalg.inv(T_BASE_CAMERA) @ pose_to_matrix(probe.got["pose"][3].pose.pose) @ T_BASE_CAMERA)[:3, 3]
+    true = (np.linalg.inv(frames[0][0].pose) @ frames[3][0].pose)[:3, 3]  # the camera's motion, 1.3 cm
+    assert np.linalg.norm(moved - true) < 5e-3 and moved @ true > 0.9 * np.linalg.norm(moved) * np.linalg.norm(true), \
+        (moved, true)
     t3 = frames[3][1] / 1e9
     T_map_base3 = pose_to_matrix(probe.got["pose"][-1].pose.pose)
     assert probe.spin_until(lambda: "map" in tf.tree.frames(), 10), tf.tree.frames()
@@ -183,3 +187,50 @@ def test_external_odometry_and_extrinsics_from_tf_static(synthetic_sequence, spa
     assert node.poll() is None
     log = (tmp_path / "node.log").read_text()
     assert "camera extrinsics from TF" in log and log.count("bad input (missing_tf)") == 1, log[-3000:]
+
+
+@pytest.mark.timeout(200)
+def test_the_map_is_levelled_once_gravity_is_estimated(synthetic_sequence, spawn_python, ros_node, tmp_path):
+    """The synthetic bag (200 Hz IMU, the imu transition model): the map starts as the first base pose (the IMU
+    frame, tilted), the filter estimates gravity from its first poses and the IMU, and the map restarts level:
+    every later pose has the true world's up axis as its z axis, within a degree."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    from ros_helpers.prism_probe import PrismProbe
+    from ros_helpers.ros_args import ros_args
+
+    from prism_ros.launch_graph.replay import PRESETS, bag_ground_truth
+    from prism_ros.nodes.conversions import pose_to_matrix, stamp_to_sec
+
+    preset = Path(__file__).resolve().parents[1] / "config/sensors/synthetic.yaml"
+    T_base_camera = np.reshape(yaml.safe_load(preset.read_text())["/**"]["ros__parameters"]["T_base_camera"], (4, 4))
+    probe = PrismProbe(ros_node)
+    log = tmp_path / "node.log"
+    spawn_python(["-m", "prism_ros.nodes.prism_node"], "--ros-args", "--params-file", str(preset), *ros_args(
+        frame_queue=30, queue_size=30, rgb_qos="reliable", depth_qos="reliable", camera_info_qos="reliable",
+        imu_qos="reliable", use_sim_time=True, diagnostics_period=0.2, map_publish_period=30.0),
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    probe.wait_ready()
+    player = spawn_python(["-m", "prism_ros.nodes.player"], synthetic_sequence / "bag", "--qos", "reliable",
+                          "--wait-for-subscribers", "1", "--rate", "0.5", "--quiet")
+    assert player.wait(60) == 0, player.communicate()[1]
+    probe.wait_diag(lambda d: int(d["frames_processed"]) + int(d["frames_dropped"]) >= 30, 60)
+    levelled = probe.wait_diag(lambda d: d["map_level"].startswith("levelled"), 10)["map_level"]
+    assert probe.spin_until(lambda: len(probe.got["pose"]) >= 30, 10)
+    text = log.read_text()
+    found = re.search(r"the start frame was ([0-9.]+) deg from level; the map restarts level \(z up\) at the "
+                      r"frame of ([0-9.]+) s", text)
+    assert found and float(found.group(1)) > 1.0, (levelled, text[-3000:])  # the IMU frame starts tilted
+    times = np.array([stamp_to_sec(p.header.stamp) for p in probe.got["pose"]])
+    cameras = np.stack([pose_to_matrix(p.pose.pose) @ T_base_camera for p in probe.got["pose"]])
+    truth_times, truth = bag_ground_truth(synthetic_sequence / "bag", PRESETS["synthetic"])
+    truth = truth[np.searchsorted(truth_times, times - 1e-6)]
+    up = (cameras[:, :3, :3] @ truth[:, :3, :3].transpose(0, 2, 1))[:, 2, 2]  # the true up axis in the map, z
+    tilt = np.degrees(np.arccos(np.clip(up, -1.0, 1.0)))
+    after = times >= float(found.group(2)) - 1e-6
+    assert after.sum() >= 5 and tilt[after].max() < 1.0, (times, tilt)
+    assert tilt[~after].min() > 1.0, tilt  # it was not level before
+    print(f"map tilt before levelling {tilt[~after].mean():.2f} deg, after {tilt[after].mean():.3f} deg "
+          f"(max {tilt[after].max():.3f})")

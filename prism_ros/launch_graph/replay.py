@@ -118,7 +118,10 @@ def replay_bag(bag: Path, preset: str, out: Path, rate: float = 1.0, config: str
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("map.pt", "map.ply", "mesh.ply", "trajectory.png"):
         (out / stale).unlink(missing_ok=True)
-    overrides = {"use_sim_time": True, "frame_queue": frames_in_bag + 1, "queue_size": 100,
+    # the map frame of `prism-ros run` (the first camera pose) and no levelling restart, which would change the
+    # map frame mid-trajectory
+    overrides = {"use_sim_time": True, "frame_queue": frames_in_bag + 1, "queue_size": 100, "level_map": False,
+                 "map_origin": "camera",
                  "map_path": str((out / "map.pt").resolve()), "diagnostics_period": 0.25,
                  **{f"{role}_qos": "reliable" for role in ("rgb", "depth", "right", "camera_info", "imu", "control")},
                  **({} if visualize else {"map_publish_period": 1e6}), **(node_overrides or {})}

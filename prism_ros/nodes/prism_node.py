@@ -48,8 +48,10 @@ matching time). Optional, each on its own thread (:mod:`prism_ros.nodes.predicti
 rollouts (``rollout_samples``: ``~/rollouts``, ``~/predicted_path``, ``~/predicted_depth``) and the collision
 costmap of a map slice (``costmap_period``: ``~/costmap``, ``~/cost_cloud``).
 
-Frames: ``map_frame`` is the filter's world frame (the first camera pose (with stereo depth: of the
-rectified left camera), or the pose sent on /initialpose). The base pose is ``T_world_camera @
+Frames: ``map_frame`` is the filter's world frame: the first base pose (``map_origin: base``; REP-103, level
+when the base starts level) or the first camera pose (``map_origin: camera``), or where a pose input put it.
+With the imu transition model the filter estimates gravity in that frame first and, with ``level_map``, the
+map then restarts level (z up) once (:meth:`PrismNode._level_map`). The base pose is ``T_world_camera @
 inv(T_base_camera)``. Pose covariances are converted from the filter's left (world-frame) se(3)
 perturbation [rho, phi] to the ROS meaning (position error and world-fixed-axis rotation error, x y z rx
 ry rz): the position block gains the lever arm of the rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``.
@@ -101,7 +103,7 @@ from visualization_msgs.msg import MarkerArray
 
 from prism_ros.errors import InputError
 from prism_ros.frame import Frame, ImuSamples, Intrinsics
-from prism_ros.geometry.lie import skew_np
+from prism_ros.geometry.lie import skew_np, so3_exp_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
@@ -274,6 +276,14 @@ PARAMETERS: dict[str, Param] = {
     "imu_wait": Param(0.1, "float", "seconds a frame waits for the IMU sample that closes its window (IMU "
                       "messages may arrive after the images); 0 = no wait", dynamic=True, check=non_negative),
     "publish_when_lost": Param(True, "bool", "publish the predicted pose while tracking is lost", dynamic=True),
+    "map_origin": Param("base", "str", "where the map starts when no pose is given: base = the first base pose "
+                        "(REP-103: level when the base starts level); camera = the first camera pose (as `prism-ros "
+                        "run`)", check=one_of(("base", "camera"))),
+    "level_map": Param(True, "bool", "imu transition model: once the filter has estimated gravity (dynamics "
+                       "gravity_alignment_s after the start) the map restarts level (z up) if it is tilted more "
+                       "than level_tolerance_deg; without it the map is the first base pose as it is"),
+    "level_tolerance_deg": Param(0.5, "float", "tilt of the start frame (deg) below which the map is kept",
+                                 check=non_negative),
     "lost_error_after": Param(2.0, "float", "seconds of frames lost in a row (frame stamps) after which /diagnostics "
                               "reports ERROR (WARN before)", dynamic=True, check=non_negative),
     # -- outputs
@@ -583,6 +593,9 @@ class PrismNode(Node):
         self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
         self._tracked: deque = deque(maxlen=300)  # (t, T_world_camera) of recent tracked frames
         self._restart: tuple | None = None  # (E, covariance, reason) of a ~/reset_at_pose for a tracked image
+        self._default_start = True  # the filter started with the base at the map's origin (no pose was given)
+        self._level_pending = False  # the map restarts level once the filter has estimated gravity
+        self.map_level = "not levelled"  # /diagnostics: how the map frame was levelled
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -642,12 +655,24 @@ class PrismNode(Node):
         self.T_camera_body = np.linalg.inv(T_body_camera)
 
     def _new_filter(self, initial_pose: np.ndarray | None = None, initial_covariance: np.ndarray | None = None):
+        """A filter starting at ``initial_pose`` (T_world_camera of the next frame), by default with the base at the
+        map's origin (REP-103: the map is the first base pose, level when the base starts level). With the imu
+        transition model the default start is not known to be level: the filter estimates gravity first, and
+        with ``level_map`` the node then restarts the map level (:meth:`_level_map`)."""
         from prism_ros.prism.filter import PrismFilter
 
+        self._default_start = initial_pose is None
+        if initial_pose is None and self.values["map_origin"] == "base":
+            initial_pose = self.T_base_camera
         slam = PrismFilter(self.filter_config, initial_pose=initial_pose)
         slam.initial_pose_covariance = initial_covariance
         if self._frozen_map is not None:  # localization: every filter tracks against the loaded map
             slam.map, slam.map_frozen = self._frozen_map, True
+        if self._default_start and initial_pose is not None and hasattr(slam.transition, "align_gravity_first"):
+            slam.transition.align_gravity_first()  # the first base pose is not known to be level (the filter does
+            # this itself for the first camera pose)
+        self._level_pending = (self._default_start and self.values["level_map"] and self._frozen_map is None
+                               and getattr(slam.transition, "alignment", None) is not None)
         return slam
 
     def _localization_map(self):
@@ -990,6 +1015,28 @@ class PrismNode(Node):
                                f"{frame.timestamp:.6f} s, placed through PRISM's tracking since that image")
         return self.filter.step(frame)
 
+    def _level_map(self, frame: Frame, estimate):
+        """Gravity is known in the start frame: restart the map level (z up, the same origin and heading) on this
+        frame when it is tilted more than ``level_tolerance_deg``. Only the first moments of map are dropped;
+        odom stays continuous, the pose in the map moves once."""
+        self._level_pending = False
+        gravity = np.asarray(self.filter.transition.gravity, dtype=np.float64)
+        down = gravity / np.linalg.norm(gravity)
+        tilt = float(np.degrees(np.arccos(np.clip(-down[2], -1.0, 1.0))))
+        if tilt <= self.values["level_tolerance_deg"]:
+            self.map_level = f"level (start frame {tilt:.2f} deg from gravity)"
+            return estimate
+        axis = np.cross(down, [0.0, 0.0, -1.0])
+        axis = axis / np.linalg.norm(axis) if np.linalg.norm(axis) > 1e-12 else np.array([1.0, 0.0, 0.0])
+        level = np.eye(4)
+        level[:3, :3] = so3_exp_np(axis * np.radians(tilt))  # takes the estimated down to -z
+        self._reset("map levelled", initial_pose=level @ np.asarray(estimate.T_world_camera, dtype=np.float64),
+                    log=False)
+        self.map_level = f"levelled ({tilt:.2f} deg) at {frame.timestamp:.3f} s"
+        self.get_logger().info(f"gravity estimated: the start frame was {tilt:.2f} deg from level; the map restarts "
+                               f"level (z up) at the frame of {frame.timestamp:.6f} s (odom stays continuous)")
+        return self.filter.step(frame)
+
     def _watchdog(self) -> None:
         """Images arrive but no set is complete: name the missing stream, or the stamps that disagree.
 
@@ -1086,6 +1133,8 @@ class PrismNode(Node):
                 return
             if self._restart is not None:  # a ~/reset_at_pose for an image already tracked
                 estimate = self._restart_with(frame, estimate)
+            if self._level_pending and self.filter.transition.alignment is None:  # gravity just estimated
+                estimate = self._level_map(frame, estimate)
             step_ms = 1e3 * (time.perf_counter() - started)
             self._last_processed_t = frame.timestamp
             if estimate.tracking_ok:
@@ -1151,7 +1200,7 @@ class PrismNode(Node):
             v["T_base_camera"] = T_base_left.ravel().tolist()
             self._set_extrinsics(self.T_left_rect)
             if self.filter.state is None:
-                self.filter = self._new_filter(None if initial is None else initial @ self.T_base_camera,
+                self.filter = self._new_filter(None if self._default_start else initial @ self.T_base_camera,
                                                self.filter.initial_pose_covariance)
             else:
                 self._reset("camera extrinsics found on TF", log=False)
@@ -1284,7 +1333,8 @@ class PrismNode(Node):
                 initial = initial @ np.linalg.inv(self.T_left_rect) @ T_left_rect
             self._set_extrinsics(T_left_rect)
             if not started:
-                self.filter = self._new_filter(initial)
+                self.filter = self._new_filter(None if self._default_start else initial,
+                                               self.filter.initial_pose_covariance)
                 return
         self._reset("stereo rectification changed", log=False)
         self.get_logger().info("the stereo rectification changed (new calibration or image size): filter and map reset")
@@ -1634,7 +1684,7 @@ class PrismNode(Node):
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
         values["map_blocks"] = sdf_map.num_blocks
         values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"
-        values.update({"device": self.device, "mode": self.values["mode"],
+        values.update({"device": self.device, "mode": self.values["mode"], "map_level": self.map_level,
                        "transition_model": self.filter_config.dynamics.model,
                        "synchroniser": self.sync.implementation,
                        "tf": ("not available (tf2_msgs missing)" if not self.tf.available else
