@@ -16,6 +16,7 @@ files and optional nodes.
 | rate | 1.0 | number | bag playback speed factor (0 = as fast as possible); only with bag |
 | loop | false | true, false | restart the bag at its end; only with bag |
 | namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
+| autostart | true | true, false | prism_node configures and activates itself; false: it waits for a lifecycle manager |
 
 Parameter files are ROS 2 parameter YAML (``prism_node:`` or ``/**:`` with ``ros__parameters``); the
 sensor preset is loaded after config, so it overrides it, and use_sim_time overrides both.
@@ -36,11 +37,13 @@ ARGUMENTS = {
     "rate": ("1.0", "bag playback speed factor (0 = as fast as possible); only with bag"),
     "loop": ("false", "restart the bag at its end; only with bag"),
     "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
+    "autostart": ("true", "prism_node configures and activates itself; false: it waits for a lifecycle manager"),
 }
 CHOICES = {
     "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],
     "use_sim_time": ["auto", "true", "false"],
     "rviz": ["true", "false"],
+    "autostart": ["true", "false"],
     "loop": ["true", "false"],
 }
 

@@ -18,6 +18,7 @@ stay valid, and for now it only logs that the node is not part of this release.
 | rate | 1.0 | number | bag playback speed factor (0 = as fast as possible); only with bag |
 | loop | false | true, false | restart the bag at its end; only with bag |
 | namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
+| autostart | true | true, false | prism_node configures and activates itself; false: it waits for a lifecycle manager |
 | ace | false | true, false | also start ace_node (ACE relocalization and recovery of prism_node) |
 | ace_map | "" | path | ACE map file for ace_node ("" = map_path of config/ace.yaml) |
 | dmn | false | true, false | also start dmn_node (DMN particle-filter localization; particles in RViz) |
@@ -39,6 +40,7 @@ ARGUMENTS = {
     "rate": ("1.0", "bag playback speed factor (0 = as fast as possible); only with bag"),
     "loop": ("false", "restart the bag at its end; only with bag"),
     "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
+    "autostart": ("true", "prism_node configures and activates itself; false: it waits for a lifecycle manager"),
     "ace": ("false", "also start ace_node (ACE relocalization and recovery of prism_node)"),
     "ace_map": ("", "ACE map file for ace_node (empty: map_path of config/ace.yaml)"),
     "dmn": ("false", "also start dmn_node (DMN particle-filter localization)"),
@@ -48,11 +50,12 @@ CHOICES = {
     "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],
     "use_sim_time": ["auto", "true", "false"],
     "rviz": ["true", "false"],
+    "autostart": ["true", "false"],
     "loop": ["true", "false"],
     "ace": ["true", "false"],
     "dmn": ["true", "false"],
 }
-GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "namespace", "ace", "ace_map",
+GRAPH_ARGUMENTS = ("config", "sensor", "use_sim_time", "rviz", "bag", "rate", "loop", "namespace", "autostart", "ace", "ace_map",
                    "dmn", "dmn_contexts")
 
 

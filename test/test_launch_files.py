@@ -300,7 +300,7 @@ def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
     player, node, rviz = opaque.kwargs["function"](context)
     assert node.kwargs["executable"] == "prism_node" and node.kwargs["package"] == "prism_ros"
     params = node.kwargs["parameters"]
-    assert params[1].endswith("config/sensors/euroc.yaml") and params[2] == {"use_sim_time": True}
+    assert params[1].endswith("config/sensors/euroc.yaml") and params[2] == {"use_sim_time": True, "autostart": True}
     assert player.kwargs["executable"] == "bag_player" and player.kwargs["parameters"][0]["clock"] is True
     assert rviz.kwargs["arguments"] == ["-d", str(ROOT / "rviz" / "prism.rviz")]
     context["config"] = str(ROOT / "config" / "absent.yaml")
@@ -368,7 +368,7 @@ def test_prism_graph_without_bag_is_the_node_alone():
     assert (node.package, node.executable, node.name, node.module) == \
         ("prism_ros", "prism_node", "prism_node", "prism_ros.nodes.prism_node")
     assert node.parameter_files == (str(ROOT / "config/prism.yaml"), str(ROOT / "config/sensors/euroc.yaml"))
-    assert node.parameters == {"use_sim_time": False}
+    assert node.parameters == {"use_sim_time": False, "autostart": True}
 
 
 def test_prism_graph_with_bag_plays_it_with_clock_and_sim_time():
@@ -416,6 +416,13 @@ def test_launcher_node_command_passes_parameter_files_before_values():
     ros = command[command.index("--ros-args"):]
     assert ros == ["--ros-args", "-r", "__node:=prism_node", "--params-file", "/c/prism.yaml",
                    "--params-file", "/c/euroc.yaml", "-p", "use_sim_time:=true", "-r", "/a:=/b"]
+
+
+def test_autostart_false_leaves_prism_node_to_a_lifecycle_manager():
+    node = next(s for s in prism_graph(autostart="false", share=ROOT) if s.executable == "prism_node")
+    assert node.parameters["autostart"] is False
+    with pytest.raises(InputError, match="autostart"):
+        prism_graph(autostart="maybe", share=ROOT)
 
 
 def test_namespace_puts_the_nodes_of_a_graph_in_it_except_rviz():

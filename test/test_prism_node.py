@@ -552,6 +552,74 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     assert node.poll() is None, log.read_text()[-3000:]
 
 
+def test_lifecycle_transitions_without_autostart(synthetic, spawn_python, ros_node, tmp_path):
+    """autostart false: the node waits unconfigured; configure builds it (inactive: frames skipped), activate
+    processes frames, deactivate skips them again, cleanup releases the interfaces; a configure with an invalid
+    parameter fails with the reason and leaves it unconfigured, and a corrected one brings it back."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from ros_helpers.prism_probe import PrismProbe
+
+    from prism_ros.datasets import open_dataset
+
+    frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(4)]
+    probe = PrismProbe(ros_node)
+    get_state = ros_node.create_client(GetState, "/prism_node/get_state")
+    change_state = ros_node.create_client(ChangeState, "/prism_node/change_state")
+
+    def call(client, request):
+        assert probe.spin_until(client.service_is_ready, 30), client.srv_name
+        future = client.call_async(request)
+        assert probe.spin_until(future.done, 60), client.srv_name
+        return future.result()
+
+    def state() -> str:
+        return call(get_state, GetState.Request()).current_state.label
+
+    def transition(transition_id: int) -> bool:
+        return call(change_state, ChangeState.Request(transition=Transition(id=transition_id))).success
+
+    def send(i):
+        frame = frames[i]
+        probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, int(round(frame.timestamp * 1e9)))
+
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, autostart=False, rgb_topic="/probe/rgb", depth_topic="/probe/depth",
+                       camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
+                       camera_info_qos="reliable", filter_config="prism_synthetic.yaml",
+                       transition_model="constant_velocity", diagnostics_period=0.1)
+    assert state() == "unconfigured"
+    assert transition(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
+    assert probe.spin_until(lambda: probe.subscriptions["pose"].get_publisher_count() == 1, 10)
+    assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
+    probe.wait_ready()
+    for i in range(2):
+        send(i)
+        probe.spin(0.1)
+    probe.wait_diag(lambda d: d["frames_processed"] == "2")
+    assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+    probe.wait_diag(lambda d: d["state"] == "inactive")
+    send(2)
+    skipped = probe.wait_diag(lambda d: d["frames_skipped_paused"] == "1")
+    assert skipped["frames_processed"] == "2"
+    assert transition(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
+    assert probe.spin_until(lambda: probe.subscriptions["pose"].get_publisher_count() == 0, 10)  # released
+
+    assert probe.set_parameter("rgb_qos", "fast")[0]  # unconfigured: taken now, checked by configure
+    assert not transition(Transition.TRANSITION_CONFIGURE) and state() == "unconfigured"
+    assert probe.set_parameter("rgb_qos", "reliable")[0]
+    assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+    probe.wait_ready()
+    count = len(probe.got["pose"])
+    send(3)
+    assert probe.spin_until(lambda: len(probe.got["pose"]) > count, 30)  # a new filter: its first frame
+    assert node.poll() is None
+    assert _stop(node) == 0
+    text = log.read_text()
+    assert "Traceback" not in text and "configure failed, invalid parameters: parameter rgb_qos='fast'" in text, \
+        text[-3000:]
+
+
 def test_two_namespaced_nodes_side_by_side(synthetic, ros_node, spawn_python, tmp_path):
     """Two prism_nodes in namespaces /robot1 and /robot2 with the default relative topics: each takes its own
     camera (<ns>/rgb/image, <ns>/depth/image, <ns>/rgb/camera_info) and publishes under <ns>/prism_node."""

@@ -101,6 +101,7 @@ def test_tf_chain_when_prism_is_the_odometry_and_odom_stays_continuous(synthetic
     probe, tf = PrismProbe(ros_node), TfBridge(ros_node)
     node = _start(spawn_python, tmp_path / "node.log", T_base_camera=list(T_BASE_CAMERA.ravel()))
     probe.wait_ready()
+    assert probe.spin_until(lambda: tf.peers()[0] >= 2, 10), tf.peers()  # the node's /tf reaches us (and ours)
     frames = _frames(synthetic_sequence, 6)
     for frame, stamp in frames[:4]:
         probe.publish_frame(frame.rgb, frame.depth, frame.intrinsics, stamp)
@@ -158,6 +159,7 @@ def test_external_odometry_and_extrinsics_from_tf_static(synthetic_sequence, spa
     tf.send_static([matrix_to_transform_stamped(T_BASE_CAMERA, 0.0, "base_link", CAMERA)])
     node = _start(spawn_python, tmp_path / "node.log", publish_odom_tf=False, extrinsics_source="tf")
     probe.wait_ready()
+    assert probe.spin_until(lambda: min(tf.peers()) >= 2, 10), tf.peers()  # /tf both ways (and to ourselves)
     assert probe.spin_until(lambda: ros_node.count_subscribers("/tf_static") >= 2, 10)  # ours and the node's
     drift = pose(0.5, -1.0, 0.0, 0.0, 0.0, 0.7)  # the external odometry's frame: anywhere
     frames = _frames(synthetic_sequence, 5)

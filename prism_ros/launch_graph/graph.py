@@ -119,8 +119,8 @@ def as_namespace(namespace: Any) -> str:
 
 
 def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
-                rviz: Any = False, rate: Any = 1.0, loop: Any = False, namespace: Any = "", share: Path | None = None,
-                **player: Any) -> list[NodeSpec]:
+                rviz: Any = False, rate: Any = 1.0, loop: Any = False, namespace: Any = "", autostart: Any = True,
+                share: Path | None = None, **player: Any) -> list[NodeSpec]:
     """Graph of ``prism.launch.py``: [bag_player (when ``bag``)], prism_node, [rviz2 (when ``rviz``)].
 
     config: node parameter YAML, a path or a file name in the installed ``config/`` ("" = prism.yaml);
@@ -128,7 +128,8 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     use_sim_time: "auto" (true exactly when a bag plays and publishes /clock), "true" or "false";
     bag: bag to play with /clock ("" or None: none, the sensor's topics come from elsewhere);
     rviz: also start rviz2 with ``rviz/prism.rviz``; rate, loop and ``player``: bag player options;
-    namespace: the player's and prism_node's namespace (two cameras or robots side by side; rviz2 stays global).
+    namespace: the player's and prism_node's namespace (two cameras or robots side by side; rviz2 stays global);
+    autostart: prism_node configures and activates itself (false: a lifecycle manager does).
     Strings as launch passes them are accepted for every value. Files are not checked here (see
     :func:`missing_files`). Unknown sensor or bad boolean: :class:`InputError`.
     """
@@ -148,8 +149,9 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
                              "write e.g. rate:=1.0 (0 = as fast as possible)") from None
         player_spec = bag_player_spec(bag, rate=rate, loop=as_bool(loop, "loop"), **player)
         specs.append(replace(player_spec, parameters={**player_spec.parameters, "clock": True}))
-    specs.append(prism_node_spec(config_path(config, share), share / SENSOR_CONFIG.format(sensor=sensor),
-                                 use_sim_time=sim_time))
+    prism = prism_node_spec(config_path(config, share), share / SENSOR_CONFIG.format(sensor=sensor),
+                            use_sim_time=sim_time)
+    specs.append(replace(prism, parameters={**prism.parameters, "autostart": as_bool(autostart, "autostart")}))
     specs = [replace(spec, namespace=as_namespace(namespace)) for spec in specs]
     if as_bool(rviz, "rviz"):
         specs.append(rviz_spec(share / RVIZ_CONFIG, use_sim_time=sim_time))
@@ -181,13 +183,14 @@ def dmn_node_spec(dmn_config: Any, sensor_config: Any, contexts: Any = "", use_s
 
 def suite_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
                 rviz: Any = False, rate: Any = 1.0, loop: Any = False, ace: Any = False, ace_map: Any = "",
-                dmn: Any = False, dmn_contexts: Any = "", namespace: Any = "", share: Path | None = None,
-                **player: Any) -> list[NodeSpec]:
+                dmn: Any = False, dmn_contexts: Any = "", namespace: Any = "", autostart: Any = True,
+                share: Path | None = None, **player: Any) -> list[NodeSpec]:
     """Graph of ``suite.launch.py``: :func:`prism_graph` plus, with ``ace``, ace_node on the same sensor preset
     (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s) and,
     with ``dmn``, dmn_node (``dmn_contexts``: its context file, else ``config/dmn.yaml``'s)."""
     share = share or share_dir()
-    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, namespace, share=share, **player)
+    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, namespace, autostart, share=share,
+                        **player)
     prism = next(s for s in specs if s.executable == "prism_node")
     after = specs.index(prism) + 1
     if as_bool(dmn, "dmn"):

@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: true exactly when a bag plays (it publishes /clock)")
     prism.add_argument("--rviz", action="store_true", help="also start rviz2 with rviz/prism.rviz")
     prism.add_argument("--namespace", default="", help="namespace of the nodes, e.g. robot1 (rviz2 stays global)")
+    prism.add_argument("--no-autostart", dest="autostart", action="store_false",
+                       help="prism_node waits unconfigured for a lifecycle manager")
     suite = p.add_argument_group("suite graph (suite.launch.py's arguments, plus the prism graph's)")
     suite.add_argument("--ace", action="store_true", help="also start ace_node (relocalization, recovery)")
     suite.add_argument("--ace-map", default="", help="ACE map file for ace_node (default: config/ace.yaml's)")
@@ -239,7 +241,7 @@ def graph_arguments(args: argparse.Namespace) -> dict:
     config = Path(args.config).expanduser()
     arguments = {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
                  "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config,
-                 "namespace": args.namespace}
+                 "namespace": args.namespace, "autostart": args.autostart}
     if args.graph == "suite":
         arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "",
                          dmn=args.dmn, dmn_contexts=str(Path(args.dmn_contexts).resolve()) if args.dmn_contexts else "")

@@ -95,7 +95,7 @@ from nav_msgs.msg import OccupancyGrid, Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
 from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
@@ -159,6 +159,7 @@ IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
 MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
 CONTROL_BUFFER = 400
+ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
 CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
@@ -319,6 +320,8 @@ PARAMETERS: dict[str, Param] = {
     "map_path": Param("prism_map.pt", "str", "file of ~/save_map and ~/load_map (relative to the working "
                       "directory; the mesh goes next to it as .ply); in localization mode the map loaded at start",
                       dynamic=True, check=not_empty),
+    "autostart": Param(True, "bool", "configure and activate at start-up; false: stay unconfigured until a "
+                       "lifecycle manager (or `ros2 lifecycle set`) configures and activates the node"),
     "mode": Param("slam", "str", "slam: track and map; localization: load map_path at start, track against it and "
                   "never change it (~/load_map swaps the map, ~/save_map is refused)",
                   check=one_of(("slam", "localization"))),
@@ -540,9 +543,11 @@ class Stats:
 # ---------------------------------------------------------------------------------------------
 
 
-class PrismNode(Node):
-    """See the module docstring. Construct, then :meth:`configure` (InputError on bad parameters), then
-    :meth:`start` the worker; :meth:`stop` before destroying."""
+class PrismNode(LifecycleNode):
+    """See the module docstring. A lifecycle (managed) node: configure reads the parameters and builds the filter
+    and the ROS interfaces, activate starts processing (the worker and its threads at the first activation),
+    deactivate skips frames, cleanup tears the interfaces and the map down, shutdown stops the threads.
+    :func:`prism_ros.nodes.runner.run_node` drives configure and activate itself with ``autostart``."""
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
@@ -558,6 +563,10 @@ class PrismNode(Node):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._paused = False
+        self._inactive = True  # lifecycle: frames are processed only while active
+        self.configure_error: InputError | None = None  # why the last configure failed
+        self._own_entities: dict[str, set[int]] = {}  # ids of the entities that exist before configure
+        self._parameter_callback = None
         self._last_stamp_ns: int | None = None  # newest set accepted into the mailbox
         self._last_processed_t: float | None = None
         self._start_after = 0.0  # frames stamped before an /initialpose are skipped (seconds; 0: none)
@@ -633,6 +642,7 @@ class PrismNode(Node):
                                   "compiled once per machine, then read from Warp's cache" if kernels else "") + ")")
         self._create_interfaces()
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._parameter_callback = self._on_set_parameters
         model = self.filter_config.dynamics.model
         second = f"{v['right_topic']} (stereo depth)" if stereo else v["depth_topic"]
         self.get_logger().info(
@@ -775,6 +785,60 @@ class PrismNode(Node):
             add(index, msg)
         inner.add = add_and_note
 
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._own_entities = {kind: {id(e) for e in getattr(self, kind)} for kind in ENTITY_KINDS}
+        self._stop = threading.Event()
+        try:
+            self.configure()
+        except InputError as error:
+            self.configure_error = error
+            if not self.get_parameter("autostart").value:  # with autostart run_node reports it and exits with 2
+                self.get_logger().error(f"configure failed, invalid parameters: {error}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._worker is None:
+            self.start()
+        self._inactive = False
+        self.get_logger().info("active: processing frames")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._inactive = True
+        self._mailbox.clear()
+        self.get_logger().info("inactive: frames are skipped")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("cleaned up: filter, map and interfaces released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        """Undo configure: stop the threads, destroy the interfaces it created, drop the filter and map."""
+        self.stop()
+        destroy = {"subscriptions": self.destroy_subscription, "publishers": self.destroy_publisher,
+                   "services": self.destroy_service, "clients": self.destroy_client, "timers": self.destroy_timer}
+        for kind in ENTITY_KINDS:
+            for entity in [e for e in getattr(self, kind) if id(e) not in self._own_entities.get(kind, set())]:
+                destroy[kind](entity)
+        if self._parameter_callback is not None:
+            self.remove_on_set_parameters_callback(self._parameter_callback)
+            self._parameter_callback = None
+        self.filter = self.map_publisher = self.tf = None
+        self._worker = self._map_thread = None
+        self._periodic = []
+        self._inactive = True
+
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work, name="prism_worker", daemon=True)
         self._worker.start()
@@ -833,7 +897,7 @@ class PrismNode(Node):
             self._unmatched = 0
         with self._stats_lock:
             self.stats.received += 1
-        if self._paused:
+        if self._paused or self._inactive:
             with self._stats_lock:
                 self.stats.skipped_paused += 1
             return
@@ -1657,6 +1721,8 @@ class PrismNode(Node):
         return DiagnosticStatus.ERROR if lost and lost_for >= self.values["lost_error_after"] else None
 
     def _state(self) -> str:
+        if self._inactive:
+            return "inactive"
         if self._paused:
             return "paused"
         if self.stats.tracking_ok is None:

@@ -13,6 +13,7 @@ import traceback
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 from prism_ros.errors import InputError
@@ -87,7 +88,9 @@ def events_executor():
 
 def run_node(node_class, name: str, args: list[str] | None = None, threads: int = 3, single: bool = False) -> int:
     """Construct ``node_class()``, ``configure()`` it (InputError: one line on stderr, exit code 2), ``start()``
-    it and spin until SIGINT/SIGTERM; then ``stop()`` it and shut down. 0 on a clean stop. ``single``: one
+    it and spin until SIGINT/SIGTERM; then ``stop()`` it and shut down. A lifecycle node is configured and
+    activated through its transitions when its ``autostart`` parameter is true (a failed configure: exit code
+    2 as above), else left unconfigured for a lifecycle manager. 0 on a clean stop. ``single``: one
     executor thread (:func:`events_executor`), else a MultiThreadedExecutor of ``threads`` (for nodes whose
     service callbacks wait for other callbacks)."""
     stop = threading.Event()  # handlers first: a Ctrl-C during set-up (interfaces already visible) stops cleanly
@@ -95,8 +98,13 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         signal.signal(signum, lambda *_: stop.set())
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = node_class()
+    lifecycle = isinstance(node, LifecycleNode)
+    autostart = not lifecycle or node.get_parameter("autostart").value
     try:
-        node.configure()
+        if not lifecycle:
+            node.configure()
+        elif autostart and node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise node.configure_error or InputError("configure failed", "read the node's log")
     except InputError as error:
         print(f"{name}: invalid parameters: {error}", file=sys.stderr, flush=True)
         node.destroy_node()
@@ -104,7 +112,13 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         return 2
     executor = events_executor() if single else MultiThreadedExecutor(num_threads=threads)
     executor.add_node(node)
-    node.start()
+    if not lifecycle:
+        node.start()
+    elif autostart:
+        node.trigger_activate()
+    else:
+        node.get_logger().info("unconfigured (autostart false): waiting for configure and activate from a "
+                               "lifecycle manager or `ros2 lifecycle set`")
     try:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

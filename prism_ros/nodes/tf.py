@@ -37,6 +37,7 @@ class TfBridge:
         self._warn = warn or node.get_logger().warning
         self._warned = False
         self._static: dict[str, object] = {}  # child frame -> TransformStamped, all republished together
+        self._tf_sub = None
         if not self.available:
             return
         from tf2_msgs.msg import TFMessage
@@ -47,7 +48,7 @@ class TfBridge:
         if listen:
             static_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                                    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            node.create_subscription(TFMessage, "/tf", lambda msg: self._on_tf(msg, False), TF_QOS)
+            self._tf_sub = node.create_subscription(TFMessage, "/tf", lambda msg: self._on_tf(msg, False), TF_QOS)
             node.create_subscription(TFMessage, "/tf_static", lambda msg: self._on_tf(msg, True), static_in)
 
     def send(self, transforms: list) -> None:
@@ -60,6 +61,14 @@ class TfBridge:
         if self._usable():
             self._static.update({t.child_frame_id: t for t in transforms})
             self._static_pub.publish(self._message(transforms=list(self._static.values())))
+
+    def peers(self) -> tuple[int, int]:
+        """(/tf publishers matched with this node's /tf subscription, /tf subscribers matched with its publisher):
+        transforms sent before a peer matched are lost to it, as with tf2_ros."""
+        if not self.available:
+            return 0, 0
+        return (self._tf_sub.get_publisher_count() if self._tf_sub is not None else 0,
+                self._tf_pub.get_subscription_count())
 
     def lookup(self, target: str, source: str, t: float | None = None, tolerance: float = 0.0) -> np.ndarray:
         """``T_target_source`` at ``t`` s (None: newest); TransformError naming what is missing."""
