@@ -23,14 +23,8 @@ import pytest
 import yaml
 from ros_helpers.ros_args import ros_args
 
-from prism_ros.nodes.prism_node import (
-    PARAMETERS,
-    base_twist,
-    build_filter_config,
-    convert_parameter,
-    left_covariance_to_ros,
-    parameters_yaml,
-)
+from prism_ros.nodes.conversions import base_twist, left_covariance_to_ros
+from prism_ros.nodes.prism_parameters import PARAMETERS, build_filter_config, convert_parameter, parameters_yaml
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -792,7 +786,7 @@ def test_invalid_parameters_at_startup_exit_2_with_the_reason(params, needles, s
 
 def test_parameter_file_documents_every_parameter_with_its_default():
     text = (REPO / "config/prism.yaml").read_text()
-    assert text == parameters_yaml(), "config/prism.yaml is stale: regenerate with prism_node.parameters_yaml()"
+    assert text == parameters_yaml(), "config/prism.yaml is stale: regenerate with prism_parameters.parameters_yaml()"
     values = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert values == {name: spec.default for name, spec in PARAMETERS.items()}
 

@@ -30,7 +30,7 @@ from ros_helpers.ros_args import ros_args
 from shared_data import sample
 
 from prism_ros.errors import InputError
-from prism_ros.nodes.prism_node import (
+from prism_ros.nodes.prism_parameters import (
     PARAMETERS,
     build_filter_config,
     check_stereo_parameters,

@@ -31,7 +31,7 @@ def test_replay_writes_the_offline_outputs_with_the_offline_results(synthetic_se
     from prism_ros.evaluation.trajectory_io import read_tum
     from prism_ros.launch_graph.graph import share_dir
     from prism_ros.launch_graph.replay import node_parameter_values
-    from prism_ros.nodes.prism_node import build_filter_config
+    from prism_ros.nodes.prism_parameters import build_filter_config
     from prism_ros.prism.map import GaussianSdfMap
     from prism_ros.prism.pipeline import STAGES, run_sequence
 
@@ -102,8 +102,14 @@ def test_messages_convert_back_to_the_filter_conventions():
     import torch
 
     from prism_ros.geometry import se3_exp
-    from prism_ros.nodes.conversions import matrix_to_odometry, matrix_to_pose_with_covariance, sec_to_stamp
-    from prism_ros.nodes.prism_node import PARAMETERS, base_twist, left_covariance_to_ros
+    from prism_ros.nodes.conversions import (
+        base_twist,
+        left_covariance_to_ros,
+        matrix_to_odometry,
+        matrix_to_pose_with_covariance,
+        sec_to_stamp,
+    )
+    from prism_ros.nodes.prism_parameters import PARAMETERS
     from prism_ros.nodes.replay_monitor import estimates_from_messages
     from prism_ros.prism.filter import Estimate
 

@@ -51,7 +51,8 @@ IDLE_DONE_S = 5.0  # after the bag ended: nothing processed for this long = the 
 def node_parameter_values(parameter_files: Sequence[Path], overrides: dict) -> dict:
     """The node's parameter values as rcl resolves them: declared defaults, then each file's ``/**`` and
     ``prism_node`` sections in order, then ``overrides``."""
-    from prism_ros.nodes.prism_node import NODE_NAME, PARAMETERS
+    from prism_ros.nodes.prism_node import NODE_NAME
+    from prism_ros.nodes.prism_parameters import PARAMETERS
 
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     for path in parameter_files:

@@ -64,6 +64,7 @@ from prism_ros.nodes.conversions import (
     diagnostics_message,
     header_ns,
     image_to_numpy,
+    left_covariance_to_ros,
     matrix_to_pose_with_covariance,
     pose_to_matrix,
     to_rgb,
@@ -82,14 +83,8 @@ from prism_ros.nodes.parameters import (
     read_all,
     transform,
 )
-from prism_ros.nodes.prism_node import (
-    DEPTH_ENCODINGS,
-    IDENTITY16,
-    QOS_NAMES,
-    RGB_ENCODINGS,
-    BadInput,
-    left_covariance_to_ros,
-)
+from prism_ros.nodes.prism_node import BadInput
+from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.prism.config import resolve_device
 

@@ -25,6 +25,7 @@ from std_msgs.msg import Header
 
 from prism_ros.errors import InputError
 from prism_ros.frame import ImuSamples, Intrinsics
+from prism_ros.geometry.lie import skew_np
 from prism_ros.nodes.compat import has_ros_piece
 
 NS_PER_S = 1_000_000_000
@@ -584,3 +585,36 @@ def matrix_to_odometry(T: np.ndarray, stamp: Time | float | None = None,
     if twist_covariance is not None:
         msg.twist.covariance = covariance_to_msg(twist_covariance)
     return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# frames: covariance and twist conversions between the filter and ROS
+# ---------------------------------------------------------------------------------------------
+
+
+def left_covariance_to_ros(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """6x6 covariance of the left perturbation [rho, phi] of a pose at ``position`` -> ROS (position error,
+    world-fixed-axis rotation error): dp = rho + phi x p, dR = Exp(phi) R."""
+    J = np.eye(6)
+    J[:3, 3:] = -skew_np(position)
+    return J @ np.asarray(covariance) @ J.T
+
+
+def ros_covariance_to_left(covariance: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`left_covariance_to_ros`: J^-1 = [[I, [p]x], [0, I]]."""
+    J_inv = np.eye(6)
+    J_inv[:3, 3:] = skew_np(position)
+    return J_inv @ np.asarray(covariance) @ J_inv.T
+
+
+def base_twist(velocity: np.ndarray, velocity_covariance: np.ndarray, T_world_body: np.ndarray,
+               T_world_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The filter's velocity [v_world of the body origin, omega in the body frame] (and its covariance) as the
+    base's twist in the base frame: [v of the base origin, omega], both in base coordinates."""
+    R_wb, R_wbase = T_world_body[:3, :3], T_world_base[:3, :3]
+    lever = T_world_base[:3, 3] - T_world_body[:3, 3]
+    J = np.zeros((6, 6))
+    J[:3, :3] = R_wbase.T
+    J[:3, 3:] = -R_wbase.T @ skew_np(lever) @ R_wb
+    J[3:, 3:] = R_wbase.T @ R_wb
+    return J @ np.asarray(velocity), J @ np.asarray(velocity_covariance) @ J.T

@@ -47,7 +47,7 @@ from prism_ros.nodes.conversions import (
     to_rgb,
 )
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
-from prism_ros.nodes.prism_node import QOS_NAMES, RGB_ENCODINGS
+from prism_ros.nodes.prism_parameters import QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, run_node
 
 NODE_NAME = "dmn_node"

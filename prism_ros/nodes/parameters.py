@@ -176,7 +176,7 @@ def parameters_file(table: dict[str, Param], header: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- docs
 DOCUMENTED_NODES = {  # node -> (module with PARAMETERS, the docs page holding its table)
-    "prism_node": ("prism_ros.nodes.prism_node", "docs/node.md"),
+    "prism_node": ("prism_ros.nodes.prism_parameters", "docs/node.md"),
     "ace_node": ("prism_ros.nodes.ace_node", "docs/ace.md"),
     "dmn_node": ("prism_ros.nodes.dmn_node", "docs/dmn.md"),
 }

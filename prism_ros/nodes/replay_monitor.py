@@ -100,8 +100,15 @@ def estimates_from_messages(odometry: list, timing: dict[int, dict[str, float]],
     the velocity [world velocity of the body origin, body rates] (undoing :func:`base_twist`). The pose and its
     covariance come from ``poses`` (~/pose by stamp, in the map frame) when given: the odometry is in the odom
     frame, which a relocalization separates from the map; a stamp without its pose is left out."""
-    from prism_ros.nodes.conversions import covariance_from_msg, header_ns, odometry_to_matrix, pose_to_matrix
-    from prism_ros.nodes.prism_node import base_twist, build_filter_config, ros_covariance_to_left
+    from prism_ros.nodes.conversions import (
+        base_twist,
+        covariance_from_msg,
+        header_ns,
+        odometry_to_matrix,
+        pose_to_matrix,
+        ros_covariance_to_left,
+    )
+    from prism_ros.nodes.prism_parameters import build_filter_config
     from prism_ros.prism.filter import Estimate
 
     T_base_camera = np.asarray(values["T_base_camera"], dtype=np.float64).reshape(4, 4)
