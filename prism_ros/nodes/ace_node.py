@@ -83,7 +83,7 @@ from prism_ros.nodes.parameters import (
     read_all,
     transform,
 )
-from prism_ros.nodes.prism_node import BadInput
+from prism_ros.nodes.prism_inputs import BadInput
 from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.prism.config import resolve_device

@@ -101,20 +101,15 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from prism_ros.errors import InputError
-from prism_ros.frame import Frame, ImuSamples, Intrinsics
+from prism_ros.frame import Frame, ImuSamples
 from prism_ros.geometry.lie import so3_exp_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
     base_twist,
-    camera_info_to_intrinsics,
-    compressed_source_encoding,
-    compressed_to_numpy,
     covariance_from_msg,
-    depth_to_metres,
     diagnostics_message,
     header_ns,
-    image_to_numpy,
     left_covariance_to_ros,
     make_header,
     matrix_to_odometry,
@@ -124,7 +119,6 @@ from prism_ros.nodes.conversions import (
     pose_to_matrix,
     ros_covariance_to_left,
     stamp_to_sec,
-    to_rgb,
 )
 from prism_ros.nodes.map_publishing import MapPublisher, latched_qos
 from prism_ros.nodes.parameters import (
@@ -132,25 +126,19 @@ from prism_ros.nodes.parameters import (
     declare,
     read_all,
 )
+from prism_ros.nodes.prism_inputs import BadInput, FrameDecoder, Mailbox, MotionBuffer, PendingFrame
 from prism_ros.nodes.prism_parameters import (
-    DEPTH_ENCODINGS,
-    GREY_ENCODINGS,
     PARAMETERS,
-    RGB_ENCODINGS,
     build_filter_config,
     check_stereo_parameters,
-    right_camera,
     stereo_config,
 )
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.nodes.tf import MapOdom, TfBridge, TransformError
-from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
 
 NODE_NAME = "prism_node"
-IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
 MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
-CONTROL_BUFFER = 400
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
@@ -164,60 +152,6 @@ FAILURES = ("rejected_parameter", "save_map", "load_map")
 # ---------------------------------------------------------------------------------------------
 # the mailbox between the executor and the worker
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PendingFrame:
-    """One synchronised set waiting for the worker (messages still undecoded); ``depth`` is None and ``right``
-    the right image with stereo depth."""
-
-    rgb: Any
-    depth: Any
-    info: Any
-    stamp_ns: int
-    received: float  # time.monotonic() when the set was complete
-    reset_reason: str | None = None
-    right: Any = None
-
-
-class Mailbox:
-    """Frames waiting for the worker, at most ``capacity``: ``put`` drops the oldest when full (returning it);
-    ``take`` waits for the oldest. Capacity 1 is the "latest frame" slot. A dropped frame's reset request
-    passes to the next frame, so a time jump is never lost with the frame that carried it."""
-
-    def __init__(self, capacity: int = 1):
-        self.capacity = capacity
-        self._items: deque[PendingFrame] = deque()
-        self._ready = threading.Condition()
-
-    def put(self, item: PendingFrame) -> PendingFrame | None:
-        with self._ready:
-            self._items.append(item)
-            dropped = self._items.popleft() if len(self._items) > self.capacity else None
-            if dropped is not None and dropped.reset_reason and not self._items[0].reset_reason:
-                self._items[0].reset_reason = dropped.reset_reason
-            self._ready.notify()
-        return dropped
-
-    def take(self, timeout: float) -> PendingFrame | None:
-        with self._ready:
-            if not self._items:
-                self._ready.wait(timeout)
-            return self._items.popleft() if self._items else None
-
-    def clear(self) -> None:
-        with self._ready:
-            self._items.clear()
-
-    def wake(self) -> None:
-        with self._ready:
-            self._ready.notify_all()
-
-
-class BadInput(Exception):
-    def __init__(self, cause: str, problem: str, fix: str):
-        super().__init__(f"{problem} -> {fix}")
-        self.cause, self.problem, self.fix = cause, problem, fix
 
 
 @dataclass
@@ -281,12 +215,8 @@ class PrismNode(LifecycleNode):
         self._last_stamp_msg = None
         self._render_camera = None  # the filter's render camera of the last frame (predicted depth)
         self._camera_frame = ""
-        self._frame_index = 0
-        self._imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
-        self._imu_newest: tuple[float, float] | None = None  # (stamp, monotonic arrival) of the newest sample
-        self._imu_arrived = threading.Condition(self._input_lock)
-        self._control: deque = deque(maxlen=CONTROL_BUFFER)  # (t, (6,))
-        self._last_twist: tuple[float, np.ndarray] | None = None
+        self.motion = MotionBuffer({}, self._stop)
+        self.decoder: FrameDecoder | None = None
         self._path: deque = deque()
         self._map_dirty = False  # fused since the last map publish
         self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
@@ -299,11 +229,7 @@ class PrismNode(LifecycleNode):
         self.filter = None
         self._frozen_map = None  # localization mode: the loaded map every filter tracks against
         self.map_publisher = None
-        self._stereo_config: StereoConfig | None = None
-        self._rectifier: StereoRectifier | None = None  # built by the worker for the pairs' calibration and size
-        self._rectifier_key: tuple | None = None
         self.T_left_rect = np.eye(4)  # the filter's camera -> the left camera (identity without stereo)
-        self._T_left_right = np.eye(4)  # stereo extrinsic, right -> left (parameter T_left_right)
         self.tf: TfBridge | None = None
         self.map_odom = MapOdom()
         self._extrinsics_known = False  # T_base_camera is final (parameter, or found on /tf_static)
@@ -332,10 +258,12 @@ class PrismNode(LifecycleNode):
         stereo = v["depth_source"] == "stereo"
         if stereo:
             self.T_left_rect = check_stereo_parameters(v)
-            self._stereo_config = stereo_config(v)
-            self._T_left_right = np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4)
         self._left_filter_config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
         self._set_extrinsics(self.T_left_rect)
+        self.motion = MotionBuffer(v, self._stop)
+        self.decoder = FrameDecoder(v, self._left_filter_config.max_depth, stereo_config(v) if stereo else None,
+                                    np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4) if stereo else None,
+                                    on_rectification=self._adopt_rectification)
         self._frozen_map = self._localization_map() if v["mode"] == "localization" else None
         try:
             self.filter = self._new_filter()
@@ -558,6 +486,7 @@ class PrismNode(LifecycleNode):
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._mailbox.wake()
+        self.motion.wake()
         for periodic in self._periodic:
             periodic.stop()
         for thread in (self._worker, self._map_thread):
@@ -636,48 +565,16 @@ class PrismNode(LifecycleNode):
                            "a longer frame_queue)")
 
     def _on_imu(self, msg: Imu) -> None:
-        t = header_ns(msg) / 1e9
-        gyro = np.array([msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z])
-        accel = np.array([msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z])
-        if not (np.isfinite(gyro).all() and np.isfinite(accel).all()):
-            self._bad_input("bad_imu", f"IMU sample at {t:.6f} s has non-finite values", "fix the IMU driver")
-            return
-        with self._input_lock:
-            if self._imu and t < self._imu[-1][0] - self.values["time_jump_threshold"]:
-                self._imu.clear()  # the stream restarted (looped bag)
-                self._imu_newest = None
-            if self._imu_newest is None or t > self._imu_newest[0]:
-                self._imu_newest = (t, time.monotonic())
-            self._imu_arrived.notify_all()
-            if self._imu and t <= self._imu[-1][0]:
-                if any(s[0] == t for s in self._imu):
-                    return  # duplicate
-                samples = sorted([*self._imu, (t, gyro, accel)], key=lambda s: s[0])
-                self._imu.clear()
-                self._imu.extend(samples)
-            else:
-                self._imu.append((t, gyro, accel))
+        try:
+            self.motion.add_imu(msg)
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
 
     def _on_control(self, msg) -> None:
-        t = header_ns(msg) / 1e9
-        if isinstance(msg, AccelStamped):
-            a, w = msg.accel.linear, msg.accel.angular
-            command = np.array([a.x, a.y, a.z, w.x, w.y, w.z])
-        else:
-            lin, w = msg.twist.linear, msg.twist.angular
-            velocity = np.array([lin.x, lin.y, lin.z])
-            previous, self._last_twist = self._last_twist, (t, velocity)
-            if previous is None or t <= previous[0]:
-                return  # acceleration needs two commands
-            command = np.concatenate([(velocity - previous[1]) / (t - previous[0]), [w.x, w.y, w.z]])
-        if not np.isfinite(command).all():
-            self._bad_input("bad_control", f"control command at {t:.6f} s has non-finite values",
-                            "fix the command publisher")
-            return
-        with self._input_lock:
-            if self._control and t < self._control[-1][0] - self.values["time_jump_threshold"]:
-                self._control.clear()
-            self._control.append((t, command))
+        try:
+            self.motion.add_control(msg)
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
 
     def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> tuple[np.ndarray, np.ndarray] | None:
         """T_map_base of a pose input and its ROS covariance in map_frame, or None (counted as bad_initial_pose).
@@ -868,11 +765,15 @@ class PrismNode(LifecycleNode):
             self._reset(item.reset_reason, log=False)
         try:
             self._place_camera(item.rgb.header.frame_id.lstrip("/"))
-            frame = self._frame_from(item)
+            frame = self.decoder.frame(item)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
             return
-        self._await_imu(frame.timestamp)
+        if "stereo_ms" in frame.extras:
+            with self._stats_lock:
+                self.stats.stereo_ms = frame.extras["stereo_ms"]
+                self.stats.stereo_valid_fraction = frame.extras["stereo_valid_fraction"]
+        self.motion.wait_for_imu(frame.timestamp)
         with self._map_lock:
             if self._paused:
                 with self._stats_lock:
@@ -883,8 +784,8 @@ class PrismNode(LifecycleNode):
                 with self._stats_lock:  # older than a relocalized or initial pose: it would predict backwards
                     self.stats.superseded += 1
                 return
-            frame.imu = self._take_imu(frame.timestamp)
-            frame.control = self._control_at(frame.timestamp)
+            frame.imu = self.motion.take_imu(frame.timestamp, after=self._last_processed_t)
+            frame.control = self.motion.control_at(frame.timestamp)
             model = self.filter_config.dynamics.model
             if model == "imu" and self.filter.state is not None and not len(frame.imu):
                 self._bad_input("missing_imu", f"no IMU sample on {self.values['imu_topic']} between the previous "
@@ -980,118 +881,6 @@ class PrismNode(LifecycleNode):
         self.get_logger().info(f"camera extrinsics from TF: {v['base_frame']} -> {camera_frame} at "
                                f"{np.round(T_base_left[:3, 3], 3).tolist()}")
 
-    def _frame_from(self, item: PendingFrame) -> Frame:
-        """Decode and check one set (BadInput names the cause and the fix): an RGB-D frame from registered
-        depth, or from the stereo pair (the rectified left camera)."""
-        v = self.values
-        rgb = self._decode_rgb(item.rgb)
-        if v["depth_source"] == "stereo":
-            frame = self._stereo_frame(item, rgb)
-            fix = ("point the cameras at textured, lit surfaces; check that right_topic is this rig's right camera "
-                   "and its calibration (right_intrinsics, right_distortion, T_left_right): a wrong one matches "
-                   f"nothing; stereo_num_disparities={v['stereo_num_disparities']} sees down to "
-                   f"{self._rectifier.focal * self._rectifier.baseline / v['stereo_num_disparities']:.2f} m")
-        else:
-            frame = self._registered_frame(item, rgb)
-            fix = f"check depth_topic and depth_scale ({v['depth_scale']} m per unit for 16-bit depth)"
-        depth = frame.depth
-        max_depth = self.filter_config.max_depth
-        finite = np.isfinite(depth)
-        valid = finite & (depth > 0) & (depth < max_depth)
-        fraction = float(valid.mean()) if valid.size else 0.0
-        if fraction < v["min_valid_depth_fraction"]:
-            values = depth[finite]
-            typical = f"median {np.median(values):.3g} m" if values.size else "no finite value"
-            kind = "stereo depth" if v["depth_source"] == "stereo" else "depth"
-            raise BadInput("bad_depth", f"{kind} has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
-                           f"{max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)", fix)
-        self._frame_index += 1
-        return frame
-
-    def _registered_frame(self, item: PendingFrame, rgb: np.ndarray) -> Frame:
-        """Colour + registered depth image (+ CameraInfo or parameters)."""
-        v = self.values
-        depth_msg = item.depth
-        if depth_msg.encoding not in DEPTH_ENCODINGS:
-            raise BadInput("bad_encoding", f"depth on {v['depth_topic']} has encoding {depth_msg.encoding!r}",
-                           f"publish depth as {', '.join(DEPTH_ENCODINGS)} (16-bit scaled by depth_scale)")
-        try:
-            depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding, v["depth_scale"])
-        except InputError as error:
-            raise BadInput("bad_image", f"depth on {v['depth_topic']}: {error.problem}",
-                           error.fix or "fix the publisher") from None
-        if rgb.shape[:2] != depth.shape[:2]:
-            raise BadInput("size_mismatch", f"colour is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
-                           f"{depth.shape[1]}x{depth.shape[0]}", "publish depth registered to the colour camera at "
-                           "the same resolution (e.g. aligned_depth_to_color)")
-        intrinsics = self._intrinsics(item.info, rgb.shape)
-        depth_intrinsics = None
-        if any(v["depth_intrinsics"]):
-            fx, fy, cx, cy = v["depth_intrinsics"]
-            depth_intrinsics = Intrinsics(fx, fy, cx, cy, depth.shape[1], depth.shape[0])
-        return Frame(index=self._frame_index, timestamp=item.stamp_ns / 1e9, rgb=rgb, depth=depth,
-                     intrinsics=intrinsics, depth_intrinsics=depth_intrinsics)
-
-    def _stereo_frame(self, item: PendingFrame, left: np.ndarray) -> Frame:
-        """The rectified left image, its pinhole intrinsics and the SGBM depth of the pair (worker thread)."""
-        v = self.values
-        started = time.perf_counter()
-        right = self._decode_right(item.right)
-        if left.shape[:2] != right.shape[:2]:
-            raise BadInput("size_mismatch", f"left image on {v['rgb_topic']} is {left.shape[1]}x{left.shape[0]} but "
-                           f"right on {v['right_topic']} is {right.shape[1]}x{right.shape[0]}",
-                           "publish both cameras of the stereo pair at the same resolution (same binning and ROI)")
-        left_camera = self._intrinsics(item.info, left.shape)
-        right_camera_ = right_camera(v, right.shape[1], right.shape[0])
-        rectifier = self._stereo_rectifier(left_camera, right_camera_)
-        pair = Frame(index=self._frame_index, timestamp=item.stamp_ns / 1e9, rgb=left, depth=None,
-                     intrinsics=left_camera, right=right, right_intrinsics=right_camera_,
-                     T_left_right=self._T_left_right)
-        try:
-            frame = rgbd_frame(pair, rectifier)
-        except InputError as error:
-            raise BadInput("bad_image", f"stereo pair: {error.problem}", error.fix or "fix the publishers") from None
-        stereo_ms = 1e3 * (time.perf_counter() - started)
-        frame.extras["stereo_ms"] = stereo_ms
-        with self._stats_lock:
-            self.stats.stereo_ms = stereo_ms
-            self.stats.stereo_valid_fraction = frame.extras["stereo_valid_fraction"]
-        return frame
-
-    def _decode_right(self, msg: Image) -> np.ndarray:
-        """The right image as HxW uint8 grey (SGBM matches grey images)."""
-        import cv2
-
-        topic = self.values["right_topic"]
-        if msg.encoding not in RGB_ENCODINGS:
-            raise BadInput("bad_encoding", f"right image on {topic} has encoding {msg.encoding!r}",
-                           f"publish the right camera like the left one ({', '.join(RGB_ENCODINGS[:5])})")
-        try:
-            pixels = image_to_numpy(msg)
-            if msg.encoding in GREY_ENCODINGS:
-                return np.ascontiguousarray(pixels.reshape(pixels.shape[:2]))
-            return cv2.cvtColor(to_rgb(pixels, msg.encoding), cv2.COLOR_RGB2GRAY)
-        except InputError as error:
-            raise BadInput("bad_image", f"right image on {topic}: {error.problem}",
-                           error.fix or "fix the publisher") from None
-        except cv2.error as error:
-            raise BadInput("bad_encoding", f"right image on {topic} ({msg.encoding}) is not an image: {error}",
-                           f"publish {', '.join(RGB_ENCODINGS[:5])}") from None
-
-    def _stereo_rectifier(self, left: Intrinsics, right: Intrinsics) -> StereoRectifier:
-        """The rectifier of this calibration and image size, built once (maps ~10 ms) and cached; a new one
-        (the first pair, a new CameraInfo or image size) also moves the filter's camera to its rectified one."""
-        key = (left, right)
-        if self._rectifier_key != key:
-            try:
-                rectifier = StereoRectifier(left, right, self._T_left_right, config=self._stereo_config)
-            except InputError as error:
-                raise BadInput("bad_camera_info", f"stereo calibration for {left.width}x{left.height} images: "
-                               f"{error.problem}", error.fix or "check the stereo calibration") from None
-            self._rectifier, self._rectifier_key = rectifier, key
-            self._adopt_rectification(rectifier.T_left_rect)
-        return self._rectifier
-
     def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:
         """Make the rectified left camera of ``T_left_rect`` the filter's camera. Before the first frame the
         filter is rebuilt with it (an /initialpose kept: same base pose); later the filter and map are reset
@@ -1110,85 +899,6 @@ class PrismNode(LifecycleNode):
                 return
         self._reset("stereo rectification changed", log=False)
         self.get_logger().info("the stereo rectification changed (new calibration or image size): filter and map reset")
-
-    def _decode_rgb(self, msg) -> np.ndarray:
-        topic = self.values["rgb_topic"]
-        if isinstance(msg, CompressedImage):
-            encoding = compressed_source_encoding(msg.format)
-            try:
-                pixels = compressed_to_numpy(msg)
-            except InputError as error:
-                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
-                               error.fix or "publish jpeg or png") from error
-        else:
-            encoding = msg.encoding
-            if encoding not in RGB_ENCODINGS:
-                raise BadInput("bad_encoding", f"colour on {topic} has encoding {encoding!r}",
-                               f"publish {', '.join(RGB_ENCODINGS[:5])}")
-            try:
-                pixels = image_to_numpy(msg)
-            except InputError as error:
-                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
-                               error.fix or "fix the publisher") from error
-        try:
-            return to_rgb(pixels, encoding)
-        except (InputError, Exception) as error:
-            raise BadInput("bad_encoding", f"colour on {topic} ({encoding}, shape {pixels.shape}) is not a colour "
-                           f"image: {error}", f"publish {', '.join(RGB_ENCODINGS[:5])}") from error
-
-    def _intrinsics(self, info: CameraInfo | None, shape) -> Intrinsics:
-        height, width = shape[:2]
-        v = self.values
-        if info is None:
-            fx, fy, cx, cy = v["intrinsics"]
-            return Intrinsics(fx, fy, cx, cy, width, height, tuple(v["distortion"]))
-        try:
-            intrinsics = camera_info_to_intrinsics(info, rectified=v["rectified_input"])
-        except InputError as error:
-            raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']}: {error.problem}",
-                           error.fix or "publish a calibrated CameraInfo") from error
-        if (info.width or info.height) and (info.width, info.height) != (width, height):
-            raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
-                           f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
-        return replace(intrinsics, width=width, height=height)
-
-    def _await_imu(self, t: float) -> None:
-        """Wait (at most ``imu_wait``) for an IMU sample at or after ``t`` while the IMU stream is live.
-
-        IMU messages can arrive after the images they precede (another DDS reader, another transport path);
-        a window taken before they do would lose its last samples for good.
-        """
-        wait = self.values["imu_wait"]
-        if not self.values["imu_topic"] or wait <= 0:
-            return
-        with self._imu_arrived:
-            newest = self._imu_newest
-            if newest is None or time.monotonic() - newest[1] > self.values["input_timeout"]:
-                return  # no live IMU stream: nothing to wait for (a model that needs it reports missing_imu)
-            self._imu_arrived.wait_for(lambda: self._stop.is_set() or (self._imu_newest or (t,))[0] >= t,
-                                       timeout=wait)
-
-    def _take_imu(self, t: float) -> ImuSamples | None:
-        """IMU samples in (last processed frame, t], removed from the buffer."""
-        if not self.values["imu_topic"]:
-            return None
-        with self._input_lock:
-            samples = [s for s in self._imu if s[0] <= t]
-            for _ in samples:
-                self._imu.popleft()
-        start = self._last_processed_t
-        if start is not None:
-            samples = [s for s in samples if s[0] > start]
-        if not samples:
-            return ImuSamples.empty()
-        return ImuSamples(np.array([s[0] for s in samples]), np.stack([s[1] for s in samples]),
-                          np.stack([s[2] for s in samples]))
-
-    def _control_at(self, t: float) -> np.ndarray | None:
-        """The last command at or before ``t`` (held), or None."""
-        with self._input_lock:
-            before = [c for c in self._control if c[0] <= t]
-        return before[-1][1].copy() if before else None
 
     def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True,
                initial_covariance: np.ndarray | None = None) -> None:
@@ -1332,13 +1042,14 @@ class PrismNode(LifecycleNode):
         if alignment is not None:
             return alignment.fallback, None
         model = self.filter_config.dynamics.model
+        imu, command = self.motion.newest()
         if model == "imu":
-            if not self._imu:
+            if imu is None:
                 return None
-            _, gyro, accel = self._imu[-1]
+            _, gyro, accel = imu
             return transition, ImuSamples(np.array([self.filter.state.t]), gyro[None], accel[None])
         if model == "control":
-            return (transition, self._control[-1][1]) if self._control else None
+            return None if command is None else (transition, command)
         return transition, None
 
     def _publish_rollouts(self) -> None:
@@ -1463,7 +1174,7 @@ class PrismNode(LifecycleNode):
                        "synchroniser": self.sync.implementation,
                        "tf": ("not available (tf2_msgs missing)" if not self.tf.available else
                               "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
-                       "imu_buffered": len(self._imu)})
+                       "imu_buffered": len(self.motion.imu)})
         return {k: str(v) for k, v in values.items()}
 
     def _publish_diagnostics(self) -> None:

@@ -1,0 +1,359 @@
+"""prism_node's inputs, from ROS messages to the core's types: synchronised sets waiting for the worker
+(:class:`Mailbox`), their decoding into a :class:`prism_ros.frame.Frame` (:class:`FrameDecoder`: registered depth,
+or a stereo pair rectified and matched), and the IMU samples and commands handed to the filter with each frame
+(:class:`MotionBuffer`). Bad input raises :class:`BadInput`: the cause counted in /diagnostics, the problem and
+the fix."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+from geometry_msgs.msg import AccelStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
+
+from prism_ros.errors import InputError
+from prism_ros.frame import Frame, ImuSamples, Intrinsics
+from prism_ros.nodes.conversions import (
+    camera_info_to_intrinsics,
+    compressed_source_encoding,
+    compressed_to_numpy,
+    depth_to_metres,
+    header_ns,
+    image_to_numpy,
+    to_rgb,
+)
+from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, GREY_ENCODINGS, RGB_ENCODINGS, right_camera
+from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
+
+IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
+CONTROL_BUFFER = 400
+
+
+class BadInput(Exception):
+    """A message the node cannot use: ``cause`` (counted in /diagnostics), the problem and the fix."""
+
+    def __init__(self, cause: str, problem: str, fix: str):
+        super().__init__(f"{problem} -> {fix}")
+        self.cause, self.problem, self.fix = cause, problem, fix
+
+
+@dataclass
+class PendingFrame:
+    """One synchronised set waiting for the worker (messages still undecoded); ``depth`` is None and ``right``
+    the right image with stereo depth."""
+
+    rgb: Any
+    depth: Any
+    info: Any
+    stamp_ns: int
+    received: float  # time.monotonic() when the set was complete
+    reset_reason: str | None = None
+    right: Any = None
+
+
+class Mailbox:
+    """Frames waiting for the worker, at most ``capacity``: ``put`` drops the oldest when full (returning it);
+    ``take`` waits for the oldest. Capacity 1 is the "latest frame" slot. A dropped frame's reset request
+    passes to the next frame, so a time jump is never lost with the frame that carried it."""
+
+    def __init__(self, capacity: int = 1):
+        self.capacity = capacity
+        self._items: deque[PendingFrame] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: PendingFrame) -> PendingFrame | None:
+        with self._ready:
+            self._items.append(item)
+            dropped = self._items.popleft() if len(self._items) > self.capacity else None
+            if dropped is not None and dropped.reset_reason and not self._items[0].reset_reason:
+                self._items[0].reset_reason = dropped.reset_reason
+            self._ready.notify()
+        return dropped
+
+    def take(self, timeout: float) -> PendingFrame | None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> None:
+        with self._ready:
+            self._items.clear()
+
+    def wake(self) -> None:
+        with self._ready:
+            self._ready.notify_all()
+
+
+class MotionBuffer:
+    """IMU samples and control commands as they arrive (executor thread), taken by the worker with each frame:
+    the IMU samples in (previous processed frame, t], the last command at or before t. ``values`` are the node's
+    parameters (read live: ``time_jump_threshold``, ``imu_wait``, ``input_timeout``)."""
+
+    def __init__(self, values: dict, stop: threading.Event):
+        self.values, self._stop = values, stop
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self.imu: deque = deque(maxlen=IMU_BUFFER)  # (t, gyro (3,), accel (3,)), sorted by t
+        self._imu_newest: tuple[float, float] | None = None  # (stamp, monotonic arrival) of the newest sample
+        self.control: deque = deque(maxlen=CONTROL_BUFFER)  # (t, (6,))
+        self._last_twist: tuple[float, np.ndarray] | None = None
+
+    def add_imu(self, msg: Imu) -> None:
+        t = header_ns(msg) / 1e9
+        gyro = np.array([msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z])
+        accel = np.array([msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z])
+        if not (np.isfinite(gyro).all() and np.isfinite(accel).all()):
+            raise BadInput("bad_imu", f"IMU sample at {t:.6f} s has non-finite values", "fix the IMU driver")
+        with self._lock:
+            if self.imu and t < self.imu[-1][0] - self.values["time_jump_threshold"]:
+                self.imu.clear()  # the stream restarted (looped bag)
+                self._imu_newest = None
+            if self._imu_newest is None or t > self._imu_newest[0]:
+                self._imu_newest = (t, time.monotonic())
+            self._arrived.notify_all()
+            if self.imu and t <= self.imu[-1][0]:
+                if any(s[0] == t for s in self.imu):
+                    return  # duplicate
+                samples = sorted([*self.imu, (t, gyro, accel)], key=lambda s: s[0])
+                self.imu.clear()
+                self.imu.extend(samples)
+            else:
+                self.imu.append((t, gyro, accel))
+
+    def add_control(self, msg) -> None:
+        """An AccelStamped (commanded body acceleration and rates) or TwistStamped (acceleration from
+        consecutive linear velocities) command."""
+        t = header_ns(msg) / 1e9
+        if isinstance(msg, AccelStamped):
+            a, w = msg.accel.linear, msg.accel.angular
+            command = np.array([a.x, a.y, a.z, w.x, w.y, w.z])
+        else:
+            lin, w = msg.twist.linear, msg.twist.angular
+            velocity = np.array([lin.x, lin.y, lin.z])
+            previous, self._last_twist = self._last_twist, (t, velocity)
+            if previous is None or t <= previous[0]:
+                return  # acceleration needs two commands
+            command = np.concatenate([(velocity - previous[1]) / (t - previous[0]), [w.x, w.y, w.z]])
+        if not np.isfinite(command).all():
+            raise BadInput("bad_control", f"control command at {t:.6f} s has non-finite values",
+                           "fix the command publisher")
+        with self._lock:
+            if self.control and t < self.control[-1][0] - self.values["time_jump_threshold"]:
+                self.control.clear()
+            self.control.append((t, command))
+
+    def wait_for_imu(self, t: float) -> None:
+        """Wait (at most ``imu_wait``) for an IMU sample at or after ``t`` while the IMU stream is live.
+
+        IMU messages can arrive after the images they precede (another DDS reader, another transport path);
+        a window taken before they do would lose its last samples for good.
+        """
+        wait = self.values["imu_wait"]
+        if not self.values["imu_topic"] or wait <= 0:
+            return
+        with self._arrived:
+            newest = self._imu_newest
+            if newest is None or time.monotonic() - newest[1] > self.values["input_timeout"]:
+                return  # no live IMU stream: nothing to wait for (a model that needs it reports missing_imu)
+            self._arrived.wait_for(lambda: self._stop.is_set() or (self._imu_newest or (t,))[0] >= t, timeout=wait)
+
+    def wake(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def take_imu(self, t: float, after: float | None) -> ImuSamples | None:
+        """IMU samples in (``after``, t], removed from the buffer (with the older ones); None without an IMU."""
+        if not self.values["imu_topic"]:
+            return None
+        with self._lock:
+            samples = [s for s in self.imu if s[0] <= t]
+            for _ in samples:
+                self.imu.popleft()
+        if after is not None:
+            samples = [s for s in samples if s[0] > after]
+        if not samples:
+            return ImuSamples.empty()
+        return ImuSamples(np.array([s[0] for s in samples]), np.stack([s[1] for s in samples]),
+                          np.stack([s[2] for s in samples]))
+
+    def control_at(self, t: float) -> np.ndarray | None:
+        """The last command at or before ``t`` (held), or None."""
+        with self._lock:
+            before = [c for c in self.control if c[0] <= t]
+        return before[-1][1].copy() if before else None
+
+    def newest(self) -> tuple[tuple | None, np.ndarray | None]:
+        """The newest IMU sample (t, gyro, accel) and the newest command, or None each."""
+        with self._lock:
+            return (self.imu[-1] if self.imu else None), (self.control[-1][1] if self.control else None)
+
+
+class FrameDecoder:
+    """A synchronised set -> a checked :class:`Frame` (worker thread): the colour image, registered depth or
+    the stereo pair (rectified, OpenCV SGBM; the frame is then the rectified left camera's), and the camera
+    from CameraInfo or the parameters. ``on_rectification(T_left_rect)`` is told when a new stereo
+    calibration or image size gives a new rectified camera."""
+
+    def __init__(self, values: dict, max_depth: float, stereo: StereoConfig | None = None,
+                 T_left_right: np.ndarray | None = None,
+                 on_rectification: Callable[[np.ndarray], None] = lambda T: None):
+        self.values, self.max_depth = values, max_depth
+        self._stereo, self._T_left_right = stereo, T_left_right if T_left_right is not None else np.eye(4)
+        self._on_rectification = on_rectification
+        self._rectifier: StereoRectifier | None = None  # built for the pairs' calibration and size
+        self._rectifier_key: tuple | None = None
+        self.index = 0  # frames decoded
+
+    def frame(self, item: PendingFrame) -> Frame:
+        """Decode and check one set (BadInput names the cause and the fix): an RGB-D frame from registered
+        depth, or from the stereo pair (the rectified left camera)."""
+        v = self.values
+        rgb = self.decode_rgb(item.rgb)
+        if v["depth_source"] == "stereo":
+            frame = self._stereo_frame(item, rgb)
+            fix = ("point the cameras at textured, lit surfaces; check that right_topic is this rig's right camera "
+                   "and its calibration (right_intrinsics, right_distortion, T_left_right): a wrong one matches "
+                   f"nothing; stereo_num_disparities={v['stereo_num_disparities']} sees down to "
+                   f"{self._rectifier.focal * self._rectifier.baseline / v['stereo_num_disparities']:.2f} m")
+        else:
+            frame = self._registered_frame(item, rgb)
+            fix = f"check depth_topic and depth_scale ({v['depth_scale']} m per unit for 16-bit depth)"
+        depth = frame.depth
+        finite = np.isfinite(depth)
+        valid = finite & (depth > 0) & (depth < self.max_depth)
+        fraction = float(valid.mean()) if valid.size else 0.0
+        if fraction < v["min_valid_depth_fraction"]:
+            values = depth[finite]
+            typical = f"median {np.median(values):.3g} m" if values.size else "no finite value"
+            kind = "stereo depth" if v["depth_source"] == "stereo" else "depth"
+            raise BadInput("bad_depth", f"{kind} has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
+                           f"{self.max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)", fix)
+        self.index += 1
+        return frame
+
+    def _registered_frame(self, item: PendingFrame, rgb: np.ndarray) -> Frame:
+        """Colour + registered depth image (+ CameraInfo or parameters)."""
+        v = self.values
+        depth_msg = item.depth
+        if depth_msg.encoding not in DEPTH_ENCODINGS:
+            raise BadInput("bad_encoding", f"depth on {v['depth_topic']} has encoding {depth_msg.encoding!r}",
+                           f"publish depth as {', '.join(DEPTH_ENCODINGS)} (16-bit scaled by depth_scale)")
+        try:
+            depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding, v["depth_scale"])
+        except InputError as error:
+            raise BadInput("bad_image", f"depth on {v['depth_topic']}: {error.problem}",
+                           error.fix or "fix the publisher") from None
+        if rgb.shape[:2] != depth.shape[:2]:
+            raise BadInput("size_mismatch", f"colour is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
+                           f"{depth.shape[1]}x{depth.shape[0]}", "publish depth registered to the colour camera at "
+                           "the same resolution (e.g. aligned_depth_to_color)")
+        intrinsics = self.intrinsics(item.info, rgb.shape)
+        depth_intrinsics = None
+        if any(v["depth_intrinsics"]):
+            fx, fy, cx, cy = v["depth_intrinsics"]
+            depth_intrinsics = Intrinsics(fx, fy, cx, cy, depth.shape[1], depth.shape[0])
+        return Frame(index=self.index, timestamp=item.stamp_ns / 1e9, rgb=rgb, depth=depth,
+                     intrinsics=intrinsics, depth_intrinsics=depth_intrinsics)
+
+    def _stereo_frame(self, item: PendingFrame, left: np.ndarray) -> Frame:
+        """The rectified left image, its pinhole intrinsics and the SGBM depth of the pair (worker thread)."""
+        v = self.values
+        started = time.perf_counter()
+        right = self._decode_right(item.right)
+        if left.shape[:2] != right.shape[:2]:
+            raise BadInput("size_mismatch", f"left image on {v['rgb_topic']} is {left.shape[1]}x{left.shape[0]} but "
+                           f"right on {v['right_topic']} is {right.shape[1]}x{right.shape[0]}",
+                           "publish both cameras of the stereo pair at the same resolution (same binning and ROI)")
+        left_camera = self.intrinsics(item.info, left.shape)
+        right_camera_ = right_camera(v, right.shape[1], right.shape[0])
+        rectifier = self._stereo_rectifier(left_camera, right_camera_)
+        pair = Frame(index=self.index, timestamp=item.stamp_ns / 1e9, rgb=left, depth=None,
+                     intrinsics=left_camera, right=right, right_intrinsics=right_camera_,
+                     T_left_right=self._T_left_right)
+        try:
+            frame = rgbd_frame(pair, rectifier)
+        except InputError as error:
+            raise BadInput("bad_image", f"stereo pair: {error.problem}", error.fix or "fix the publishers") from None
+        stereo_ms = 1e3 * (time.perf_counter() - started)
+        frame.extras["stereo_ms"] = stereo_ms
+        return frame
+
+    def _decode_right(self, msg: Image) -> np.ndarray:
+        """The right image as HxW uint8 grey (SGBM matches grey images)."""
+        import cv2
+
+        topic = self.values["right_topic"]
+        if msg.encoding not in RGB_ENCODINGS:
+            raise BadInput("bad_encoding", f"right image on {topic} has encoding {msg.encoding!r}",
+                           f"publish the right camera like the left one ({', '.join(RGB_ENCODINGS[:5])})")
+        try:
+            pixels = image_to_numpy(msg)
+            if msg.encoding in GREY_ENCODINGS:
+                return np.ascontiguousarray(pixels.reshape(pixels.shape[:2]))
+            return cv2.cvtColor(to_rgb(pixels, msg.encoding), cv2.COLOR_RGB2GRAY)
+        except InputError as error:
+            raise BadInput("bad_image", f"right image on {topic}: {error.problem}",
+                           error.fix or "fix the publisher") from None
+        except cv2.error as error:
+            raise BadInput("bad_encoding", f"right image on {topic} ({msg.encoding}) is not an image: {error}",
+                           f"publish {', '.join(RGB_ENCODINGS[:5])}") from None
+
+    def _stereo_rectifier(self, left: Intrinsics, right: Intrinsics) -> StereoRectifier:
+        """The rectifier of this calibration and image size, built once (maps ~10 ms) and cached; a new one
+        (the first pair, a new CameraInfo or image size) also moves the filter's camera to its rectified one."""
+        key = (left, right)
+        if self._rectifier_key != key:
+            try:
+                rectifier = StereoRectifier(left, right, self._T_left_right, config=self._stereo)
+            except InputError as error:
+                raise BadInput("bad_camera_info", f"stereo calibration for {left.width}x{left.height} images: "
+                               f"{error.problem}", error.fix or "check the stereo calibration") from None
+            self._rectifier, self._rectifier_key = rectifier, key
+            self._on_rectification(rectifier.T_left_rect)
+        return self._rectifier
+
+    def decode_rgb(self, msg) -> np.ndarray:
+        topic = self.values["rgb_topic"]
+        if isinstance(msg, CompressedImage):
+            encoding = compressed_source_encoding(msg.format)
+            try:
+                pixels = compressed_to_numpy(msg)
+            except InputError as error:
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
+                               error.fix or "publish jpeg or png") from error
+        else:
+            encoding = msg.encoding
+            if encoding not in RGB_ENCODINGS:
+                raise BadInput("bad_encoding", f"colour on {topic} has encoding {encoding!r}",
+                               f"publish {', '.join(RGB_ENCODINGS[:5])}")
+            try:
+                pixels = image_to_numpy(msg)
+            except InputError as error:
+                raise BadInput("bad_image", f"colour on {topic}: {error.problem}",
+                               error.fix or "fix the publisher") from error
+        try:
+            return to_rgb(pixels, encoding)
+        except (InputError, Exception) as error:
+            raise BadInput("bad_encoding", f"colour on {topic} ({encoding}, shape {pixels.shape}) is not a colour "
+                           f"image: {error}", f"publish {', '.join(RGB_ENCODINGS[:5])}") from error
+
+    def intrinsics(self, info: CameraInfo | None, shape) -> Intrinsics:
+        height, width = shape[:2]
+        v = self.values
+        if info is None:
+            fx, fy, cx, cy = v["intrinsics"]
+            return Intrinsics(fx, fy, cx, cy, width, height, tuple(v["distortion"]))
+        try:
+            intrinsics = camera_info_to_intrinsics(info, rectified=v["rectified_input"])
+        except InputError as error:
+            raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']}: {error.problem}",
+                           error.fix or "publish a calibrated CameraInfo") from error
+        if (info.width or info.height) and (info.width, info.height) != (width, height):
+            raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
+                           f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
+        return replace(intrinsics, width=width, height=height)
