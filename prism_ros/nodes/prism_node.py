@@ -88,15 +88,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import AccelStamped, PoseStamped, PoseWithCovarianceStamped, TwistStamped
-from nav_msgs.msg import OccupancyGrid, Odometry
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import AccelStamped, PoseWithCovarianceStamped, TwistStamped
+from nav_msgs.msg import OccupancyGrid
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
-from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -106,14 +105,9 @@ from prism_ros.geometry.lie import so3_exp_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
-    base_twist,
     covariance_from_msg,
     diagnostics_message,
     header_ns,
-    left_covariance_to_ros,
-    make_header,
-    matrix_to_odometry,
-    matrix_to_pose_with_covariance,
     matrix_to_transform_stamped,
     numpy_to_image,
     pose_to_matrix,
@@ -127,6 +121,7 @@ from prism_ros.nodes.parameters import (
     read_all,
 )
 from prism_ros.nodes.prism_inputs import BadInput, FrameDecoder, Mailbox, MotionBuffer, PendingFrame
+from prism_ros.nodes.prism_outputs import EstimatePublisher
 from prism_ros.nodes.prism_parameters import (
     PARAMETERS,
     build_filter_config,
@@ -134,7 +129,7 @@ from prism_ros.nodes.prism_parameters import (
     stereo_config,
 )
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
-from prism_ros.nodes.tf import MapOdom, TfBridge, TransformError
+from prism_ros.nodes.tf import TransformError
 
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
@@ -217,7 +212,6 @@ class PrismNode(LifecycleNode):
         self._camera_frame = ""
         self.motion = MotionBuffer({}, self._stop)
         self.decoder: FrameDecoder | None = None
-        self._path: deque = deque()
         self._map_dirty = False  # fused since the last map publish
         self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
         self._publish_lock = threading.Lock()  # map publishing vs clearing the display
@@ -230,8 +224,7 @@ class PrismNode(LifecycleNode):
         self._frozen_map = None  # localization mode: the loaded map every filter tracks against
         self.map_publisher = None
         self.T_left_rect = np.eye(4)  # the filter's camera -> the left camera (identity without stereo)
-        self.tf: TfBridge | None = None
-        self.map_odom = MapOdom()
+        self.outputs: EstimatePublisher | None = None
         self._extrinsics_known = False  # T_base_camera is final (parameter, or found on /tf_static)
         self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
         self._tracked: deque = deque(maxlen=300)  # (t, T_world_camera) of recent tracked frames
@@ -363,15 +356,8 @@ class PrismNode(LifecycleNode):
         self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
         self.create_subscription(PoseWithCovarianceStamped, "~/reset_at_pose", self._on_reset_at_pose,
                                  reliable_qos(10))
-        self.tracking_pub = self.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
-        self.lost_pub = self.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
-        self.status_pub = self.create_publisher(DiagnosticArray, "~/tracking_status", reliable_qos(10))
-        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
-        self.odom_pub = self.create_publisher(Odometry, "~/odometry", reliable_qos(10))
-        self.path_pub = self.create_publisher(PathMsg, "~/path", reliable_qos(10))
+        self.outputs = EstimatePublisher(self, v, warn=lambda text: self._log_once("tf", text))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
-        self.timing_pub = self.create_publisher(DiagnosticArray, "~/frame_timing", reliable_qos(10))
-        self.tf = TfBridge(self, cache_s=60.0, warn=lambda text: self._log_once("tf", text))
         self._extrinsics_known = v["extrinsics_source"] == "parameter"
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
@@ -385,7 +371,7 @@ class PrismNode(LifecycleNode):
                                    log_errors_once(self._log_once, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
                                    log_errors_once(self._log_once, "the input watchdog")),
-                          Periodic(v["transform_publish_period"], self._send_map_odom, "prism_tf",
+                          Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
                                    log_errors_once(self._log_once, "the map -> odom broadcast"))]
         self._create_prediction_interfaces()
 
@@ -470,7 +456,7 @@ class PrismNode(LifecycleNode):
         if self._parameter_callback is not None:
             self.remove_on_set_parameters_callback(self._parameter_callback)
             self._parameter_callback = None
-        self.filter = self.map_publisher = self.tf = None
+        self.filter = self.map_publisher = self.outputs = None
         self._worker = self._map_thread = None
         self._periodic = []
         self._inactive = True
@@ -594,7 +580,7 @@ class PrismNode(LifecycleNode):
             return T_frame_base, covariance
         stamp = stamp_to_sec(msg.header.stamp)
         try:
-            T_map_frame = self.tf.lookup(map_frame, frame, stamp if stamp > 0 else None,
+            T_map_frame = self.outputs.tf.lookup(map_frame, frame, stamp if stamp > 0 else None,
                                          self.values["transform_tolerance"])
         except TransformError as error:
             self._bad_input("bad_initial_pose", f"{topic} is in frame {frame!r}: {error}",
@@ -645,7 +631,7 @@ class PrismNode(LifecycleNode):
                 self.filter = self._new_filter(T_map_base @ self.T_base_camera, covariance)
             else:
                 self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
-            self.map_odom.jump()
+            self.outputs.map_odom.jump()
             self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
         with self._stats_lock:
             self.stats.relocalizations += 1
@@ -834,17 +820,19 @@ class PrismNode(LifecycleNode):
         if estimate.render is not None:
             self._render_camera = estimate.render.camera
         if estimate.tracking_ok or self.values["publish_when_lost"]:
-            self._publish_estimate(estimate, stamp)
-        if not estimate.tracking_ok:  # before tracking_ok, so a relocalizer counting lost frames knows which
-            self.lost_pub.publish(Header(stamp=stamp, frame_id=camera_frame))
-        self.tracking_pub.publish(Bool(data=bool(estimate.tracking_ok)))
-        self.status_pub.publish(self._tracking_status(estimate, stamp, camera_frame))
+            try:
+                self.outputs.pose(estimate, stamp, self.T_camera_base, self.T_camera_body)
+            except BadInput as bad:
+                self._bad_input(bad.cause, bad.problem, bad.fix)
+        with self._stats_lock:
+            lost_for = self.stats.lost_for
+        self.outputs.verdict(estimate, stamp, camera_frame, lost_for)
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
         latency_ms = 1e3 * (time.monotonic() - item.received)
         with self._stats_lock:
             self.stats.latency_ms = latency_ms
-        self._publish_frame_timing(estimate, stamp, step_ms, latency_ms, frame.extras.get("stereo_ms"))
+        self.outputs.timing(estimate, stamp, step_ms, latency_ms, frame.extras.get("stereo_ms"))
 
     def _place_camera(self, camera_frame: str) -> None:
         """The camera on the base: with ``extrinsics_source: tf``, look up base_frame -> the image's frame once
@@ -854,7 +842,8 @@ class PrismNode(LifecycleNode):
             if v["publish_camera_tf"] and v["extrinsics_source"] == "parameter" and camera_frame and \
                     camera_frame != self._camera_tf_sent:
                 T_base_left = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
-                self.tf.send_static([matrix_to_transform_stamped(T_base_left, 0.0, v["base_frame"], camera_frame)])
+                self.outputs.tf.send_static([matrix_to_transform_stamped(T_base_left, 0.0, v["base_frame"],
+                                                                         camera_frame)])
                 self._camera_tf_sent = camera_frame
             return
         fix = (f"publish {v['base_frame']} -> {camera_frame or 'the camera frame'} on /tf_static "
@@ -863,7 +852,7 @@ class PrismNode(LifecycleNode):
             raise BadInput("missing_tf", f"the colour image on {v['rgb_topic']} has no frame_id, so its place on "
                            f"{v['base_frame']} cannot be looked up; frame skipped", fix)
         try:
-            T_base_left = self.tf.lookup(v["base_frame"], camera_frame)
+            T_base_left = self.outputs.tf.lookup(v["base_frame"], camera_frame)
         except TransformError as error:
             raise BadInput("missing_tf", f"camera extrinsics not on TF yet ({error}); frame skipped", fix) from None
         with self._map_lock:
@@ -907,10 +896,10 @@ class PrismNode(LifecycleNode):
         stamp order (the jump's frame set it)."""
         with self._map_lock:
             self.filter = self._new_filter(initial_pose, initial_covariance)
-            self.map_odom.jump()
+            self.outputs.map_odom.jump()
             self._last_processed_t = None
             self._start_after = 0.0
-            self._path.clear()
+            self.outputs.path.clear()
             self._tracked.clear()
             self._restart = None
             self._clear_map_display()
@@ -922,68 +911,6 @@ class PrismNode(LifecycleNode):
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
         if log:
             self.get_logger().info(f"{reason}: filter and map reset")
-
-    def _publish_estimate(self, estimate, stamp) -> None:
-        v = self.values
-        T_world_camera = np.asarray(estimate.T_world_camera, dtype=np.float64)
-        T_map_base = T_world_camera @ self.T_camera_base
-        covariance = left_covariance_to_ros(estimate.pose_covariance, T_map_base[:3, 3])
-        pose = matrix_to_pose_with_covariance(T_map_base, covariance, stamp, v["map_frame"])
-        self.pose_pub.publish(pose)
-        T_world_body = T_world_camera @ self.T_camera_body
-        twist, twist_covariance = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
-        T_frame_base, frame = self._odometry(T_map_base, stamp)
-        rotate = np.kron(np.eye(2), T_frame_base[:3, :3] @ T_map_base[:3, :3].T)  # map -> odom axes
-        self.odom_pub.publish(matrix_to_odometry(T_frame_base, stamp, frame, v["base_frame"],
-                                                 rotate @ covariance @ rotate.T, twist, twist_covariance))
-        self._path.append(PoseStamped(header=make_header(v["map_frame"], stamp), pose=pose.pose.pose))
-        while len(self._path) > v["path_max_length"]:
-            self._path.popleft()
-        self.path_pub.publish(PathMsg(header=make_header(v["map_frame"], stamp), poses=list(self._path)))
-
-    def _odometry(self, T_map_base: np.ndarray, stamp) -> tuple[np.ndarray, str]:
-        """REP-105 for one pose: the base pose for ~/odometry and its frame, odom -> base_frame on /tf when PRISM
-        owns odom, and map -> odom (from PRISM's odom, or from the external odometry at the frame's stamp)."""
-        v = self.values
-        if v["publish_odom_tf"]:
-            T_odom_base = self.map_odom.owned(T_map_base)
-            self.tf.send([matrix_to_transform_stamped(T_odom_base, stamp, v["odom_frame"], v["base_frame"])])
-            self._send_map_odom(stamp_to_sec(stamp))
-            return T_odom_base, v["odom_frame"]
-        t = stamp_to_sec(stamp)
-        try:
-            T_odom_base = self.tf.lookup(v["odom_frame"], v["base_frame"], t, v["transform_tolerance"])
-        except TransformError as error:
-            self._bad_input("missing_tf", f"no external odometry at the frame's stamp {t:.6f} s ({error}); map -> "
-                            "odom kept", f"start the node that broadcasts {v['odom_frame']} -> {v['base_frame']}, or "
-                            "publish_odom_tf:=true (PRISM is the odometry)")
-            return T_map_base, v["map_frame"]
-        self.map_odom.external(T_map_base, T_odom_base)
-        self._send_map_odom(t)
-        return T_map_base, v["map_frame"]
-
-    def _send_map_odom(self, t: float | None = None) -> None:
-        """map -> odom, stamped ``transform_tolerance`` ahead of ``t`` (a frame's stamp; default: the clock)."""
-        v = self.values
-        if not (v["publish_map_odom_tf"] and self.map_odom.known):
-            return
-        if t is None:
-            t = self.get_clock().now().nanoseconds / 1e9
-        self.tf.send([matrix_to_transform_stamped(self.map_odom.T_map_odom, t + v["transform_tolerance"],
-                                                  v["map_frame"], v["odom_frame"])])
-
-    def _publish_frame_timing(self, estimate, stamp, step_ms: float, latency_ms: float,
-                              stereo_ms: float | None = None) -> None:
-        """``~/frame_timing``: per processed frame, the filter's stage times, the whole step and the latency
-        (set complete -> outputs published), all in ms, stamped with the frame (profiling, `prism-ros replay`);
-        with stereo depth also ``stereo_ms`` (decoding, rectification and SGBM, before the step)."""
-        values = {**{f"{stage}_ms": ms for stage, ms in estimate.timings_ms.items()}, "step_ms": step_ms,
-                  "latency_ms": latency_ms}
-        if stereo_ms is not None:
-            values["stereo_ms"] = stereo_ms
-        self.timing_pub.publish(diagnostics_message(
-            f"{NODE_NAME}: frame", estimate.tracking_ok, "tracking" if estimate.tracking_ok else "lost",
-            {k: f"{ms:.3f}" for k, ms in values.items()}, stamp, frame_id=self.values["map_frame"]))
 
     def _publish_maps(self) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
@@ -1119,26 +1046,6 @@ class PrismNode(LifecycleNode):
 
     # -- diagnostics ----------------------------------------------------------------------------
 
-    def _tracking_status(self, estimate, stamp, frame_id: str) -> DiagnosticArray:
-        """The frame's tracking verdict stamped like the frame: level OK / WARN (lost) / ERROR (lost for
-        lost_error_after s), the quality figures and the reasons a frame was lost."""
-        with self._stats_lock:
-            lost_for = self.stats.lost_for
-        quality = estimate.quality or {}
-        level = self._loss_level(not estimate.tracking_ok, lost_for)
-        values = {"tracking_ok": str(bool(estimate.tracking_ok)).lower(), "lost_for_s": f"{lost_for:.3f}",
-                  **{key: f"{float(quality[key]):.4g}" for key in ("inlier_ratio", "coverage", "icp_rmse")
-                     if key in quality},
-                  "reasons": "; ".join(map(str, quality.get("reasons", [])))}
-        return diagnostics_message(f"{self.get_name()}: tracking", bool(estimate.tracking_ok),
-                                   "tracking" if estimate.tracking_ok else "lost", values, stamp,
-                                   frame_id=frame_id, level=level)
-
-    def _loss_level(self, lost: bool, lost_for: float):
-        """ERROR once tracking has been lost for ``lost_error_after`` seconds of frame stamps, else None (the
-        status's own OK / WARN)."""
-        return DiagnosticStatus.ERROR if lost and lost_for >= self.values["lost_error_after"] else None
-
     def _state(self) -> str:
         if self._inactive:
             return "inactive"
@@ -1172,7 +1079,7 @@ class PrismNode(LifecycleNode):
         values.update({"device": self.device, "mode": self.values["mode"], "map_level": self.map_level,
                        "transition_model": self.filter_config.dynamics.model,
                        "synchroniser": self.sync.implementation,
-                       "tf": ("not available (tf2_msgs missing)" if not self.tf.available else
+                       "tf": ("not available (tf2_msgs missing)" if not self.outputs.tf.available else
                               "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
                        "imu_buffered": len(self.motion.imu)})
         return {k: str(v) for k, v in values.items()}
@@ -1182,7 +1089,7 @@ class PrismNode(LifecycleNode):
         bad = int(values["bad_input_total"])
         message = values["state"] + (f", {bad} bad inputs" if bad else "")
         lost_for = float(values["lost_for_s"])
-        level = self._loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
+        level = self.outputs.loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
         if level is not None:
             message = f"{message} for {lost_for:.1f} s"
         self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
