@@ -4,7 +4,8 @@ The node samples :func:`prism_ros.dynamics.rollout.sample_rollouts` with the fil
 latest state, holding the current input (the newest IMU sample, the newest command, or nothing for the
 constant-velocity model; while the IMU model still aligns gravity, its constant-velocity fallback, as the
 filter predicts then), and slices the map with :func:`prism_ros.dynamics.costmap.build_costmap`. This module holds the
-parameters and turns the results into messages; the node owns the threads and the locking.
+parameters, turns the results into messages and runs the threads (:class:`PredictionPublisher`); the node owns
+the locking and hands over its state.
 
 Topics (``~/``; all in ``map_frame``):
 - ``rollouts`` (visualization_msgs/MarkerArray, ns ``prism_rollouts``): one thin LINE_STRIP per sampled
@@ -22,17 +23,22 @@ from __future__ import annotations
 
 import array
 import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from nav_msgs.msg import MapMetaData, OccupancyGrid
 from nav_msgs.msg import Path as PathMsg
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prism_ros.dynamics.costmap import UNKNOWN, UP_AXES, Costmap, CostmapConfig
-from prism_ros.nodes.conversions import make_header, matrix_to_pose, sec_to_stamp
+from prism_ros.errors import InputError
+from prism_ros.frame import ImuSamples
+from prism_ros.nodes.conversions import make_header, matrix_to_pose, numpy_to_image, sec_to_stamp
 from prism_ros.nodes.parameters import Param, non_negative, one_of, positive
 
 ROLLOUT_NS = "prism_rollouts"
@@ -137,3 +143,135 @@ def cost_cloud(costmap: Costmap, frame: str, stamp) -> PointCloud2:
     return PointCloud2(header=make_header(frame, stamp), height=rows, width=cols, fields=_CELL_FIELDS,
                        is_bigendian=False, point_step=_CELL_DTYPE.itemsize, row_step=_CELL_DTYPE.itemsize * cols,
                        is_dense=False, data=cells.tobytes())
+
+
+@dataclass
+class PredictionSource:
+    """What the prediction threads read from the node (under its map lock): the filter, its held inputs, the
+    camera on the base, the last frame's render camera, camera frame and stamp."""
+
+    filter: Any
+    imu: tuple | None  # the newest IMU sample (t, gyro, accel)
+    command: np.ndarray | None  # the newest command
+    T_camera_base: np.ndarray
+    render_camera: Any
+    camera_frame: str
+    stamp: Any
+
+
+class PredictionPublisher:
+    """Rollouts and the costmap on their own threads (:class:`prism_ros.nodes.runner.Periodic`): the rollout
+    thread always runs (``rollout_samples`` may be raised from 0 at runtime), the costmap's with
+    ``costmap_period > 0``. ``source()`` (called with ``map_lock`` held) gives the node's state, None while
+    there is none to predict from; ``report(kind, ms)`` counts what was published; ``bad_input`` reports an
+    unusable costmap goal."""
+
+    def __init__(self, node, values: dict, map_lock, source: Callable[[], PredictionSource | None],
+                 report: Callable[[str, float], None], bad_input: Callable[[str, str, str], None]):
+        import torch
+
+        from prism_ros.nodes.compat import qos_by_name, reliable_qos
+        from prism_ros.nodes.map_publishing import latched_qos
+
+        self.values, self._map_lock, self._source, self._report, self._bad_input = \
+            values, map_lock, source, report, bad_input
+        self._generator = torch.Generator().manual_seed(0)
+        self.rollout_pubs = (node.create_publisher(MarkerArray, "~/rollouts", reliable_qos(1)),
+                             node.create_publisher(PathMsg, "~/predicted_path", reliable_qos(1)),
+                             node.create_publisher(Image, "~/predicted_depth", qos_by_name("sensor_data", 1)))
+        self.costmap_pubs = (node.create_publisher(OccupancyGrid, "~/costmap", latched_qos(1)),
+                             node.create_publisher(PointCloud2, "~/cost_cloud", latched_qos(1))) \
+            if values["costmap_period"] > 0 else None
+
+    def periodic(self, log_once) -> list:
+        """The threads to start with the node."""
+        from prism_ros.nodes.runner import Periodic, log_errors_once
+
+        threads = [Periodic(self.values["rollout_period"], self.publish_rollouts, "prism_rollouts",
+                            log_errors_once(log_once, "rollouts"))]
+        if self.costmap_pubs is not None:
+            threads.append(Periodic(self.values["costmap_period"], self.publish_costmap, "prism_costmap",
+                                    log_errors_once(log_once, "the costmap")))
+        return threads
+
+    @staticmethod
+    def _model_and_input(source: PredictionSource):
+        """The model to roll out and its held input: the newest IMU sample or command, as the filter would get
+        it (an IMU model still aligning gravity predicts with its constant-velocity fallback); None when the
+        model needs an input that has not arrived."""
+        transition = source.filter.transition
+        alignment = getattr(transition, "alignment", None)
+        if alignment is not None:
+            return alignment.fallback, None
+        model = source.filter.config.dynamics.model
+        if model == "imu":
+            if source.imu is None:
+                return None
+            _, gyro, accel = source.imu
+            return transition, ImuSamples(np.array([source.filter.state.t]), gyro[None], accel[None])
+        if model == "control":
+            return None if source.command is None else (transition, source.command)
+        return transition, None
+
+    def publish_rollouts(self) -> None:
+        """``rollout_samples`` futures of the latest state (filter's model, current input held) and the depth
+        the map predicts at the horizon's mean camera pose. Sampling and rendering hold the map lock: they read
+        the model and map the worker changes (tens of ms for 64 x 20 at 160 x 120, once a period)."""
+        from prism_ros.dynamics.rollout import predicted_depth, sample_rollouts
+
+        v = self.values
+        if v["rollout_samples"] <= 0:
+            return
+        started = time.perf_counter()
+        with self._map_lock:
+            source = self._source()
+            if source is None or source.filter.state is None:
+                return
+            model_and_input = self._model_and_input(source)
+            if model_and_input is None:
+                return
+            model, controls = model_and_input
+            slam = source.filter
+            rollouts = sample_rollouts(model, slam.state, controls, v["rollout_horizon"], v["rollout_step"],
+                                       v["rollout_samples"], self._generator)
+            T_body_camera = slam.T_body_camera
+            depth = None
+            if v["predicted_depth"] and source.render_camera is not None:
+                depth = predicted_depth(slam.map, rollouts.mean_poses[-1], T_body_camera, source.render_camera,
+                                        slam.config.render)[0].cpu().numpy()
+        T_body_base = T_body_camera.cpu().numpy() @ source.T_camera_base
+        times = rollouts.times.numpy()
+        markers, path = rollout_messages(rollouts.poses.cpu().numpy() @ T_body_base,
+                                         rollouts.mean_poses.cpu().numpy() @ T_body_base, times, v["map_frame"])
+        marker_pub, path_pub, depth_pub = self.rollout_pubs
+        marker_pub.publish(markers)
+        path_pub.publish(path)
+        if depth is not None:
+            depth_pub.publish(numpy_to_image(depth, "32FC1", float(times[-1]), source.camera_frame))
+        self._report("rollouts", 1e3 * (time.perf_counter() - started))
+
+    def publish_costmap(self) -> None:
+        """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
+        a snapshot of the map: only the clone holds the map lock."""
+        from prism_ros.dynamics.costmap import cost_to_go, slice_grid
+
+        v = self.values
+        started = time.perf_counter()
+        with self._map_lock:
+            source = self._source()
+            if source is None or source.filter.map.num_blocks == 0:
+                return
+            snapshot, stamp = source.filter.map.clone(), source.stamp
+        config = costmap_config(v)
+        costmap = slice_grid(snapshot, v["costmap_height"], config)
+        if v["costmap_goal"]:
+            try:
+                cost_to_go(costmap, tuple(v["costmap_goal"]), config.cost_weight)
+            except InputError as error:  # the slice is published without it
+                self._bad_input("bad_costmap_goal", f"costmap_goal gives no cost-to-go: {error.problem}",
+                                "set costmap_goal to a free cell of ~/costmap (or costmap_unknown:=free, or [] "
+                                "for none)")
+        grid_pub, cloud_pub = self.costmap_pubs
+        grid_pub.publish(occupancy_grid(costmap, v["map_frame"], stamp))
+        cloud_pub.publish(cost_cloud(costmap, v["map_frame"], stamp))
+        self._report("costmap", 1e3 * (time.perf_counter() - started))

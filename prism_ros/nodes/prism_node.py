@@ -90,17 +90,14 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseWithCovarianceStamped, TwistStamped
-from nav_msgs.msg import OccupancyGrid
-from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from prism_ros.errors import InputError
-from prism_ros.frame import Frame, ImuSamples
+from prism_ros.frame import Frame
 from prism_ros.geometry.lie import so3_exp_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
@@ -109,12 +106,11 @@ from prism_ros.nodes.conversions import (
     diagnostics_message,
     header_ns,
     matrix_to_transform_stamped,
-    numpy_to_image,
     pose_to_matrix,
     ros_covariance_to_left,
     stamp_to_sec,
 )
-from prism_ros.nodes.map_publishing import MapPublisher, latched_qos
+from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (
     checked_changes,
     declare,
@@ -373,25 +369,9 @@ class PrismNode(LifecycleNode):
                                    log_errors_once(self._log_once, "the input watchdog")),
                           Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
                                    log_errors_once(self._log_once, "the map -> odom broadcast"))]
-        self._create_prediction_interfaces()
-
-    def _create_prediction_interfaces(self) -> None:
-        """Rollouts and costmap (:mod:`prediction_publishing`) on their own threads: the rollout thread always
-        runs (``rollout_samples`` may be raised from 0 at runtime), the costmap's with ``costmap_period > 0``."""
-        v = self.values
-        import torch
-
-        self._rollout_generator = torch.Generator().manual_seed(0)
-        self.rollout_pubs = (self.create_publisher(MarkerArray, "~/rollouts", reliable_qos(1)),
-                             self.create_publisher(PathMsg, "~/predicted_path", reliable_qos(1)),
-                             self.create_publisher(Image, "~/predicted_depth", qos_by_name("sensor_data", 1)))
-        self._periodic.append(Periodic(v["rollout_period"], self._publish_rollouts, "prism_rollouts",
-                                       log_errors_once(self._log_once, "rollouts")))
-        if v["costmap_period"] > 0:
-            self.costmap_pubs = (self.create_publisher(OccupancyGrid, "~/costmap", latched_qos(1)),
-                                 self.create_publisher(PointCloud2, "~/cost_cloud", latched_qos(1)))
-            self._periodic.append(Periodic(v["costmap_period"], self._publish_costmap, "prism_costmap",
-                                           log_errors_once(self._log_once, "the costmap")))
+        self.prediction = prediction_publishing.PredictionPublisher(
+            self, v, self._map_lock, self._prediction_source, self._count_prediction, self._bad_input)
+        self._periodic += self.prediction.periodic(self._log_once)
 
     def _watch_arrivals(self) -> None:
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
@@ -961,88 +941,20 @@ class PrismNode(LifecycleNode):
 
     # -- prediction: rollouts and costmap (own threads) --------------------------------------------
 
-    def _current_controls(self, transition):
-        """The model to roll out and its held input: the newest IMU sample or command, as the filter would get
-        it (an IMU model still aligning gravity predicts with its constant-velocity fallback); None when the
-        model needs an input that has not arrived."""
-        alignment = getattr(transition, "alignment", None)
-        if alignment is not None:
-            return alignment.fallback, None
-        model = self.filter_config.dynamics.model
+    def _prediction_source(self) -> prediction_publishing.PredictionSource | None:
+        """The node's state for the prediction threads (map lock held); None while paused."""
+        if self._paused or self.filter is None:
+            return None
         imu, command = self.motion.newest()
-        if model == "imu":
-            if imu is None:
-                return None
-            _, gyro, accel = imu
-            return transition, ImuSamples(np.array([self.filter.state.t]), gyro[None], accel[None])
-        if model == "control":
-            return None if command is None else (transition, command)
-        return transition, None
+        return prediction_publishing.PredictionSource(self.filter, imu, command, self.T_camera_base,
+                                                      self._render_camera, self._camera_frame, self._last_stamp_msg)
 
-    def _publish_rollouts(self) -> None:
-        """``rollout_samples`` futures of the latest state (filter's model, current input held) and the depth
-        the map predicts at the horizon's mean camera pose. Sampling and rendering hold the map lock: they read
-        the model and map the worker changes (tens of ms for 64 x 20 at 160 x 120, once a period)."""
-        from prism_ros.dynamics.rollout import predicted_depth, sample_rollouts
-
-        v = self.values
-        if v["rollout_samples"] <= 0:
-            return
-        started = time.perf_counter()
-        with self._map_lock:
-            if self.filter.state is None or self._paused:
-                return
-            model_and_input = self._current_controls(self.filter.transition)
-            if model_and_input is None:
-                return
-            model, controls = model_and_input
-            rollouts = sample_rollouts(model, self.filter.state, controls, v["rollout_horizon"], v["rollout_step"],
-                                       v["rollout_samples"], self._rollout_generator)
-            T_body_camera = self.filter.T_body_camera
-            depth = None
-            if v["predicted_depth"] and self._render_camera is not None:
-                depth = predicted_depth(self.filter.map, rollouts.mean_poses[-1], T_body_camera, self._render_camera,
-                                        self.filter_config.render)[0].cpu().numpy()
-        T_body_base = T_body_camera.cpu().numpy() @ self.T_camera_base
-        times = rollouts.times.numpy()
-        markers, path = prediction_publishing.rollout_messages(rollouts.poses.cpu().numpy() @ T_body_base,
-                                                               rollouts.mean_poses.cpu().numpy() @ T_body_base,
-                                                               times, v["map_frame"])
-        marker_pub, path_pub, depth_pub = self.rollout_pubs
-        marker_pub.publish(markers)
-        path_pub.publish(path)
-        if depth is not None:
-            depth_pub.publish(numpy_to_image(depth, "32FC1", float(times[-1]), self._camera_frame))
+    def _count_prediction(self, kind: str, ms: float) -> None:
         with self._stats_lock:
-            self.stats.rollouts += 1
-            self.stats.rollout_ms = 1e3 * (time.perf_counter() - started)
-
-    def _publish_costmap(self) -> None:
-        """The collision cost of the slice at ``costmap_height`` (and the cost-to-go to ``costmap_goal``) from
-        a snapshot of the map: only the clone holds the map lock."""
-        from prism_ros.dynamics.costmap import cost_to_go, slice_grid
-
-        v = self.values
-        started = time.perf_counter()
-        with self._map_lock:
-            if self.filter.map.num_blocks == 0 or self._paused:
-                return
-            snapshot, stamp = self.filter.map.clone(), self._last_stamp_msg
-        config = prediction_publishing.costmap_config(v)
-        costmap = slice_grid(snapshot, v["costmap_height"], config)
-        if v["costmap_goal"]:
-            try:
-                cost_to_go(costmap, tuple(v["costmap_goal"]), config.cost_weight)
-            except InputError as error:  # the slice is published without it
-                self._bad_input("bad_costmap_goal", f"costmap_goal gives no cost-to-go: {error.problem}",
-                                "set costmap_goal to a free cell of ~/costmap (or costmap_unknown:=free, or [] "
-                                "for none)")
-        grid_pub, cloud_pub = self.costmap_pubs
-        grid_pub.publish(prediction_publishing.occupancy_grid(costmap, v["map_frame"], stamp))
-        cloud_pub.publish(prediction_publishing.cost_cloud(costmap, v["map_frame"], stamp))
-        with self._stats_lock:
-            self.stats.costmaps += 1
-            self.stats.costmap_ms = 1e3 * (time.perf_counter() - started)
+            if kind == "rollouts":
+                self.stats.rollouts, self.stats.rollout_ms = self.stats.rollouts + 1, ms
+            else:
+                self.stats.costmaps, self.stats.costmap_ms = self.stats.costmaps + 1, ms
 
     # -- diagnostics ----------------------------------------------------------------------------
 
