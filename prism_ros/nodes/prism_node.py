@@ -723,33 +723,55 @@ class PrismNode(LifecycleNode):
                                 f"{traceback.format_exc()}", "report this with the log")
 
     def _process(self, item: PendingFrame) -> None:
+        """One synchronised set: assemble the frame, step the filter, publish."""
         if item.reset_reason:
-            with self._stats_lock:
-                self.stats.time_jumps += 1
-            self._log_once("time_jump", f"{item.reset_reason}: filter and map reset (counted in /diagnostics as "
-                           "time_jumps; logged once)", level="info")
-            self._reset(item.reset_reason, log=False)
+            self._time_jump(item.reset_reason)
+        frame = self._assemble(item)
+        if frame is None:
+            return
+        stepped = self._step(frame)
+        if stepped is None:
+            return
+        estimate, step_ms = stepped
+        self._count(frame, estimate, step_ms)
+        self._publish(item, frame, estimate, step_ms)
+
+    def _time_jump(self, reason: str) -> None:
+        with self._stats_lock:
+            self.stats.time_jumps += 1
+        self._log_once("time_jump", f"{reason}: filter and map reset (counted in /diagnostics as time_jumps; logged "
+                       "once)", level="info")
+        self._reset(reason, log=False)
+
+    def _assemble(self, item: PendingFrame) -> Frame | None:
+        """The set as a checked Frame (None: bad input, counted), once its IMU window has arrived."""
         try:
             self._place_camera(item.rgb.header.frame_id.lstrip("/"))
             frame = self.decoder.frame(item)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
-            return
+            return None
         if "stereo_ms" in frame.extras:
             with self._stats_lock:
                 self.stats.stereo_ms = frame.extras["stereo_ms"]
                 self.stats.stereo_valid_fraction = frame.extras["stereo_valid_fraction"]
         self.motion.wait_for_imu(frame.timestamp)
+        return frame
+
+    def _step(self, frame: Frame):
+        """``PrismFilter.step`` on the frame with its IMU samples and command, under the map lock: (estimate, step
+        ms), or None when the frame is skipped (paused, older than a pose input, missing input the model needs,
+        refused)."""
         with self._map_lock:
             if self._paused:
                 with self._stats_lock:
                     self.stats.skipped_paused += 1
-                return
+                return None
             if (self.filter.state is not None and frame.timestamp <= self.filter.state.t) or \
                     frame.timestamp < self._start_after:
                 with self._stats_lock:  # older than a relocalized or initial pose: it would predict backwards
                     self.stats.superseded += 1
-                return
+                return None
             frame.imu = self.motion.take_imu(frame.timestamp, after=self._last_processed_t)
             frame.control = self.motion.control_at(frame.timestamp)
             model = self.filter_config.dynamics.model
@@ -757,19 +779,19 @@ class PrismNode(LifecycleNode):
                 self._bad_input("missing_imu", f"no IMU sample on {self.values['imu_topic']} between the previous "
                                 f"frame and {frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
                                 "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
-                return
+                return None
             if model == "control" and frame.control is None:
                 self._bad_input("missing_control", f"no command on {self.values['control_topic']} at or before "
                                 f"{frame.timestamp:.6f} s; frame skipped (the control model cannot predict)",
                                 "check control_topic and control_type, or use transition_model:=constant_velocity")
-                return
+                return None
             started = time.perf_counter()
             try:
                 estimate = self.filter.step(frame)
             except InputError as error:
                 self._bad_input("filter_error", f"the filter rejected the frame: {error}",
                                 error.fix or "check the input")
-                return
+                return None
             if self._restart is not None:  # a ~/reset_at_pose for an image already tracked
                 estimate = self._restart_with(frame, estimate)
             if self._level_pending and self.filter.transition.alignment is None:  # gravity just estimated
@@ -779,6 +801,9 @@ class PrismNode(LifecycleNode):
             if estimate.tracking_ok:
                 self._tracked.append((frame.timestamp, np.asarray(estimate.T_world_camera, dtype=np.float64)))
             self._map_dirty = self._map_dirty or estimate.tracking_ok
+        return estimate, step_ms
+
+    def _count(self, frame: Frame, estimate, step_ms: float) -> None:
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.lost += int(not estimate.tracking_ok)
@@ -794,6 +819,10 @@ class PrismNode(LifecycleNode):
             reasons = ", ".join(map(str, estimate.quality.get("reasons", []))) or "see the tracking quality"
             self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
                            "(counted in /diagnostics as frames_lost; logged once)")
+
+    def _publish(self, item: PendingFrame, frame: Frame, estimate, step_ms: float) -> None:
+        """The frame's outputs, stamped like its colour image: pose, odometry, path and TF (when tracked, or with
+        publish_when_lost), the tracking verdict, the render and the stage times."""
         stamp = item.rgb.header.stamp
         self._last_stamp_msg = stamp
         camera_frame = self._camera_frame = item.rgb.header.frame_id
