@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from prism_ros.nodes.conversions import (
     pose_to_matrix,
     to_rgb,
 )
+from prism_ros.nodes.health import Health
 from prism_ros.nodes.parameters import (
     Param,
     checked_changes,
@@ -232,8 +233,6 @@ class Stats:
     keyframes: int = 0
     mappings: int = 0
     last_mapping_s: float = float("nan")
-    bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
-    failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
 
 
 class AceNode(Node):
@@ -247,7 +246,7 @@ class AceNode(Node):
         self.stats = Stats()
         self._lock = threading.Lock()  # stats, latest set, keyframes
         self._map_lock = threading.Lock()
-        self._logged: set[str] = set()
+        self.health = Health(self.get_logger(), CAUSES, FAILURES)
         self._latest: ImageSet | None = None
         self._latest_info: CameraInfo | None = None
         self._recent: deque[ImageSet] = deque()  # recent sets by stamp (recovery, online mapping); sized by configure
@@ -353,19 +352,13 @@ class AceNode(Node):
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _log_once(self, key: str, text: str) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            self.get_logger().warning(text)
+        self.health.log_once(key, text)
 
     def _bad_input(self, cause: str, problem: str, fix: str) -> None:
-        with self._lock:
-            self.stats.bad_input[cause] += 1
-        self._log_once(cause, f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics; logged once)")
+        self.health.bad_input(cause, problem, fix)
 
     def _failure(self, name: str, text: str) -> None:
-        with self._lock:
-            self.stats.failures[name] += 1
-        self.get_logger().error(text)
+        self.health.failure(name, text)
 
     # -- inputs ---------------------------------------------------------------------------------
     def _on_images(self, *msgs) -> None:
@@ -662,9 +655,7 @@ class AceNode(Node):
                       "initial_poses_sent": s.initial_poses_sent,
                       "last_inliers": s.last_inliers, "last_ms": f"{s.last_ms:.1f}", "keyframes": s.keyframes,
                       "mappings": s.mappings, "last_mapping_s": f"{s.last_mapping_s:.1f}",
-                      "bad_input_total": sum(s.bad_input.values()),
-                      **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
-                      **{f"failures.{k}": n for k, n in s.failures.items()}, "device": self.device,
+                      **self.health.values(), "device": self.device,
                       "prism_lost_run": self._lost_run}
         return {k: str(v) for k, v in values.items()}
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from prism_ros.nodes.conversions import (
     pose_to_matrix,
     to_rgb,
 )
+from prism_ros.nodes.health import Health
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
 from prism_ros.nodes.prism_parameters import QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, run_node
@@ -121,7 +122,6 @@ class Stats:
     updates: int = 0
     contexts: int = 0
     last_ms: float = float("nan")
-    bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
 
 
 class DmnNode(Node):
@@ -132,7 +132,7 @@ class DmnNode(Node):
         declare(self, PARAMETERS)
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._logged: set[str] = set()
+        self.health = Health(self.get_logger(), CAUSES)
         self._latest: Image | None = None
         self._odometry: deque = deque(maxlen=400)  # (stamp ns, planar pose)
         self._contexts: list[tuple[np.ndarray, np.ndarray]] = []  # (rgb, planar pose) from PRISM
@@ -201,11 +201,7 @@ class DmnNode(Node):
             self._thread.join(timeout)
 
     def _bad_input(self, cause: str, problem: str, fix: str) -> None:
-        with self._lock:
-            self.stats.bad_input[cause] += 1
-        if cause not in self._logged:
-            self._logged.add(cause)
-            self.get_logger().warning(f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics; logged once)")
+        self.health.bad_input(cause, problem, fix)
 
     # -- inputs ---------------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
@@ -343,8 +339,7 @@ class DmnNode(Node):
         with self._lock:
             s = self.stats
             values = {"images": s.images, "updates": s.updates, "contexts": s.contexts, "last_ms": f"{s.last_ms:.1f}",
-                      "bad_input_total": sum(s.bad_input.values()),
-                      **{f"bad_input.{k}": n for k, n in s.bad_input.items()}}
+                      **self.health.values()}
         return {k: str(v) for k, v in values.items()}
 
     def _publish_diagnostics(self) -> None:

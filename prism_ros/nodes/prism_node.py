@@ -83,7 +83,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,7 @@ from prism_ros.nodes.conversions import (
     ros_covariance_to_left,
     stamp_to_sec,
 )
+from prism_ros.nodes.health import Health
 from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (
     checked_changes,
@@ -156,8 +157,6 @@ class Stats:
     resets: int = 0
     time_jumps: int = 0
     relocalizations: int = 0  # poses taken from ~/set_pose and /initialpose
-    bad_input: dict = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
-    failures: dict = field(default_factory=lambda: dict.fromkeys(FAILURES, 0))
     latency_ms: float = float("nan")  # set complete -> outputs published
     step_ms: float = float("nan")  # PrismFilter.step
     stereo_ms: float = float("nan")  # decoding, rectification and SGBM of the last stereo pair
@@ -188,7 +187,7 @@ class PrismNode(LifecycleNode):
         self.values: dict[str, Any] = {}
         self.stats = Stats()
         self._stats_lock = threading.Lock()
-        self._logged: set[str] = set()
+        self.health = Health(self.get_logger(), CAUSES, FAILURES)
         self._map_lock = threading.RLock()
         self._order_lock = threading.Lock()
         self._input_lock = threading.Lock()
@@ -462,25 +461,13 @@ class PrismNode(LifecycleNode):
     # -- logging and counting -------------------------------------------------------------------
 
     def _log_once(self, key: str, text: str, level: str = "warning") -> None:
-        with self._stats_lock:
-            if key in self._logged:
-                return
-            self._logged.add(key)
-        if level == "info":  # one call site per severity: rclpy refuses a severity change at a call site
-            self.get_logger().info(text)
-        else:
-            self.get_logger().warning(text)
+        self.health.log_once(key, text, level)
 
     def _bad_input(self, cause: str, problem: str, fix: str, count: int = 1) -> None:
-        with self._stats_lock:
-            self.stats.bad_input[cause] += count
-        self._log_once(f"bad:{cause}", f"bad input ({cause}): {problem} -> {fix} (counted in /diagnostics as "
-                       f"bad_input.{cause}; logged once)")
+        self.health.bad_input(cause, problem, fix, count)
 
     def _failure(self, name: str, text: str) -> None:
-        with self._stats_lock:
-            self.stats.failures[name] += 1
-        self.get_logger().error(text)
+        self.health.failure(name, text)
 
     # -- executor side: inputs ------------------------------------------------------------------
 
@@ -1003,9 +990,7 @@ class PrismNode(LifecycleNode):
                 "state": self._state(), "frames_received": s.received, "frames_processed": s.processed,
                 "frames_lost": s.lost, "frames_dropped": s.dropped, "frames_skipped_paused": s.skipped_paused,
                 "frames_superseded": s.superseded, "resets": s.resets, "time_jumps": s.time_jumps,
-                "relocalizations": s.relocalizations, "bad_input_total": sum(s.bad_input.values()),
-                **{f"bad_input.{k}": n for k, n in s.bad_input.items()},
-                **{f"failures.{k}": n for k, n in s.failures.items()},
+                "relocalizations": s.relocalizations, **self.health.values(),
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}", "lost_for_s": f"{s.lost_for:.3f}",
             }
             if self.values["rollout_samples"] > 0 or s.rollouts:
