@@ -371,6 +371,10 @@ def test_load_rejects_corrupt_and_incompatible_files(tmp_path):
         torch.save({**data, key: value}, bad)
         with pytest.raises(InputError, match=f"bad_{key}.pt"):
             GaussianSdfMap.load(bad)
+    huge = tmp_path / "huge.pt"  # well formed, but no machine holds 10^13 blocks
+    torch.save({**data, "config": {**data["config"], "initial_capacity": 10**13}}, huge)
+    with pytest.raises(InputError, match="cannot be allocated .*initial_capacity 10000000000000"):
+        GaussianSdfMap.load(huge)
 
 
 def test_bad_config_is_an_input_error():

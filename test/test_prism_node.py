@@ -375,6 +375,16 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     hinted = probe.wait_diag(lambda d: d["relocalizations"] == "3")
     assert hinted["map_blocks"] == fused["map_blocks"] and hinted["resets"] == "2", hinted
 
+    # a pose stamped an hour ahead of the input (another clock) is the next frame's pose, not a stall
+    ahead = PoseWithCovarianceStamped()
+    ahead.header.frame_id, ahead.header.stamp = "map", ns_to_stamp(t0 + 3600 * 10**9)
+    ahead.pose.pose = matrix_to_pose(T)
+    set_pose.publish(ahead)
+    before = probe.wait_diag(lambda d: d["relocalizations"] == "4")
+    send(2, t0 + 21 * period + period // 2)
+    after = probe.wait_diag(lambda d: int(d["frames_processed"]) == int(before["frames_processed"]) + 1)
+    assert after["frames_superseded"] == before["frames_superseded"], after
+
     # ~/reset_at_pose for an image already tracked (ace_node's initial localization while PRISM runs ahead): the
     # next frame starts the new map, placed by PRISM's own tracking since that image (here: a still camera)
     count = len(probe.got["pose"])

@@ -859,8 +859,14 @@ class GaussianSdfMap:
             raise InputError("map file not found", "check the path", path)
         data = read_torch_file(path, "not a readable map file", "re-create it with GaussianSdfMap.save", detail=False)
         config = check_saved_map(data, path)
-        loaded = GaussianSdfMap(config, device)
-        loaded._load_state(data["block_coords"], data)
+        try:
+            loaded = GaussianSdfMap(config, device)
+            loaded._load_state(data["block_coords"], data)
+        except (RuntimeError, MemoryError) as error:  # e.g. an initial_capacity no machine can hold
+            raise InputError(f"the map cannot be allocated on {device} ({len(data['block_coords'])} blocks, "
+                             f"initial_capacity {config.initial_capacity}): {str(error).splitlines()[0][:200]}",
+                             "re-create it with GaussianSdfMap.save, or load it where there is the memory",
+                             path) from None
         return loaded
 
 
