@@ -357,3 +357,47 @@ class FrameDecoder:
             raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
                            f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
         return replace(intrinsics, width=width, height=height)
+
+
+class StampOrder:
+    """What a set's stamp means against the sets accepted before it (executor thread, under the node's order
+    lock). A small step back is out of order (dropped). A jump of more than ``time_jump_threshold`` either way
+    is held back: the set is dropped, and only when the next set continues from it is the jump taken: a
+    looped bag or a restarted clock (backwards: the node resets), or a gap in the input (forwards). A single
+    outlier stamp (0, a clock glitch, a stamp in another year) is therefore dropped, never a reset."""
+
+    def __init__(self, values: dict):
+        self.values = values
+        self.newest: int | None = None  # ns of the newest accepted set
+        self._candidate: int | None = None  # ns of a set that jumped, waiting for the next to confirm it
+
+    def reset(self) -> None:
+        """Any stamp is welcome next (a requested reset)."""
+        self.newest = self._candidate = None
+
+    def accept(self, stamp: int) -> str | None:
+        """Accept the set stamped ``stamp`` ns: None, or the reason to reset first (a confirmed jump back);
+        BadInput when it is dropped."""
+        threshold = self.values["time_jump_threshold"]
+        if stamp <= 0:
+            raise BadInput("bad_stamp", "frame is unstamped (stamp 0); dropped", "stamp images with their capture time")
+        newest = self.newest
+        if newest is None:
+            self.newest = stamp
+            return None
+        step = (stamp - newest) / 1e9
+        if abs(step) <= threshold:
+            if step <= 0:
+                raise BadInput("out_of_order", f"frame stamped {stamp / 1e9:.6f} s is {-step:.3f} s older than the "
+                               f"previous one ({newest / 1e9:.6f} s); dropped", "publish frames in stamp order with "
+                               "unique stamps")
+            self.newest, self._candidate = stamp, None
+            return None
+        candidate, self._candidate = self._candidate, stamp
+        if candidate is not None and 0 < (stamp - candidate) / 1e9 <= threshold:  # the jump goes on: take it
+            self.newest, self._candidate = stamp, None
+            return f"time jumped back by {-step:.3f} s (looped bag or restarted clock)" if step < 0 else None
+        raise BadInput("bad_stamp", f"frame stamped {stamp / 1e9:.6f} s is {step:+.3f} s from the previous one "
+                       f"({newest / 1e9:.6f} s); dropped, and taken as a time jump only if the next frame follows it",
+                       "check the camera clock; a looped bag or restarted clock resets the map after its second "
+                       "frame")

@@ -117,7 +117,7 @@ from prism_ros.nodes.parameters import (
     declare,
     read_all,
 )
-from prism_ros.nodes.prism_inputs import BadInput, FrameDecoder, Mailbox, MotionBuffer, PendingFrame
+from prism_ros.nodes.prism_inputs import BadInput, FrameDecoder, Mailbox, MotionBuffer, PendingFrame, StampOrder
 from prism_ros.nodes.prism_outputs import EstimatePublisher
 from prism_ros.nodes.prism_parameters import (
     PARAMETERS,
@@ -136,7 +136,8 @@ ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
 CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
           "bad_image", "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
-          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal", "missing_tf")
+          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal", "missing_tf",
+          "bad_stamp")
 #: failed requests counted in /diagnostics (``failures.<name>``), logged each time
 FAILURES = ("rejected_parameter", "save_map", "load_map")
 
@@ -199,7 +200,7 @@ class PrismNode(LifecycleNode):
         self.configure_error: InputError | None = None  # why the last configure failed
         self._own_entities: dict[str, set[int]] = {}  # ids of the entities that exist before configure
         self._parameter_callback = None
-        self._last_stamp_ns: int | None = None  # newest set accepted into the mailbox
+        self.order = StampOrder({})  # the stamps of the sets accepted into the mailbox
         self._last_processed_t: float | None = None
         self._start_after = 0.0  # frames stamped before an /initialpose are skipped (seconds; 0: none)
         self._last_stamp_msg = None
@@ -249,6 +250,7 @@ class PrismNode(LifecycleNode):
         self._left_filter_config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
         self._set_extrinsics(self.T_left_rect)
         self.motion = MotionBuffer(v, self._stop)
+        self.order = StampOrder(v)
         self.decoder = FrameDecoder(v, self._left_filter_config.max_depth, stereo_config(v) if stereo else None,
                                     np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4) if stereo else None,
                                     on_rectification=self._adopt_rectification)
@@ -492,18 +494,12 @@ class PrismNode(LifecycleNode):
                 self.stats.skipped_paused += 1
             return
         stamp = header_ns(rgb)
-        reset = None
-        with self._order_lock:
-            last = self._last_stamp_ns
-            if last is not None and stamp <= last:
-                back = (last - stamp) / 1e9
-                if back <= self.values["time_jump_threshold"]:
-                    self._bad_input("out_of_order", f"frame stamped {stamp / 1e9:.6f} s is {back:.3f} s older than "
-                                    f"the previous one ({last / 1e9:.6f} s); dropped",
-                                    "publish frames in stamp order with unique stamps")
-                    return
-                reset = f"time jumped back by {back:.3f} s (looped bag or restarted clock)"
-            self._last_stamp_ns = stamp
+        try:
+            with self._order_lock:
+                reset = self.order.accept(stamp)
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
+            return
         if self.values["depth_source"] == "stereo":
             item = PendingFrame(rgb, None, info, stamp, now, reset, right=depth_or_right)
         else:
@@ -575,7 +571,7 @@ class PrismNode(LifecycleNode):
         another clock; a future stamp would supersede every frame): the next frame's pose."""
         stamp = stamp_to_sec(msg.header.stamp)  # as frames' stamp_ns / 1e9: equal stamps compare equal
         with self._order_lock:
-            newest = self._last_stamp_ns
+            newest = self.order.newest
         return stamp if newest is not None and 0 < stamp <= newest / 1e9 else None
 
     def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
@@ -901,7 +897,7 @@ class PrismNode(LifecycleNode):
             self._clear_map_display()
         if log:  # requested: any stamp is welcome next
             with self._order_lock:
-                self._last_stamp_ns = None
+                self.order.reset()
         with self._stats_lock:
             self.stats.resets += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0

@@ -134,8 +134,10 @@ PARAMETERS: dict[str, Param] = {
     "T_base_camera": Param(list(IDENTITY16), "floats", "camera -> base_frame transform, 16 numbers row-major",
                            check=transform(allow_empty=False)),
     # -- behaviour
-    "time_jump_threshold": Param(1.0, "float", "a frame this many seconds older than the last one is a time "
-                                 "jump (looped bag): filter and map reset; less is out of order: dropped",
+    "time_jump_threshold": Param(1.0, "float", "a frame this many seconds from the previous one is held back: "
+                                 "when the next frame follows it, a jump back (looped bag) resets filter and map and "
+                                 "a jump forward is a gap, else it was an outlier stamp (dropped); a smaller step "
+                                 "back is out of order (dropped)",
                                  dynamic=True, check=positive),
     "input_timeout": Param(1.0, "float", "seconds with images arriving but no synchronised set before a "
                            "missing or unsynchronised stream is reported", dynamic=True, check=positive),
