@@ -30,7 +30,7 @@ $(STAMP): setup.py Makefile tools/build_tf2_msgs.py tools/tf2_msgs/CMakeLists.tx
 	@echo "==> installing prism_ros (editable) with the ROS 2 Kilted wheels, Open3D and test tools"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[ros,mesh,test]'
 	@echo "==> tf2_msgs (no PyPI wheel): built from its message definition with the wheels' rosidl generators"
-	@$(PY) tools/build_tf2_msgs.py --venv $(VENV)
+	@$(PY) tools/build_tf2_msgs.py --venv $(VENV) || echo "    WARNING: tf2_msgs could not be built (see above): the nodes run without TF and the TF tests skip"
 	@touch $(STAMP)
 	@echo "==> environment ready: $(VENV)"
 

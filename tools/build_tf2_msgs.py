@@ -182,8 +182,9 @@ def main() -> int:
     tmp = None
     if args.build_dir:
         build = Path(args.build_dir).absolute()
-        shutil.rmtree(build, ignore_errors=True)
-        build.mkdir(parents=True)
+        if build.exists() and any(build.iterdir()) and not (build / "CMakeCache.txt").exists():
+            fail(f"--build-dir {build} is not empty and not a cmake build folder: give an empty or new folder")
+        build.mkdir(parents=True, exist_ok=True)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tf2_msgs_build_")
         build = Path(tmp.name)

@@ -19,6 +19,9 @@ import numpy as np
 
 from prism_ros.geometry.lie import se3_inverse_np, so3_exp_np, so3_log_np
 
+#: seconds within which two stamps are the same: float seconds near 1.8e9 carry ~0.2 us of rounding
+STAMP_EPS = 1e-6
+
 
 class TransformError(LookupError):
     """A lookup that cannot be answered: the problem (missing frame, broken chain, stamp out of range)."""
@@ -54,6 +57,7 @@ class _Edge:
         if self.static or t is None:
             return self.transforms[-1]
         stamps = self.stamps
+        tolerance += STAMP_EPS
         if t >= stamps[-1]:
             if t - stamps[-1] > tolerance:
                 raise TransformError(f"{self.parent} -> {child} is {t - stamps[-1]:.3f} s older than the lookup "

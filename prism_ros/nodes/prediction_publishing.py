@@ -4,8 +4,8 @@ The node samples :func:`prism_ros.dynamics.rollout.sample_rollouts` with the fil
 latest state, holding the current input (the newest IMU sample, the newest command, or nothing for the
 constant-velocity model; while the IMU model still aligns gravity, its constant-velocity fallback, as the
 filter predicts then), and slices the map with :func:`prism_ros.dynamics.costmap.build_costmap`. This module holds the
-parameters, turns the results into messages and runs the threads (:class:`PredictionPublisher`); the node owns
-the locking and hands over its state.
+parameters, turns the results into messages and runs the threads (:class:`PredictionPublisher`), which take the
+node's map lock to read its state (handed over as a :class:`PredictionSource`).
 
 Topics (``~/``; all in ``map_frame``):
 - ``rollouts`` (visualization_msgs/MarkerArray, ns ``prism_rollouts``): one thin LINE_STRIP per sampled

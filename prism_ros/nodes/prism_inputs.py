@@ -208,11 +208,13 @@ class FrameDecoder:
         self._rectifier: StereoRectifier | None = None  # built for the pairs' calibration and size
         self._rectifier_key: tuple | None = None
         self.index = 0  # frames decoded
+        self.stereo_figures: tuple[float, float] | None = None  # (ms, valid fraction) of the last pair matched
 
     def frame(self, item: PendingFrame) -> Frame:
         """Decode and check one set (BadInput names the cause and the fix): an RGB-D frame from registered
         depth, or from the stereo pair (the rectified left camera)."""
         v = self.values
+        self.stereo_figures = None
         rgb = self.decode_rgb(item.rgb)
         if v["depth_source"] == "stereo":
             frame = self._stereo_frame(item, rgb)
@@ -281,6 +283,7 @@ class FrameDecoder:
             raise BadInput("bad_image", f"stereo pair: {error.problem}", error.fix or "fix the publishers") from None
         stereo_ms = 1e3 * (time.perf_counter() - started)
         frame.extras["stereo_ms"] = stereo_ms
+        self.stereo_figures = (stereo_ms, frame.extras["stereo_valid_fraction"])  # also when its depth is refused
         return frame
 
     def _decode_right(self, msg: Image) -> np.ndarray:

@@ -143,7 +143,7 @@ FAILURES = ("rejected_parameter", "save_map", "load_map")
 
 
 # ---------------------------------------------------------------------------------------------
-# the mailbox between the executor and the worker
+# what /diagnostics counts
 # ---------------------------------------------------------------------------------------------
 
 
@@ -154,7 +154,7 @@ class Stats:
     lost: int = 0  # of those, tracking lost (not fused)
     dropped: int = 0  # replaced in the mailbox (processing behind)
     skipped_paused: int = 0
-    superseded: int = 0  # frames stamped before a pose set on ~/set_pose (already behind the relocalization)
+    superseded: int = 0  # frames stamped before a pose input (already behind the relocalization or restart)
     resets: int = 0
     time_jumps: int = 0
     relocalizations: int = 0  # poses taken from ~/set_pose and /initialpose
@@ -225,6 +225,7 @@ class PrismNode(LifecycleNode):
         self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
         self._tracked: deque = deque(maxlen=300)  # (t, T_world_camera) of recent tracked frames
         self._restart: tuple | None = None  # (E, covariance, reason) of a ~/reset_at_pose for a tracked image
+        self._generation = 0  # +1 per jump of PRISM's pose (relocalization, restart): see MapOdom
         self._default_start = True  # the filter started with the base at the map's origin (no pose was given)
         self._level_pending = False  # the map restarts level once the filter has estimated gravity
         self.map_level = "not levelled"  # /diagnostics: how the map frame was levelled
@@ -244,6 +245,10 @@ class PrismNode(LifecycleNode):
         if problem := prediction_publishing.mismatch(v):
             raise InputError(problem, "set rollout_step <= rollout_horizon")
         self._mailbox = Mailbox(v["frame_queue"])
+        self._paused, self._camera_tf_sent, self.T_left_rect = False, "", np.eye(4)
+        self._restart, self._start_after, self._last_processed_t = None, 0.0, None
+        self._tracked.clear()
+        self.map_level = "not levelled"
         stereo = v["depth_source"] == "stereo"
         if stereo:
             self.T_left_rect = check_stereo_parameters(v)
@@ -393,6 +398,7 @@ class PrismNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._own_entities = {kind: {id(e) for e in getattr(self, kind)} for kind in ENTITY_KINDS}
         self._stop = threading.Event()
+        self.configure_error = None
         try:
             self.configure()
         except InputError as error:
@@ -401,7 +407,10 @@ class PrismNode(LifecycleNode):
                 self.get_logger().error(f"configure failed, invalid parameters: {error}")
             self._teardown()
             return TransitionCallbackReturn.FAILURE
-        self.configure_error = None
+        except Exception as error:  # a defect: said with its traceback, the node stays unconfigured and clean
+            self.get_logger().error(f"configure failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
+            self._teardown()
+            return TransitionCallbackReturn.ERROR
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -443,9 +452,10 @@ class PrismNode(LifecycleNode):
         self._inactive = True
 
     def start(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="prism_worker", daemon=True)
+        self._worker = threading.Thread(target=self._work, args=(self._stop,), name="prism_worker", daemon=True)
         self._worker.start()
-        self._map_thread = threading.Thread(target=self._publish_maps, name="prism_map", daemon=True)
+        self._map_thread = threading.Thread(target=self._publish_maps, args=(self._stop,), name="prism_map",
+                                            daemon=True)
         self._map_thread.start()
         for periodic in self._periodic:
             periodic.start()
@@ -592,9 +602,12 @@ class PrismNode(LifecycleNode):
             t = stamp if stamp is not None else (self._last_processed_t or 0.0)
             if self.filter.state is None:  # before the first frame: the filter starts there (gravity included)
                 self.filter = self._new_filter(T_map_base @ self.T_base_camera, covariance)
+                self._start_after = stamp or 0.0  # queued frames older than the pose are skipped
             else:
                 self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
-            self.outputs.map_odom.jump()
+            self._level_pending = False  # the pose's frame is the map's now: no levelling restart
+            self._restart = None  # a later pose wins over a pending ~/reset_at_pose
+            self._generation += 1  # PRISM's pose jumps: odom absorbs it (MapOdom)
             self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
         with self._stats_lock:
             self.stats.relocalizations += 1
@@ -619,8 +632,12 @@ class PrismNode(LifecycleNode):
             if tracked is not None:  # that image is behind us: restart where PRISM's tracking since then puts it
                 self._restart = (T_camera @ np.linalg.inv(tracked), covariance, reason)
                 return
+            behind = stamp is not None and self._last_processed_t is not None and stamp <= self._last_processed_t
             self._reset(reason, initial_pose=T_camera, initial_covariance=covariance)
             self._start_after = stamp or 0.0  # that image is still queued: it starts the new map
+        if behind:
+            self.get_logger().warning(f"~/reset_at_pose: the image at {stamp:.6f} s was processed but not tracked "
+                                      "(lost, or before a restart): its pose is applied to the next frame as it is")
 
     def _restart_with(self, frame: Frame, estimate):
         """Wipe the map and start a new one on this frame, at its tracked pose moved into the reset pose's frame:
@@ -692,15 +709,16 @@ class PrismNode(LifecycleNode):
 
     # -- worker side ----------------------------------------------------------------------------
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._mailbox.take(timeout=0.1)
+    def _work(self, stop: threading.Event) -> None:
+        mailbox = self._mailbox
+        while not stop.is_set():
+            item = mailbox.take(timeout=0.1)
             if item is None:
                 continue
             try:
                 self._process(item)
             except Exception as error:
-                if self._stop.is_set():
+                if stop.is_set():
                     return  # shutting down: the context may already be gone
                 self._bad_input("filter_error", f"unexpected {type(error).__name__}: {error}\n"
                                 f"{traceback.format_exc()}", "report this with the log")
@@ -715,9 +733,9 @@ class PrismNode(LifecycleNode):
         stepped = self._step(frame)
         if stepped is None:
             return
-        estimate, step_ms = stepped
+        estimate, step_ms, generation = stepped
         self._count(frame, estimate, step_ms)
-        self._publish(item, frame, estimate, step_ms)
+        self._publish(item, frame, estimate, step_ms, generation)
 
     def _time_jump(self, reason: str) -> None:
         with self._stats_lock:
@@ -733,18 +751,18 @@ class PrismNode(LifecycleNode):
             frame = self.decoder.frame(item)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
-            return None
-        if "stereo_ms" in frame.extras:
+            frame = None
+        if self.decoder.stereo_figures is not None:  # the pair was matched, its depth kept or not
             with self._stats_lock:
-                self.stats.stereo_ms = frame.extras["stereo_ms"]
-                self.stats.stereo_valid_fraction = frame.extras["stereo_valid_fraction"]
-        self.motion.wait_for_imu(frame.timestamp)
+                self.stats.stereo_ms, self.stats.stereo_valid_fraction = self.decoder.stereo_figures
+        if frame is not None:
+            self.motion.wait_for_imu(frame.timestamp)
         return frame
 
     def _step(self, frame: Frame):
         """``PrismFilter.step`` on the frame with its IMU samples and command, under the map lock: (estimate, step
-        ms), or None when the frame is skipped (paused, older than a pose input, missing input the model needs,
-        refused)."""
+        ms, generation of PRISM's pose), or None when the frame is skipped (paused, older than a pose input,
+        missing input the model needs, refused)."""
         with self._map_lock:
             if self._paused:
                 with self._stats_lock:
@@ -784,7 +802,8 @@ class PrismNode(LifecycleNode):
             if estimate.tracking_ok:
                 self._tracked.append((frame.timestamp, np.asarray(estimate.T_world_camera, dtype=np.float64)))
             self._map_dirty = self._map_dirty or estimate.tracking_ok
-        return estimate, step_ms
+            generation = self._generation
+        return estimate, step_ms, generation
 
     def _count(self, frame: Frame, estimate, step_ms: float) -> None:
         with self._stats_lock:
@@ -803,9 +822,10 @@ class PrismNode(LifecycleNode):
             self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
                            "(counted in /diagnostics as frames_lost; logged once)")
 
-    def _publish(self, item: PendingFrame, frame: Frame, estimate, step_ms: float) -> None:
+    def _publish(self, item: PendingFrame, frame: Frame, estimate, step_ms: float, generation: int) -> None:
         """The frame's outputs, stamped like its colour image: pose, odometry, path and TF (when tracked, or with
-        publish_when_lost), the tracking verdict, the render and the stage times."""
+        publish_when_lost; ``generation`` of PRISM's pose, for odom's continuity), the tracking verdict, the render
+        and the stage times."""
         stamp = item.rgb.header.stamp
         self._last_stamp_msg = stamp
         camera_frame = self._camera_frame = item.rgb.header.frame_id
@@ -813,7 +833,7 @@ class PrismNode(LifecycleNode):
             self._render_camera = estimate.render.camera
         if estimate.tracking_ok or self.values["publish_when_lost"]:
             try:
-                self.outputs.pose(estimate, stamp, self.T_camera_base, self.T_camera_body)
+                self.outputs.pose(estimate, stamp, self.T_camera_base, self.T_camera_body, generation)
             except BadInput as bad:
                 self._bad_input(bad.cause, bad.problem, bad.fix)
         with self._stats_lock:
@@ -884,14 +904,14 @@ class PrismNode(LifecycleNode):
     def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True,
                initial_covariance: np.ndarray | None = None) -> None:
         """A fresh filter and empty map (``initial_pose``: T_world_camera of the next frame, with its left
-        ``initial_covariance`` when given). ``log=False`` is the worker's reset on a time jump, which keeps the
-        stamp order (the jump's frame set it)."""
+        ``initial_covariance`` when given). ``log=False``: a reset the node makes itself (a time jump, a restart,
+        levelling, new extrinsics or rectification), which keeps the stamp order and logs on its own."""
         with self._map_lock:
             self.filter = self._new_filter(initial_pose, initial_covariance)
-            self.outputs.map_odom.jump()
+            self._generation += 1  # PRISM's pose jumps: odom absorbs it (MapOdom)
             self._last_processed_t = None
             self._start_after = 0.0
-            self.outputs.path.clear()
+            self.outputs.clear_path()
             self._tracked.clear()
             self._restart = None
             self._clear_map_display()
@@ -904,7 +924,7 @@ class PrismNode(LifecycleNode):
         if log:
             self.get_logger().info(f"{reason}: filter and map reset")
 
-    def _publish_maps(self) -> None:
+    def _publish_maps(self, stop: threading.Event) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
 
         The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while the
@@ -913,16 +933,16 @@ class PrismNode(LifecycleNode):
         as long), and the thread rests ``(1 - MAP_DUTY) / MAP_DUTY`` times what each
         message took, so it takes at most ``MAP_DUTY`` of the time the filter has; a larger map updates more
         slowly instead of slowing the poses."""
-        while not self._stop.wait(self.values["map_publish_period"]):
+        while not stop.wait(self.values["map_publish_period"]):
             try:
                 snapshot = self._map_snapshot()
-                while snapshot is not None and not self._stop.is_set():
+                while snapshot is not None and not stop.is_set():
                     started = time.perf_counter()
                     if not self._publish_map_part(*snapshot):
                         break
-                    self._stop.wait((time.perf_counter() - started) * (1.0 - MAP_DUTY) / MAP_DUTY)
+                    stop.wait((time.perf_counter() - started) * (1.0 - MAP_DUTY) / MAP_DUTY)
             except Exception as error:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 self._bad_input("filter_error", f"map publishing failed: {type(error).__name__}: {error}\n"
                                 f"{traceback.format_exc()}", "report this with the log")

@@ -3,6 +3,7 @@
 REP-105 (:mod:`prism_ros.nodes.tf`): filter estimates in, messages out."""
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Callable
 
@@ -44,10 +45,12 @@ class EstimatePublisher:
         self.tf = TfBridge(node, cache_s=60.0, warn=warn)
         self.map_odom = MapOdom()
         self.path: deque = deque()
+        self._path_lock = threading.Lock()  # the worker appends, a reset (executor) clears
 
-    def pose(self, estimate, stamp, T_camera_base: np.ndarray, T_camera_body: np.ndarray) -> None:
-        """``~/pose`` (base in map_frame), ``~/odometry``, ``~/path`` and TF of one estimate; BadInput
-        (missing_tf) after publishing when the external odometry has no transform at the frame's stamp."""
+    def pose(self, estimate, stamp, T_camera_base: np.ndarray, T_camera_body: np.ndarray, generation: int = 0) -> None:
+        """``~/pose`` (base in map_frame), ``~/odometry``, ``~/path`` and TF of one estimate of PRISM's pose
+        ``generation`` (:class:`MapOdom`); BadInput (missing_tf) after publishing when the external odometry has
+        no transform at the frame's stamp."""
         v = self.values
         T_world_camera = np.asarray(estimate.T_world_camera, dtype=np.float64)
         T_map_base = T_world_camera @ T_camera_base
@@ -58,25 +61,32 @@ class EstimatePublisher:
         twist, twist_covariance = base_twist(estimate.velocity, estimate.velocity_covariance, T_world_body, T_map_base)
         missing = None
         try:
-            T_frame_base, frame = self._odometry(T_map_base, stamp)
+            T_frame_base, frame = self._odometry(T_map_base, stamp, generation)
         except BadInput as bad:
             (T_frame_base, frame), missing = (T_map_base, v["map_frame"]), bad
         rotate = np.kron(np.eye(2), T_frame_base[:3, :3] @ T_map_base[:3, :3].T)  # map -> odom axes
         self.odom_pub.publish(matrix_to_odometry(T_frame_base, stamp, frame, v["base_frame"],
                                                  rotate @ covariance @ rotate.T, twist, twist_covariance))
-        self.path.append(PoseStamped(header=make_header(v["map_frame"], stamp), pose=pose.pose.pose))
-        while len(self.path) > v["path_max_length"]:
-            self.path.popleft()
-        self.path_pub.publish(PathMsg(header=make_header(v["map_frame"], stamp), poses=list(self.path)))
+        with self._path_lock:
+            self.path.append(PoseStamped(header=make_header(v["map_frame"], stamp), pose=pose.pose.pose))
+            while len(self.path) > v["path_max_length"]:
+                self.path.popleft()
+            poses = list(self.path)
+        self.path_pub.publish(PathMsg(header=make_header(v["map_frame"], stamp), poses=poses))
         if missing is not None:
             raise missing
 
-    def _odometry(self, T_map_base: np.ndarray, stamp) -> tuple[np.ndarray, str]:
+    def clear_path(self) -> None:
+        """Forget ~/path (the map frame restarted)."""
+        with self._path_lock:
+            self.path.clear()
+
+    def _odometry(self, T_map_base: np.ndarray, stamp, generation: int) -> tuple[np.ndarray, str]:
         """REP-105 for one pose: the base pose for ~/odometry and its frame, odom -> base_frame on /tf when PRISM
         owns odom, and map -> odom (from PRISM's odom, or from the external odometry at the frame's stamp)."""
         v = self.values
         if v["publish_odom_tf"]:
-            T_odom_base = self.map_odom.owned(T_map_base)
+            T_odom_base = self.map_odom.owned(T_map_base, generation)
             self.tf.send([matrix_to_transform_stamped(T_odom_base, stamp, v["odom_frame"], v["base_frame"])])
             self.send_map_odom(stamp_to_sec(stamp))
             return T_odom_base, v["odom_frame"]
@@ -87,7 +97,7 @@ class EstimatePublisher:
             raise BadInput("missing_tf", f"no external odometry at the frame's stamp {t:.6f} s ({error}); map -> "
                            "odom kept", f"start the node that broadcasts {v['odom_frame']} -> {v['base_frame']}, or "
                            "publish_odom_tf:=true (PRISM is the odometry)") from None
-        self.map_odom.external(T_map_base, T_odom_base)
+        self.map_odom.external(T_map_base, T_odom_base, generation)
         self.send_map_odom(t)
         return T_map_base, v["map_frame"]
 

@@ -104,7 +104,12 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         if not lifecycle:
             node.configure()
         elif autostart and node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise node.configure_error or InputError("configure failed", "read the node's log")
+            if node.configure_error is None:  # a defect, logged with its traceback
+                print(f"{name}: configure failed (the log above says why)", file=sys.stderr, flush=True)
+                node.destroy_node()
+                rclpy.try_shutdown()
+                return 1
+            raise node.configure_error
     except InputError as error:
         print(f"{name}: invalid parameters: {error}", file=sys.stderr, flush=True)
         node.destroy_node()
@@ -112,13 +117,16 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         return 2
     executor = events_executor() if single else MultiThreadedExecutor(num_threads=threads)
     executor.add_node(node)
+    code = 0
     if not lifecycle:
         node.start()
-    elif autostart:
-        node.trigger_activate()
-    else:
+    elif not autostart:
         node.get_logger().info("unconfigured (autostart false): waiting for configure and activate from a "
                                "lifecycle manager or `ros2 lifecycle set`")
+    elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        print(f"{name}: activate failed (the log above says why)", file=sys.stderr, flush=True)
+        code = 1
+        stop.set()
     try:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
@@ -130,4 +138,4 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return code

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from prism_ros.errors import InputError
 from prism_ros.geometry.lie import se3_inverse_np
 from prism_ros.geometry.transform_tree import TransformError, TransformTree
 from prism_ros.nodes.compat import has_ros_piece
@@ -85,41 +86,40 @@ class TfBridge:
     def _on_tf(self, msg, static: bool) -> None:
         for transform in msg.transforms:
             try:
-                self.tree.set(transform.header.frame_id, transform.child_frame_id,
-                              stamp_to_sec(transform.header.stamp), transform_stamped_to_matrix(transform), static)
-            except (ValueError, TypeError):  # another node's malformed transform: not ours to judge
+                T = transform_stamped_to_matrix(transform)
+                if np.isfinite(T).all():  # another node's malformed transform is not ours to judge: skipped
+                    self.tree.set(transform.header.frame_id, transform.child_frame_id,
+                                  stamp_to_sec(transform.header.stamp), T, static)
+            except (ValueError, TypeError, InputError):
                 continue
 
 
 class MapOdom:
     """REP-105's map -> odom: odom is continuous, map is where PRISM says the base is.
 
-    Owning odom (no other odometry): ``T_odom_base = inv(T_map_odom) T_map_base``, and a jump of PRISM's pose
-    (a relocalization, /initialpose, a reset) is absorbed by ``T_map_odom`` so that odom does not jump
-    (:meth:`jump` marks it; the next pose carries on from the last odom pose). With external odometry
+    Owning odom (no other odometry): ``T_odom_base = inv(T_map_odom) T_map_base``. Each pose comes with the
+    generation of PRISM's pose (the node counts relocalizations, /initialpose and resets under its map lock);
+    a pose of a new generation is absorbed by ``T_map_odom``, so odom carries on from its last pose instead of
+    jumping, and a pose of the old generation published late cannot use that up. With external odometry
     (another node owns odom -> base), ``T_map_odom = T_map_base inv(T_odom_base)`` of that odometry.
     """
 
     def __init__(self):
         self.T_map_odom = np.eye(4)
         self.T_odom_base: np.ndarray | None = None  # the last odom pose of the base
-        self._jumped = False
+        self._generation = 0
         self.known = False  # a map -> odom has been computed (publish it)
 
-    def jump(self) -> None:
-        """PRISM's pose is about to jump (relocalized or restarted): keep odom continuous across it."""
-        self._jumped = True
-
-    def owned(self, T_map_base: np.ndarray) -> np.ndarray:
-        """The odom pose of the base for PRISM's ``T_map_base`` when PRISM owns odom."""
-        if self._jumped and self.T_odom_base is not None:
+    def owned(self, T_map_base: np.ndarray, generation: int = 0) -> np.ndarray:
+        """The odom pose of the base for PRISM's ``T_map_base`` of ``generation`` when PRISM owns odom."""
+        if generation != self._generation and self.T_odom_base is not None:
             self.T_map_odom = T_map_base @ se3_inverse_np(self.T_odom_base)
-        self._jumped, self.known = False, True
+        self._generation, self.known = generation, True
         self.T_odom_base = se3_inverse_np(self.T_map_odom) @ T_map_base
         return self.T_odom_base
 
-    def external(self, T_map_base: np.ndarray, T_odom_base: np.ndarray) -> np.ndarray:
+    def external(self, T_map_base: np.ndarray, T_odom_base: np.ndarray, generation: int = 0) -> np.ndarray:
         """map -> odom from PRISM's ``T_map_base`` and the external odometry's ``T_odom_base`` at the same stamp."""
         self.T_map_odom = T_map_base @ se3_inverse_np(T_odom_base)
-        self.T_odom_base, self._jumped, self.known = T_odom_base, False, True
+        self.T_odom_base, self._generation, self.known = T_odom_base, generation, True
         return self.T_map_odom
