@@ -347,6 +347,10 @@ def camera_info_to_intrinsics(msg: CameraInfo, rectified: bool = False) -> Intri
     images are already rectified (``image_rect`` topics), so the projection P gives the camera and there is no
     distortion left to remove (K and D describe the raw image).
     """
+    values = [*msg.k, *msg.d] + ([*msg.p] if rectified else [])
+    if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+        raise InputError("CameraInfo has non-finite values in " + ("K, D or P" if rectified else "K or D"),
+                         "publish a calibrated CameraInfo")
     if rectified:
         p = np.asarray(msg.p, dtype=np.float64)
         if p.size != 12 or p[0] <= 0 or p[5] <= 0:

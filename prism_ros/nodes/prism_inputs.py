@@ -30,6 +30,8 @@ from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, GREY_ENCODINGS, RG
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
 
 IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
+IMU_LIMITS = (1000.0, 100.0)  # |accel| m/s^2 (~100 g), |gyro| rad/s: no IMU measures more; a sample beyond is bad
+FOCAL_RANGE = (0.05, 100.0)  # plausible focal lengths, in image sizes (fields of view of ~170 to ~0.6 degrees)
 CONTROL_BUFFER = 400
 
 
@@ -109,6 +111,10 @@ class MotionBuffer:
         accel = np.array([msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z])
         if not (np.isfinite(gyro).all() and np.isfinite(accel).all()):
             raise BadInput("bad_imu", f"IMU sample at {t:.6f} s has non-finite values", "fix the IMU driver")
+        if np.abs(accel).max() > IMU_LIMITS[0] or np.abs(gyro).max() > IMU_LIMITS[1]:
+            raise BadInput("bad_imu", f"IMU sample at {t:.6f} s is beyond any IMU's range (accel "
+                           f"{np.abs(accel).max():.3g} m/s^2, gyro {np.abs(gyro).max():.3g} rad/s; limits "
+                           f"{IMU_LIMITS[0]:g} and {IMU_LIMITS[1]:g})", "check the IMU driver's units (m/s^2, rad/s)")
         with self._lock:
             if self.imu and t < self.imu[-1][0] - self.values["time_jump_threshold"]:
                 self.imu.clear()  # the stream restarted (looped bag)
@@ -359,6 +365,14 @@ class FrameDecoder:
         if (info.width or info.height) and (info.width, info.height) != (width, height):
             raise BadInput("size_mismatch", f"CameraInfo is for {info.width}x{info.height} but the images are "
                            f"{width}x{height}", "publish the CameraInfo of the image stream (same resolution)")
+        size = max(width, height)
+        if not all(FOCAL_RANGE[0] * size <= f <= FOCAL_RANGE[1] * size for f in (intrinsics.fx, intrinsics.fy)) or \
+                not (-width / 2 <= intrinsics.cx <= 1.5 * width and -height / 2 <= intrinsics.cy <= 1.5 * height):
+            raise BadInput("bad_camera_info", f"CameraInfo on {v['camera_info_topic']} is not a camera for "
+                           f"{width}x{height} images: focal {intrinsics.fx:.4g}, {intrinsics.fy:.4g} px (plausible: "
+                           f"{FOCAL_RANGE[0] * size:.4g} to {FOCAL_RANGE[1] * size:.4g}), principal point "
+                           f"{intrinsics.cx:.4g}, {intrinsics.cy:.4g}", "publish the calibrated CameraInfo of this "
+                           "stream")
         return replace(intrinsics, width=width, height=height)
 
 
