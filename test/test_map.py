@@ -371,6 +371,17 @@ def test_load_rejects_corrupt_and_incompatible_files(tmp_path):
         torch.save({**data, key: value}, bad)
         with pytest.raises(InputError, match=f"bad_{key}.pt"):
             GaussianSdfMap.load(bad)
+    far = data["block_coords"].clone()
+    far[0] = torch.tensor([10**6, 0, 0])
+    mean = data["mean"].clone()
+    mean[0, 0, 0, 0] = float("inf")
+    for name, change, reason in (("far", {"block_coords": far}, "m from the origin"),
+                                 ("inf", {"mean": mean}, "mean has non-finite values"),
+                                 ("negative", {"precision": -data["precision"] - 1}, "must be >= 0")):
+        poisoned = tmp_path / f"{name}.pt"
+        torch.save({**data, **change}, poisoned)
+        with pytest.raises(InputError, match=reason):
+            GaussianSdfMap.load(poisoned)
     huge = tmp_path / "huge.pt"  # well formed, but no machine holds 10^13 blocks
     torch.save({**data, "config": {**data["config"], "initial_capacity": 10**13}}, huge)
     with pytest.raises(InputError, match="cannot be allocated .*initial_capacity 10000000000000"):

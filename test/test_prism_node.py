@@ -304,9 +304,28 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     assert probe.set_parameter("map_path", str(corrupt))[0]
     loaded = probe.call("load_map")
     assert not loaded.success and "not a readable map file" in loaded.message, loaded.message
+    # readable maps this node cannot use: empty, another voxel size, NaN values
+    import torch
+
+    from prism_ros.prism.map import GaussianSdfMap
+
+    GaussianSdfMap().save(tmp_path / "empty.pt")
+    data = torch.load(tmp_path / "empty.pt", weights_only=True)
+    b = data["config"]["block_size"]
+    one_block = {**data, "block_coords": torch.zeros((1, 3), dtype=torch.int64),
+                 **{name: torch.zeros((1, b, b, b), dtype=torch.float32) for name in ("mean", "precision",
+                                                                                    "colour_precision")},
+                 "colour": torch.zeros((1, b, b, b, 3)), "count": torch.zeros((1, b, b, b), dtype=torch.int32)}
+    torch.save({**one_block, "config": {**data["config"], "voxel_size": 10 * data["config"]["voxel_size"]}},
+               tmp_path / "coarse.pt")
+    torch.save({**one_block, "mean": torch.full((1, b, b, b), float("nan"))}, tmp_path / "nan.pt")
+    for name, reason in (("empty", "is empty"), ("coarse", "m voxels, this node's filter"), ("nan", "non-finite")):
+        assert probe.set_parameter("map_path", str(tmp_path / f"{name}.pt"))[0]
+        refused = probe.call("load_map")
+        assert not refused.success and reason in refused.message, refused.message
 
     # none of it reached the map or the filter
-    after = probe.wait_diag(lambda d: d["failures.load_map"] == "1")
+    after = probe.wait_diag(lambda d: d["failures.load_map"] == "4")
     assert after["map_blocks"] == blocks and after["frames_processed"] == processed, after
     assert after["frames_lost"] == "0" and after["state"] == "tracking"
     assert int(after["failures.rejected_parameter"]) == 3 and after["failures.save_map"] == "1"

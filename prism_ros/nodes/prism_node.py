@@ -78,6 +78,7 @@ with the reason (read-only parameters name the restart that changes them).
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -325,8 +326,19 @@ class PrismNode(LifecycleNode):
         if not path.is_file():
             raise InputError(f"mode is localization but map_path {path} is not a file",
                              "save a map with ~/save_map in slam mode (or prism-ros run), then set map_path to it")
-        loaded = GaussianSdfMap.load(path, resolve_device(self.filter_config.device))
+        loaded = self._usable_map(GaussianSdfMap.load(path, resolve_device(self.filter_config.device)), path)
         self.get_logger().info(f"localization mode: {loaded.num_blocks} blocks from {path}, frozen")
+        return loaded
+
+    def _usable_map(self, loaded, path: Path):
+        """``loaded`` when this node can track against it; InputError when it is empty or made with another voxel
+        size than the filter's (its tracking and map settings assume their own)."""
+        if loaded.num_blocks == 0:
+            raise InputError(f"the map in {path} is empty", "save a map after some frames were tracked")
+        voxel = self.filter_config.map.voxel_size
+        if not math.isclose(loaded.config.voxel_size, voxel, rel_tol=1e-6):
+            raise InputError(f"the map in {path} has {loaded.config.voxel_size:g} m voxels, this node's filter "
+                             f"{voxel:g} m", "load it with the filter_config it was made with")
         return loaded
 
     def _create_interfaces(self) -> None:
@@ -1146,7 +1158,7 @@ class PrismNode(LifecycleNode):
 
         path = self._map_file()
         try:
-            loaded = GaussianSdfMap.load(path, self.filter.device)  # read before taking the lock
+            loaded = self._usable_map(GaussianSdfMap.load(path, self.filter.device), path)  # before taking the lock
             with self._map_lock:
                 self.filter.map = loaded
                 if self._frozen_map is not None:

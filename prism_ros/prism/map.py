@@ -72,6 +72,7 @@ from prism_ros.geometry import PinholeCamera, transform_points
 from prism_ros.prism.kernels import resolve_backend
 from prism_ros.prism.observation import ObservationLevel
 
+MAX_MAP_EXTENT_M = 10_000.0  # a map file's blocks lie within this distance of its origin
 _KEY_BITS = 21
 _KEY_OFFSET = 1 << (_KEY_BITS - 1)
 _KEY_MASK = (1 << _KEY_BITS) - 1
@@ -900,4 +901,12 @@ def check_saved_map(data, path: Path) -> MapConfig:
             raise InputError(f"{name} should be {shape} {dtype}, got {got}", fix, path)
     if len(torch.unique(block_keys(coords))) != n or bool((block_keys(coords) < 0).any()):
         raise InputError("block_coords has duplicate or out-of-range blocks", fix, path)
+    if n and float(coords.abs().max()) * config.block_extent > MAX_MAP_EXTENT_M:
+        raise InputError(f"blocks lie {float(coords.abs().max()) * config.block_extent:.3g} m from the origin (a "
+                         f"map reaches at most {MAX_MAP_EXTENT_M:g} m)", fix, path)
+    for name in ("mean", "precision", "colour", "colour_precision"):
+        if not bool(torch.isfinite(data[name]).all()):
+            raise InputError(f"{name} has non-finite values", fix, path)
+    if bool((data["precision"] < 0).any() | (data["colour_precision"] < 0).any() | (data["count"] < 0).any()):
+        raise InputError("precisions and counts must be >= 0", fix, path)
     return config
