@@ -16,17 +16,21 @@ class InputError(Exception):
 
 
 def reports_input_errors(command):
-    """Decorator for CLI commands: an InputError becomes one line on stderr and exit code 2, no traceback."""
+    """Decorator for CLI commands: an InputError becomes one line on stderr and exit code 2, no traceback; so
+    does an OSError (a path to read or write that the file system refuses: its user gave it)."""
     import functools
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except InputError as error:
+        except (InputError, OSError) as error:
             import typer
             from rich.console import Console
 
+            if isinstance(error, OSError):
+                error = InputError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "),
+                                   "give a path that exists and that you may read or write")
             Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 

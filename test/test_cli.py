@@ -70,6 +70,11 @@ def test_eval_prints_the_known_ate_and_writes_a_plot(small_sequence, tmp_path):
     assert len(result.stdout.strip().splitlines()) == 1
     assert "ATE rmse 0.050 m" in result.stdout
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+    # outputs the file system refuses: one line, exit 2
+    assert_one_line_error(prism_ros("eval", tmp_path / "est.txt", small_sequence / "groundtruth.txt", "--plot",
+                                    "/proc/prism_no_such_dir/a.png"), "/proc/prism_no_such_dir")
+    assert_one_line_error(prism_ros("run", "--dataset", small_sequence, "--out", "/proc/prism_no_such_dir/out",
+                                    "--quiet"), "/proc/prism_no_such_dir")
 
 
 def test_bad_input_is_one_line_naming_the_problem(tmp_path):
