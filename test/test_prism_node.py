@@ -245,6 +245,7 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     expect("bad_depth", depth=np.zeros_like(depth))
     garbage = np.random.default_rng(0).integers(20_000, 65_535, depth.shape).astype(np.uint16)  # 20-65 m at 1 mm
     expect("bad_depth", depth=garbage, depth_encoding="16UC1")
+    expect("bad_depth", depth=np.random.default_rng(1).uniform(0.3, 3.5, depth.shape).astype(np.float32))
     bad_info = intrinsics_to_camera_info(intrinsics)
     bad_info.k = [0.0] * 9
     expect("bad_camera_info", camera_info=bad_info)
@@ -586,6 +587,43 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     lost = {kv.key: kv.value for kv in statuses[1].status[0].values}
     assert lost["tracking_ok"] == "false" and "inlier ratio" in lost["reasons"], lost
     assert node.poll() is None, log.read_text()[-3000:]
+
+
+def test_depth_that_is_noise_never_seeds_or_changes_the_map(synthetic, spawn_python, ros_node, tmp_path):
+    """Depth that is mostly noise is bad_depth mid-stream, and the first frame of a map must be clearly surfaces:
+    a frame with a fifth of its pixels noise does not seed the map, the next good one does."""
+    from ros_helpers.prism_probe import PrismProbe
+
+    from prism_ros.datasets import open_dataset
+
+    frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(3)]
+    rng = np.random.default_rng(0)
+    speckled = frames[0].depth.copy()
+    mask = rng.random(speckled.shape) < 0.2
+    speckled[mask] = rng.uniform(0.3, 3.5, mask.sum())
+    noise = rng.uniform(0.3, 3.5, speckled.shape).astype(np.float32)
+    probe = PrismProbe(ros_node)
+    node = _start_node(spawn_python, tmp_path / "node.log", rgb_topic="/probe/rgb", depth_topic="/probe/depth",
+                       camera_info_topic="/probe/camera_info", rgb_qos="reliable", depth_qos="reliable",
+                       camera_info_qos="reliable", filter_config="prism_synthetic.yaml",
+                       transition_model="constant_velocity", diagnostics_period=0.1, frame_queue=5)
+    probe.wait_ready()
+
+    def send(i, depth):
+        probe.publish_frame(frames[i].rgb, depth, frames[i].intrinsics, int(round(frames[i].timestamp * 1e9)))
+
+    send(0, speckled)  # 64% of neighbouring pairs agree: a frame, but not one to start a map from
+    first = probe.wait_diag(lambda d: d["bad_input.bad_depth"] == "1")
+    assert first["map_blocks"] == "0" and first["frames_processed"] == "0", first
+    send(1, frames[1].depth)
+    started = probe.wait_diag(lambda d: d["frames_processed"] == "1" and int(d["map_blocks"]) > 0)
+    send(2, noise)  # uniform noise: rejected before the filter
+    rejected = probe.wait_diag(lambda d: d["bad_input.bad_depth"] == "2")
+    assert rejected["map_blocks"] == started["map_blocks"] and rejected["frames_processed"] == "1", rejected
+    assert node.poll() is None
+    text = (tmp_path / "node.log").read_text()
+    assert "the first frame of a map needs depth on surfaces" in text, text[-3000:]
+    assert text.count("bad input (bad_depth)") == 1, text[-3000:]  # logged once, counted twice
 
 
 def test_lifecycle_transitions_without_autostart(synthetic, spawn_python, ros_node, tmp_path):

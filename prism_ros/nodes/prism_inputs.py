@@ -30,9 +30,25 @@ from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, GREY_ENCODINGS, RG
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
 
 IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
+SMOOTH_STEP = 0.05  # neighbouring depths on one surface differ by less than this fraction
 IMU_LIMITS = (1000.0, 100.0)  # |accel| m/s^2 (~100 g), |gyro| rad/s: no IMU measures more; a sample beyond is bad
 FOCAL_RANGE = (0.05, 100.0)  # plausible focal lengths, in image sizes (fields of view of ~170 to ~0.6 degrees)
 CONTROL_BUFFER = 400
+
+
+def smooth_fraction(depth: np.ndarray, step: float = SMOOTH_STEP) -> float:
+    """The share of neighbouring valid depth pixels (right and down, on every other row and column) that differ
+    by less than ``step`` of their depth: over 0.99 on real RGB-D and stereo depth (7-Scenes, TUM, SUN3D, EuRoC
+    SGBM), about 0.05 for uniform noise. Depth that is mostly noise is not a surface to track or map."""
+    d = np.asarray(depth[::2, ::2], dtype=np.float32)
+    valid = np.isfinite(d) & (d > 0)
+    agree, pairs = 0, 0
+    for a, b, both in ((d[:, :-1], d[:, 1:], valid[:, :-1] & valid[:, 1:]),
+                       (d[:-1], d[1:], valid[:-1] & valid[1:])):
+        with np.errstate(invalid="ignore"):
+            agree += int((both & (np.abs(a - b) <= step * np.minimum(a, b))).sum())
+        pairs += int(both.sum())
+    return agree / pairs if pairs else 0.0
 
 
 class BadInput(Exception):
@@ -241,6 +257,13 @@ class FrameDecoder:
             kind = "stereo depth" if v["depth_source"] == "stereo" else "depth"
             raise BadInput("bad_depth", f"{kind} has {100 * fraction:.1f}% valid pixels (finite, > 0, < max_depth "
                            f"{self.max_depth} m; {typical}; need {100 * v['min_valid_depth_fraction']:.0f}%)", fix)
+        smooth = smooth_fraction(depth)
+        frame.extras["smooth_fraction"] = smooth
+        if smooth < v["min_smooth_depth_fraction"]:
+            kind = "stereo depth" if v["depth_source"] == "stereo" else "depth"
+            raise BadInput("bad_depth", f"{kind} is noise, not surfaces: {100 * smooth:.1f}% of neighbouring valid "
+                           f"pixels agree within {100 * SMOOTH_STEP:.0f}% (need "
+                           f"{100 * v['min_smooth_depth_fraction']:.0f}%; real depth: over 99%)", fix)
         self.index += 1
         return frame
 

@@ -132,6 +132,7 @@ from prism_ros.nodes.tf import TransformError
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
 MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
+FIRST_FRAME_SMOOTHNESS = 0.8  # the first frame seeds the map: its depth must be clearly surfaces
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
@@ -784,6 +785,14 @@ class PrismNode(LifecycleNode):
                     frame.timestamp < self._start_after:
                 with self._stats_lock:  # older than a relocalized or initial pose: it would predict backwards
                     self.stats.superseded += 1
+                return None
+            starts_map = self.filter.state is None and not self.filter.map_frozen
+            if starts_map and frame.extras.get("smooth_fraction", 1.0) < FIRST_FRAME_SMOOTHNESS:
+                need, got = 100 * FIRST_FRAME_SMOOTHNESS, 100 * frame.extras["smooth_fraction"]
+                self._bad_input("bad_depth", f"the first frame of a map needs depth on surfaces ({need:.0f}% of "
+                                f"neighbouring pixels agreeing), this one has {got:.1f}%; frame skipped, the next "
+                                "may start it", "point the camera at a scene it can see (check depth_topic and "
+                                "depth_scale)")
                 return None
             frame.imu = self.motion.take_imu(frame.timestamp, after=self._last_processed_t)
             frame.control = self.motion.control_at(frame.timestamp)

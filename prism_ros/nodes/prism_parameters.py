@@ -86,6 +86,9 @@ PARAMETERS: dict[str, Param] = {
     "min_valid_depth_fraction": Param(0.05, "float", "frames with fewer valid depth pixels (finite, > 0, < "
                                       "max_depth of the filter config) are rejected as bad_depth",
                                       dynamic=True, check=fraction),
+    "min_smooth_depth_fraction": Param(0.5, "float", "frames whose neighbouring valid depth pixels agree (within 5%) "
+                                       "less often are noise, rejected as bad_depth (real depth: over 99%); the "
+                                       "first frame of a map needs at least 0.8", dynamic=True, check=fraction),
     "intrinsics_source": Param("camera_info", "str", "camera_info: from the synchronised CameraInfo; "
                                "parameters: from `intrinsics` and `distortion` (colour and depth only are "
                                "synchronised)", check=one_of(("camera_info", "parameters"))),
