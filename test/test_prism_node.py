@@ -539,8 +539,9 @@ def test_save_map_without_scikit_image_saves_the_map_and_names_the_missing_packa
 
 def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_python, ros_node, tmp_path):
     """Lost frames make /diagnostics WARN, ERROR once they span lost_error_after seconds of frame stamps, and OK
-    again when tracking resumes (here: frames turned upside down cannot be tracked against the map); the
-    stamped ~/tracking_status gives each frame's verdict at its own stamp."""
+    again when tracking resumes (here: frames turned upside down cannot be tracked against the map); the stamped
+    ~/tracking_status gives each frame's verdict at its own stamp; a camera that stops makes it WARN, then
+    ERROR."""
     from dataclasses import replace
 
     from diagnostic_msgs.msg import DiagnosticArray
@@ -586,6 +587,13 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     assert levels == [0, 1, 1, 2, 0], levels
     lost = {kv.key: kv.value for kv in statuses[1].status[0].values}
     assert lost["tracking_ok"] == "false" and "inlier ratio" in lost["reasons"], lost
+    # the camera stops: WARN once no set came for input_timeout (1 s), ERROR lost_error_after later
+    assert probe.set_parameter("lost_error_after", 1.0)[0]
+    silent = probe.wait_diag(lambda d: d["input"] == "stopped", 10)
+    assert silent["_level"] == "1" and "no synchronised set for" in silent["_message"], silent
+    dead = probe.wait_diag(lambda d: d["_level"] == "2", 10)
+    assert dead["input"] == "stopped" and float(dead["no_input_s"]) >= 2.0, dead
+    assert dead["state"] == "tracking", dead  # the last frame's verdict stays
     assert node.poll() is None, log.read_text()[-3000:]
 
 

@@ -89,7 +89,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import AccelStamped, PoseWithCovarianceStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -171,6 +171,7 @@ class Stats:
     tracking_ok: bool | None = None
     lost_since: float | None = None  # stamp of the first frame of the current run of lost frames
     lost_for: float = 0.0  # seconds (frame stamps) from that frame to the latest processed one
+    last_set_at: float | None = None  # time.monotonic() of the last synchronised set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +513,7 @@ class PrismNode(LifecycleNode):
             self._unmatched = 0
         with self._stats_lock:
             self.stats.received += 1
+            self.stats.last_set_at = now
         if self._paused or self._inactive:
             with self._stats_lock:
                 self.stats.skipped_paused += 1
@@ -1020,6 +1022,13 @@ class PrismNode(LifecycleNode):
             return "waiting for frames" if self.stats.processed == 0 else "initialising"
         return "tracking" if self.stats.tracking_ok else "lost"
 
+    def _no_input_for(self) -> float | None:
+        """Seconds since the last synchronised set once that is more than ``input_timeout`` (a camera that
+        stopped), else None; stats lock held."""
+        last = self.stats.last_set_at
+        since = None if last is None else time.monotonic() - last
+        return since if since is not None and since > self.values["input_timeout"] else None
+
     def diagnostics_values(self) -> dict[str, str]:
         with self._stats_lock:
             s = self.stats
@@ -1029,6 +1038,8 @@ class PrismNode(LifecycleNode):
                 "frames_superseded": s.superseded, "resets": s.resets, "time_jumps": s.time_jumps,
                 "relocalizations": s.relocalizations, **self.health.values(),
                 "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}", "lost_for_s": f"{s.lost_for:.3f}",
+                "input": "stopped" if self._no_input_for() is not None else "live",
+                "no_input_s": f"{self._no_input_for() or 0.0:.1f}",
             }
             if self.values["rollout_samples"] > 0 or s.rollouts:
                 values.update(rollouts_published=s.rollouts, rollout_ms=f"{s.rollout_ms:.1f}")
@@ -1055,6 +1066,11 @@ class PrismNode(LifecycleNode):
         level = self.outputs.loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
         if level is not None:
             message = f"{message} for {lost_for:.1f} s"
+        if values["input"] == "stopped" and values["state"] not in ("inactive", "paused"):
+            silent = float(values["no_input_s"])
+            message = f"{message}, no synchronised set for {silent:.1f} s"
+            stopped_long = silent >= self.values["input_timeout"] + self.values["lost_error_after"]
+            level = DiagnosticStatus.ERROR if stopped_long else (level or DiagnosticStatus.WARN)
         self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
                                                   message, values, self.get_clock().now().to_msg(), self.device,
                                                   level=level))

@@ -156,7 +156,9 @@ PARAMETERS: dict[str, Param] = {
     "level_tolerance_deg": Param(0.5, "float", "tilt of the start frame (deg) below which the map is kept",
                                  check=non_negative),
     "lost_error_after": Param(2.0, "float", "seconds of frames lost in a row (frame stamps) after which /diagnostics "
-                              "reports ERROR (WARN before)", dynamic=True, check=non_negative),
+                              "reports ERROR (WARN before); also the seconds of no input (no synchronised set for "
+                              "input_timeout: input 'stopped', WARN) before ERROR", dynamic=True,
+                              check=non_negative),
     # -- outputs
     "map_frame": Param("map", "str", "world frame of pose, path, map and TF", dynamic=True, check=not_empty),
     "odom_frame": Param("odom", "str", "odometry frame (REP-105: continuous; PRISM's own or another node's)",
