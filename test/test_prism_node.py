@@ -246,6 +246,9 @@ def test_faults_are_logged_once_counted_and_never_fused(synthetic, spawn_python,
     garbage = np.random.default_rng(0).integers(20_000, 65_535, depth.shape).astype(np.uint16)  # 20-65 m at 1 mm
     expect("bad_depth", depth=garbage, depth_encoding="16UC1")
     expect("bad_depth", depth=np.random.default_rng(1).uniform(0.3, 3.5, depth.shape).astype(np.float32))
+    assert probe.set_parameter("max_image_pixels", 160 * 120 - 1)[0]  # the limit, one pixel below these frames
+    expect("bad_image")
+    assert probe.set_parameter("max_image_pixels", 2_100_000)[0]
     bad_info = intrinsics_to_camera_info(intrinsics)
     bad_info.k = [0.0] * 9
     expect("bad_camera_info", camera_info=bad_info)

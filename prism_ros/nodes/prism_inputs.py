@@ -238,6 +238,10 @@ class FrameDecoder:
         v = self.values
         self.stereo_figures = None
         rgb = self.decode_rgb(item.rgb)
+        if rgb.shape[0] * rgb.shape[1] > v["max_image_pixels"]:
+            raise BadInput("bad_image", f"colour on {v['rgb_topic']} is {rgb.shape[1]}x{rgb.shape[0]}, more than "
+                           f"max_image_pixels ({v['max_image_pixels']})", "resize the images (image_proc's resize "
+                           "node) or raise max_image_pixels")
         if v["depth_source"] == "stereo":
             frame = self._stereo_frame(item, rgb)
             fix = ("point the cameras at textured, lit surfaces; check that right_topic is this rig's right camera "

@@ -86,6 +86,9 @@ PARAMETERS: dict[str, Param] = {
     "min_valid_depth_fraction": Param(0.05, "float", "frames with fewer valid depth pixels (finite, > 0, < "
                                       "max_depth of the filter config) are rejected as bad_depth",
                                       dynamic=True, check=fraction),
+    "max_image_pixels": Param(2_100_000, "int", "colour images with more pixels are rejected as bad_image (a step "
+                              "costs time and memory with the pixels; 1920x1080 fits): resize them (image_proc) or "
+                              "raise this", dynamic=True, check=lambda v: None if v >= 1 else "must be >= 1"),
     "min_smooth_depth_fraction": Param(0.5, "float", "frames whose neighbouring valid depth pixels agree (within 5%) "
                                        "less often are noise, rejected as bad_depth (real depth: over 99%); the "
                                        "first frame of a map needs at least 0.8", dynamic=True, check=fraction),
