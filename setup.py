@@ -68,7 +68,7 @@ setup(
     extras_require={
         "ros": ROS_WHEELS,
         "mesh": ["open3d>=0.18"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "xmlschema>=3"],
     },
     zip_safe=True,
     maintainer="prism_ros developers",

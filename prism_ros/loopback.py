@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from prism_ros.resources import config_file
@@ -57,3 +59,26 @@ def spawn(args: list[str], domain_id: int, **popen_kwargs) -> subprocess.Popen:
     popen_kwargs.setdefault("text", True)
     return subprocess.Popen(args, env=loopback_env(domain_id, popen_kwargs.pop("env", None)),
                             **popen_kwargs)
+
+
+def fastdds_tool() -> list[str] | None:
+    """Command of Fast DDS's ``fastdds`` tool: the PyPI wheels' ``tools/fastdds/fastdds.py`` or a ROS install's."""
+    script = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"
+    if script.is_file():
+        return [sys.executable, str(script)]
+    found = shutil.which("fastdds")
+    return [found] if found else None
+
+
+def clean_shared_memory(timeout: float = 30.0) -> bool:
+    """Remove the shared-memory files of Fast DDS participants whose process died without closing them (a
+    SIGKILL): ``fastdds shm clean``, which keeps every file whose lock a live process holds. Tests and benches
+    that kill nodes call it when they end; each such file is a segment of up to the profile's segment size.
+    False when the tool is missing or failed."""
+    tool = fastdds_tool()
+    if tool is None:
+        return False
+    try:
+        return subprocess.run([*tool, "shm", "clean"], capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prism_ros.loopback import apply_loopback_env, random_domain_id, spawn
+from prism_ros.loopback import apply_loopback_env, clean_shared_memory, random_domain_id, spawn
 
 SESSION_LOOPBACK = apply_loopback_env()  # must run before rclpy is imported anywhere
 
@@ -25,6 +25,11 @@ if str(HELPERS.parent) not in sys.path:  # test/ itself, for `import ros_helpers
     sys.path.insert(0, str(HELPERS.parent))
 
 from ros_helpers.dds import domain_in_use
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Nodes that tests kill leave their Fast DDS shared-memory segments in /dev/shm: remove those."""
+    clean_shared_memory()
 
 
 @pytest.fixture(autouse=True, scope="session")

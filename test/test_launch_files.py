@@ -21,7 +21,18 @@ import yaml
 
 from prism_ros.errors import InputError
 from prism_ros.launch_graph import launcher
-from prism_ros.launch_graph.graph import GRAPHS, SENSORS, NodeSpec, missing_files, play_graph, prism_graph, suite_graph
+from prism_ros.launch_graph.graph import (
+    GRAPHS,
+    LARGE_DATA_PROFILE,
+    PROFILE_VARIABLE,
+    SENSORS,
+    NodeSpec,
+    dds_environment,
+    missing_files,
+    play_graph,
+    prism_graph,
+    suite_graph,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -303,6 +314,9 @@ def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
     assert params[1].endswith("config/sensors/euroc.yaml") and params[2] == {"use_sim_time": True, "autostart": True}
     assert player.kwargs["executable"] == "bag_player" and player.kwargs["parameters"][0]["clock"] is True
     assert rviz.kwargs["arguments"] == ["-d", str(ROOT / "rviz" / "prism.rviz")]
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    assert {str(n.kwargs["additional_env"]) for n in opaque.kwargs["function"](context)} == \
+        {str({"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_large_data.xml")})}
     context["config"] = str(ROOT / "config" / "absent.yaml")
     with pytest.raises(InputError, match="absent.yaml not found"):
         opaque.kwargs["function"](context)
@@ -402,6 +416,38 @@ def test_prism_graph_config_is_a_path_or_a_name_in_config(tmp_path):
 def test_prism_graph_bad_arguments_raise_input_error(kwargs, needle):
     with pytest.raises(InputError, match=needle):
         prism_graph(share=ROOT, **kwargs)
+
+
+def test_dds_profile_is_the_large_data_one_unless_the_environment_names_one():
+    large = ((PROFILE_VARIABLE, str(ROOT / LARGE_DATA_PROFILE)),)
+    assert dds_environment("auto", ROOT, environ={}) == large
+    assert dds_environment("auto", ROOT, environ={"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}) == large
+    assert dds_environment("auto", ROOT, environ={PROFILE_VARIABLE: "/robot/mine.xml"}) == ()
+    assert dds_environment("auto", ROOT, environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == ()
+    assert dds_environment("none", ROOT, environ={}) == dds_environment("", ROOT, environ={}) == ()
+    assert dds_environment("fastdds_localhost.xml", ROOT, environ={PROFILE_VARIABLE: "/x.xml"}) == \
+        ((PROFILE_VARIABLE, str(ROOT / "config/fastdds_localhost.xml")),)
+
+
+def test_every_node_of_a_graph_gets_the_dds_profile(monkeypatch):
+    monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
+    specs = suite_graph(bag="/data/run.bag", rviz=True, ace=True, dmn=True, share=ROOT)
+    assert len(specs) == 5 and {s.env for s in specs} == {((PROFILE_VARIABLE, str(ROOT / LARGE_DATA_PROFILE)),)}
+    assert str(ROOT / LARGE_DATA_PROFILE) not in missing_files(specs)
+    assert missing_files(prism_graph(fastdds_profile="/absent/profile.xml", share=ROOT)) == ["/absent/profile.xml"]
+    assert {s.env for s in prism_graph(fastdds_profile="none", share=ROOT)} == {()}
+
+
+def test_launcher_gives_nodes_their_profile_except_on_loopback(monkeypatch, capsys):
+    spec = NodeSpec("prism_ros", "prism_node", "prism_node", env=((PROFILE_VARIABLE, "/p.xml"),))
+    base = {PROFILE_VARIABLE: "/loopback.xml", "HOME": "/h"}
+    assert launcher.node_environment(spec, base, loopback=False) == {PROFILE_VARIABLE: "/p.xml", "HOME": "/h"}
+    assert launcher.node_environment(spec, base, loopback=True) == base
+    monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
+    assert launcher.cli(["prism", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"{PROFILE_VARIABLE}={ROOT / LARGE_DATA_PROFILE} ")
+    assert launcher.cli(["prism", "--dry-run", "--loopback"]) == 0
+    assert PROFILE_VARIABLE not in capsys.readouterr().out
 
 
 def test_prism_is_a_registered_graph():

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
+import sys
 import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import psutil
 import pytest
 from ros_helpers.dds import domain_ports
+
+from prism_ros.launch_graph.graph import LARGE_DATA_PROFILE
+from prism_ros.loopback import clean_shared_memory, fastdds_tool, profile_path
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,3 +91,88 @@ def test_loopback_profile_binds_loopback_only(spawn_python, domain_id):
     allowed_addresses = {"0.0.0.0"} | _non_loopback_ipv4()
     assert all(s.laddr.ip in allowed_addresses for s in elsewhere), elsewhere
     assert len(elsewhere) <= len(allowed_addresses), elsewhere
+
+
+def test_vga_sets_arrive_best_effort(spawn_python, unique_ns):
+    """30 VGA sets (rgb8, 16UC1 depth, CameraInfo) at 30 Hz with sensor-data (best-effort) QoS: at least 29
+    arrive complete. Fast DDS's default 512 KiB shared-memory segment cannot hold one rgb8 VGA image; the
+    profiles give 8 MiB."""
+    receiver = spawn_python("camera_sets.py", "receive", unique_ns, "--sets", 30, "--timeout", 40)
+    sender = spawn_python("camera_sets.py", "send", unique_ns, "--sets", 30, "--timeout", 45)
+    out, err = receiver.communicate(timeout=50)
+    assert receiver.returncode == 0, f"receiver got nothing: {out}\n{err}"
+    verdict = _last_json(out)
+    assert verdict["complete"] >= 29, verdict
+    assert verdict["bytes"] == {"rgb": 640 * 480 * 3, "depth": 640 * 480 * 2}
+    sender.communicate(timeout=20)
+    assert sender.returncode == 0
+
+
+def _fastdds_schema() -> Path | None:
+    """fastdds_profiles.xsd of the Fast DDS this interpreter uses (the wheels' or a ROS install's)."""
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep),
+                *map(str, Path("/opt/ros").glob("*"))]
+    for prefix in filter(None, prefixes):
+        candidate = Path(prefix) / "share" / "fastdds" / "fastdds_profiles.xsd"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _transports(profile: Path) -> dict[str, dict[str, str]]:
+    """transport type -> {element: text} of a Fast DDS profile's transport descriptors."""
+    ns = {"d": "http://www.eprosima.com"}
+    found = {}
+    for descriptor in ET.parse(profile).getroot().iterfind(".//d:transport_descriptor", ns):
+        fields = {child.tag.split("}")[1]: (child.text or "").strip() for child in descriptor}
+        fields.pop("transport_id")
+        found[fields["type"]] = fields
+    return found
+
+
+@pytest.mark.parametrize("profile", [profile_path(), Path(__file__).resolve().parents[1] / LARGE_DATA_PROFILE],
+                         ids=["loopback", "large_data"])
+def test_fastdds_profiles_are_valid_against_the_schema(profile):
+    """Fast DDS ignores a profile it cannot parse and falls back to its defaults without a word."""
+    xmlschema = pytest.importorskip("xmlschema")
+    schema = _fastdds_schema()
+    if schema is None:
+        pytest.skip("fastdds_profiles.xsd not found (Fast DDS's share/fastdds)")
+    xmlschema.XMLSchema(str(schema)).validate(str(profile))
+
+
+def test_robot_profile_has_the_loopback_transport_sizes_on_every_interface():
+    """The profile for robots moves images as the tested loopback one does (same shared-memory segment), but
+    on every interface, with socket buffers large enough for an image's fragments."""
+    loopback = _transports(profile_path())
+    robot = _transports(Path(__file__).resolve().parents[1] / LARGE_DATA_PROFILE)
+    assert set(robot) == set(loopback) == {"SHM", "UDPv4"}
+    assert robot["SHM"] == loopback["SHM"] and int(robot["SHM"]["segment_size"]) >= 8 << 20
+    assert "interfaceWhiteList" in loopback["UDPv4"] and "interfaceWhiteList" not in robot["UDPv4"]
+    assert int(robot["UDPv4"]["receiveBufferSize"]) >= 4 << 20
+
+
+def _segments_of(pid: int) -> set[str]:
+    """Fast DDS shared-memory segment files the process has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split()[-1] for line in maps if "/dev/shm/fastdds_" in line and "port" not in line}
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir() or fastdds_tool() is None,
+                    reason="needs Linux shared memory and Fast DDS's tool")
+def test_shared_memory_of_a_killed_node_is_removed_and_a_live_nodes_kept(spawn_python):
+    """A SIGKILLed node leaves its segment in /dev/shm; clean_shared_memory removes it and nothing in use."""
+    killed, live = (spawn_python("idle_node.py", "--seconds", 30) for _ in range(2))
+    for process in (killed, live):
+        assert process.stdout.readline().strip() == "READY"
+    deadline = time.monotonic() + 10
+    while not (_segments_of(killed.pid) and _segments_of(live.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left, kept = _segments_of(killed.pid), _segments_of(live.pid)
+    assert left and kept
+    killed.kill()
+    killed.wait(timeout=10)
+    assert all(Path(f).exists() for f in left)
+    assert clean_shared_memory()
+    assert not any(Path(f).exists() for f in left)
+    assert all(Path(f).exists() for f in kept)

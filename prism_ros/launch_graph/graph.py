@@ -8,11 +8,12 @@ launch arguments first, in an ``OpaqueFunction``) because it picks files and opt
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from prism_ros.errors import InputError
 
@@ -30,6 +31,7 @@ class NodeSpec:
     module: str | None = None  # `python -m <module>` when the console script is not found
     parameter_files: tuple[Any, ...] = ()  # ROS 2 parameter YAML files, loaded before ``parameters``
     namespace: str = ""  # "" or an absolute namespace ("/robot1"): the node's relative and private topics follow it
+    env: tuple[tuple[str, str], ...] = ()  # environment variables for the node's process (e.g. its DDS profile)
 
 
 PACKAGE = "prism_ros"
@@ -58,6 +60,9 @@ NODE_CONFIG = "config/prism.yaml"
 SENSOR_CONFIG = "config/sensors/{sensor}.yaml"
 RVIZ_CONFIG = "rviz/prism.rviz"
 USE_SIM_TIME = ("auto", "true", "false")
+#: Fast DDS profile whose shared memory holds camera images (docs/node.md, "Large images over DDS")
+LARGE_DATA_PROFILE = "config/fastdds_large_data.xml"
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
@@ -118,9 +123,30 @@ def as_namespace(namespace: Any) -> str:
     return f"/{text}" if text else ""
 
 
+def dds_environment(fastdds_profile: Any = "auto", share: Path | None = None,
+                    environ: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The DDS environment of a graph's processes: ``FASTDDS_DEFAULT_PROFILES_FILE`` or nothing.
+
+    "auto": the shipped large-data profile (Fast DDS's default shared memory cannot hold a VGA image, so
+    best-effort camera topics lose most frames), unless ``environ`` already names a profile or another RMW
+    than Fast DDS is chosen; "" or "none": the environment's settings; else a path or a file name in
+    ``config/``. The camera driver needs the same profile: its side of shared memory holds the images.
+    """
+    environ = os.environ if environ is None else environ
+    choice = str(fastdds_profile if fastdds_profile is not None else "").strip()
+    if choice.lower() in ("", "none"):
+        return ()
+    if choice.lower() == "auto":
+        rmw = environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") or "rmw_fastrtps_cpp"
+        if environ.get(PROFILE_VARIABLE) or not rmw.startswith("rmw_fastrtps"):
+            return ()
+        return ((PROFILE_VARIABLE, str((share or share_dir()) / LARGE_DATA_PROFILE)),)
+    return ((PROFILE_VARIABLE, str(config_path(choice, share or share_dir()))),)
+
+
 def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
                 rviz: Any = False, rate: Any = 1.0, loop: Any = False, namespace: Any = "", autostart: Any = True,
-                share: Path | None = None, **player: Any) -> list[NodeSpec]:
+                fastdds_profile: Any = "auto", share: Path | None = None, **player: Any) -> list[NodeSpec]:
     """Graph of ``prism.launch.py``: [bag_player (when ``bag``)], prism_node, [rviz2 (when ``rviz``)].
 
     config: node parameter YAML, a path or a file name in the installed ``config/`` ("" = prism.yaml);
@@ -129,7 +155,8 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     bag: bag to play with /clock ("" or None: none, the sensor's topics come from elsewhere);
     rviz: also start rviz2 with ``rviz/prism.rviz``; rate, loop and ``player``: bag player options;
     namespace: the player's and prism_node's namespace (two cameras or robots side by side; rviz2 stays global);
-    autostart: prism_node configures and activates itself (false: a lifecycle manager does).
+    autostart: prism_node configures and activates itself (false: a lifecycle manager does);
+    fastdds_profile: the processes' Fast DDS profile (:func:`dds_environment`).
     Strings as launch passes them are accepted for every value. Files are not checked here (see
     :func:`missing_files`). Unknown sensor or bad boolean: :class:`InputError`.
     """
@@ -155,7 +182,8 @@ def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: A
     specs = [replace(spec, namespace=as_namespace(namespace)) for spec in specs]
     if as_bool(rviz, "rviz"):
         specs.append(rviz_spec(share / RVIZ_CONFIG, use_sim_time=sim_time))
-    return specs
+    env = dds_environment(fastdds_profile, share)
+    return [replace(spec, env=env) for spec in specs]
 
 
 DMN_CONFIG = "config/dmn.yaml"
@@ -184,29 +212,31 @@ def dmn_node_spec(dmn_config: Any, sensor_config: Any, contexts: Any = "", use_s
 def suite_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
                 rviz: Any = False, rate: Any = 1.0, loop: Any = False, ace: Any = False, ace_map: Any = "",
                 dmn: Any = False, dmn_contexts: Any = "", namespace: Any = "", autostart: Any = True,
-                share: Path | None = None, **player: Any) -> list[NodeSpec]:
+                fastdds_profile: Any = "auto", share: Path | None = None, **player: Any) -> list[NodeSpec]:
     """Graph of ``suite.launch.py``: :func:`prism_graph` plus, with ``ace``, ace_node on the same sensor preset
     (relocalization and recovery of prism_node; ``ace_map``: its map file, else ``config/ace.yaml``'s) and,
     with ``dmn``, dmn_node (``dmn_contexts``: its context file, else ``config/dmn.yaml``'s)."""
     share = share or share_dir()
-    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, namespace, autostart, share=share,
-                        **player)
+    specs = prism_graph(config, sensor, use_sim_time, bag, rviz, rate, loop, namespace, autostart, fastdds_profile,
+                        share=share, **player)
     prism = next(s for s in specs if s.executable == "prism_node")
     after = specs.index(prism) + 1
     if as_bool(dmn, "dmn"):
         specs.insert(after, replace(dmn_node_spec(share / DMN_CONFIG, prism.parameter_files[1], dmn_contexts,
-                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace))
+                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace,
+                                    env=prism.env))
     if as_bool(ace, "ace"):
         specs.insert(after, replace(ace_node_spec(share / ACE_CONFIG, prism.parameter_files[1], ace_map,
-                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace))
+                                                  prism.parameters["use_sim_time"]), namespace=prism.namespace,
+                                    env=prism.env))
     return specs
 
 
 def missing_files(specs: list[NodeSpec]) -> list[str]:
-    """Parameter files and ``-d`` (rviz) configuration files of ``specs`` that do not exist."""
+    """Parameter files, ``-d`` (rviz) configuration files and DDS profiles of ``specs`` that do not exist."""
     missing = []
     for spec in specs:
-        files = list(spec.parameter_files)
+        files = list(spec.parameter_files) + [value for key, value in spec.env if key == PROFILE_VARIABLE]
         if "-d" in spec.arguments[:-1]:
             files.append(spec.arguments[spec.arguments.index("-d") + 1])
         missing += [str(f) for f in files if not Path(str(f)).is_file()]
@@ -224,7 +254,7 @@ def launch_nodes(specs: list[NodeSpec]) -> list:
                          "give config:=<existing file> or install prism_ros with its config/ and rviz/ folders")
     return [Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
                  parameters=[*spec.parameter_files, spec.parameters], remappings=list(spec.remappings),
-                 arguments=list(spec.arguments), output="screen") for spec in specs]
+                 arguments=list(spec.arguments), additional_env=dict(spec.env), output="screen") for spec in specs]
 
 
 #: graph name -> function building it (used by the launcher's command line)

@@ -127,9 +127,16 @@ class RunningGraph:
                 node.process.kill()
 
 
+def node_environment(spec: NodeSpec, base: dict, loopback: bool) -> dict:
+    """The node's process environment: ``base`` plus its ``env``, except with ``loopback``, whose profile (same
+    transport sizes, traffic kept on this machine) stays."""
+    return dict(base) if loopback else {**base, **dict(spec.env)}
+
+
 def start_graph(specs: Sequence[NodeSpec], loopback: bool = False, domain_id: int | None = None,
                 env: dict | None = None, python: str = sys.executable, **popen_kwargs) -> RunningGraph:
-    """Start every node; with ``loopback`` all share one (random unless given) domain, loopback only."""
+    """Start every node (environment: :func:`node_environment`); with ``loopback`` all share one (random
+    unless given) domain, loopback only."""
     base = dict(os.environ if env is None else env)
     if loopback:
         domain_id = random_domain_id() if domain_id is None else domain_id
@@ -139,7 +146,8 @@ def start_graph(specs: Sequence[NodeSpec], loopback: bool = False, domain_id: in
     nodes = []
     try:
         for spec in specs:
-            process = subprocess.Popen(node_command(spec, python), env=base, start_new_session=True,
+            process = subprocess.Popen(node_command(spec, python), env=node_environment(spec, base, loopback),
+                                       start_new_session=True,
                                        **popen_kwargs)
             nodes.append(RunningNode(spec, process))
     except BaseException:
@@ -220,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     prism.add_argument("--namespace", default="", help="namespace of the nodes, e.g. robot1 (rviz2 stays global)")
     prism.add_argument("--no-autostart", dest="autostart", action="store_false",
                        help="prism_node waits unconfigured for a lifecycle manager")
+    prism.add_argument("--fastdds-profile", default="auto",
+                       help="Fast DDS profile of the nodes: auto (config/fastdds_large_data.xml unless "
+                            "FASTDDS_DEFAULT_PROFILES_FILE is set), none (the environment's), or a file")
     suite = p.add_argument_group("suite graph (suite.launch.py's arguments, plus the prism graph's)")
     suite.add_argument("--ace", action="store_true", help="also start ace_node (relocalization, recovery)")
     suite.add_argument("--ace-map", default="", help="ACE map file for ace_node (default: config/ace.yaml's)")
@@ -241,7 +252,8 @@ def graph_arguments(args: argparse.Namespace) -> dict:
     config = Path(args.config).expanduser()
     arguments = {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
                  "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config,
-                 "namespace": args.namespace, "autostart": args.autostart}
+                 "namespace": args.namespace, "autostart": args.autostart,
+                 "fastdds_profile": args.fastdds_profile}
     if args.graph == "suite":
         arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "",
                          dmn=args.dmn, dmn_contexts=str(Path(args.dmn_contexts).resolve()) if args.dmn_contexts else "")
@@ -265,7 +277,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         for path in missing:
             print(f"launcher: warning: {path} does not exist", file=sys.stderr)
         for spec in specs:
-            print(shlex.join(node_command(spec, missing_ok=True)))
+            env = [] if args.loopback else [f"{key}={value}" for key, value in spec.env]
+            print(shlex.join(env + node_command(spec, missing_ok=True)))
         return 0
     if missing:
         print(f"launcher: {', '.join(missing)} not found -> give existing files (--config) or install "
