@@ -208,6 +208,41 @@ def test_map_services_bad_images_and_start_up_errors(ace_map_file, spawn_python,
         assert bad.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_an_exception_in_a_callback_leaves_ace_node_running(spawn_python, ros_node, tmp_path):
+    """Fail points make each callback raise once: counted, answered as failed, and the next call works."""
+    import os
+
+    from sensor_msgs.msg import Image
+
+    from prism_ros.nodes.compat import reliable_qos
+    from prism_ros.nodes.conversions import numpy_to_image
+    from prism_ros.nodes.health import FAILPOINTS_VARIABLE
+
+    ace = AceWatch(ros_node)
+    client = NodeClient(ros_node, "/ace_node")
+    log = tmp_path / "ace.log"
+    node = spawn_python(["-m", "prism_ros.nodes.ace_node"], "--ros-args", *ros_args(
+        rgb_topic="/probe/rgb", camera_info_topic="/probe/camera_info", image_qos="reliable",
+        map_path=tmp_path / "none.ace", diagnostics_period=0.1), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, FAILPOINTS_VARIABLE: "query,relocalize,parameters"})
+    assert client.spin_until(lambda: ace.last().get("map") == "none", 60), log.read_text()
+    failed = client.call("relocalize")
+    assert not failed.success and "internal error" in failed.message, failed
+    again = client.call("relocalize")
+    assert not again.success and "internal error" not in again.message, again  # the usual answer: no image yet
+    ok, reason = client.set_parameter("map_path", str(tmp_path / "other.ace"))
+    assert not ok and "internal error" in reason, reason
+    assert client.set_parameter("map_path", str(tmp_path / "other.ace"))[0]
+    query = ros_node.create_publisher(Image, "/ace_node/query", reliable_qos(2))
+    assert client.spin_until(lambda: query.get_subscription_count() > 0, 10)
+    for _ in range(2):  # the first raises, the second is counted as the bad input it is (no map)
+        query.publish(numpy_to_image(np.zeros((8, 8, 3), np.uint8), "rgb8"))
+    assert client.spin_until(lambda: ace.last().get("bad_input.no_map") == "1", 10), ace.last()
+    last = ace.last()
+    assert [last[f"callback_errors.{n}"] for n in ("query", "relocalize", "parameters")] == ["1"] * 3, last
+    assert last["callback_errors_total"] == "3" and node.poll() is None
+
+
 def test_ace_covariance_reaches_ros_through_the_left_perturbation():
     """Sampled right perturbations of the camera pose, pushed to the base, give the ROS covariance."""
     from prism_ros.geometry import se3_exp

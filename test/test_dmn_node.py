@@ -140,3 +140,56 @@ def test_dmn_node_start_up_errors_and_parameter_file(spawn_python, tmp_path):
     text = (Path(__file__).resolve().parents[1] / "config/dmn.yaml").read_text()
     assert text == parameters_yaml(), "config/dmn.yaml is stale: regenerate with dmn_node.parameters_yaml()"
     assert yaml.safe_load(text)["/**"]["ros__parameters"] == {n: p.default for n, p in PARAMETERS.items()}
+
+
+def test_an_exception_in_a_callback_leaves_dmn_node_running(tiny_dmn, spawn_python, ros_node, tmp_path):
+    """Fail points make each callback raise once: counted, the service answers as failed, and the node goes on."""
+    import os
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseArray
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+
+    from prism_ros.nodes.compat import reliable_qos
+    from prism_ros.nodes.conversions import numpy_to_image
+    from prism_ros.nodes.health import FAILPOINTS_VARIABLE
+
+    weights, contexts, queries, _, _ = tiny_dmn
+    diag, particles = [], []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.extend(
+        {kv.key: kv.value for kv in s.values} for s in m.status if s.name.startswith("dmn_node")), reliable_qos(50))
+    ros_node.create_subscription(PoseArray, "/dmn_node/particles", particles.append, reliable_qos(20))
+    images = ros_node.create_publisher(Image, "/probe/rgb", reliable_qos(10))
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(ros_node)
+
+    def spin_until(condition, timeout):
+        end = time.monotonic() + timeout
+        while not condition() and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    log = tmp_path / "dmn.log"
+    node = spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
+        weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable",
+        particles=64, diagnostics_period=0.2), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, FAILPOINTS_VARIABLE: "all"})
+    assert spin_until(lambda: diag and diag[-1]["contexts"] == "6", 60), log.read_text()
+    assert spin_until(lambda: images.get_subscription_count() > 0, 10)
+    client = ros_node.create_client(Trigger, "/dmn_node/global_localization")
+    assert spin_until(client.service_is_ready, 10)
+    answers = []
+    for _ in range(2):
+        future = client.call_async(Trigger.Request())
+        assert spin_until(future.done, 10)
+        answers.append(future.result())
+    assert not answers[0].success and "internal error" in answers[0].message and answers[1].success, answers
+    for k in range(2):  # the first image raises, the second is localized
+        images.publish(numpy_to_image(queries[k], "rgb8", stamp=float(k + 1)))
+        executor.spin_once(timeout_sec=0.2)
+    assert spin_until(lambda: particles, 20), log.read_text()[-2000:]
+    assert spin_until(lambda: diag[-1].get("callback_errors.image") == "1"
+                      and diag[-1].get("callback_errors.global_localization") == "1", 10), diag[-1]
+    assert node.poll() is None

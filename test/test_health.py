@@ -1,7 +1,7 @@
 """Health: bad input logged once per cause and counted, failures logged and counted, the /diagnostics keys."""
 import pytest
 
-from prism_ros.nodes.health import Health
+from prism_ros.nodes.health import FAILPOINTS_VARIABLE, Failpoint, Health, failed_trigger
 
 
 class Lines:
@@ -38,6 +38,49 @@ def test_bad_input_is_logged_once_per_cause_and_every_one_counted():
         ("error", "cannot save the map: disk full"), ("error", "cannot save the map: disk full"),
         ("info", "time jumped")]
     assert health.values() == {"bad_input_total": 5, "bad_input.bad_depth": 3, "bad_input.bad_imu": 2,
-                               "failures.save_map": 2}
+                               "failures.save_map": 2, "callback_errors_total": 0}
     with pytest.raises(KeyError):
         health.bad_input("not_a_cause", "?", "?")
+
+
+class Response:
+    success, message = True, ""
+
+
+def test_a_guarded_callback_counts_logs_once_and_answers():
+    log = Lines()
+    health = Health(log, [])
+    calls = []
+
+    def broken(request, response):
+        calls.append(request)
+        raise ZeroDivisionError("a defect")
+
+    service = health.guard("reset", broken, failed_trigger)
+    quiet = health.guard("imu", lambda msg: calls.append(msg))
+    for request in range(3):
+        answer = service(request, Response())
+        assert not answer.success and answer.message.startswith("internal error: ZeroDivisionError: a defect")
+    quiet("sample")
+    assert calls == [0, 1, 2, "sample"]
+    assert health.values()["callback_errors.reset"] == 3 and health.values()["callback_errors.imu"] == 0
+    assert health.values()["callback_errors_total"] == 3
+    assert len(log.lines) == 1 and log.lines[0][0] == "error"
+    assert "reset callback failed: ZeroDivisionError: a defect" in log.lines[0][1]
+    assert "Traceback" in log.lines[0][1] and "callback_errors.reset" in log.lines[0][1]
+
+
+def test_fail_points_raise_once_in_the_named_callbacks(monkeypatch):
+    monkeypatch.setenv(FAILPOINTS_VARIABLE, "imu, reset")
+    health = Health(Lines(), [])
+    seen = []
+    imu, odom = health.guard("imu", seen.append), health.guard("odom", seen.append)
+    for k in range(2):
+        imu(k)
+        odom(k)
+    assert seen == [0, 1, 1] and health.values()["callback_errors.imu"] == 1
+    monkeypatch.setenv(FAILPOINTS_VARIABLE, "all")
+    health = Health(Lines(), [])
+    with pytest.raises(Failpoint):
+        health._failpoint("anything")
+    health._failpoint("anything")  # once

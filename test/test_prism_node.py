@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -598,6 +599,67 @@ def test_diagnostics_reach_error_after_a_long_loss_and_recover(synthetic, spawn_
     assert dead["input"] == "stopped" and float(dead["no_input_s"]) >= 2.0, dead
     assert dead["state"] == "tracking", dead  # the last frame's verdict stays
     assert node.poll() is None, log.read_text()[-3000:]
+
+
+def test_an_exception_in_any_callback_leaves_the_node_running(synthetic, spawn_python, ros_node, tmp_path):
+    """Every subscription, service and parameter callback raises once (fail points): each exception is counted
+    as callback_errors.<name> and logged once, services and parameter changes answer as failed, and the node
+    goes on: the next call of each works and frames are tracked."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from ros_helpers.prism_probe import PrismProbe
+    from sensor_msgs.msg import Imu
+
+    from prism_ros.datasets import open_dataset
+    from prism_ros.nodes.compat import has_ros_piece, reliable_qos
+    from prism_ros.nodes.conversions import matrix_to_pose, ns_to_stamp
+    from prism_ros.nodes.health import FAILPOINTS_VARIABLE
+
+    frames = [open_dataset(synthetic, fmt="tum")[i] for i in range(6)]
+    probe = PrismProbe(ros_node)
+    set_pose = ros_node.create_publisher(PoseWithCovarianceStamped, "/prism_node/set_pose", reliable_qos(10))
+    log = tmp_path / "node.log"
+    node = _start_node(spawn_python, log, env={**os.environ, FAILPOINTS_VARIABLE: "all"}, rgb_topic="/probe/rgb",
+                       depth_topic="/probe/depth", camera_info_topic="/probe/camera_info", imu_topic="/probe/imu",
+                       rgb_qos="reliable", depth_qos="reliable", camera_info_qos="reliable", imu_qos="reliable",
+                       filter_config="prism_synthetic.yaml", transition_model="constant_velocity",
+                       diagnostics_period=0.1, frame_queue=10)
+    probe.wait_ready()
+    t0 = int(round(frames[0].timestamp * 1e9))
+    for k in range(3):  # the first message is lost to the "input" fail point, the first set to "frames"
+        probe.publish_frame(frames[k].rgb, frames[k].depth, frames[k].intrinsics, t0 + k * 33_333_333)
+        probe.spin(0.2)
+    probe.wait_diag(lambda d: d["callback_errors.frames"] == "1" and int(d["frames_processed"]) >= 1, 30)
+
+    imu = Imu()
+    imu.header.stamp = ns_to_stamp(t0)
+    imu.linear_acceleration.z = 9.81
+    probe.imu_pub.publish(imu)
+    pose = PoseWithCovarianceStamped()
+    pose.header.frame_id = "map"
+    pose.pose.pose = matrix_to_pose(np.eye(4))
+    for publisher in (probe.initial_pose_pub, set_pose, probe.reset_pose_pub):
+        assert probe.spin_until(lambda p=publisher: p.get_subscription_count() > 0, 10)
+        publisher.publish(pose)
+    for service in ("reset", "pause", "resume", "save_map", "load_map"):
+        failed = probe.call(service)
+        assert not failed.success and "internal error" in failed.message and "Failpoint" in failed.message, failed
+    ok, reason = probe.set_parameter("path_max_length", 50)
+    assert not ok and "internal error" in reason, reason
+    assert probe.set_parameter("path_max_length", 50) == (True, "")  # fired once: the next change works
+    assert probe.call("pause").success and probe.call("resume").success
+
+    names = ["frames", "input", "imu", "initialpose", "set_pose", "reset_at_pose", "reset", "pause", "resume",
+             "save_map", "load_map", "parameters"] + (["tf", "tf_static"] if has_ros_piece("tf2_msgs") else [])
+    every = probe.wait_diag(lambda d: all(d.get(f"callback_errors.{n}") == "1" for n in names), 20)
+    assert every["callback_errors_total"] == str(len(names)), every
+    for k in range(3, 6):  # frames are tracked again
+        probe.publish_frame(frames[k].rgb, frames[k].depth, frames[k].intrinsics, t0 + k * 33_333_333)
+        probe.spin(0.2)
+    tracked = probe.wait_diag(lambda d: d["state"] == "tracking" and int(d["frames_processed"]) >= 3, 30)
+    assert node.poll() is None, log.read_text()[-3000:]
+    text = log.read_text()
+    assert text.count("frames callback failed: Failpoint") == 1 and "callback_errors.frames" in text, text[-3000:]
+    assert tracked["bad_input_total"] == "0", tracked
 
 
 def test_depth_that_is_noise_never_seeds_or_changes_the_map(synthetic, spawn_python, ros_node, tmp_path):

@@ -69,7 +69,7 @@ from prism_ros.nodes.conversions import (
     pose_to_matrix,
     to_rgb,
 )
-from prism_ros.nodes.health import Health
+from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
 from prism_ros.nodes.parameters import (
     Param,
     checked_changes,
@@ -290,7 +290,8 @@ class AceNode(Node):
             self.get_logger().info(f"no ACE map at {path} yet" + (": online mapping builds it" if v["online_mapping"]
                                    else ": load one with ~/load_map (relocalization answers 'no map' until then)"))
         self._create_interfaces()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_on_set_parameters_callback(self.health.guard("parameters", self._on_set_parameters,
+                                                              refused_parameters))
 
     def _read_map(self, path: Path):
         from prism_ros.ace import load_map
@@ -308,13 +309,17 @@ class AceNode(Node):
         if v["online_mapping"] and v["depth_topic"]:
             inputs.append((Image, v["depth_topic"], qos))
             self._roles.append("depth")
-        self.sync = make_synchronizer(self, inputs, 10, v["sync_slop"], self._on_images)
-        self.create_subscription(Image, "~/query", self._on_query, reliable_qos(2))
+        guard = self.health.guard
+        self.sync = make_synchronizer(self, inputs, 10, v["sync_slop"], guard("images", self._on_images))
+        self.create_subscription(Image, "~/query", guard("query", self._on_query), reliable_qos(2))
         prism = v["prism_node"].rstrip("/")
-        self.create_subscription(Bool, f"{prism}/tracking_ok", self._on_tracking, reliable_qos(10))
-        self.create_subscription(Header, f"{prism}/tracking_lost", self._on_tracking_lost, reliable_qos(10))
+        self.create_subscription(Bool, f"{prism}/tracking_ok", guard("tracking_ok", self._on_tracking),
+                                 reliable_qos(10))
+        self.create_subscription(Header, f"{prism}/tracking_lost", guard("tracking_lost", self._on_tracking_lost),
+                                 reliable_qos(10))
         if v["online_mapping"]:
-            self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose", self._on_prism_pose, reliable_qos(50))
+            self.create_subscription(PoseWithCovarianceStamped, f"{prism}/pose",
+                                     guard("prism_pose", self._on_prism_pose), reliable_qos(50))
         self.set_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/set_pose", reliable_qos(10))
         self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, f"{prism}/reset_at_pose",
                                                       reliable_qos(10))
@@ -322,9 +327,9 @@ class AceNode(Node):
         self.inliers_pub = self.create_publisher(Int32, "~/inliers", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
         services = ReentrantCallbackGroup()  # ~/relocalize waits for the worker while others are served
-        self.create_service(Trigger, "~/relocalize", self._srv_relocalize, callback_group=services)
-        self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
-        self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
+        for name, callback in (("relocalize", self._srv_relocalize), ("save_map", self._srv_save_map),
+                               ("load_map", self._srv_load_map)):
+            self.create_service(Trigger, f"~/{name}", guard(name, callback, failed_trigger), callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "ace_diagnostics",
                                    log_errors_once(self._log_once, "diagnostics"))]
         if v["continuous_rate"] > 0:

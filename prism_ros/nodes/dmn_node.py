@@ -46,7 +46,7 @@ from prism_ros.nodes.conversions import (
     pose_to_matrix,
     to_rgb,
 )
-from prism_ros.nodes.health import Health
+from prism_ros.nodes.health import Health, failed_trigger
 from prism_ros.nodes.parameters import Param, declare, non_negative, one_of, parameters_file, positive, read_all
 from prism_ros.nodes.prism_parameters import QOS_NAMES, RGB_ENCODINGS
 from prism_ros.nodes.runner import Periodic, run_node
@@ -174,16 +174,19 @@ class DmnNode(Node):
 
     def _create_interfaces(self) -> None:
         v = self.values
-        self.create_subscription(Image, v["rgb_topic"], self._on_image, qos_by_name(v["image_qos"], 5))
-        self.create_subscription(Odometry, v["odometry_topic"], self._on_odometry, reliable_qos(100))
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, reliable_qos(10))
+        guard = self.health.guard
+        self.create_subscription(Image, v["rgb_topic"], guard("image", self._on_image), qos_by_name(v["image_qos"], 5))
+        self.create_subscription(Odometry, v["odometry_topic"], guard("odometry", self._on_odometry), reliable_qos(100))
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", guard("initialpose", self._on_initial_pose),
+                                 reliable_qos(10))
         if v["context_source"] == "prism":
             self.create_subscription(PoseWithCovarianceStamped, f"{v['prism_node'].rstrip('/')}/pose",
-                                     self._on_prism_pose, reliable_qos(50))
+                                     guard("prism_pose", self._on_prism_pose), reliable_qos(50))
         self.particles_pub = self.create_publisher(PoseArray, "~/particles", reliable_qos(5))
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", reliable_qos(10))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
-        self.create_service(Trigger, "~/global_localization", self._srv_global)
+        self.create_service(Trigger, "~/global_localization", guard("global_localization", self._srv_global,
+                                                                    failed_trigger))
         self._diagnostics = Periodic(v["diagnostics_period"], self._publish_diagnostics, "dmn_diagnostics",
                                      lambda error: self.get_logger().error(f"diagnostics failed: {error!r}"))
 

@@ -111,7 +111,7 @@ from prism_ros.nodes.conversions import (
     ros_covariance_to_left,
     stamp_to_sec,
 )
-from prism_ros.nodes.health import Health
+from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
 from prism_ros.nodes.map_publishing import MapPublisher
 from prism_ros.nodes.parameters import (
     checked_changes,
@@ -275,8 +275,8 @@ class PrismNode(LifecycleNode):
                                + (f"; kernels loaded in {sum(self.filter.kernel_load_s.values()):.1f} s: {kernels}, "
                                   "compiled once per machine, then read from Warp's cache" if kernels else "") + ")")
         self._create_interfaces()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._parameter_callback = self._on_set_parameters
+        self._parameter_callback = self.health.guard("parameters", self._on_set_parameters, refused_parameters)
+        self.add_on_set_parameters_callback(self._parameter_callback)
         model = self.filter_config.dynamics.model
         second = f"{v['right_topic']} (stereo depth)" if stereo else v["depth_topic"]
         self.get_logger().info(
@@ -360,29 +360,29 @@ class PrismNode(LifecycleNode):
         self._arrivals = [None] * len(inputs)
         self._arrival_stamps = [None] * len(inputs)
         self._unmatched = 0
-        self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], self._on_synchronised)
+        guard = self.health.guard
+        self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], guard("frames", self._on_synchronised))
         self._watch_arrivals()
         if v["imu_topic"]:
-            self.create_subscription(Imu, v["imu_topic"], self._on_imu, qos_by_name(v["imu_qos"], 100 * depth))
+            self.create_subscription(Imu, v["imu_topic"], guard("imu", self._on_imu),
+                                     qos_by_name(v["imu_qos"], 100 * depth))
         if v["control_topic"]:
             control_type = AccelStamped if v["control_type"] == "accel" else TwistStamped
-            self.create_subscription(control_type, v["control_topic"], self._on_control,
+            self.create_subscription(control_type, v["control_topic"], guard("control", self._on_control),
                                      qos_by_name(v["control_qos"], 10 * depth))
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, reliable_qos(10))
-        self.create_subscription(PoseWithCovarianceStamped, "~/set_pose", self._on_set_pose, reliable_qos(10))
-        self.create_subscription(PoseWithCovarianceStamped, "~/reset_at_pose", self._on_reset_at_pose,
-                                 reliable_qos(10))
-        self.outputs = EstimatePublisher(self, v, warn=lambda text: self._log_once("tf", text))
+        for topic, callback in (("initialpose", self._on_initial_pose), ("~/set_pose", self._on_set_pose),
+                                ("~/reset_at_pose", self._on_reset_at_pose)):
+            self.create_subscription(PoseWithCovarianceStamped, topic, guard(topic.lstrip("~/"), callback),
+                                     reliable_qos(10))
+        self.outputs = EstimatePublisher(self, v, warn=lambda text: self._log_once("tf", text), guard=guard)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
         self._extrinsics_known = v["extrinsics_source"] == "parameter"
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
         services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
-        self.create_service(Trigger, "~/pause", self._srv_pause, callback_group=services)
-        self.create_service(Trigger, "~/resume", self._srv_resume, callback_group=services)
-        self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=services)
-        self.create_service(Trigger, "~/load_map", self._srv_load_map, callback_group=services)
+        for name, callback in (("reset", self._srv_reset), ("pause", self._srv_pause), ("resume", self._srv_resume),
+                               ("save_map", self._srv_save_map), ("load_map", self._srv_load_map)):
+            self.create_service(Trigger, f"~/{name}", guard(name, callback, failed_trigger), callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
                                    log_errors_once(self._log_once, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
@@ -397,7 +397,7 @@ class PrismNode(LifecycleNode):
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
         if self.sync.implementation == "message_filters":
             for index, subscriber in enumerate(self.sync.subscriptions):
-                subscriber.registerCallback(lambda msg, i=index: self._arrived(i, msg))
+                subscriber.registerCallback(self.health.guard("input", lambda msg, i=index: self._arrived(i, msg)))
             return
         inner = self.sync.synchronizer
         add = inner.add
@@ -405,7 +405,7 @@ class PrismNode(LifecycleNode):
         def add_and_note(index, msg):
             self._arrived(index, msg)
             add(index, msg)
-        inner.add = add_and_note
+        inner.add = self.health.guard("input", add_and_note)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -1060,8 +1060,9 @@ class PrismNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        bad = int(values["bad_input_total"])
-        message = values["state"] + (f", {bad} bad inputs" if bad else "")
+        bad, errors = int(values["bad_input_total"]), int(values["callback_errors_total"])
+        message = values["state"] + (f", {bad} bad inputs" if bad else "") + \
+            (f", {errors} callback errors (see the log)" if errors else "")
         lost_for = float(values["lost_for_s"])
         level = self.outputs.loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
         if level is not None:

@@ -33,7 +33,7 @@ class EstimatePublisher:
     """The outputs of each processed frame. ``values`` are the node's parameters (read live); ``warn`` logs a
     problem once (a missing tf2_msgs)."""
 
-    def __init__(self, node, values: dict, warn: Callable[[str], None]):
+    def __init__(self, node, values: dict, warn: Callable[[str], None], guard: Callable | None = None):
         self.node, self.values = node, values
         self.tracking_pub = node.create_publisher(Bool, "~/tracking_ok", reliable_qos(10))
         self.lost_pub = node.create_publisher(Header, "~/tracking_lost", reliable_qos(10))
@@ -42,7 +42,7 @@ class EstimatePublisher:
         self.odom_pub = node.create_publisher(Odometry, "~/odometry", reliable_qos(10))
         self.path_pub = node.create_publisher(PathMsg, "~/path", reliable_qos(10))
         self.timing_pub = node.create_publisher(DiagnosticArray, "~/frame_timing", reliable_qos(10))
-        self.tf = TfBridge(node, cache_s=60.0, warn=warn)
+        self.tf = TfBridge(node, cache_s=60.0, warn=warn, guard=guard)
         self.map_odom = MapOdom()
         self.path: deque = deque()
         self._path_lock = threading.Lock()  # the worker appends, a reset (executor) clears

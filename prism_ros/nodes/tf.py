@@ -32,7 +32,9 @@ class TfBridge:
     """A node's TF: ``send`` / ``send_static`` publish, ``lookup`` answers from what /tf and /tf_static carried
     (the node's own transforms included)."""
 
-    def __init__(self, node, listen: bool = True, cache_s: float = 10.0, warn: Callable[[str], None] | None = None):
+    def __init__(self, node, listen: bool = True, cache_s: float = 10.0, warn: Callable[[str], None] | None = None,
+                 guard: Callable[[str, Callable], Callable] | None = None):
+        """``guard(name, callback)``: the node's callback guard (:meth:`prism_ros.nodes.health.Health.guard`)."""
         self.available = has_ros_piece("tf2_msgs")
         self.tree = TransformTree(cache_s)
         self._warn = warn or node.get_logger().warning
@@ -49,8 +51,11 @@ class TfBridge:
         if listen:
             static_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                                    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self._tf_sub = node.create_subscription(TFMessage, "/tf", lambda msg: self._on_tf(msg, False), TF_QOS)
-            node.create_subscription(TFMessage, "/tf_static", lambda msg: self._on_tf(msg, True), static_in)
+            guard = guard or (lambda _name, callback: callback)
+            self._tf_sub = node.create_subscription(TFMessage, "/tf", guard("tf", lambda msg: self._on_tf(msg, False)),
+                                                    TF_QOS)
+            node.create_subscription(TFMessage, "/tf_static", guard("tf_static", lambda msg: self._on_tf(msg, True)),
+                                     static_in)
 
     def send(self, transforms: list) -> None:
         """Publish TransformStamped messages on /tf."""
