@@ -14,28 +14,6 @@ from ros_helpers.ros_args import ros_args
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def tiny_dmn(tmp_path_factory):
-    """Weights of a 2-step pf-dmn and a context file of six views of one test room (+ four query views)."""
-    from prism_ros.dmn.environments import denormalise_pose, domain_config, generate, split_seeds
-    from prism_ros.dmn.localizer import Area, save_contexts
-    from prism_ros.dmn.model import DmnConfig
-    from prism_ros.dmn.training import TrainConfig, save_method, train
-
-    folder = tmp_path_factory.mktemp("dmn")
-    config = DmnConfig()
-    result = train("pf-dmn", "rooms", TrainConfig(steps=2, batch=2, validate_every=1, validation_episodes=2), config,
-                   progress=False)
-    weights = save_method(result, "pf-dmn", "rooms", config, TrainConfig(), folder / "tiny.pt")
-    data = generate("rooms", split_seeds("test", 1), views=10, image_size=64)
-    images = data["images"][0].permute(0, 2, 3, 1).numpy()  # (10, 64, 64, 3)
-    room = domain_config("rooms")
-    poses = denormalise_pose(data["poses"][0].double(), room).numpy()
-    low, high = room.extent
-    contexts = save_contexts(folder / "room.ctx", images[:6], poses[:6], Area(low, low, high - low))
-    return weights, contexts, images[6:], poses[6:], Area(low, low, high - low)
-
-
 def planar_matrix(x, y, yaw):
     T = np.eye(4)
     T[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]

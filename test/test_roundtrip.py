@@ -55,3 +55,19 @@ def test_frame_slice_reads_the_same_frames_from_folder_and_bag(written):
         assert np.array_equal(a.rgb, b.rgb)
         np.testing.assert_allclose(a.imu.t, b.imu.t, atol=1e-6)  # IMU since the previous kept frame
         assert len(a.imu) > 0
+
+
+def test_pose_inputs_refuse_quaternions_that_are_not_rotations():
+    """A quaternion off unit length by more than tf2's tolerance is refused, not silently normalised; float32
+    rounding passes."""
+    from geometry_msgs.msg import Pose
+
+    from prism_ros.errors import InputError
+    from prism_ros.nodes.conversions import pose_to_matrix
+
+    pose = Pose()
+    pose.orientation.x, pose.orientation.w = 0.9, 1.0
+    with pytest.raises(InputError, match="has length 1.345, not 1"):
+        pose_to_matrix(pose)
+    pose.orientation.x, pose.orientation.w = 0.0, 1.0 + 1e-4
+    assert np.allclose(pose_to_matrix(pose), np.eye(4))

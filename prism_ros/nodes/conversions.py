@@ -466,7 +466,16 @@ def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, flo
     return float(q[0]), float(q[1]), float(q[2]), float(q[3])
 
 
+#: a message's quaternion may differ from unit length by this much in squared norm (tf2's tolerance); more is
+#: not a rotation but a bug or garbage upstream, and is refused rather than silently normalised
+QUATERNION_TOLERANCE = 0.01
+
+
 def _matrix(translation, quaternion) -> np.ndarray:
+    squared = quaternion.x ** 2 + quaternion.y ** 2 + quaternion.z ** 2 + quaternion.w ** 2
+    if np.isfinite(squared) and squared != 0.0 and abs(squared - 1.0) > QUATERNION_TOLERANCE:
+        raise InputError(f"quaternion ({quaternion.x:g}, {quaternion.y:g}, {quaternion.z:g}, {quaternion.w:g}) has "
+                         f"length {np.sqrt(squared):.4g}, not 1", "publish a unit quaternion (w=1 for identity)")
     T = np.eye(4)
     T[:3, :3] = quaternion_to_matrix(quaternion.x, quaternion.y, quaternion.z, quaternion.w)
     T[:3, 3] = _vector3(translation)
