@@ -71,3 +71,13 @@ def test_pose_inputs_refuse_quaternions_that_are_not_rotations():
         pose_to_matrix(pose)
     pose.orientation.x, pose.orientation.w = 0.0, 1.0 + 1e-4
     assert np.allclose(pose_to_matrix(pose), np.eye(4))
+
+
+def test_an_image_without_pixels_is_bad_input():
+    from sensor_msgs.msg import Image
+
+    from prism_ros.errors import InputError
+    from prism_ros.nodes.conversions import image_to_numpy
+
+    with pytest.raises(InputError, match="image is 0x480: no pixels"):
+        image_to_numpy(Image(width=0, height=480, encoding="rgb8"))

@@ -194,8 +194,11 @@ def image_to_numpy(msg: Image, backend: str = "auto") -> np.ndarray:
     """Pixels of an Image as (H, W) or (H, W, C) in the message's encoding and native byte order.
 
     ``backend``: "auto" (cv_bridge when importable, numpy otherwise), "numpy" or "cv_bridge". The
-    result may share memory with ``msg.data``; copy it before modifying.
+    result may share memory with ``msg.data``; copy it before modifying. An image without pixels is an
+    InputError (nothing downstream can use one; OpenCV asserts on it).
     """
+    if msg.width == 0 or msg.height == 0:
+        raise InputError(f"image is {msg.width}x{msg.height}: no pixels", "publish a non-empty image")
     if _use_cv_bridge(backend):
         return np.asarray(_bridge().imgmsg_to_cv2(msg, desired_encoding="passthrough"))
     return _image_to_numpy_np(msg)

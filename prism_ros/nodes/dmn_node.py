@@ -292,33 +292,41 @@ class DmnNode(Node):
                 msg, self._latest = self._latest, None
             if msg is None:
                 continue
-            if self.localizer.view_map is None:
-                self._bad_input("no_contexts", "an image arrived before any context", "load a context file, or "
-                                "let PRISM keyframes build the map (context_source: prism)")
-                continue
-            odometry = self._odometry_at(header_ns(msg))
-            if odometry is None:
-                self._bad_input("no_odometry", f"no odometry on {self.values['odometry_topic']} yet; the "
-                                "particles are weighed without motion", "publish nav_msgs/Odometry")
-                delta = np.zeros(3)
-            else:
-                delta = np.zeros(3) if self._previous_odometry is None else planar_delta(self._previous_odometry,
-                                                                                          odometry)
-                self._previous_odometry = odometry
-            rgb = self._rgb(msg)
-            if rgb is None:
-                continue
-            started = time.perf_counter()
-            with self._lock:
-                if self.localizer.particles is None:
-                    continue  # waiting for /initialpose
-                estimate, covariance = self.localizer.step(rgb, delta)
-                particles = self.localizer.metric_particles()
-            last = time.monotonic()
-            with self._lock:
-                self.stats.updates += 1
-                self.stats.last_ms = 1e3 * (time.perf_counter() - started)
-            self._publish(estimate, covariance, particles, msg.header.stamp)
+            try:
+                if self._localize(msg, planar_delta):
+                    last = time.monotonic()
+            except Exception as error:  # a defect: counted and logged once; the next image is localized
+                self.health.callback_failed("filter", error)
+
+    def _localize(self, msg: Image, planar_delta) -> bool:
+        """One image through the particle filter and out; False when it was not used."""
+        if self.localizer.view_map is None:
+            self._bad_input("no_contexts", "an image arrived before any context", "load a context file, or "
+                            "let PRISM keyframes build the map (context_source: prism)")
+            return False
+        odometry = self._odometry_at(header_ns(msg))
+        if odometry is None:
+            self._bad_input("no_odometry", f"no odometry on {self.values['odometry_topic']} yet; the "
+                            "particles are weighed without motion", "publish nav_msgs/Odometry")
+            delta = np.zeros(3)
+        else:
+            delta = np.zeros(3) if self._previous_odometry is None else planar_delta(self._previous_odometry,
+                                                                                      odometry)
+            self._previous_odometry = odometry
+        rgb = self._rgb(msg)
+        if rgb is None:
+            return False
+        started = time.perf_counter()
+        with self._lock:
+            if self.localizer.particles is None:
+                return False  # waiting for /initialpose
+            estimate, covariance = self.localizer.step(rgb, delta)
+            particles = self.localizer.metric_particles()
+        with self._lock:
+            self.stats.updates += 1
+            self.stats.last_ms = 1e3 * (time.perf_counter() - started)
+        self._publish(estimate, covariance, particles, msg.header.stamp)
+        return True
 
     def _publish(self, estimate: np.ndarray, covariance: np.ndarray, particles: np.ndarray, stamp) -> None:
         frame = self.values["map_frame"]

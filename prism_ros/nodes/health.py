@@ -74,13 +74,18 @@ class Health:
                 self._failpoint(name)
                 return callback(*args)
             except Exception as error:
-                with self._lock:
-                    self.callback_errors[name] += 1
-                self.log_once(f"callback:{name}", f"{name} callback failed: {type(error).__name__}: {error} (a defect: "
-                              f"please report it with this log; counted in /diagnostics as callback_errors.{name}; "
-                              f"logged once; the node keeps running)\n{traceback.format_exc()}", level="error")
+                self.callback_failed(name, error)
                 return None if answer is None else answer(args, error)
         return guarded
+
+    def callback_failed(self, name: str, error: Exception) -> None:
+        """Count and log (once per ``name``, with the traceback being handled) a defect caught in ``name``: a
+        guarded callback, or a worker loop that goes on with its next item."""
+        with self._lock:
+            self.callback_errors[name] = self.callback_errors.get(name, 0) + 1
+        self.log_once(f"callback:{name}", f"{name} callback failed: {type(error).__name__}: {error} (a defect: "
+                      f"please report it with this log; counted in /diagnostics as callback_errors.{name}; "
+                      f"logged once; the node keeps running)\n{traceback.format_exc()}", level="error")
 
     def _failpoint(self, name: str) -> None:
         if not self._failpoints:
