@@ -8,9 +8,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from bad_files import FILE_CASES, bad_file, edited
 from typer.testing import CliRunner
 
-from prism_ros.ace.encoder import SHIPPED_WEIGHTS, load_encoder, random_encoder
+from prism_ros.ace.encoder import (
+    SHIPPED_WEIGHTS,
+    Encoder,
+    EncoderConfig,
+    load_encoder,
+    random_encoder,
+    round_to_fp16,
+    save_encoder,
+)
 from prism_ros.ace.ensemble import best_of, split_frames
 from prism_ros.ace.head import Head, HeadConfig
 from prism_ros.ace.mapfile import AceMap, load_map, save_map
@@ -132,6 +141,158 @@ def test_map_file_errors_are_clear(tmp_path):
     with pytest.raises(InputError, match="checksum") as error:
         load_map(tmp_path / "altered.pt")
     assert error.value.path == tmp_path / "altered.pt" and error.value.fix
+
+
+def _signed(edit):
+    """``edit`` of a map file's dict followed by a fresh checksum, so that the load sees the edit itself."""
+    from prism_ros.ace.mapfile import _digest
+
+    def apply(blob):
+        edit(blob)
+        blob["sha256"] = _digest(blob["heads"])
+    return apply
+
+
+def _set(key, value):
+    return lambda blob: blob.__setitem__(key, value)
+
+
+def _head_weight(key, value):
+    return _signed(lambda blob: blob["heads"][0]["state_dict"].__setitem__(key, value))
+
+
+def _head_config(**changes):
+    return lambda blob: blob["heads"][0]["config"].update(changes)
+
+
+MAP_CASES = [  # (name, edit of a valid map file's dict, pattern of the InputError)
+    ("other kind: DMN weights", lambda blob: blob.update(format=None, kind="prism_ros.dmn"),
+     "not an ACE map file .it is DMN weights"),
+    ("other kind: encoder", _set("format", "prism_ros.ace.encoder"), "not an ACE map file .it is an ACE encoder"),
+    ("future version", _set("version", 2), "version 2 is not supported"),
+    ("no heads key", lambda blob: blob.pop("heads"), "missing heads"),
+    ("no checksum", lambda blob: blob.pop("sha256"), "missing sha256"),
+    ("no heads", _signed(_set("heads", [])), "non-empty list"),
+    ("heads not records", _set("heads", ["head"]), "non-empty list"),
+    ("encoder id not a string", _set("encoder_id", 7), "encoder_id and sha256 must be strings"),
+    ("centres per head wrong", _set("centres", torch.zeros(2, 2, dtype=torch.float64)), r"centres must be a 2x3"),
+    ("centres NaN", _set("centres", torch.tensor([[0.0, 0, 0], [float("nan"), 0, 0]], dtype=torch.float64)),
+     "centres has non-finite"),
+    ("centres 1e9 m", _set("centres", torch.full((2, 3), 1e9, dtype=torch.float64)), "centres has values beyond"),
+    ("image height huge", _set("image_height", 10**9), r"image_height must be an integer in \[8, 8192\]"),
+    ("image height not a number", _set("image_height", "tall"), "image_height must be an integer"),
+    ("intrinsics NaN", _set("intrinsics", [float("nan"), 131.25, 79.75, 59.75, 160, 120]), "intrinsics fx must be"),
+    ("intrinsics negative focal", _set("intrinsics", [-131.25, 131.25, 79.75, 59.75, 160, 120]),
+     "intrinsics fx must be"),
+    ("intrinsics negative width", _set("intrinsics", [131.25, 131.25, 79.75, 59.75, -160, 120]),
+     "intrinsics width must be"),
+    ("intrinsics too short", _set("intrinsics", [131.25, 131.25]), r"intrinsics must be \[fx"),
+    ("meta not a dict", _set("meta", ["note"]), "meta must be a dict"),
+    ("head width huge", _signed(_head_config(width=10**9)), r"head 0 width must be an integer in \[1, 4096\]"),
+    ("head blocks huge", _signed(_head_config(blocks=10**8)), r"head 0 blocks must be an integer in \[0, 16\]"),
+    ("head width negative", _signed(_head_config(width=-64)), "head 0 width must be an integer"),
+    ("head config key missing", _signed(lambda blob: blob["heads"][0]["config"].pop("blocks")),
+     "head 0 config must have the keys"),
+    ("head features differ from the encoder's", _signed(_head_config(in_channels=512)),
+     "head 0 reads 512 features but its encoder gives 256"),
+    ("head weights of another width", _signed(_head_config(width=32)),
+     "head 0 weights skip.weight must be a 32x256 float tensor, got .64, 256."),
+    ("head weight missing", _signed(lambda blob: blob["heads"][0]["state_dict"].pop("fc3.bias")),
+     r"head 0 weights do not fit the configuration \(missing \['fc3.bias'\]"),
+    ("head weight extra", _head_weight("fc4.weight", torch.zeros(4, 64, dtype=torch.float16)),
+     r"unexpected \['fc4.weight'\]"),
+    ("head weight integer", _head_weight("fc1.weight", torch.ones(64, 64, dtype=torch.int32)),
+     "fc1.weight must be a 64x64 float tensor, got .64, 64. int32"),
+    ("head weight NaN", _head_weight("fc3.bias", torch.tensor([0.0, float("nan"), 0, 0], dtype=torch.float16)),
+     "fc3.bias has non-finite values"),
+    ("head weight inf", _head_weight("fc1.bias", torch.full((64,), float("inf"), dtype=torch.float16)),
+     "fc1.bias has non-finite values"),
+    ("head mean inf", _signed(lambda blob: blob["heads"][1].__setitem__("mean", torch.tensor([0, float("inf"), 0]))),
+     "head 1 mean has non-finite"),
+    ("head mean wrong shape", _signed(lambda blob: blob["heads"][0].__setitem__("mean", torch.zeros(4))),
+     "head 0 mean must be a 3 float tensor"),
+    ("weights altered after saving", lambda blob: blob["heads"][0]["state_dict"]["fc3.bias"].add_(1), "checksum"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_map_file_refuses_damaged_files(tmp_path, case):
+    good = save_map(small_map(), tmp_path / "scene.pt")
+    with pytest.raises(InputError, match=FILE_CASES[case][1]) as error:
+        load_map(bad_file(case, good, tmp_path))
+    assert error.value.fix and error.value.path is not None
+    assert load_map(good).encoder_id == "ace-lite:000000000000"  # the good file still loads
+
+
+@pytest.mark.parametrize("name,edit,pattern", MAP_CASES, ids=[case[0] for case in MAP_CASES])
+def test_map_file_refuses_bad_content(tmp_path, name, edit, pattern):
+    good = save_map(small_map(), tmp_path / "scene.pt")
+    bad = edited(good, tmp_path, edit)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_map(bad)
+    assert error.value.path == bad and "prism-ros ace map" in error.value.fix
+
+
+def test_map_file_refuses_files_of_other_kinds(tmp_path):
+    from prism_ros.prism.map import GaussianSdfMap, MapConfig
+
+    GaussianSdfMap(MapConfig(initial_capacity=1)).save(tmp_path / "prism.pt")
+    with pytest.raises(InputError, match=r"not an ACE map file \(it is a PRISM map"):
+        load_map(tmp_path / "prism.pt")
+    with pytest.raises(InputError, match=r"not an ACE map file \(it is an ACE encoder"):
+        load_map(SHIPPED_WEIGHTS)
+    with pytest.raises(InputError, match=r"not an ACE encoder file \(it is an ACE map"):
+        load_encoder(save_map(small_map(), tmp_path / "scene.pt"))
+
+
+TINY_ENCODER = EncoderConfig("tiny", (2, 2, 2, 4), 4, 8)
+
+
+def _encoder_weight(key, value):
+    return lambda blob: blob["state_dict"].__setitem__(key, value)
+
+
+ENCODER_CASES = [  # (name, edit of a valid encoder file's dict, pattern of the InputError)
+    ("other kind", _set("format", "prism_ros.ace.map"), r"not an ACE encoder file \(it is an ACE map"),
+    ("no config", lambda blob: blob.pop("config"), "encoder config must have the keys"),
+    ("config key missing", lambda blob: blob["config"].pop("res1"), "encoder config must have the keys"),
+    ("three convs", lambda blob: blob["config"].update(convs=(2, 2, 4)), "convs must be 4 channel widths"),
+    ("name not a string", lambda blob: blob["config"].update(name=3), "name must be a string"),
+    ("width huge", lambda blob: blob["config"].update(out=10**7), r"config out must be an integer in \[1, 4096\]"),
+    ("width negative", lambda blob: blob["config"].update(res1=-4), r"config res1 must be an integer in"),
+    ("width fractional", lambda blob: blob["config"].update(convs=(2, 2, 2, 4.5)), r"convs\[3\] must be an integer"),
+    ("no weights", lambda blob: blob.pop("state_dict"), "encoder weights must be a dict of named tensors"),
+    ("weights of another config", lambda blob: blob["config"].update(out=16),
+     r"res2_conv1.weight must be a 16x4x3x3 float tensor, got \(8, 4, 3, 3\)"),
+    ("weight missing", lambda blob: blob["state_dict"].pop("conv1.bias"), r"missing \['conv1.bias'\]"),
+    ("weight integer", _encoder_weight("conv1.bias", torch.ones(2, dtype=torch.int64)),
+     "conv1.bias must be a 2 float tensor, got .2,. int64"),
+    ("weight NaN", _encoder_weight("conv2.weight", torch.full((2, 2, 3, 3), float("nan"), dtype=torch.float16)),
+     "conv2.weight has non-finite values"),
+    ("weight inf", _encoder_weight("res2_skip.bias", torch.full((8,), -float("inf"), dtype=torch.float16)),
+     "res2_skip.bias has non-finite values"),
+    ("meta not a dict", _set("meta", "note"), "meta must be a dict"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_encoder_file_refuses_damaged_files(tmp_path, case):
+    good = save_encoder(Encoder(TINY_ENCODER), tmp_path / "encoder.pt")
+    with pytest.raises(InputError, match=FILE_CASES[case][1]) as error:
+        load_encoder(bad_file(case, good, tmp_path))
+    assert error.value.fix and error.value.path is not None
+
+
+@pytest.mark.parametrize("name,edit,pattern", ENCODER_CASES, ids=[case[0] for case in ENCODER_CASES])
+def test_encoder_file_refuses_bad_content(tmp_path, name, edit, pattern):
+    encoder = round_to_fp16(Encoder(TINY_ENCODER))
+    good = save_encoder(encoder, tmp_path / "encoder.pt", {"note": "test"})
+    loaded = load_encoder(good)  # the good file round trips
+    assert loaded.encoder_id == encoder.encoder_id and loaded.meta == {"note": "test"}
+    bad = edited(good, tmp_path, edit)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_encoder(bad)
+    assert error.value.path == bad and "pretrain-encoder" in error.value.fix
 
 
 def test_ensemble_split_follows_camera_positions():

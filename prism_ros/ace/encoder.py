@@ -19,7 +19,7 @@ written into every map so that a map is never used with features of a different 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -28,13 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prism_ros.errors import InputError, read_torch_file
+from prism_ros.errors import InputError, check_int, check_weights, file_kind, read_torch_file
 
 OUTPUT_STRIDE = 8
 GREY_MEAN, GREY_STD = 0.4, 0.25
 ENCODER_FORMAT = "prism_ros.ace.encoder"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "ace_lite_encoder.pt"
+MAX_CHANNELS = 4096  # widest layer an encoder file may claim (the reference ACE network: 512)
 
 
 @dataclass(frozen=True)
@@ -145,22 +146,35 @@ def save_encoder(encoder: Encoder, path: str | Path, meta: dict | None = None) -
 def load_encoder(path: str | Path | None = None, device: str | torch.device = "cpu") -> Encoder:
     """The encoder stored at ``path`` (default: the weights shipped with the package), in eval mode."""
     path = Path(path) if path is not None else SHIPPED_WEIGHTS
-    if not path.is_file():
+    if not path.exists():
         fix = ("reinstall prism_ros (the weights ship inside the package) or run `prism-ros ace pretrain-encoder`"
                if path == SHIPPED_WEIGHTS else "give the file written by `prism-ros ace pretrain-encoder`")
         raise InputError("encoder weights not found", fix, path)
     blob = read_torch_file(path, "cannot read encoder weights",
                            "the file is corrupt or not an encoder: re-run pretrain-encoder or reinstall")
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        raise InputError("not an ACE encoder file", "give a file written by `prism-ros ace pretrain-encoder`", path)
-    try:
-        config = EncoderConfig(**{**blob["config"], "convs": tuple(blob["config"]["convs"])})
-        encoder = Encoder(config)
-        encoder.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise InputError(f"encoder file does not match its configuration ({str(error)[:160]})",
-                         "re-run pretrain-encoder", path) from None
-    encoder.meta = blob.get("meta", {})
+        raise InputError(f"not an ACE encoder file{file_kind(blob)}",
+                         "give a file written by `prism-ros ace pretrain-encoder`", path)
+    fix = "re-run `prism-ros ace pretrain-encoder` (or reinstall prism_ros for the shipped weights)"
+    raw = blob.get("config")
+    names = {f.name for f in fields(EncoderConfig)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        raise InputError(f"encoder config must have the keys {sorted(names)}, got {raw!r:.80}", fix, path)
+    convs = raw["convs"]
+    if not isinstance(convs, (list, tuple)) or len(convs) != 4:
+        raise InputError(f"encoder config convs must be 4 channel widths, got {convs!r:.80}", fix, path)
+    if not isinstance(raw["name"], str):
+        raise InputError(f"encoder config name must be a string, got {raw['name']!r:.80}", fix, path)
+    width = lambda value, name: check_int(value, f"encoder config {name}", 1, MAX_CHANNELS, fix, path)
+    config = EncoderConfig(raw["name"], tuple(width(c, f"convs[{i}]") for i, c in enumerate(convs)),
+                           width(raw["res1"], "res1"), width(raw["out"], "out"))
+    state = check_weights(lambda: Encoder(config), blob.get("state_dict"), "encoder weights", fix, path)
+    encoder = Encoder(config)
+    encoder.load_state_dict(state)
+    meta = blob.get("meta", {})
+    if not isinstance(meta, dict):
+        raise InputError(f"encoder meta must be a dict, got {type(meta).__name__}", fix, path)
+    encoder.meta = meta
     return encoder.to(device).eval()
 
 

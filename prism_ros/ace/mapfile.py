@@ -10,17 +10,28 @@ Stored with ``torch.save`` (zip of tensors) and read with ``weights_only=True`` 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prism_ros.ace.head import Head
-from prism_ros.errors import InputError, read_torch_file
+from prism_ros.ace.head import Head, HeadConfig
+from prism_ros.errors import (
+    InputError,
+    check_int,
+    check_number,
+    check_tensor,
+    check_weights,
+    file_kind,
+    read_torch_file,
+)
 
 MAP_FORMAT = "prism_ros.ace.map"
 MAP_VERSION = 1
+MAX_EXTENT_M = 1e4  # chunk centres and head means: no mapped scene reaches 10 km from its origin
+MAX_IMAGE_SIDE = 8192  # px: image_height (queries are resized to it) and the mapping images
+MAX_HEAD_WIDTH, MAX_HEAD_BLOCKS = 4096, 16  # the recipes use widths 128-512 and 1 block
 
 
 @dataclass
@@ -64,31 +75,77 @@ def save_map(ace_map: AceMap, path: str | Path) -> Path:
 
 
 def load_map(path: str | Path, encoder_id: str | None = None, device="cpu") -> AceMap:
-    """Read and validate a map; with ``encoder_id`` also check that it was made with that encoder."""
+    """Read and validate a map; with ``encoder_id`` also check that it was made with that encoder. Every size is
+    checked before a head is built, and every weight, mean and centre must be finite."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError("map file not found", "give the file written by `prism-ros ace map --out`", path)
     blob = read_torch_file(path, "cannot read the map",
                            "the file is corrupt or truncated: map the scene again with `prism-ros ace map`")
     if not isinstance(blob, dict) or blob.get("format") != MAP_FORMAT:
-        raise InputError("not an ACE map file", "give a file written by `prism-ros ace map --out`", path)
+        raise InputError(f"not an ACE map file{file_kind(blob)}", "give a file written by `prism-ros ace map --out`",
+                         path)
     if blob.get("version") != MAP_VERSION:
-        raise InputError(f"map format version {blob.get('version')} is not supported (this build reads {MAP_VERSION})",
-                         "map the scene again with this version of prism_ros", path)
-    try:
-        records, centres = blob["heads"], blob["centres"].numpy()
-        if not records or len(centres) != len(records):
-            raise ValueError(f"{len(records)} heads but {len(centres)} chunk centres")
-        if _digest(records) != blob["sha256"]:
-            raise ValueError("checksum of the head weights does not match (file altered or damaged)")
-        heads = [Head.from_record(r).to(device) for r in records]
-        intrinsics = tuple(blob["intrinsics"])
-        if len(intrinsics) != 6 or int(blob["image_height"]) < 8:
-            raise ValueError("bad intrinsics or image height")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
-        raise InputError(f"invalid map file ({str(error)[:200]})",
-                         "map the scene again with `prism-ros ace map`", path) from None
+        raise InputError(f"map format version {blob.get('version')!r} is not supported (this build reads "
+                         f"{MAP_VERSION})", "map the scene again with this version's `prism-ros ace map`", path)
+    fix = "map the scene again with `prism-ros ace map`"
+    missing = sorted({"encoder_id", "image_height", "intrinsics", "centres", "heads", "sha256"} - set(blob))
+    if missing:
+        raise InputError(f"invalid map file (missing {', '.join(missing)})", fix, path)
+    if not isinstance(blob["encoder_id"], str) or not isinstance(blob["sha256"], str):
+        raise InputError("invalid map file (encoder_id and sha256 must be strings)", fix, path)
+    records = blob["heads"]
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise InputError("invalid map file (heads must be a non-empty list of head records)", fix, path)
+    centres = check_tensor(blob["centres"], "chunk centres", (len(records), 3), fix, path, limit=MAX_EXTENT_M)
+    height = check_int(blob["image_height"], "image_height", 8, MAX_IMAGE_SIDE, fix, path)
+    intrinsics = blob["intrinsics"]
+    if not isinstance(intrinsics, (list, tuple)) or len(intrinsics) != 6:
+        raise InputError(f"intrinsics must be [fx, fy, cx, cy, width, height], got {intrinsics!r:.80}", fix, path)
+    fx, fy, cx, cy = (check_number(v, f"intrinsics {name}", low, 1e6, fix, path)
+                      for v, name, low in zip(intrinsics[:4], ("fx", "fy", "cx", "cy"), (1e-3, 1e-3, -1e6, -1e6)))
+    width, rows = (check_int(v, f"intrinsics {n}", 1, MAX_IMAGE_SIDE, fix, path)
+                   for v, n in zip(intrinsics[4:], ("width", "height")))
+    feature_width = _feature_width(blob["encoder_id"])
+    heads = [_head(record, k, feature_width, fix, path) for k, record in enumerate(records)]
+    if _digest(records) != blob["sha256"]:
+        raise InputError("invalid map file (checksum of the head weights does not match: file altered or damaged)",
+                         fix, path)
     if encoder_id is not None and blob["encoder_id"] != encoder_id:
         raise InputError(f"map was made with encoder {blob['encoder_id']}, but the encoder loaded is {encoder_id}",
                          "pass --encoder with the weights used for mapping (or map again with this encoder)", path)
-    return AceMap(heads, centres, blob["encoder_id"], int(blob["image_height"]), intrinsics, blob.get("meta", {}))
+    meta = blob.get("meta", {})
+    if not isinstance(meta, dict):
+        raise InputError(f"invalid map file (meta must be a dict, got {type(meta).__name__})", fix, path)
+    return AceMap([head.to(device) for head in heads], centres.numpy(), blob["encoder_id"], height,
+                  (fx, fy, cx, cy, width, rows), meta)
+
+
+def _feature_width(encoder_id: str) -> int | None:
+    """Feature width of a known encoder configuration named in ``<config>:<digest>``, else None."""
+    from prism_ros.ace.encoder import CONFIGS
+
+    config = CONFIGS.get(encoder_id.partition(":")[0])
+    return config.out if config else None
+
+
+def _head(record: dict, index: int, feature_width: int | None, fix: str, path: Path) -> Head:
+    """Head ``index`` of a map file: sizes checked before it is built, weights checked against its shapes."""
+    name = f"head {index}"
+    config = record.get("config")
+    names = {f.name for f in fields(HeadConfig)}
+    if not isinstance(config, dict) or set(config) != names:
+        raise InputError(f"{name} config must have the keys {sorted(names)}, got {config!r:.80}", fix, path)
+    config = HeadConfig(check_int(config["in_channels"], f"{name} in_channels", 1, MAX_HEAD_WIDTH, fix, path),
+                        check_int(config["width"], f"{name} width", 1, MAX_HEAD_WIDTH, fix, path),
+                        check_int(config["blocks"], f"{name} blocks", 0, MAX_HEAD_BLOCKS, fix, path))
+    if feature_width is not None and config.in_channels != feature_width:
+        raise InputError(f"{name} reads {config.in_channels} features but its encoder gives {feature_width}", fix,
+                         path)
+    mean = check_tensor(record.get("mean"), f"{name} mean", (3,), fix, path, limit=MAX_EXTENT_M)
+    state = record.get("state_dict")
+    state = check_weights(lambda: Head(config), {**state, "mean": mean} if isinstance(state, dict) else state,
+                          f"{name} weights", fix, path)
+    head = Head(config)
+    head.load_state_dict(state)
+    return head.eval()
