@@ -7,6 +7,7 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
+from bad_files import FILE_CASES, bad_file, edited
 
 from prism_ros.dmn.environments import (
     CEILING,
@@ -252,8 +253,57 @@ def test_dataset_round_trip_and_bad_files(tmp_path):
     with pytest.raises(InputError, match="not a DMN environments data set"):
         load_dataset(other)
     torch.save({**torch.load(path, weights_only=True), "poses": torch.zeros(2, 4, 2)}, other)
-    with pytest.raises(InputError, match="wrong types or shapes"):
+    with pytest.raises(InputError, match=r"poses must be a 2x4x3 float32 tensor, got \(2, 4, 2\)"):
         load_dataset(other)
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+    return generate("rooms", split_seeds("test", 2), views=4, image_size=8)
+
+
+def _poses(index, value):
+    return lambda blob: blob["poses"].__setitem__(index, value)
+
+
+DATASET_CASES = [  # (name, edit of a valid data set file's dict, pattern of the InputError)
+    ("other kind: DMN weights", lambda blob: blob.update(format=None, kind="prism_ros.dmn"),
+     r"not a DMN environments data set \(no format header\) \(it is DMN weights"),
+    ("future version", lambda blob: blob.update(version=2), "DMN data set version 2, this code reads 1"),
+    ("unknown domain", lambda blob: blob.update(domain="attic"), "unknown domain 'attic'"),
+    ("image size a string", lambda blob: blob.update(image_size="8"), "image_size must be an integer"),
+    ("image size differs", lambda blob: blob.update(image_size=16), r"images must be a NxNx3x16x16 uint8 tensor"),
+    ("images float", lambda blob: blob.update(images=blob["images"].float()), r"got \(2, 4, 3, 8, 8\) float32"),
+    ("no environments", lambda blob: blob.update(images=blob["images"][:0], poses=blob["poses"][:0],
+                                                 seeds=blob["seeds"][:0]), "the data set has no views"),
+    ("poses of another shape", lambda blob: blob.update(poses=torch.zeros(2, 4, 2)),
+     r"poses must be a 2x4x3 float32 tensor, got \(2, 4, 2\) float32"),
+    ("poses float64", lambda blob: blob.update(poses=blob["poses"].double()), r"got \(2, 4, 3\) float64"),
+    ("poses NaN", _poses((0, 1, 2), float("nan")), "poses has non-finite values"),
+    ("poses inf", _poses((1, 3, 0), -float("inf")), "poses has non-finite values"),
+    ("poses not normalised", _poses((1, 0, 1), 5.0), r"poses must be normalised to \[-1, 1\] \(largest 5\)"),
+    ("seeds negative", lambda blob: blob["seeds"].__setitem__(0, -1), r"seeds must lie in \[0, 300000000\)"),
+    ("seeds per environment wrong", lambda blob: blob.update(seeds=blob["seeds"][:1]), r"seeds must be a 2 int64"),
+    ("no seeds", lambda blob: blob.pop("seeds"), "seeds must be a 2 int64 tensor, got NoneType"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_dataset_file_refuses_damaged_files(tmp_path, small_dataset, case):
+    good = save_dataset(small_dataset, tmp_path / "rooms.pt")
+    with pytest.raises(InputError, match=FILE_CASES[case][1]) as error:
+        load_dataset(bad_file(case, good, tmp_path))
+    assert "prism-ros dmn generate" in error.value.fix and error.value.path is not None
+
+
+@pytest.mark.parametrize("name,edit,pattern", DATASET_CASES, ids=[case[0] for case in DATASET_CASES])
+def test_dataset_file_refuses_bad_content(tmp_path, small_dataset, name, edit, pattern):
+    good = save_dataset(small_dataset, tmp_path / "rooms.pt")
+    assert torch.equal(load_dataset(good)["poses"], small_dataset["poses"])  # the good file round trips
+    bad = edited(good, tmp_path, edit)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_dataset(bad)
+    assert error.value.path == bad and "prism-ros dmn generate" in error.value.fix
 
 
 def test_draw_layout_draws_walls_objects_and_poses():

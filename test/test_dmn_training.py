@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from bad_files import FILE_CASES, bad_file, edited
 from typer.testing import CliRunner
 
 from prism_ros.dmn.environments import generate, split_seeds
+from prism_ros.dmn.localizer import Area, load_contexts, save_contexts
 from prism_ros.dmn.model import DmnConfig, build_method
 from prism_ros.dmn.particles import compose
 from prism_ros.dmn.training import (
@@ -15,6 +18,7 @@ from prism_ros.dmn.training import (
     StoredEpisodes,
     StreamedEpisodes,
     TrainConfig,
+    TrainResult,
     evaluate,
     load_method,
     save_method,
@@ -114,6 +118,122 @@ def test_cli_generate_train_eval_table(tmp_path):
     if not torch.cuda.is_available():  # --device cuda without CUDA: one line naming the fix
         result = runner.invoke(app, ["train", "--domain", "rooms", "--device", "cuda", "--out", str(tmp_path / "c")])
         assert result.exit_code == 2 and "CUDA is not available" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------- bad weights and context files
+SMALL = DmnConfig(image_size=16, encoder_channels=(4, 4), feature_channels=4, key_channels=4, key_size=4,
+                  value_channels=4, head_channels=4, head_hidden=8, vector_map_size=4)
+
+
+def _weights_file(folder, method="pf-dmn"):
+    result = TrainResult(build_method(method, SMALL), steps=1)
+    return save_method(result, method, "rooms", SMALL, TrainConfig(), folder / "weights.pt", "test")
+
+
+def _config(**changes):
+    return lambda blob: blob["dmn_config"].update(changes)
+
+
+def _weight(change):
+    def edit(blob):
+        key = next(k for k in blob["state"] if k.endswith("first.conv.bias"))
+        blob["state"][key] = change(blob["state"][key])
+    return edit
+
+
+WEIGHTS_CASES = [  # (name, edit of a valid weights file's dict, pattern of the InputError)
+    ("other kind: ACE map", lambda blob: blob.update(kind=None, format="prism_ros.ace.map"),
+     r"not a DMN weights file \(it is an ACE map"),
+    ("other kind: context file", lambda blob: blob.update(kind="prism_ros.dmn.contexts"),
+     r"not a DMN weights file \(it is a DMN context file"),
+    ("no method", lambda blob: blob.pop("method"), "unknown method None"),
+    ("unknown method", lambda blob: blob.update(method="pf-magic"), "unknown method 'pf-magic'"),
+    ("unknown domain", lambda blob: blob.update(domain="attic"), "unknown domain 'attic'"),
+    ("no config", lambda blob: blob.pop("dmn_config"), r"dmn_config differs from DmnConfig \(NoneType\)"),
+    ("config key unknown", _config(dropout=0.5), r"dmn_config differs from DmnConfig \(\['dropout'\]\)"),
+    ("config key missing", lambda blob: blob["dmn_config"].pop("key_size"), r"\(\['key_size'\]\)"),
+    ("image size huge", _config(image_size=10**6), r"image_size must be an integer in \[4, 1024\]"),
+    ("channels negative", _config(feature_channels=-4), r"feature_channels must be an integer in \[1, 4096\]"),
+    ("channels fractional", _config(encoder_channels=(4, 4.5)), r"encoder_channels\[1\] must be an integer"),
+    ("channels not a pair", _config(encoder_channels=(4,)), "encoder_channels must have 2 values"),
+    ("particles astronomical", _config(particles_global_eval=10**12), r"particles_global_eval must be an integer in"),
+    ("noise NaN", _config(transition_noise=(0.02, float("nan"), 0.02)), r"transition_noise\[1\] must be a finite"),
+    ("alpha above one", _config(resample_alpha=3.0), r"resample_alpha must be a finite number in \[0, 1\]"),
+    ("no weights", lambda blob: blob.pop("state"), "the weights of pf-dmn must be a dict of named tensors"),
+    ("weights of another method", lambda blob: blob.update(method="pf-vector"),
+     "the weights of pf-vector do not fit the configuration"),
+    ("weights of another size", _config(feature_channels=8), "must be a 8.* float tensor, got .4,"),
+    ("weight integer", _weight(lambda v: v.to(torch.int32)),
+     r"first.conv.bias must be a 4 float tensor, got \(4,\) int32"),
+    ("weight NaN", _weight(lambda v: torch.full_like(v, float("nan"))), "first.conv.bias has non-finite values"),
+    ("weight inf", _weight(lambda v: torch.full_like(v, float("inf"))), "first.conv.bias has non-finite values"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_weights_file_refuses_damaged_files(tmp_path, case):
+    good = _weights_file(tmp_path)
+    with pytest.raises(InputError, match=FILE_CASES[case][1]) as error:
+        load_method(bad_file(case, good, tmp_path))
+    assert "prism-ros dmn train" in error.value.fix and error.value.path is not None
+
+
+@pytest.mark.parametrize("name,edit,pattern", WEIGHTS_CASES, ids=[case[0] for case in WEIGHTS_CASES])
+def test_weights_file_refuses_bad_content(tmp_path, name, edit, pattern):
+    good = _weights_file(tmp_path)
+    method, record = load_method(good)  # the good file round trips
+    assert method.config == SMALL and record["method"] == "pf-dmn"
+    bad = edited(good, tmp_path, edit)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_method(bad)
+    assert error.value.path == bad and "prism-ros dmn train" in error.value.fix
+
+
+def _contexts_file(folder):
+    images = torch.randint(0, 256, (3, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    poses = [[1.0, 2.0, 0.5], [1.5, 2.5, -1.0], [3.0, 0.5, 3.0]]
+    return save_contexts(folder / "contexts.pt", images.numpy(), poses, Area(-1.0, -2.0, 10.0))
+
+
+CONTEXT_CASES = [  # (name, edit of a valid context file's dict, pattern of the InputError)
+    ("other kind: DMN weights", lambda blob: blob.update(kind="prism_ros.dmn"),
+     r"not a DMN context file \(it is DMN weights"),
+    ("no images", lambda blob: blob.pop("images"), "context images must be a NxNxNx3 uint8 tensor, got NoneType"),
+    ("images float", lambda blob: blob.update(images=blob["images"].float()), r"got \(3, 8, 8, 3\) float32"),
+    ("images grey", lambda blob: blob.update(images=blob["images"][..., 0]), r"got \(3, 8, 8\) uint8"),
+    ("no images in it", lambda blob: blob.update(images=blob["images"][:0], poses=blob["poses"][:0]),
+     r"holds no image \(images of shape \(0, 8, 8, 3\)\)"),
+    ("poses a list", lambda blob: blob.update(poses=blob["poses"].tolist()), "context poses must be a 3x3 float"),
+    ("poses of fewer images", lambda blob: blob.update(poses=blob["poses"][:2]), r"got \(2, 3\) float64"),
+    ("poses NaN", lambda blob: blob["poses"].__setitem__((1, 2), float("nan")), "context poses has non-finite"),
+    ("poses inf", lambda blob: blob["poses"].__setitem__((0, 0), float("inf")), "context poses has non-finite"),
+    ("poses 1e9 m", lambda blob: blob["poses"].__setitem__((0, 0), 1e9), "context poses has values beyond"),
+    ("area of two numbers", lambda blob: blob.update(area=[0.0, 1.0]), r"area must be \[x0, y0, side\]"),
+    ("area side zero", lambda blob: blob.update(area=[0.0, 1.0, 0.0]), "area side must be a finite number"),
+    ("area side negative", lambda blob: blob.update(area=[0.0, 1.0, -5.0]), "area side must be a finite number"),
+    ("area NaN", lambda blob: blob.update(area=[float("nan"), 1.0, 5.0]), "area x0 must be a finite number"),
+    ("area a string", lambda blob: blob.update(area=[0.0, "1", 5.0]), "area y0 must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_context_file_refuses_damaged_files(tmp_path, case):
+    good = _contexts_file(tmp_path)
+    with pytest.raises(InputError, match=FILE_CASES[case][1]) as error:
+        load_contexts(bad_file(case, good, tmp_path))
+    assert "save_contexts" in error.value.fix and error.value.path is not None
+
+
+@pytest.mark.parametrize("name,edit,pattern", CONTEXT_CASES, ids=[case[0] for case in CONTEXT_CASES])
+def test_context_file_refuses_bad_content(tmp_path, name, edit, pattern):
+    good = _contexts_file(tmp_path)
+    images, poses, area = load_contexts(good)  # the good file round trips
+    assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8 and area == Area(-1.0, -2.0, 10.0)
+    assert np.array_equal(poses, [[1.0, 2.0, 0.5], [1.5, 2.5, -1.0], [3.0, 0.5, 3.0]])
+    bad = edited(good, tmp_path, edit)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_contexts(bad)
+    assert error.value.path == bad and "save_contexts" in error.value.fix
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from prism_ros.errors import InputError, read_torch_file
+from prism_ros.errors import InputError, check_int, check_tensor, file_kind, read_torch_file
 
 DOMAINS = ("rooms", "mazes")
 SPLITS = {"train": 0, "val": 10**8, "test": 2 * 10**8}  # first seed of each split
@@ -688,24 +688,27 @@ def save_dataset(data: dict, path) -> Path:
 
 def load_dataset(path) -> dict:
     """Read a :func:`save_dataset` file back: dict(images, poses, seeds, domain, image_size). A file that is
-    unreadable, of another kind or inconsistent is an InputError naming the problem and the fix."""
-    fix = "regenerate it with prism_ros.dmn.environments.generate() and save_dataset()"
+    unreadable, of another kind or inconsistent (shapes, types, non-finite or out-of-range poses, seeds outside
+    the splits) is an InputError naming the problem and the fix."""
+    fix = "generate it again with `prism-ros dmn generate`"
     raw = read_torch_file(path, "cannot read the DMN data set", fix)
     if not isinstance(raw, dict) or raw.get("format") != DATASET_FORMAT:
-        raise InputError("not a DMN environments data set (no format header)", fix, path)
+        raise InputError(f"not a DMN environments data set (no format header){file_kind(raw)}", fix, path)
     if raw.get("version") != DATASET_VERSION:
-        raise InputError(f"DMN data set version {raw.get('version')!r}, this code reads {DATASET_VERSION}",
+        raise InputError(f"DMN data set version {raw.get('version')!r:.40}, this code reads {DATASET_VERSION}",
                          fix, path)
-    images, poses, seeds = raw.get("images"), raw.get("poses"), raw.get("seeds")
-    size = raw.get("image_size")
     if raw.get("domain") not in DOMAINS:
-        raise InputError(f"unknown domain {raw.get('domain')!r} in the data set", fix, path)
-    ok = (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.dim() == 5
-          and images.shape[2] == 3 and images.shape[3:] == (size, size)
-          and isinstance(poses, Tensor) and poses.dtype == torch.float32 and poses.shape == (*images.shape[:2], 3)
-          and isinstance(seeds, Tensor) and seeds.dtype == torch.int64 and seeds.shape == images.shape[:1])
-    if not ok:
-        raise InputError("the data set's images, poses and seeds have wrong types or shapes", fix, path)
+        raise InputError(f"unknown domain {raw.get('domain')!r:.80} in the data set", fix, path)
+    size = check_int(raw.get("image_size"), "image_size", 1, 4096, fix, path)
+    images = check_tensor(raw.get("images"), "images", (None, None, 3, size, size), fix, path, (torch.uint8,))
+    if images.shape[0] == 0 or images.shape[1] == 0:
+        raise InputError(f"the data set has no views (images {tuple(images.shape)})", fix, path)
+    poses = check_tensor(raw.get("poses"), "poses", (*images.shape[:2], 3), fix, path, (torch.float32,))
+    if bool((poses.abs() > 1.0).any()):
+        raise InputError(f"poses must be normalised to [-1, 1] (largest {float(poses.abs().max()):.3g})", fix, path)
+    seeds = check_tensor(raw.get("seeds"), "seeds", (len(images),), fix, path, (torch.int64,))
+    if bool(((seeds < 0) | (seeds >= len(SPLITS) * SPLIT_SIZE)).any()):
+        raise InputError(f"seeds must lie in [0, {len(SPLITS) * SPLIT_SIZE}) (the splits)", fix, path)
     return {"images": images, "poses": poses, "seeds": seeds, "domain": raw["domain"], "image_size": size}
 
 

@@ -26,7 +26,9 @@ from prism_ros.dmn.particles import (
     weighted_covariance,
     weighted_mean,
 )
-from prism_ros.errors import InputError, read_torch_file
+from prism_ros.errors import InputError, check_number, check_tensor, file_kind, read_torch_file
+
+MAX_EXTENT_M = 1e4  # context poses and the area: no mapped floor reaches 10 km from its origin
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,23 @@ def save_contexts(path: Path, images: np.ndarray, poses: np.ndarray, area: Area)
 
 
 def load_contexts(path: Path) -> tuple[np.ndarray, np.ndarray, Area]:
-    blob = read_torch_file(path, "cannot read the DMN context file", "give a file written by save_contexts "
-                           "(images + planar poses)")
+    """Images (N,H,W,3) uint8, metric planar poses (N,3) and the area of a :func:`save_contexts` file; a file
+    that is unreadable, of another kind, misshapen or with non-finite poses is an InputError."""
+    fix = "give a file written by prism_ros.dmn.localizer.save_contexts (images + planar poses + area)"
+    blob = read_torch_file(path, "cannot read the DMN context file", fix)
     if not isinstance(blob, dict) or blob.get("kind") != "prism_ros.dmn.contexts":
-        raise InputError("not a DMN context file", "give a file written by prism_ros.dmn.localizer.save_contexts",
-                         path)
-    images, poses = blob["images"].numpy(), blob["poses"].numpy()
-    if images.ndim != 4 or images.shape[-1] != 3 or poses.shape != (len(images), 3) or len(images) == 0:
-        raise InputError(f"context file shapes {tuple(images.shape)} / {tuple(poses.shape)} are wrong",
-                         "expected images (N,H,W,3) and poses (N,3) with N >= 1", path)
-    return images, poses, Area(*blob["area"])
+        raise InputError(f"not a DMN context file{file_kind(blob)}", fix, path)
+    images = check_tensor(blob.get("images"), "context images", (None, None, None, 3), fix, path, (torch.uint8,))
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise InputError(f"the context file holds no image (images of shape {tuple(images.shape)})", fix, path)
+    poses = check_tensor(blob.get("poses"), "context poses", (len(images), 3), fix, path, limit=MAX_EXTENT_M)
+    area = blob.get("area")
+    if not isinstance(area, (list, tuple)) or len(area) != 3:
+        raise InputError(f"area must be [x0, y0, side] in metres, got {area!r:.80}", fix, path)
+    x0, y0 = (check_number(v, f"area {name}", -MAX_EXTENT_M, MAX_EXTENT_M, fix, path)
+              for v, name in zip(area, ("x0", "y0")))
+    side = check_number(area[2], "area side", 1e-3, MAX_EXTENT_M, fix, path)
+    return images.numpy(), poses.numpy(), Area(x0, y0, side)
 
 
 class DmnLocalizer:

@@ -22,10 +22,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prism_ros.dmn.environments import domain_config, make_environments, render, sample_poses, split_seeds
-from prism_ros.dmn.model import DmnConfig, LocalizationMethod, build_method, parameter_count, query_step
+from prism_ros.dmn.environments import DOMAINS, domain_config, make_environments, render, sample_poses, split_seeds
+from prism_ros.dmn.model import (
+    METHOD_NAMES,
+    DmnConfig,
+    LocalizationMethod,
+    build_method,
+    parameter_count,
+    query_step,
+)
 from prism_ros.dmn.particles import initial_belief, pose_loss, relative, uniform_particles
-from prism_ros.errors import InputError, read_torch_file
+from prism_ros.errors import InputError, check_int, check_number, check_weights, file_kind, read_torch_file
 
 SUCCESS_MSE = 0.2  # the paper's success threshold (squared normalised units)
 
@@ -274,15 +281,51 @@ def save_method(result: TrainResult, name: str, domain: str, dmn_config: DmnConf
 
 
 def load_method(path: Path) -> tuple[LocalizationMethod, dict]:
-    """(method with its weights, the file's record); a missing, corrupt or foreign file is an InputError."""
-    blob = read_torch_file(path, "cannot read the DMN weights", "give a file written by `prism-ros dmn train`")
+    """(method with its weights, the file's record); a missing, corrupt, foreign or inconsistent file (absurd
+    configuration, weights of the wrong shape or not finite) is an InputError. The configuration is checked
+    before any network is built with it."""
+    fix = "give a file written by `prism-ros dmn train`"
+    blob = read_torch_file(path, "cannot read the DMN weights", fix)
     if not isinstance(blob, dict) or blob.get("kind") != "prism_ros.dmn":
-        raise InputError("not a DMN weights file", "give a file written by `prism-ros dmn train`", path)
-    config = DmnConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["dmn_config"].items()})
+        raise InputError(f"not a DMN weights file{file_kind(blob)}", fix, path)
+    fix = "train them again with `prism-ros dmn train`"
+    if blob.get("method") not in METHOD_NAMES:
+        raise InputError(f"unknown method {blob.get('method')!r:.80} in the weights file", fix, path)
+    if blob.get("domain") not in DOMAINS:
+        raise InputError(f"unknown domain {blob.get('domain')!r:.80} in the weights file", fix, path)
+    config = _dmn_config(blob.get("dmn_config"), fix, path)
+    state = check_weights(lambda: build_method(blob["method"], config), blob.get("state"),
+                          f"the weights of {blob['method']}", fix, path)
     method = build_method(blob["method"], config)
-    try:
-        method.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()})
-    except RuntimeError as error:
-        raise InputError(f"the weights do not fit method {blob['method']!r}: {error}",
-                         "retrain with this version of prism_ros", path) from None
+    method.load_state_dict(state)
     return method, blob
+
+
+_DMN_LIMITS = {"image_size": (4, 1024), "contexts": (1, 1000), "particles_train": (1, 10**6),
+               "particles_global_eval": (1, 10**6), "particles_tracking_eval": (1, 10**6),
+               "resample_alpha": (0.0, 1.0), "transition_noise": (0.0, 10.0), "tracking_std": (0.0, 10.0),
+               "loss_yaw_weight": (0.0, 100.0)}  # any other size: 1..4096 (the defaults are 4-64)
+
+
+def _dmn_config(raw, fix: str, path: Path) -> DmnConfig:
+    """The DmnConfig of a weights file, each value of the type of its default and within its limits."""
+    names = {f.name for f in fields(DmnConfig)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        differ = sorted(set(map(str, raw)) ^ names) if isinstance(raw, dict) else type(raw).__name__
+        raise InputError(f"dmn_config differs from DmnConfig ({differ!s:.120})", fix, path)
+    values = {}
+    for f in fields(DmnConfig):
+        default, value, name = f.default, raw[f.name], f"dmn_config {f.name}"
+        low, high = _DMN_LIMITS.get(f.name, (1, 4096))
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise InputError(f"{name} must have {len(default)} values, got {value!r:.80}", fix, path)
+            check = check_int if isinstance(default[0], int) else check_number
+            values[f.name] = tuple(check(v, f"{name}[{i}]", low, high, fix, path) for i, v in enumerate(value))
+        elif isinstance(default, int):
+            values[f.name] = check_int(value, name, low, high, fix, path)
+        elif value is None and f.name == "resample_alpha":  # None: no resampling
+            values[f.name] = None
+        else:
+            values[f.name] = check_number(value, name, low, high, fix, path)
+    return DmnConfig(**values)
