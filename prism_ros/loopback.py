@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
+import re
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 from prism_ros.resources import config_file
@@ -61,24 +61,45 @@ def spawn(args: list[str], domain_id: int, **popen_kwargs) -> subprocess.Popen:
                             **popen_kwargs)
 
 
-def fastdds_tool() -> list[str] | None:
-    """Command of Fast DDS's ``fastdds`` tool: the PyPI wheels' ``tools/fastdds/fastdds.py`` or a ROS install's."""
-    script = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"
-    if script.is_file():
-        return [sys.executable, str(script)]
-    found = shutil.which("fastdds")
-    return [found] if found else None
+SHM_DIR = Path("/dev/shm")
+SEGMENT_NAME = re.compile(r"fastdds_[0-9a-f]{16}")  # a participant's segment; ports are fastdds_port<N>
 
 
-def clean_shared_memory(timeout: float = 30.0) -> bool:
-    """Remove the shared-memory files of Fast DDS participants whose process died without closing them (a
-    SIGKILL): ``fastdds shm clean``, which keeps every file whose lock a live process holds. Tests and benches
-    that kill nodes call it when they end; each such file is a segment of up to the profile's segment size.
-    False when the tool is missing or failed."""
-    tool = fastdds_tool()
-    if tool is None:
-        return False
-    try:
-        return subprocess.run([*tool, "shm", "clean"], capture_output=True, timeout=timeout).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+def _mapped_files() -> set[str]:
+    """Every file some process on this machine has mapped (from /proc/*/maps; processes we cannot read: none)."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split(None, 5)[5].strip() for line in maps.read_text().splitlines()
+                          if line.count(" ") >= 5 and "/dev/shm/" in line)
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+    return mapped
+
+
+def clean_shared_memory(min_age_s: float = 60.0, shm: Path = SHM_DIR, only: set[str] | None = None) -> list[str]:
+    """Remove the shared-memory segments of Fast DDS participants whose process is gone (a node killed with
+    SIGKILL leaves its segment, up to the profile's segment_size, in /dev/shm); the removed names.
+
+    A segment is removed only when no process maps it and it is older than ``min_age_s`` (one being created is
+    not mapped yet). Ports (``fastdds_port<N>``) are left alone: they are small and shared by live participants.
+    Fast DDS's own ``fastdds shm clean`` is not used: it also removes a port's file when any one of its lock
+    files is free, while a live participant still listens on it, and the next participant on that port then
+    fails to open it. ``only``: consider these segment names only."""
+    if not shm.is_dir() or not Path("/proc/self/maps").is_file():
+        return []
+    now, mapped, removed = time.time(), _mapped_files(), []
+    for segment in shm.iterdir():
+        if not SEGMENT_NAME.fullmatch(segment.name) or str(segment) in mapped or \
+                (only is not None and segment.name not in only):
+            continue
+        try:
+            if now - segment.stat().st_mtime < min_age_s:
+                continue
+            segment.unlink()
+            for lock in ("_el", "_sl"):
+                Path(f"{segment}{lock}").unlink(missing_ok=True)
+        except OSError:
+            continue
+        removed.append(segment.name)
+    return removed

@@ -7,7 +7,9 @@ in-process against the node's own conversions.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,14 @@ FRAMES = 30
 def _replay(spawn_python, domain_id, bag, out, *extra, timeout=180) -> subprocess.CompletedProcess:
     process = spawn_python(["-m", "prism_ros.cli.main"], "replay", bag, "--out", out, "--quiet",
                            "--domain-id", domain_id, *extra)
-    stdout, stderr = process.communicate(timeout=timeout)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # Ctrl-C: the CLI stops its nodes (a kill would leave them running)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in sorted(Path(out).glob("*.log")))
+        raise AssertionError(f"replay did not end within {timeout} s\n{stdout[-2000:]}\n{stderr[-2000:]}\n"
+                             f"{logs}") from None
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
