@@ -51,7 +51,7 @@ costmap of a map slice (``costmap_period``: ``~/costmap``, ``~/cost_cloud``).
 Frames: ``map_frame`` is the filter's world frame: the first base pose (``map_origin: base``; REP-103, level
 when the base starts level) or the first camera pose (``map_origin: camera``), or where a pose input put it.
 With the imu transition model the filter estimates gravity in that frame first and, with ``level_map``, the
-map then restarts level (z up) once (:meth:`PrismNode._level_map`). The base pose is ``T_world_camera @
+map then restarts level (z up) once (:class:`prism_ros.prism.session.PrismSession`). The base pose is ``T_world_camera @
 inv(T_base_camera)``. Pose covariances are converted from the filter's left (world-frame) se(3)
 perturbation [rho, phi] to the ROS meaning (position error and world-fixed-axis rotation error, x y z rx
 ry rz): the position block gains the lever arm of the rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``.
@@ -78,13 +78,11 @@ with the reason (read-only parameters name the restart that changes them).
 """
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
 import traceback
-from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +97,6 @@ from std_srvs.srv import Trigger
 
 from prism_ros.errors import InputError
 from prism_ros.frame import Frame
-from prism_ros.geometry.lie import so3_exp_np
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
@@ -128,11 +125,11 @@ from prism_ros.nodes.prism_parameters import (
 )
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.nodes.tf import TransformError
+from prism_ros.prism.session import FIRST_FRAME_SMOOTHNESS, PrismSession, usable_map
 
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
 MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
-FIRST_FRAME_SMOOTHNESS = 0.8  # the first frame seeds the map: its depth must be clearly surfaces
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
@@ -192,7 +189,6 @@ class PrismNode(LifecycleNode):
         self.stats = Stats()
         self._stats_lock = threading.Lock()
         self.health = Health(self.get_logger(), CAUSES, FAILURES)
-        self._map_lock = threading.RLock()
         self._order_lock = threading.Lock()
         self._input_lock = threading.Lock()
         self._mailbox = Mailbox()
@@ -204,14 +200,11 @@ class PrismNode(LifecycleNode):
         self._own_entities: dict[str, set[int]] = {}  # ids of the entities that exist before configure
         self._parameter_callback = None
         self.order = StampOrder({})  # the stamps of the sets accepted into the mailbox
-        self._last_processed_t: float | None = None
-        self._start_after = 0.0  # frames stamped before an /initialpose are skipped (seconds; 0: none)
         self._last_stamp_msg = None
         self._render_camera = None  # the filter's render camera of the last frame (predicted depth)
         self._camera_frame = ""
         self.motion = MotionBuffer({}, self._stop)
         self.decoder: FrameDecoder | None = None
-        self._map_dirty = False  # fused since the last map publish
         self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
         self._publish_lock = threading.Lock()  # map publishing vs clearing the display
         self._map_thread: threading.Thread | None = None
@@ -219,19 +212,11 @@ class PrismNode(LifecycleNode):
         self._arrivals: list[float | None] = []
         self._arrival_stamps: list[int | None] = []
         self._unmatched_since: float | None = None  # arrival of the oldest colour image not yet in a set
-        self.filter = None
-        self._frozen_map = None  # localization mode: the loaded map every filter tracks against
+        self.session: PrismSession | None = None  # the filter and its map, pose inputs, levelling
         self.map_publisher = None
-        self.T_left_rect = np.eye(4)  # the filter's camera -> the left camera (identity without stereo)
         self.outputs: EstimatePublisher | None = None
         self._extrinsics_known = False  # T_base_camera is final (parameter, or found on /tf_static)
         self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
-        self._tracked: deque = deque(maxlen=300)  # (t, T_world_camera) of recent tracked frames
-        self._restart: tuple | None = None  # (E, covariance, reason) of a ~/reset_at_pose for a tracked image
-        self._generation = 0  # +1 per jump of PRISM's pose (relocalization, restart): see MapOdom
-        self._default_start = True  # the filter started with the base at the map's origin (no pose was given)
-        self._level_pending = False  # the map restarts level once the filter has estimated gravity
-        self.map_level = "not levelled"  # /diagnostics: how the map frame was levelled
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -248,23 +233,21 @@ class PrismNode(LifecycleNode):
         if problem := prediction_publishing.mismatch(v):
             raise InputError(problem, "set rollout_step <= rollout_horizon")
         self._mailbox = Mailbox(v["frame_queue"])
-        self._paused, self._camera_tf_sent, self.T_left_rect = False, "", np.eye(4)
-        self._restart, self._start_after, self._last_processed_t = None, 0.0, None
-        self._tracked.clear()
-        self.map_level = "not levelled"
+        self._paused, self._camera_tf_sent = False, ""
         stereo = v["depth_source"] == "stereo"
-        if stereo:
-            self.T_left_rect = check_stereo_parameters(v)
-        self._left_filter_config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
-        self._set_extrinsics(self.T_left_rect)
+        T_left_rect = check_stereo_parameters(v) if stereo else np.eye(4)
+        config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
         self.motion = MotionBuffer(v, self._stop)
         self.order = StampOrder(v)
-        self.decoder = FrameDecoder(v, self._left_filter_config.max_depth, stereo_config(v) if stereo else None,
+        self.decoder = FrameDecoder(v, config.max_depth, stereo_config(v) if stereo else None,
                                     np.asarray(v["T_left_right"], dtype=np.float64).reshape(4, 4) if stereo else None,
                                     on_rectification=self._adopt_rectification)
-        self._frozen_map = self._localization_map() if v["mode"] == "localization" else None
+        frozen = self._localization_map(config) if v["mode"] == "localization" else None
         try:
-            self.filter = self._new_filter()
+            self.session = PrismSession(config, np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4),
+                                        v["map_origin"], v["level_map"], v["level_tolerance_deg"], frozen,
+                                        on_reset=self._forget_old_map, log=self.get_logger().info,
+                                        T_left_rect=T_left_rect)
             warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
         except (ValueError, RuntimeError) as error:  # e.g. a transition or map setting the filter refuses
             raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
@@ -285,41 +268,33 @@ class PrismNode(LifecycleNode):
                "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
             + (f", control {v['control_topic']}" if v["control_topic"] else ""))
 
-    def _set_extrinsics(self, T_left_rect: np.ndarray) -> None:
-        """Place the filter's camera: the left camera rotated by ``T_left_rect`` (the rectified camera with stereo
-        depth, else the identity). T_base_camera and the filter config's T_body_camera are the left camera's."""
-        self.T_left_rect = np.asarray(T_left_rect, dtype=np.float64)
-        T_base_left = np.asarray(self.values["T_base_camera"], dtype=np.float64).reshape(4, 4)
-        self.T_base_camera = T_base_left @ self.T_left_rect
-        self.T_camera_base = np.linalg.inv(self.T_base_camera)
-        T_body_left = np.asarray(self._left_filter_config.T_body_camera, dtype=np.float64).reshape(4, 4)
-        T_body_camera = T_body_left @ self.T_left_rect
-        self.filter_config = self._left_filter_config if np.array_equal(self.T_left_rect, np.eye(4)) else \
-            replace(self._left_filter_config, T_body_camera=tuple(T_body_camera.ravel().tolist()))
-        self.T_camera_body = np.linalg.inv(T_body_camera)
+    # -- the session's state, as the callbacks read it ----------------------------------------------------
 
-    def _new_filter(self, initial_pose: np.ndarray | None = None, initial_covariance: np.ndarray | None = None):
-        """A filter starting at ``initial_pose`` (T_world_camera of the next frame), by default with the base at the
-        map's origin (REP-103: the map is the first base pose, level when the base starts level). With the imu
-        transition model the default start is not known to be level: the filter estimates gravity first, and
-        with ``level_map`` the node then restarts the map level (:meth:`_level_map`)."""
-        from prism_ros.prism.filter import PrismFilter
+    @property
+    def filter(self):
+        return None if self.session is None else self.session.filter
 
-        self._default_start = initial_pose is None
-        if initial_pose is None and self.values["map_origin"] == "base":
-            initial_pose = self.T_base_camera
-        slam = PrismFilter(self.filter_config, initial_pose=initial_pose)
-        slam.initial_pose_covariance = initial_covariance
-        if self._frozen_map is not None:  # localization: every filter tracks against the loaded map
-            slam.map, slam.map_frozen = self._frozen_map, True
-        if self._default_start and initial_pose is not None and hasattr(slam.transition, "align_gravity_first"):
-            slam.transition.align_gravity_first()  # the first base pose is not known to be level (the filter does
-            # this itself for the first camera pose)
-        self._level_pending = (self._default_start and self.values["level_map"] and self._frozen_map is None
-                               and getattr(slam.transition, "alignment", None) is not None)
-        return slam
+    @property
+    def _map_lock(self):
+        return self.session.lock
 
-    def _localization_map(self):
+    @property
+    def filter_config(self):
+        return self.session.config
+
+    @property
+    def T_base_camera(self) -> np.ndarray:
+        return self.session.T_base_camera
+
+    @property
+    def T_camera_base(self) -> np.ndarray:
+        return self.session.T_camera_base
+
+    @property
+    def T_camera_body(self) -> np.ndarray:
+        return self.session.T_camera_body
+
+    def _localization_map(self, config):
         """The map of localization mode, read from map_path at start (a bad file stops the start-up)."""
         from prism_ros.prism.config import resolve_device
         from prism_ros.prism.map import GaussianSdfMap
@@ -328,19 +303,8 @@ class PrismNode(LifecycleNode):
         if not path.is_file():
             raise InputError(f"mode is localization but map_path {path} is not a file",
                              "save a map with ~/save_map in slam mode (or prism-ros run), then set map_path to it")
-        loaded = self._usable_map(GaussianSdfMap.load(path, resolve_device(self.filter_config.device)), path)
+        loaded = usable_map(GaussianSdfMap.load(path, resolve_device(config.device)), path, config)
         self.get_logger().info(f"localization mode: {loaded.num_blocks} blocks from {path}, frozen")
-        return loaded
-
-    def _usable_map(self, loaded, path: Path):
-        """``loaded`` when this node can track against it; InputError when it is empty or made with another voxel
-        size than the filter's (its tracking and map settings assume their own)."""
-        if loaded.num_blocks == 0:
-            raise InputError(f"the map in {path} is empty", "save a map after some frames were tracked")
-        voxel = self.filter_config.map.voxel_size
-        if not math.isclose(loaded.config.voxel_size, voxel, rel_tol=1e-6):
-            raise InputError(f"the map in {path} has {loaded.config.voxel_size:g} m voxels, this node's filter "
-                             f"{voxel:g} m", "load it with the filter_config it was made with")
         return loaded
 
     def _create_interfaces(self) -> None:
@@ -460,7 +424,7 @@ class PrismNode(LifecycleNode):
         if self._parameter_callback is not None:
             self.remove_on_set_parameters_callback(self._parameter_callback)
             self._parameter_callback = None
-        self.filter = self.map_publisher = self.outputs = None
+        self.session = self.map_publisher = self.outputs = None
         self._worker = self._map_thread = None
         self._periodic = []
         self._inactive = True
@@ -612,18 +576,7 @@ class PrismNode(LifecycleNode):
         if pose is None:
             return
         T_map_base, covariance = pose[0], self._pose_covariance(pose[1], pose[0])
-        stamp = self._pose_time(msg)
-        with self._map_lock:
-            t = stamp if stamp is not None else (self._last_processed_t or 0.0)
-            if self.filter.state is None:  # before the first frame: the filter starts there (gravity included)
-                self.filter = self._new_filter(T_map_base @ self.T_base_camera, covariance)
-                self._start_after = stamp or 0.0  # queued frames older than the pose are skipped
-            else:
-                self.filter.relocalize(T_map_base @ self.T_base_camera, t, covariance)
-            self._level_pending = False  # the pose's frame is the map's now: no levelling restart
-            self._restart = None  # a later pose wins over a pending ~/reset_at_pose
-            self._generation += 1  # PRISM's pose jumps: odom absorbs it (MapOdom)
-            self._last_processed_t = t if self._last_processed_t is None else max(t, self._last_processed_t)
+        self.session.relocalize(T_map_base, covariance, self._pose_time(msg))
         with self._stats_lock:
             self.stats.relocalizations += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
@@ -640,52 +593,13 @@ class PrismNode(LifecycleNode):
         stamp = self._pose_time(msg)
         reason = (f"pose received on ~/reset_at_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                   f"{self.values['map_frame']}")
-        with self._map_lock:  # T_base_camera changes with the stereo rectification (worker, map lock held)
-            T_camera = T_map_base @ self.T_base_camera
-            tracked = next((T for t, T in reversed(self._tracked) if stamp is not None and abs(t - stamp) < 1e-6),
-                           None)
-            if tracked is not None:  # that image is behind us: restart where PRISM's tracking since then puts it
-                self._restart = (T_camera @ np.linalg.inv(tracked), covariance, reason)
-                return
-            behind = stamp is not None and self._last_processed_t is not None and stamp <= self._last_processed_t
-            self._reset(reason, initial_pose=T_camera, initial_covariance=covariance)
-            self._start_after = stamp or 0.0  # that image is still queued: it starts the new map
-        if behind:
+        when = self.session.reset_at_pose(T_map_base, covariance, stamp, reason)
+        if when == "later":  # that image is behind us: the restart follows PRISM's tracking since then
+            return
+        self._after_requested_reset(reason)
+        if when == "behind":
             self.get_logger().warning(f"~/reset_at_pose: the image at {stamp:.6f} s was processed but not tracked "
                                       "(lost, or before a restart): its pose is applied to the next frame as it is")
-
-    def _restart_with(self, frame: Frame, estimate):
-        """Wipe the map and start a new one on this frame, at its tracked pose moved into the reset pose's frame:
-        ``E = T_reset inv(T_tracked at that image)``, so the motion since that image is not lost."""
-        E, covariance, reason = self._restart
-        self._restart = None
-        self._reset(reason, initial_pose=E @ np.asarray(estimate.T_world_camera, dtype=np.float64),
-                    initial_covariance=covariance, log=False)
-        self.get_logger().info(f"{reason}: filter and map reset; the new map starts at the frame of "
-                               f"{frame.timestamp:.6f} s, placed through PRISM's tracking since that image")
-        return self.filter.step(frame)
-
-    def _level_map(self, frame: Frame, estimate):
-        """Gravity is known in the start frame: restart the map level (z up, the same origin and heading) on this
-        frame when it is tilted more than ``level_tolerance_deg``. Only the first moments of map are dropped;
-        odom stays continuous, the pose in the map moves once."""
-        self._level_pending = False
-        gravity = np.asarray(self.filter.transition.gravity, dtype=np.float64)
-        down = gravity / np.linalg.norm(gravity)
-        tilt = float(np.degrees(np.arccos(np.clip(-down[2], -1.0, 1.0))))
-        if tilt <= self.values["level_tolerance_deg"]:
-            self.map_level = f"level (start frame {tilt:.2f} deg from gravity)"
-            return estimate
-        axis = np.cross(down, [0.0, 0.0, -1.0])
-        axis = axis / np.linalg.norm(axis) if np.linalg.norm(axis) > 1e-12 else np.array([1.0, 0.0, 0.0])
-        level = np.eye(4)
-        level[:3, :3] = so3_exp_np(axis * np.radians(tilt))  # takes the estimated down to -z
-        self._reset("map levelled", initial_pose=level @ np.asarray(estimate.T_world_camera, dtype=np.float64),
-                    log=False)
-        self.map_level = f"levelled ({tilt:.2f} deg) at {frame.timestamp:.3f} s"
-        self.get_logger().info(f"gravity estimated: the start frame was {tilt:.2f} deg from level; the map restarts "
-                               f"level (z up) at the frame of {frame.timestamp:.6f} s (odom stays continuous)")
-        return self.filter.step(frame)
 
     def _watchdog(self) -> None:
         """Images arrive but no set is complete: name the missing stream, or the stamps that disagree.
@@ -757,7 +671,7 @@ class PrismNode(LifecycleNode):
             self.stats.time_jumps += 1
         self._log_once("time_jump", f"{reason}: filter and map reset (counted in /diagnostics as time_jumps; logged "
                        "once)", level="info")
-        self._reset(reason, log=False)
+        self.session.reset(reason)  # the stamp order moved on already
 
     def _assemble(self, item: PendingFrame) -> Frame | None:
         """The set as a checked Frame (None: bad input, counted), once its IMU window has arrived."""
@@ -775,58 +689,36 @@ class PrismNode(LifecycleNode):
         return frame
 
     def _step(self, frame: Frame):
-        """``PrismFilter.step`` on the frame with its IMU samples and command, under the map lock: (estimate, step
-        ms, generation of PRISM's pose), or None when the frame is skipped (paused, older than a pose input,
-        missing input the model needs, refused)."""
-        with self._map_lock:
-            if self._paused:
-                with self._stats_lock:
-                    self.stats.skipped_paused += 1
-                return None
-            if (self.filter.state is not None and frame.timestamp <= self.filter.state.t) or \
-                    frame.timestamp < self._start_after:
-                with self._stats_lock:  # older than a relocalized or initial pose: it would predict backwards
-                    self.stats.superseded += 1
-                return None
-            starts_map = self.filter.state is None and not self.filter.map_frozen
-            if starts_map and frame.extras.get("smooth_fraction", 1.0) < FIRST_FRAME_SMOOTHNESS:
-                need, got = 100 * FIRST_FRAME_SMOOTHNESS, 100 * frame.extras["smooth_fraction"]
-                self._bad_input("bad_depth", f"the first frame of a map needs depth on surfaces ({need:.0f}% of "
-                                f"neighbouring pixels agreeing), this one has {got:.1f}%; frame skipped, the next "
-                                "may start it", "point the camera at a scene it can see (check depth_topic and "
-                                "depth_scale)")
-                return None
-            frame.imu = self.motion.take_imu(frame.timestamp, after=self._last_processed_t)
-            frame.control = self.motion.control_at(frame.timestamp)
-            model = self.filter_config.dynamics.model
-            if model == "imu" and self.filter.state is not None and not len(frame.imu):
-                self._bad_input("missing_imu", f"no IMU sample on {self.values['imu_topic']} between the previous "
-                                f"frame and {frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
-                                "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
-                return None
-            if model == "control" and frame.control is None:
-                self._bad_input("missing_control", f"no command on {self.values['control_topic']} at or before "
-                                f"{frame.timestamp:.6f} s; frame skipped (the control model cannot predict)",
-                                "check control_topic and control_type, or use transition_model:=constant_velocity")
-                return None
-            started = time.perf_counter()
-            try:
-                estimate = self.filter.step(frame)
-            except InputError as error:
-                self._bad_input("filter_error", f"the filter rejected the frame: {error}",
-                                error.fix or "check the input")
-                return None
-            if self._restart is not None:  # a ~/reset_at_pose for an image already tracked
-                estimate = self._restart_with(frame, estimate)
-            if self._level_pending and self.filter.transition.alignment is None:  # gravity just estimated
-                estimate = self._level_map(frame, estimate)
-            step_ms = 1e3 * (time.perf_counter() - started)
-            self._last_processed_t = frame.timestamp
-            if estimate.tracking_ok:
-                self._tracked.append((frame.timestamp, np.asarray(estimate.T_world_camera, dtype=np.float64)))
-            self._map_dirty = self._map_dirty or estimate.tracking_ok
-            generation = self._generation
-        return estimate, step_ms, generation
+        """The session's step on the frame with its IMU samples and command: (estimate, step ms, generation of
+        PRISM's pose), or None when the frame is skipped (paused, older than a pose input, missing input the
+        model needs, refused), counted."""
+        if self._paused:
+            with self._stats_lock:
+                self.stats.skipped_paused += 1
+            return None
+        stepped = self.session.step(frame, self.motion)
+        if stepped.skipped is None:
+            return stepped.estimate, stepped.step_ms, stepped.generation
+        v = self.values
+        if stepped.skipped == "superseded":
+            with self._stats_lock:
+                self.stats.superseded += 1
+        elif stepped.skipped == "bad_depth":
+            self._bad_input("bad_depth", f"the first frame of a map needs depth on surfaces "
+                            f"({100 * FIRST_FRAME_SMOOTHNESS:.0f}% of neighbouring pixels agreeing), this one has "
+                            f"{stepped.problem}%; frame skipped, the next may start it", "point the camera at a "
+                            "scene it can see (check depth_topic and depth_scale)")
+        elif stepped.skipped == "missing_imu":
+            self._bad_input("missing_imu", f"no IMU sample on {v['imu_topic']} between the previous frame and "
+                            f"{frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
+                            "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
+        elif stepped.skipped == "missing_control":
+            self._bad_input("missing_control", f"no command on {v['control_topic']} at or before "
+                            f"{frame.timestamp:.6f} s; frame skipped (the control model cannot predict)",
+                            "check control_topic and control_type, or use transition_model:=constant_velocity")
+        else:
+            self._bad_input(stepped.skipped, stepped.problem, stepped.fix)
+        return None
 
     def _count(self, frame: Frame, estimate, step_ms: float) -> None:
         with self._stats_lock:
@@ -890,62 +782,39 @@ class PrismNode(LifecycleNode):
             T_base_left = self.outputs.tf.lookup(v["base_frame"], camera_frame)
         except TransformError as error:
             raise BadInput("missing_tf", f"camera extrinsics not on TF yet ({error}); frame skipped", fix) from None
-        with self._map_lock:
-            initial = self.filter.initial_pose  # T_world_camera of the old camera: keep the base pose
-            if initial is not None:
-                initial = initial @ self.T_camera_base
-            v["T_base_camera"] = T_base_left.ravel().tolist()
-            self._set_extrinsics(self.T_left_rect)
-            if self.filter.state is None:
-                self.filter = self._new_filter(None if self._default_start else initial @ self.T_base_camera,
-                                               self.filter.initial_pose_covariance)
-            else:
-                self._reset("camera extrinsics found on TF", log=False)
+        v["T_base_camera"] = T_base_left.ravel().tolist()
+        self.session.move_camera(T_base_left=T_base_left)
         self._extrinsics_known = True
         self.get_logger().info(f"camera extrinsics from TF: {v['base_frame']} -> {camera_frame} at "
                                f"{np.round(T_base_left[:3, 3], 3).tolist()}")
 
     def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:
-        """Make the rectified left camera of ``T_left_rect`` the filter's camera. Before the first frame the
-        filter is rebuilt with it (an /initialpose kept: same base pose); later the filter and map are reset
-        (the map was fused in the old camera)."""
-        if np.allclose(T_left_rect, self.T_left_rect, atol=1e-9):
+        """Make the rectified left camera of ``T_left_rect`` the filter's camera (before the first frame the filter
+        is rebuilt with it; later the filter and map restart: the map was fused in the old camera)."""
+        if np.allclose(T_left_rect, self.session.T_left_rect, atol=1e-9):
             return
-        with self._map_lock:
-            started = self.filter.state is not None
-            initial = self.filter.initial_pose
-            if initial is not None:  # T_world_camera of the old camera -> of the new one, same base pose
-                initial = initial @ np.linalg.inv(self.T_left_rect) @ T_left_rect
-            self._set_extrinsics(T_left_rect)
-            if not started:
-                self.filter = self._new_filter(None if self._default_start else initial,
-                                               self.filter.initial_pose_covariance)
-                return
-        self._reset("stereo rectification changed", log=False)
-        self.get_logger().info("the stereo rectification changed (new calibration or image size): filter and map reset")
+        if self.session.move_camera(T_left_rect=T_left_rect):
+            self.get_logger().info("the stereo rectification changed (new calibration or image size): filter and map "
+                                   "reset")
 
-    def _reset(self, reason: str, initial_pose: np.ndarray | None = None, log: bool = True,
-               initial_covariance: np.ndarray | None = None) -> None:
-        """A fresh filter and empty map (``initial_pose``: T_world_camera of the next frame, with its left
-        ``initial_covariance`` when given). ``log=False``: a reset the node makes itself (a time jump, a restart,
-        levelling, new extrinsics or rectification), which keeps the stamp order and logs on its own."""
-        with self._map_lock:
-            self.filter = self._new_filter(initial_pose, initial_covariance)
-            self._generation += 1  # PRISM's pose jumps: odom absorbs it (MapOdom)
-            self._last_processed_t = None
-            self._start_after = 0.0
-            self.outputs.clear_path()
-            self._tracked.clear()
-            self._restart = None
-            self._clear_map_display()
-        if log:  # requested: any stamp is welcome next
-            with self._order_lock:
-                self.order.reset()
+    def _reset(self, reason: str) -> None:
+        """A requested reset (~/reset, a time jump): a fresh filter and empty map."""
+        self.session.reset(reason)
+        self._after_requested_reset(reason)
+
+    def _after_requested_reset(self, reason: str) -> None:
+        """After a reset someone asked for: any stamp is welcome next, and it is said."""
+        with self._order_lock:
+            self.order.reset()
+        self.get_logger().info(f"{reason}: filter and map reset")
+
+    def _forget_old_map(self, _reason: str) -> None:
+        """The session wiped the filter and map (its lock held): forget the path and mesh of the old one."""
+        self.outputs.clear_path()
+        self._clear_map_display()
         with self._stats_lock:
             self.stats.resets += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
-        if log:
-            self.get_logger().info(f"{reason}: filter and map reset")
 
     def _publish_maps(self, stop: threading.Event) -> None:
         """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
@@ -973,9 +842,9 @@ class PrismNode(LifecycleNode):
     def _map_snapshot(self):
         """(map copy, stamp, generation) when frames were fused since the last one, else None."""
         with self._map_lock:
-            if not self._map_dirty or self.map_publisher is None:
+            if not self.session.map_dirty or self.map_publisher is None:
                 return None
-            self._map_dirty = False
+            self.session.map_dirty = False
             return self.filter.map.clone(), self._last_stamp_msg, self._map_generation
 
     def _publish_map_part(self, snapshot, stamp, generation) -> bool:
@@ -989,7 +858,7 @@ class PrismNode(LifecycleNode):
     def _clear_map_display(self) -> None:
         """After a reset or load (map lock held): forget the published mesh; the next publish sends all."""
         self._map_generation += 1
-        self._map_dirty = False
+        self.session.map_dirty = False
         if self.map_publisher is not None:
             with self._publish_lock:
                 self.map_publisher.reset()
@@ -1050,7 +919,7 @@ class PrismNode(LifecycleNode):
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
         values["map_blocks"] = sdf_map.num_blocks
         values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"
-        values.update({"device": self.device, "mode": self.values["mode"], "map_level": self.map_level,
+        values.update({"device": self.device, "mode": self.values["mode"], "map_level": self.session.map_level,
                        "transition_model": self.filter_config.dynamics.model,
                        "synchroniser": self.sync.implementation,
                        "tf": ("not available (tf2_msgs missing)" if not self.outputs.tf.available else
@@ -1130,67 +999,25 @@ class PrismNode(LifecycleNode):
         return Path(self.values["map_path"]).expanduser()
 
     def _srv_save_map(self, _request, response):
-        path = self._map_file()
-        if self._frozen_map is not None:
-            response.success = False
-            response.message = (f"localization mode: the map from {path} is never changed, so there is nothing to "
-                                "save -> run in mode slam to build and save a map")
-            self._failure("save_map", response.message)
-            return response
-        fix = "set map_path to a writable file, e.g. ros2 param set /prism_node map_path /tmp/prism_map.pt"
         try:
-            with self._map_lock:  # a snapshot: frames keep flowing while the file and the mesh are written
-                sdf_map = self.filter.map.clone()
-            if sdf_map.num_blocks == 0:
-                raise InputError("the map is empty", "save after some frames were processed")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            sdf_map.save(partial)
-            partial.replace(path)
-            blocks = sdf_map.num_blocks
-            mesh_note = self._save_mesh(sdf_map, path.with_suffix(".ply"))
+            response.message = self.session.save_map(self._map_file())
         except InputError as error:
-            response.success, response.message = False, f"cannot save the map to {path}: {error}"
-            self._failure("save_map", response.message)
-            return response
-        except (OSError, RuntimeError) as error:  # torch.save reports unwritable files as RuntimeError
-            try:
-                path.with_name(path.name + ".partial").unlink(missing_ok=True)
-            except OSError:
-                pass
-            reason = getattr(error, "strerror", None) or str(error)
-            response.success, response.message = False, f"cannot save the map to {path}: {reason} -> {fix}"
+            response.success, response.message = False, str(error)
             self._failure("save_map", response.message)
             return response
         response.success = True
-        response.message = f"saved {blocks} blocks to {path}; {mesh_note}"
         self.get_logger().info(response.message)
         return response
-
-    @staticmethod
-    def _save_mesh(sdf_map, mesh_path: Path) -> str:
-        """The map's mesh beside the map file; without scikit-image (marching cubes) the map file alone is saved."""
-        from prism_ros.prism.mesh import extract_mesh, write_ply
-
-        try:
-            mesh = extract_mesh(sdf_map)
-        except ImportError as error:
-            return f"mesh not written ({error}) -> install scikit-image (rosdep key python3-skimage)"
-        write_ply(mesh, mesh_path)
-        return f"the mesh ({len(mesh.faces)} faces) to {mesh_path}"
 
     def _srv_load_map(self, _request, response):
         from prism_ros.prism.map import GaussianSdfMap
 
         path = self._map_file()
         try:
-            loaded = self._usable_map(GaussianSdfMap.load(path, self.filter.device), path)  # before taking the lock
-            with self._map_lock:
-                self.filter.map = loaded
-                if self._frozen_map is not None:
-                    self._frozen_map = loaded
+            loaded = usable_map(GaussianSdfMap.load(path, self.filter.device), path, self.filter_config)
+            with self._map_lock:  # loaded before taking it
                 self._clear_map_display()
-                self._map_dirty = True
+                self.session.use_map(loaded)
         except InputError as error:
             response.success, response.message = False, f"cannot load the map: {error}"
             self._failure("load_map", response.message)
