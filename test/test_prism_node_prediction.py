@@ -100,7 +100,9 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         last = probe.got["pose"][-1]
         last_t = stamp_to_sec(last.header.stamp)
         assert abs(last_t - frames[-1].timestamp) < 1e-6
+        # markers and path of one rollout set travel on two topics: either may arrive first
         assert probe.spin_until(lambda: any(stamp_to_sec(p.header.stamp) == last_t for p in got["predicted_path"])
+                                and any(stamp_to_sec(m.markers[0].header.stamp) == last_t for m in got["rollouts"])
                                 and got["cost_cloud"], 20), (done, {k: len(v) for k, v in got.items()})
 
         # rollouts from the last frame's state: strips, the mean path, constant-velocity motion
