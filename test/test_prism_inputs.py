@@ -82,3 +82,33 @@ def test_imu_samples_beyond_any_imu_range_are_bad_input():
         else:
             motion.add_imu(msg)
     assert [s[0] for s in motion.imu] == [T0 / 1e9, (T0 + 3 * P) / 1e9]  # a 15 g, 30 rad/s sample is kept
+
+
+def test_sync_watch_names_the_missing_stream_or_the_disagreeing_stamps():
+    import time
+
+    from prism_ros.nodes.prism_inputs import SyncWatch
+
+    watch = SyncWatch(["rgb", "depth", "camera_info"], {"rgb": "/c/rgb", "depth": "/c/depth",
+                                                        "camera_info": "/c/info"})
+    assert watch.check(0.05, 0.01) is None  # nothing arrived
+    for k in range(3):  # colour and depth, no CameraInfo
+        watch.arrived(0, k * 10**8)
+        watch.arrived(1, k * 10**8)
+    time.sleep(0.08)
+    watch.arrived(0, 3 * 10**8)
+    watch.arrived(1, 3 * 10**8)
+    bad, count = watch.check(0.05, 0.01)
+    assert bad.cause == "missing_camera_info" and "/c/info" in bad.problem and count == 4
+    assert watch.check(0.05, 0.01) is None  # said once per run of unmatched images
+    for role in range(3):  # all three, stamps 0.3 s apart: unsynchronised
+        watch.arrived(role, role * 3 * 10**8)
+    time.sleep(0.06)
+    for role in range(3):
+        watch.arrived(role, 10**9 + role * 3 * 10**8)
+    bad, count = watch.check(0.05, 0.01)
+    assert bad.cause == "unsynchronised" and "spread 0.600 s" in bad.problem and count == 2
+    watch.arrived(0, 2 * 10**9)  # a set that completes in time is no problem
+    watch.matched()
+    time.sleep(0.06)
+    assert watch.check(0.05, 0.01) is None

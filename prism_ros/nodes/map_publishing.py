@@ -453,3 +453,59 @@ def _colours(rgb: np.ndarray) -> list[ColorRGBA]:
         colour._r, colour._g, colour._b, colour._a, colour._check_fields = r, g, b, 1.0, False
         out.append(colour)
     return out
+
+
+class MapStream:
+    """A node's map thread: every ``period()`` seconds (steady clock), the mesh and cloud of a snapshot of its
+    map through ``publisher``.
+
+    ``snapshot()`` gives (map copy, stamp, generation) when the map changed since its last call, else None; it
+    copies the map (``GaussianSdfMap.clone``, a few ms) and reads :attr:`generation` under the map's lock, so
+    frames keep flowing while the mesh is built and sent. The mesh goes out in messages of at most the
+    publisher's ``max_groups`` block groups (rclpy converts a whole MarkerArray while holding the GIL: a whole
+    map's would stall the filter thread for as long), and the thread rests ``(1 - duty) / duty`` times what each
+    message took, so it takes at most ``duty`` of the time; a larger map updates more slowly instead of slowing
+    the poses. ``on_error(error)``: an unexpected error of one round (the thread goes on)."""
+
+    def __init__(self, publisher: MapPublisher, period, snapshot, on_error, duty: float = 0.25):
+        self.publisher, self.period, self.snapshot, self.on_error, self.duty = publisher, period, snapshot, \
+            on_error, duty
+        self.generation = 0  # +1 per reset or load: a snapshot of an older map is not published
+        self._lock = threading.Lock()  # publishing a part vs clearing the display
+        self._thread: threading.Thread | None = None
+
+    def forget(self) -> None:
+        """After a reset or load (the map's lock held): clear the display; the next snapshot sends everything."""
+        self.generation += 1
+        with self._lock:
+            self.publisher.reset()
+
+    def start(self, stop: threading.Event, name: str = "map") -> None:
+        self._thread = threading.Thread(target=self._run, args=(stop,), name=name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.period()):
+            try:
+                snapshot = self.snapshot()
+                while snapshot is not None and not stop.is_set():
+                    started = time.perf_counter()
+                    if not self._publish_part(*snapshot):
+                        break
+                    stop.wait((time.perf_counter() - started) * (1.0 - self.duty) / self.duty)
+            except Exception as error:
+                if stop.is_set():
+                    return
+                self.on_error(error)
+
+    def _publish_part(self, sdf_map, stamp, generation: int) -> bool:
+        """Publish the next part of the snapshot's changes; whether groups are left for another part."""
+        with self._lock:
+            if generation != self.generation:  # reset or loaded meanwhile: that snapshot is stale
+                return False
+            self.publisher.publish_map(sdf_map, stamp)
+            return self.publisher.stats.pending_groups > 0

@@ -73,6 +73,63 @@ class PendingFrame:
     right: Any = None
 
 
+class SyncWatch:
+    """Why images arrive but no synchronised set completes: a stream that is missing, or streams whose stamps
+    never agree. ``roles``: the synchronised inputs in order, colour first; ``topics``: role -> topic.
+
+    :meth:`check` speaks when a colour image has waited ``timeout`` for its set while images keep arriving, so a
+    stalled publisher whose next set arrives a message at a time is not mistaken for a missing stream."""
+
+    FIXES = {"camera_info": "publish the camera's CameraInfo (remap camera_info_topic), or set "
+                            "intrinsics_source:=parameters with intrinsics:=[fx, fy, cx, cy]",
+             "depth": "check depth_topic (and that the depth driver runs)",
+             "right": "check right_topic (the right camera's image, stamped like the left one)",
+             "rgb": "check rgb_topic (and rgb_compressed for CompressedImage)"}
+
+    def __init__(self, roles: list[str], topics: dict[str, str]):
+        self.roles, self.topics = list(roles), dict(topics)
+        self._lock = threading.Lock()
+        self._arrivals: list[float | None] = [None] * len(roles)  # time.monotonic() of each input's last message
+        self._stamps: list[int | None] = [None] * len(roles)
+        self._unmatched = 0  # colour images since the last set
+        self._unmatched_since: float | None = None  # arrival of the oldest of them
+
+    def arrived(self, index: int, stamp_ns: int) -> None:
+        with self._lock:
+            self._arrivals[index] = time.monotonic()
+            self._stamps[index] = stamp_ns
+            if index == 0:
+                if not self._unmatched:
+                    self._unmatched_since = self._arrivals[0]
+                self._unmatched += 1
+
+    def matched(self) -> None:
+        with self._lock:
+            self._unmatched_since, self._unmatched = None, 0
+
+    def check(self, timeout: float, slop: float) -> tuple[BadInput, int] | None:
+        """The problem and how many colour images it cost, or None."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [a is not None and now - a < timeout for a in self._arrivals]
+            waited = self._unmatched_since is not None and now - self._unmatched_since > timeout
+            if not (any(recent) and waited):
+                return None
+            count, stamps = max(1, self._unmatched), list(self._stamps)
+            self._unmatched, self._unmatched_since = 0, None
+        arriving = ", ".join(r for r, ok in zip(self.roles, recent) if ok)
+        missing = [role for role, ok in zip(self.roles, recent) if not ok]
+        if missing:
+            role = missing[0]
+            return BadInput(f"missing_{role}", f"no {role} on {self.topics[role]} for {timeout:.1f} s while "
+                            f"{arriving} arrive; frames cannot be synchronised", self.FIXES[role]), count
+        spread = (max(stamps) - min(stamps)) / 1e9
+        latest = ", ".join(f"{role} {s / 1e9:.6f}" for role, s in zip(self.roles, stamps))
+        return BadInput("unsynchronised", f"{', '.join(self.roles)} arrive but their stamps never lie within "
+                        f"sync_slop={slop} s (latest: {latest}; spread {spread:.3f} s)",
+                        "stamp all streams from the same clock, or raise sync_slop"), count
+
+
 class Mailbox:
     """Frames waiting for the worker, at most ``capacity``: ``put`` drops the oldest when full (returning it);
     ``take`` waits for the oldest. Capacity 1 is the "latest frame" slot. A dropped frame's reset request

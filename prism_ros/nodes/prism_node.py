@@ -109,13 +109,21 @@ from prism_ros.nodes.conversions import (
     stamp_to_sec,
 )
 from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
-from prism_ros.nodes.map_publishing import MapPublisher
+from prism_ros.nodes.map_publishing import MapPublisher, MapStream
 from prism_ros.nodes.parameters import (
     checked_changes,
     declare,
     read_all,
 )
-from prism_ros.nodes.prism_inputs import BadInput, FrameDecoder, Mailbox, MotionBuffer, PendingFrame, StampOrder
+from prism_ros.nodes.prism_inputs import (
+    BadInput,
+    FrameDecoder,
+    Mailbox,
+    MotionBuffer,
+    PendingFrame,
+    StampOrder,
+    SyncWatch,
+)
 from prism_ros.nodes.prism_outputs import EstimatePublisher
 from prism_ros.nodes.prism_parameters import (
     PARAMETERS,
@@ -128,8 +136,7 @@ from prism_ros.nodes.tf import TransformError
 from prism_ros.prism.session import FIRST_FRAME_SMOOTHNESS, PrismSession, usable_map
 
 NODE_NAME = "prism_node"
-MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see _publish_maps)
-MAP_DUTY = 0.25  # most of the wall time the map thread takes while it has mesh to send
+MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see MapStream)
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 #: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
@@ -190,7 +197,6 @@ class PrismNode(LifecycleNode):
         self._stats_lock = threading.Lock()
         self.health = Health(self.get_logger(), CAUSES, FAILURES)
         self._order_lock = threading.Lock()
-        self._input_lock = threading.Lock()
         self._mailbox = Mailbox()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -205,13 +211,9 @@ class PrismNode(LifecycleNode):
         self._camera_frame = ""
         self.motion = MotionBuffer({}, self._stop)
         self.decoder: FrameDecoder | None = None
-        self._map_generation = 0  # +1 per reset/load: a snapshot of an older map is not published
-        self._publish_lock = threading.Lock()  # map publishing vs clearing the display
-        self._map_thread: threading.Thread | None = None
+        self.map_stream: MapStream | None = None  # the map thread
         self._periodic: list[Periodic] = []  # diagnostics and the input watchdog
-        self._arrivals: list[float | None] = []
-        self._arrival_stamps: list[int | None] = []
-        self._unmatched_since: float | None = None  # arrival of the oldest colour image not yet in a set
+        self.sync_watch: SyncWatch | None = None  # tells a missing stream from unsynchronised ones
         self.session: PrismSession | None = None  # the filter and its map, pose inputs, levelling
         self.map_publisher = None
         self.outputs: EstimatePublisher | None = None
@@ -314,16 +316,14 @@ class PrismNode(LifecycleNode):
         inputs = [(rgb_type, v["rgb_topic"], qos_by_name(v["rgb_qos"], depth))]
         if v["depth_source"] == "stereo":
             inputs.append((Image, v["right_topic"], qos_by_name(v["right_qos"], depth)))
-            self._roles = ["rgb", "right"]
+            roles = ["rgb", "right"]
         else:
             inputs.append((Image, v["depth_topic"], qos_by_name(v["depth_qos"], depth)))
-            self._roles = ["rgb", "depth"]
+            roles = ["rgb", "depth"]
         if v["intrinsics_source"] == "camera_info":
             inputs.append((CameraInfo, v["camera_info_topic"], qos_by_name(v["camera_info_qos"], depth)))
-            self._roles.append("camera_info")
-        self._arrivals = [None] * len(inputs)
-        self._arrival_stamps = [None] * len(inputs)
-        self._unmatched = 0
+            roles.append("camera_info")
+        self.sync_watch = SyncWatch(roles, {role: v[f"{role}_topic"] for role in roles})
         guard = self.health.guard
         self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], guard("frames", self._on_synchronised))
         self._watch_arrivals()
@@ -343,6 +343,8 @@ class PrismNode(LifecycleNode):
         self._extrinsics_known = v["extrinsics_source"] == "parameter"
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
+        self.map_stream = MapStream(self.map_publisher, lambda: self.values["map_publish_period"], self._map_snapshot,
+                                    lambda error: self.health.callback_failed("map_publishing", error))
         services = MutuallyExclusiveCallbackGroup()
         for name, callback in (("reset", self._srv_reset), ("pause", self._srv_pause), ("resume", self._srv_resume),
                                ("save_map", self._srv_save_map), ("load_map", self._srv_load_map)):
@@ -424,17 +426,15 @@ class PrismNode(LifecycleNode):
         if self._parameter_callback is not None:
             self.remove_on_set_parameters_callback(self._parameter_callback)
             self._parameter_callback = None
-        self.session = self.map_publisher = self.outputs = None
-        self._worker = self._map_thread = None
+        self.session = self.map_publisher = self.map_stream = self.outputs = None
+        self._worker = None
         self._periodic = []
         self._inactive = True
 
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work, args=(self._stop,), name="prism_worker", daemon=True)
         self._worker.start()
-        self._map_thread = threading.Thread(target=self._publish_maps, args=(self._stop,), name="prism_map",
-                                            daemon=True)
-        self._map_thread.start()
+        self.map_stream.start(self._stop, name="prism_map")
         for periodic in self._periodic:
             periodic.start()
 
@@ -444,9 +444,10 @@ class PrismNode(LifecycleNode):
         self.motion.wake()
         for periodic in self._periodic:
             periodic.stop()
-        for thread in (self._worker, self._map_thread):
-            if thread is not None:
-                thread.join(timeout)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        if self.map_stream is not None:
+            self.map_stream.join(timeout)
 
     # -- logging and counting -------------------------------------------------------------------
 
@@ -462,19 +463,11 @@ class PrismNode(LifecycleNode):
     # -- executor side: inputs ------------------------------------------------------------------
 
     def _arrived(self, index: int, msg) -> None:
-        with self._input_lock:
-            self._arrivals[index] = time.monotonic()
-            self._arrival_stamps[index] = header_ns(msg)
-            if index == 0:
-                if not self._unmatched:
-                    self._unmatched_since = self._arrivals[0]
-                self._unmatched += 1
+        self.sync_watch.arrived(index, header_ns(msg))
 
     def _on_synchronised(self, rgb, depth_or_right, info=None) -> None:
         now = time.monotonic()
-        with self._input_lock:
-            self._unmatched_since = None
-            self._unmatched = 0
+        self.sync_watch.matched()
         with self._stats_lock:
             self.stats.received += 1
             self.stats.last_set_at = now
@@ -602,39 +595,13 @@ class PrismNode(LifecycleNode):
                                       "(lost, or before a restart): its pose is applied to the next frame as it is")
 
     def _watchdog(self) -> None:
-        """Images arrive but no set is complete: name the missing stream, or the stamps that disagree.
-
-        It fires when a colour image has waited ``input_timeout`` for its set while images keep arriving, so a
-        stalled publisher whose next set arrives a message at a time is not mistaken for a missing stream.
-        """
-        now = time.monotonic()
-        timeout = self.values["input_timeout"]
-        with self._input_lock:
-            recent = [a is not None and now - a < timeout for a in self._arrivals]
-            waited = self._unmatched_since is not None and now - self._unmatched_since > timeout
-            unmatched, stamps = self._unmatched, list(self._arrival_stamps)
-            if not (any(recent) and waited and not self._paused):
-                return
-            self._unmatched, self._unmatched_since = 0, None
-        count = max(1, unmatched)
-        missing = [role for role, ok in zip(self._roles, recent) if not ok]
-        if missing:
-            role = missing[0]
-            topic = self.values[f"{role}_topic"]
-            fixes = {"camera_info": "publish the camera's CameraInfo (remap camera_info_topic), or set "
-                                    "intrinsics_source:=parameters with intrinsics:=[fx, fy, cx, cy]",
-                     "depth": "check depth_topic (and that the depth driver runs)",
-                     "right": "check right_topic (the right camera's image, stamped like the left one)",
-                     "rgb": "check rgb_topic (and rgb_compressed for CompressedImage)"}
-            self._bad_input(f"missing_{role}", f"no {role} on {topic} for {timeout:.1f} s while "
-                            f"{', '.join(r for r, ok in zip(self._roles, recent) if ok)} arrive; frames cannot be "
-                            "synchronised", fixes[role], count)
+        """Images arrive but no set is complete: name the missing stream, or the stamps that disagree."""
+        if self._paused:
             return
-        spread = (max(stamps) - min(stamps)) / 1e9
-        latest = ", ".join(f"{role} {s / 1e9:.6f}" for role, s in zip(self._roles, stamps))
-        self._bad_input("unsynchronised", f"{', '.join(self._roles)} arrive but their stamps never lie within "
-                        f"sync_slop={self.values['sync_slop']} s (latest: {latest}; spread {spread:.3f} s)",
-                        "stamp all streams from the same clock, or raise sync_slop", count)
+        found = self.sync_watch.check(self.values["input_timeout"], self.values["sync_slop"])
+        if found is not None:
+            bad, count = found
+            self._bad_input(bad.cause, bad.problem, bad.fix, count)
 
     # -- worker side ----------------------------------------------------------------------------
 
@@ -816,52 +783,19 @@ class PrismNode(LifecycleNode):
             self.stats.resets += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
 
-    def _publish_maps(self, stop: threading.Event) -> None:
-        """Map thread: every ``map_publish_period`` s (steady clock), mesh and cloud of a snapshot of the map.
-
-        The snapshot (``GaussianSdfMap.clone`` under the map lock, a few ms) keeps the frames flowing while the
-        mesh is built and sent. The mesh goes out in messages of at most ``MAP_GROUPS_PER_MESSAGE`` block groups
-        (rclpy converts a whole MarkerArray while holding the GIL: a whole map's would stall the filter thread for
-        as long), and the thread rests ``(1 - MAP_DUTY) / MAP_DUTY`` times what each
-        message took, so it takes at most ``MAP_DUTY`` of the time the filter has; a larger map updates more
-        slowly instead of slowing the poses."""
-        while not stop.wait(self.values["map_publish_period"]):
-            try:
-                snapshot = self._map_snapshot()
-                while snapshot is not None and not stop.is_set():
-                    started = time.perf_counter()
-                    if not self._publish_map_part(*snapshot):
-                        break
-                    stop.wait((time.perf_counter() - started) * (1.0 - MAP_DUTY) / MAP_DUTY)
-            except Exception as error:
-                if stop.is_set():
-                    return
-                self._bad_input("filter_error", f"map publishing failed: {type(error).__name__}: {error}\n"
-                                f"{traceback.format_exc()}", "report this with the log")
-
     def _map_snapshot(self):
-        """(map copy, stamp, generation) when frames were fused since the last one, else None."""
+        """(map copy, stamp, generation) for the map thread when frames were fused since the last one, else None."""
         with self._map_lock:
-            if not self.session.map_dirty or self.map_publisher is None:
+            if not self.session.map_dirty:
                 return None
             self.session.map_dirty = False
-            return self.filter.map.clone(), self._last_stamp_msg, self._map_generation
-
-    def _publish_map_part(self, snapshot, stamp, generation) -> bool:
-        """Publish the next part of the snapshot's changes; whether groups are left for another part."""
-        with self._publish_lock:
-            if generation != self._map_generation:  # reset or loaded meanwhile: that snapshot is stale
-                return False
-            self.map_publisher.publish_map(snapshot, stamp)
-            return self.map_publisher.stats.pending_groups > 0
+            return self.filter.map.clone(), self._last_stamp_msg, self.map_stream.generation
 
     def _clear_map_display(self) -> None:
         """After a reset or load (map lock held): forget the published mesh; the next publish sends all."""
-        self._map_generation += 1
         self.session.map_dirty = False
-        if self.map_publisher is not None:
-            with self._publish_lock:
-                self.map_publisher.reset()
+        if self.map_stream is not None:
+            self.map_stream.forget()
 
     # -- prediction: rollouts and costmap (own threads) --------------------------------------------
 
