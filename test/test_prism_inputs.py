@@ -112,3 +112,42 @@ def test_sync_watch_names_the_missing_stream_or_the_disagreeing_stamps():
     watch.matched()
     time.sleep(0.06)
     assert watch.check(0.05, 0.01) is None
+
+
+def test_pose_inputs_are_read_into_the_map_frame_or_refused():
+    import numpy as np
+    import pytest
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+
+    from prism_ros.geometry.transform_tree import TransformError
+    from prism_ros.nodes.conversions import matrix_to_pose
+    from prism_ros.nodes.prism_inputs import BadInput, read_pose_input
+
+    T_map_odom = np.eye(4)
+    T_map_odom[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # odom turned 90 degrees about z
+    T_map_odom[:3, 3] = [1.0, 2.0, 0.0]
+
+    def lookup(target, source, t, tolerance):
+        if (target, source) == ("map", "odom"):
+            return T_map_odom
+        raise TransformError(f"no transform from {source} to {target}")
+
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id = "odom"
+    T_odom_base = np.eye(4)
+    T_odom_base[:3, 3] = [0.5, 0.0, 0.0]
+    msg.pose.pose = matrix_to_pose(T_odom_base)
+    msg.pose.covariance = np.diag([0.01, 0.04, 0.0001, 1e-4, 1e-4, 1e-3]).ravel().tolist()
+    T_map_base, covariance = read_pose_input(msg, "/initialpose", "map", lookup, 0.1)
+    assert np.allclose(T_map_base, T_map_odom @ T_odom_base)
+    assert covariance.shape == (6, 6) and np.all(np.linalg.eigvalsh(covariance) > 0)
+    msg.pose.covariance = [0.0] * 36  # no covariance given: the filter's own is used
+    assert read_pose_input(msg, "/initialpose", "map", lookup, 0.1)[1] is None
+    msg.header.frame_id = "elsewhere"
+    with pytest.raises(BadInput, match="in frame 'elsewhere'") as refused:
+        read_pose_input(msg, "/initialpose", "map", lookup, 0.1)
+    assert refused.value.cause == "bad_initial_pose"
+    msg.header.frame_id = "map"
+    msg.pose.pose.position.x = float("nan")
+    with pytest.raises(BadInput, match="non-finite"):
+        read_pose_input(msg, "~/set_pose", "map", lookup, 0.1)

@@ -21,12 +21,17 @@ from prism_ros.nodes.conversions import (
     camera_info_to_intrinsics,
     compressed_source_encoding,
     compressed_to_numpy,
+    covariance_from_msg,
     depth_to_metres,
     header_ns,
     image_to_numpy,
+    pose_to_matrix,
+    ros_covariance_to_left,
+    stamp_to_sec,
     to_rgb,
 )
 from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, GREY_ENCODINGS, RGB_ENCODINGS, right_camera
+from prism_ros.nodes.tf import TransformError
 from prism_ros.prism.stereo import StereoConfig, StereoRectifier, rgbd_frame
 
 IMU_BUFFER = 4000  # samples kept (20 s at 200 Hz)
@@ -71,6 +76,43 @@ class PendingFrame:
     received: float  # time.monotonic() when the set was complete
     reset_reason: str | None = None
     right: Any = None
+
+
+def read_pose_input(msg, topic: str, map_frame: str, lookup, tolerance: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """T_map_base of a pose input (geometry_msgs/PoseWithCovarianceStamped) and the filter's left covariance of
+    it, None when the message's is not a usable covariance (not positive definite, or too large to handle: the
+    filter's own is used then). A pose in another frame (e.g. odom) is brought into ``map_frame`` through
+    ``lookup(target, source, t, tolerance)`` (TF) at its stamp. BadInput (bad_initial_pose) when it is not finite,
+    not a rotation, or in a frame TF does not connect."""
+    frame = msg.header.frame_id.lstrip("/") or map_frame
+    try:
+        T_frame_base = pose_to_matrix(msg.pose.pose)
+    except InputError as error:
+        raise BadInput("bad_initial_pose", f"{topic}: {error.problem}", error.fix or "send a unit quaternion") from None
+    covariance = covariance_from_msg(msg.pose.covariance)
+    if not np.isfinite(T_frame_base).all() or not np.isfinite(covariance).all():
+        raise BadInput("bad_initial_pose", f"{topic} has non-finite values", "send a finite pose and covariance")
+    if frame != map_frame:
+        stamp = stamp_to_sec(msg.header.stamp)
+        try:
+            T_map_frame = lookup(map_frame, frame, stamp if stamp > 0 else None, tolerance)
+        except TransformError as error:
+            raise BadInput("bad_initial_pose", f"{topic} is in frame {frame!r}: {error}",
+                           f"send it in {map_frame!r}, or in a frame TF connects to it") from None
+        rotate = np.kron(np.eye(2), T_map_frame[:3, :3])  # position and fixed-axis rotation errors turn alike
+        T_frame_base, covariance = T_map_frame @ T_frame_base, rotate @ covariance @ rotate.T
+    return T_frame_base, _left_covariance(covariance, T_frame_base)
+
+
+def _left_covariance(ros_covariance: np.ndarray, T_map_base: np.ndarray) -> np.ndarray | None:
+    try:
+        covariance = ros_covariance_to_left(ros_covariance, T_map_base[:3, 3])
+        with np.errstate(all="ignore"):
+            symmetric = 0.5 * (covariance + covariance.T)
+            usable = np.isfinite(symmetric).all() and np.all(np.linalg.eigvalsh(symmetric) > 0)
+    except (np.linalg.LinAlgError, ValueError, OverflowError):
+        return None
+    return covariance if usable else None
 
 
 class SyncWatch:

@@ -1,80 +1,18 @@
-"""prism_node: the PRISM filter as a ROS 2 node (a thin adapter: messages <-> numpy, parameters, threads).
+"""prism_node: the PRISM filter as a ROS 2 node, a thin adapter around
+:class:`prism_ros.prism.session.PrismSession` (messages <-> core types, parameters, threads, publishing).
 
-Inputs: colour (sensor_msgs/Image, or CompressedImage with ``rgb_compressed``), depth (16UC1/mono16
-scaled by ``depth_scale``, or 32FC1 metres) and CameraInfo, approximate-time synchronised
-(:func:`prism_ros.nodes.compat.make_synchronizer`, ``sync_slop``); optionally IMU (sensor_msgs/Imu) and
-control (geometry_msgs/AccelStamped or TwistStamped), buffered and handed to the filter with each frame
-(IMU samples in (previous processed frame, this frame], the last control at or before the frame).
+The frame path reads assemble -> step -> count -> publish (:meth:`PrismNode._process`). Executor callbacks only
+check stamps and queue: a synchronised set (colour, depth or the right image, CameraInfo) goes into a mailbox
+of ``frame_queue`` slots; a worker thread decodes and checks it (:mod:`prism_ros.nodes.prism_inputs`), steps
+the session with the IMU samples and command of its window, and publishes pose, odometry, path, TF, the
+tracking verdict and stage times (:mod:`prism_ros.nodes.prism_outputs`). The map thread
+(:class:`prism_ros.nodes.map_publishing.MapStream`) and the prediction threads
+(:mod:`prism_ros.nodes.prediction_publishing`) work from snapshots taken under the session's lock, so a pose
+never waits behind a mesh. Every callback is guarded (:class:`prism_ros.nodes.health.Health`): bad input is
+logged once per cause and counted, a defect is counted and answered, and the node keeps running. A lifecycle
+node: configure reads the parameters (:data:`PARAMETERS`) and builds the session and interfaces.
 
-Stereo depth (``depth_source: stereo``, EuRoC-like rigs): the synchroniser takes the left image
-(``rgb_topic``), the right image (``right_topic``) and, with ``intrinsics_source: camera_info``, the left
-CameraInfo; the worker rectifies the pair and computes depth with OpenCV SGBM (:mod:`prism_ros.prism.stereo`,
-the rectifier built once per calibration and image size). The filter then sees the **rectified left
-camera**: the rectified left image, its pinhole intrinsics (no distortion) and the depth. That camera is
-the left one rotated by ``T_left_rect``, so ``T_base_camera`` and ``T_body_camera`` (given for the left
-camera) are composed with it and the published base pose is the same as for the left camera.
-
-Threads: the executor callbacks only check stamps and queue: a synchronised set goes into a mailbox of
-``frame_queue`` slots (1 by default: the "latest frame"); a worker thread decodes, validates and runs
-``PrismFilter.step``. When the worker falls behind, the oldest waiting set is dropped and counted. A
-map thread publishes the mesh and cloud every ``map_publish_period`` s from a snapshot of the map (taken
-under the map lock; building the mesh takes far longer than a frame), in small messages and paced so that it
-never takes more than a quarter of the time. The executor is rclpy's EventsExecutor (one thread; its wait and
-dispatch in C++): rclpy's Python executors spend a core rebuilding wait sets at IMU rates. The map lock (held
-by the worker around each step, by the snapshot and by the services) keeps the map consistent.
-
-Stamps: a set older than the last accepted one (or equal to it) is dropped and counted (out of order),
-unless it is more than ``time_jump_threshold`` seconds older: that is a time jump (a looped bag, a
-restarted clock) and the filter and map are reset before the frame is processed. Bad input (wrong
-encoding, size mismatch, depth (or stereo depth) without enough valid pixels, bad CameraInfo or stereo
-calibration, non-finite IMU, a missing or unsynchronised stream) is logged once per cause with the fix,
-counted per cause in /diagnostics, and the frame never reaches the filter; a frame the filter loses is not
-fused (the filter's own rule).
-
-Outputs (``~/`` = the node's private namespace): ``~/pose`` (PoseWithCovarianceStamped of ``base_frame``
-in ``map_frame``), ``~/odometry`` (nav_msgs/Odometry ``odom_frame`` -> ``base_frame``, twist in
-``base_frame``), ``~/path`` (nav_msgs/Path, the last ``path_max_length`` poses), ``/diagnostics``,
-TF per REP-105 (:mod:`prism_ros.nodes.tf`): ``odom -> base_frame`` per frame when PRISM is the odometry
-(``publish_odom_tf``; a relocalization or restart moves ``map -> odom`` so that odom stays continuous),
-else ``map -> odom`` from another node's ``odom -> base_frame`` at each frame's stamp; ``map -> odom``
-every ``transform_publish_period`` stamped ``transform_tolerance`` ahead (``publish_map_odom_tf``);
-``base_frame -> camera`` latched on /tf_static from T_base_camera (``publish_camera_tf``), or looked up
-there instead (``extrinsics_source: tf``). ``~/odometry`` is in ``odom_frame`` when PRISM owns odom, else
-in ``map_frame``. Without tf2_msgs one warning says so and the topics carry everything. And through
-:class:`prism_ros.nodes.map_publishing.MapPublisher`: ``~/mesh``, ``~/map_cloud``,
-``~/rendered/depth``, ``~/rendered/uncertainty``; ``~/frame_timing`` (diagnostic_msgs/DiagnosticArray per
-processed frame, stamped with it: stage times, step and latency in ms; with stereo depth also the stereo
-matching time). Optional, each on its own thread (:mod:`prism_ros.nodes.prediction_publishing`): predictive
-rollouts (``rollout_samples``: ``~/rollouts``, ``~/predicted_path``, ``~/predicted_depth``) and the collision
-costmap of a map slice (``costmap_period``: ``~/costmap``, ``~/cost_cloud``).
-
-Frames: ``map_frame`` is the filter's world frame: the first base pose (``map_origin: base``; REP-103, level
-when the base starts level) or the first camera pose (``map_origin: camera``), or where a pose input put it.
-With the imu transition model the filter estimates gravity in that frame first and, with ``level_map``, the
-map then restarts level (z up) once (:class:`prism_ros.prism.session.PrismSession`). The base pose is ``T_world_camera @
-inv(T_base_camera)``. Pose covariances are converted from the filter's left (world-frame) se(3)
-perturbation [rho, phi] to the ROS meaning (position error and world-fixed-axis rotation error, x y z rx
-ry rz): the position block gains the lever arm of the rotation uncertainty, ``J = [[I, -[p]x], [0, I]]``.
-The twist is the base's (linear velocity of the base origin and angular velocity, both in
-``base_frame``), its covariance mapped with the same Jacobian.
-
-Services: ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_map`` and ``~/load_map`` (std_srvs/Trigger; the
-file is the ``map_path`` parameter; save also writes ``<map_path stem>.ply``, the mesh). Failures answer
-success=false with the problem and the fix. ``/initialpose`` (RViz "2D Pose Estimate") and ``~/set_pose`` (a
-relocalized base pose, e.g. from ace_node) put the filter at that base pose, with its covariance when usable,
-on the map it has; ``~/reset_at_pose`` wipes the map and restarts there (an initial localization in a prior
-map's frame); ``~/reset`` wipes the map. Pose inputs may be in any frame TF connects to ``map_frame``. Each
-is a pose at its stamp: queued frames stamped before it are skipped (``frames_superseded``), so a node that
-lags behind its input (a replay) starts from the right frame; unstamped or stamped ahead of the input, it
-is the next frame's pose. ``~/tracking_ok`` (std_msgs/Bool, per processed
-frame) tells a relocalizer when tracking is lost and ``~/tracking_lost`` (std_msgs/Header, per lost frame)
-which image it lost, so the relocalizer answers for that frame and not for a newer one PRISM has not reached.
-``~/tracking_status`` (diagnostic_msgs/DiagnosticArray stamped like the frame) gives the same verdict with
-its level (ERROR once lost for ``lost_error_after`` s), inlier ratio, coverage and the reasons.
-
-Parameters: :data:`PARAMETERS` (documented in config/prism.yaml; sensor presets in config/sensors/).
-Invalid parameters at start-up: one line on stderr and exit code 2; at runtime: the change is rejected
-with the reason (read-only parameters name the restart that changes them).
+Topics, services, TF, frames, covariance conventions and parameters: docs/node.md.
 """
 from __future__ import annotations
 
@@ -100,12 +38,9 @@ from prism_ros.frame import Frame
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
-    covariance_from_msg,
     diagnostics_message,
     header_ns,
     matrix_to_transform_stamped,
-    pose_to_matrix,
-    ros_covariance_to_left,
     stamp_to_sec,
 )
 from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
@@ -123,6 +58,7 @@ from prism_ros.nodes.prism_inputs import (
     PendingFrame,
     StampOrder,
     SyncWatch,
+    read_pose_input,
 )
 from prism_ros.nodes.prism_outputs import EstimatePublisher
 from prism_ros.nodes.prism_parameters import (
@@ -507,45 +443,15 @@ class PrismNode(LifecycleNode):
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
 
-    def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """T_map_base of a pose input and its ROS covariance in map_frame, or None (counted as bad_initial_pose).
-        A pose in another frame (e.g. odom) is brought into map_frame through TF at its stamp."""
-        map_frame = self.values["map_frame"]
-        frame = msg.header.frame_id.lstrip("/") or map_frame
+    def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """T_map_base of a pose input and the filter's covariance of it (:func:`read_pose_input`), or None (counted
+        as bad_initial_pose)."""
         try:
-            T_frame_base = pose_to_matrix(msg.pose.pose)
-        except InputError as error:
-            self._bad_input("bad_initial_pose", f"{topic}: {error.problem}", error.fix or "send a unit quaternion")
+            return read_pose_input(msg, topic, self.values["map_frame"], self.outputs.tf.lookup,
+                                   self.values["transform_tolerance"])
+        except BadInput as bad:
+            self._bad_input(bad.cause, bad.problem, bad.fix)
             return None
-        covariance = covariance_from_msg(msg.pose.covariance)
-        if not np.isfinite(T_frame_base).all() or not np.isfinite(covariance).all():
-            self._bad_input("bad_initial_pose", f"{topic} has non-finite values", "send a finite pose and covariance")
-            return None
-        if frame == map_frame:
-            return T_frame_base, covariance
-        stamp = stamp_to_sec(msg.header.stamp)
-        try:
-            T_map_frame = self.outputs.tf.lookup(map_frame, frame, stamp if stamp > 0 else None,
-                                         self.values["transform_tolerance"])
-        except TransformError as error:
-            self._bad_input("bad_initial_pose", f"{topic} is in frame {frame!r}: {error}",
-                            f"send it in {map_frame!r}, or in a frame TF connects to it")
-            return None
-        rotate = np.kron(np.eye(2), T_map_frame[:3, :3])  # position and fixed-axis rotation errors turn alike
-        return T_map_frame @ T_frame_base, rotate @ covariance @ rotate.T
-
-    @staticmethod
-    def _pose_covariance(ros_covariance: np.ndarray, T_map_base: np.ndarray) -> np.ndarray | None:
-        """A ROS pose covariance as the filter's left covariance of the pose, or None when it is not a usable
-        covariance (not positive definite, or too large to handle): the filter's initial one is used then."""
-        try:
-            covariance = ros_covariance_to_left(ros_covariance, T_map_base[:3, 3])
-            with np.errstate(all="ignore"):
-                symmetric = 0.5 * (covariance + covariance.T)
-                usable = np.isfinite(symmetric).all() and np.all(np.linalg.eigvalsh(symmetric) > 0)
-        except (np.linalg.LinAlgError, ValueError, OverflowError):
-            return None
-        return covariance if usable else None
 
     def _pose_time(self, msg: PoseWithCovarianceStamped) -> float | None:
         """The time a pose input applies at: its stamp when that is the stamp of an image already received
@@ -568,7 +474,7 @@ class PrismNode(LifecycleNode):
         pose = self._pose_input(msg, topic)
         if pose is None:
             return
-        T_map_base, covariance = pose[0], self._pose_covariance(pose[1], pose[0])
+        T_map_base, covariance = pose
         self.session.relocalize(T_map_base, covariance, self._pose_time(msg))
         with self._stats_lock:
             self.stats.relocalizations += 1
@@ -582,7 +488,7 @@ class PrismNode(LifecycleNode):
         pose = self._pose_input(msg, "~/reset_at_pose")
         if pose is None:
             return
-        T_map_base, covariance = pose[0], self._pose_covariance(pose[1], pose[0])
+        T_map_base, covariance = pose
         stamp = self._pose_time(msg)
         reason = (f"pose received on ~/reset_at_pose: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                   f"{self.values['map_frame']}")
