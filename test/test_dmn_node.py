@@ -4,11 +4,9 @@ estimate come back; ~/global_localization spreads the belief, /initialpose conce
 counted and the node keeps running; a missing weights file ends start-up with exit code 2 and one line."""
 from __future__ import annotations
 
-import subprocess
-import time
-
 import numpy as np
 import pytest
+from ros_helpers.dmn_probe import DmnProbe
 from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(240)
@@ -22,41 +20,19 @@ def planar_matrix(x, y, yaw):
 
 
 def test_dmn_node_localizes_with_images_and_odometry(tiny_dmn, spawn_python, ros_node, tmp_path):
-    from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-    from nav_msgs.msg import Odometry
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
 
-    from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import matrix_to_odometry, matrix_to_pose_with_covariance, numpy_to_image
 
     weights, contexts, queries, query_poses, area = tiny_dmn
-    got = {"particles": [], "pose": [], "diag": []}
-    ros_node.create_subscription(PoseArray, "/dmn_node/particles", got["particles"].append, reliable_qos(20))
-    ros_node.create_subscription(PoseWithCovarianceStamped, "/dmn_node/pose", got["pose"].append, reliable_qos(20))
-    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].extend(
-        {kv.key: kv.value for kv in s.values} for s in m.status if s.name.startswith("dmn_node")), reliable_qos(50))
-    images = ros_node.create_publisher(Image, "/probe/rgb", reliable_qos(10))
-    odometry = ros_node.create_publisher(Odometry, "/probe/odom", reliable_qos(50))
-    initial = ros_node.create_publisher(PoseWithCovarianceStamped, "/initialpose", reliable_qos(10))
-    executor = SingleThreadedExecutor(context=ros_node.context)
-    executor.add_node(ros_node)
-
-    def spin_until(condition, timeout):
-        end = time.monotonic() + timeout
-        while not condition() and time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-        return condition()
-
+    probe = DmnProbe(ros_node)
+    got = {"particles": probe.particles, "pose": probe.pose, "diag": probe.diag}
+    images, odometry, initial, executor, spin_until = (probe.images, probe.odometry, probe.initial, probe.executor,
+                                                       probe.spin_until)
     log = tmp_path / "dmn.log"
-    spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
-        weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable",
-        odometry_topic="/probe/odom", particles=256, diagnostics_period=0.2), stdout=log.open("w"),
-        stderr=subprocess.STDOUT)
-    assert spin_until(lambda: got["diag"] and got["diag"][-1]["contexts"] == "6", 60), log.read_text()
-    assert spin_until(lambda: images.get_subscription_count() > 0 and odometry.get_subscription_count() > 0, 10)
+    probe.start(spawn_python, log, weights, contexts, odometry_topic="/probe/odom", particles=256,
+                diagnostics_period=0.2)
+    assert spin_until(lambda: odometry.get_subscription_count() > 0, 10)
 
     def send(k: int, stamp_ns: int) -> None:
         x, y, yaw = query_poses[k]
@@ -124,38 +100,17 @@ def test_an_exception_in_a_callback_leaves_dmn_node_running(tiny_dmn, spawn_pyth
     """Fail points make each callback raise once: counted, the service answers as failed, and the node goes on."""
     import os
 
-    from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseArray
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
 
-    from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import numpy_to_image
     from prism_ros.nodes.health import FAILPOINTS_VARIABLE
 
     weights, contexts, queries, _, _ = tiny_dmn
-    diag, particles = [], []
-    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.extend(
-        {kv.key: kv.value for kv in s.values} for s in m.status if s.name.startswith("dmn_node")), reliable_qos(50))
-    ros_node.create_subscription(PoseArray, "/dmn_node/particles", particles.append, reliable_qos(20))
-    images = ros_node.create_publisher(Image, "/probe/rgb", reliable_qos(10))
-    executor = SingleThreadedExecutor(context=ros_node.context)
-    executor.add_node(ros_node)
-
-    def spin_until(condition, timeout):
-        end = time.monotonic() + timeout
-        while not condition() and time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-        return condition()
-
+    probe = DmnProbe(ros_node)
+    diag, particles, images, spin_until = probe.diag, probe.particles, probe.images, probe.spin_until
     log = tmp_path / "dmn.log"
-    node = spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
-        weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable",
-        particles=64, diagnostics_period=0.2), stdout=log.open("w"), stderr=subprocess.STDOUT,
-        env={**os.environ, FAILPOINTS_VARIABLE: "all"})
-    assert spin_until(lambda: diag and diag[-1]["contexts"] == "6", 60), log.read_text()
-    assert spin_until(lambda: images.get_subscription_count() > 0, 10)
+    node = probe.start(spawn_python, log, weights, contexts, env={**os.environ, FAILPOINTS_VARIABLE: "all"},
+                       particles=64, diagnostics_period=0.2)
     client = ros_node.create_client(Trigger, "/dmn_node/global_localization")
     assert spin_until(client.service_is_ready, 10)
     answers = []
@@ -166,7 +121,7 @@ def test_an_exception_in_a_callback_leaves_dmn_node_running(tiny_dmn, spawn_pyth
     assert not answers[0].success and "internal error" in answers[0].message and answers[1].success, answers
     for k in range(2):  # the first image raises, the second is localized
         images.publish(numpy_to_image(queries[k], "rgb8", stamp=float(k + 1)))
-        executor.spin_once(timeout_sec=0.2)
+        probe.executor.spin_once(timeout_sec=0.2)
     assert spin_until(lambda: particles, 20), log.read_text()[-2000:]
     assert spin_until(lambda: diag[-1].get("callback_errors.image") == "1"
                       and diag[-1].get("callback_errors.global_localization") == "1", 10), diag[-1]

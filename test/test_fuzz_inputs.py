@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_helpers.dmn_probe import DmnProbe
 from ros_helpers.ros_args import ros_args
 
 pytestmark = pytest.mark.timeout(240)
@@ -277,35 +277,14 @@ IMAGE_CLASSES = [bad_encoding_rgb, truncated_image, bad_geometry_image]
 
 def test_dmn_node_survives_malformed_images(spawn_python, ros_node, tmp_path, tiny_dmn):
     """The image classes against dmn_node's camera: each counted once, the node alive, a good image localized."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseArray
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
 
-    from prism_ros.nodes.compat import reliable_qos
     from prism_ros.nodes.conversions import numpy_to_image, sec_to_stamp
 
     weights, contexts, queries, _, _ = tiny_dmn
-    diag, particles = [], []
-    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.extend(
-        {kv.key: kv.value for kv in s.values} for s in m.status if s.name.startswith("dmn_node")), reliable_qos(50))
-    ros_node.create_subscription(PoseArray, "/dmn_node/particles", particles.append, reliable_qos(20))
-    images = ros_node.create_publisher(Image, "/probe/rgb", reliable_qos(10))
-    executor = SingleThreadedExecutor(context=ros_node.context)
-    executor.add_node(ros_node)
-
-    def spin_until(condition, timeout):
-        end = time.monotonic() + timeout
-        while not condition() and time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.02)
-        return condition()
-
+    probe = DmnProbe(ros_node)
+    diag, particles, images, spin_until = probe.diag, probe.particles, probe.images, probe.spin_until
     log = tmp_path / "dmn.log"
-    node = spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
-        weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable",
-        particles=64, diagnostics_period=0.05), stdout=log.open("w"), stderr=subprocess.STDOUT)
-    assert spin_until(lambda: diag and diag[-1]["contexts"] == "6", 60), log.read_text()
-    assert spin_until(lambda: images.get_subscription_count() > 0, 10)
+    node = probe.start(spawn_python, log, weights, contexts, particles=64, diagnostics_period=0.05)
     rng = random.Random(SEED)
     depth = np.ones(queries[0].shape[:2], np.float32)
     for round_ in range(max(8, ROUNDS // 4)):
