@@ -17,7 +17,7 @@ files and optional nodes.
 | loop | false | true, false | restart the bag at its end; only with bag |
 | namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
 | autostart | true | true, false | prism_node configures and activates itself; false: it waits for a lifecycle manager |
-| fastdds_profile | auto | path | Fast DDS profile of the nodes: auto = share/prism_ros/config/fastdds_large_data.xml (shared memory that holds camera images) unless FASTDDS_DEFAULT_PROFILES_FILE is set; none = the environment's |
+| fastdds_profile | auto | auto, none, path | Fast DDS profile of the nodes: auto = share/prism_ros/config/fastdds_large_data.xml (shared memory that holds camera images) unless a profile is set (FASTDDS_DEFAULT_PROFILES_FILE; Humble/Jazzy: FASTRTPS_DEFAULT_PROFILES_FILE); none = the environment's |
 
 Parameter files are ROS 2 parameter YAML (``prism_node:`` or ``/**:`` with ``ros__parameters``); the
 sensor preset is loaded after config, so it overrides it, and use_sim_time overrides both.
@@ -39,8 +39,8 @@ ARGUMENTS = {
     "loop": ("false", "restart the bag at its end; only with bag"),
     "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
     "autostart": ("true", "prism_node configures and activates itself; false: it waits for a lifecycle manager"),
-    "fastdds_profile": ("auto", "Fast DDS profile of the nodes: auto = config/fastdds_large_data.xml unless "
-                                "FASTDDS_DEFAULT_PROFILES_FILE is set; none = the environment's; or a file"),
+    "fastdds_profile": ("auto", "Fast DDS profile of the nodes: auto = config/fastdds_large_data.xml unless a "
+                                "profile is set in the environment; none = the environment's; or a file"),
 }
 CHOICES = {
     "sensor": ["tum", "euroc", "blackbird", "7scenes", "realsense", "synthetic"],

@@ -19,7 +19,7 @@ stay valid, and for now it only logs that the node is not part of this release.
 | loop | false | true, false | restart the bag at its end; only with bag |
 | namespace | "" | name | namespace of the nodes (two cameras or robots side by side; rviz2 stays global) |
 | autostart | true | true, false | prism_node configures and activates itself; false: it waits for a lifecycle manager |
-| fastdds_profile | auto | path | Fast DDS profile of the nodes: auto = share/prism_ros/config/fastdds_large_data.xml (shared memory that holds camera images) unless FASTDDS_DEFAULT_PROFILES_FILE is set; none = the environment's |
+| fastdds_profile | auto | auto, none, path | Fast DDS profile of the nodes: auto = share/prism_ros/config/fastdds_large_data.xml (shared memory that holds camera images) unless a profile is set (FASTDDS_DEFAULT_PROFILES_FILE; Humble/Jazzy: FASTRTPS_DEFAULT_PROFILES_FILE); none = the environment's |
 | ace | false | true, false | also start ace_node (ACE relocalization and recovery of prism_node) |
 | ace_map | "" | path | ACE map file for ace_node ("" = map_path of config/ace.yaml) |
 | dmn | false | true, false | also start dmn_node (DMN particle-filter localization; particles in RViz) |
@@ -42,8 +42,8 @@ ARGUMENTS = {
     "loop": ("false", "restart the bag at its end; only with bag"),
     "namespace": ("", "namespace of the nodes (two cameras or robots side by side; rviz2 stays global)"),
     "autostart": ("true", "prism_node configures and activates itself; false: it waits for a lifecycle manager"),
-    "fastdds_profile": ("auto", "Fast DDS profile of the nodes: auto = config/fastdds_large_data.xml unless "
-                                "FASTDDS_DEFAULT_PROFILES_FILE is set; none = the environment's; or a file"),
+    "fastdds_profile": ("auto", "Fast DDS profile of the nodes: auto = config/fastdds_large_data.xml unless a "
+                                "profile is set in the environment; none = the environment's; or a file"),
     "ace": ("false", "also start ace_node (ACE relocalization and recovery of prism_node)"),
     "ace_map": ("", "ACE map file for ace_node (empty: map_path of config/ace.yaml)"),
     "dmn": ("false", "also start dmn_node (DMN particle-filter localization)"),

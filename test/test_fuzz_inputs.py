@@ -11,8 +11,8 @@ negative / infinite / noise, images whose data is shorter than height x step, wh
 zero size or of a size beyond max_image_pixels, colour and depth of different sizes, CameraInfo with
 non-finite, zero, negative or absurd intrinsics or of another image size, IMU samples that are non-finite or
 beyond any IMU's range, and pose inputs (/initialpose, ~/set_pose, ~/reset_at_pose) that are non-finite,
-not a rotation, with a non-finite covariance, or in a frame TF does not know. ace_node (~/query) and
-dmn_node (the camera) get the image classes.
+not a rotation, with a non-finite covariance, or in a frame TF does not know. dmn_node's camera gets the image
+classes.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def bad_pose(rng):
     msg = PoseWithCovarianceStamped()
     msg.header.frame_id = "map"
     msg.pose.pose.orientation.w = 1.0
-    kind = rng.choice(["nan", "inf", "quaternion", "zero_quaternion", "covariance", "frame"])
+    kind = rng.choice(["nan", "inf", "quaternion", "zero_quaternion", "huge_quaternion", "covariance", "frame"])
     if kind == "nan":
         msg.pose.pose.position.x = float("nan")
     elif kind == "inf":
@@ -153,6 +153,8 @@ def bad_pose(rng):
         msg.pose.pose.orientation.x = 0.9
     elif kind == "zero_quaternion":
         msg.pose.pose.orientation.w = 0.0
+    elif kind == "huge_quaternion":
+        msg.pose.pose.orientation.x = 1e200  # its square overflows a float
     elif kind == "covariance":
         covariance = np.zeros(36)
         covariance[rng.randrange(36)] = float("nan")

@@ -24,7 +24,6 @@ from prism_ros.launch_graph import launcher
 from prism_ros.launch_graph.graph import (
     GRAPHS,
     LARGE_DATA_PROFILE,
-    PROFILE_VARIABLE,
     SENSORS,
     NodeSpec,
     dds_environment,
@@ -35,6 +34,7 @@ from prism_ros.launch_graph.graph import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # the Fast DDS 3 of the PyPI wheels (ROS 2 Kilted)
 LAUNCH = ROOT / "launch"
 LAUNCH_FILES = sorted(LAUNCH.glob("*.launch.py"))
 OURS = ("prism.launch.py", "suite.launch.py")  # launch files with a documented argument table
@@ -314,7 +314,8 @@ def test_prism_launch_file_code_runs_against_stub_launch(stub_launch, monkeypatc
     assert params[1].endswith("config/sensors/euroc.yaml") and params[2] == {"use_sim_time": True, "autostart": True}
     assert player.kwargs["executable"] == "bag_player" and player.kwargs["parameters"][0]["clock"] is True
     assert rviz.kwargs["arguments"] == ["-d", str(ROOT / "rviz" / "prism.rviz")]
-    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    for name in (PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE", "ROS_DISTRO"):
+        monkeypatch.delenv(name, raising=False)
     assert {str(n.kwargs["additional_env"]) for n in opaque.kwargs["function"](context)} == \
         {str({"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_large_data.xml")})}
     context["config"] = str(ROOT / "config" / "absent.yaml")
@@ -427,10 +428,15 @@ def test_dds_profile_is_the_large_data_one_unless_the_environment_names_one():
     assert dds_environment("none", ROOT, environ={}) == dds_environment("", ROOT, environ={}) == ()
     assert dds_environment("fastdds_localhost.xml", ROOT, environ={PROFILE_VARIABLE: "/x.xml"}) == \
         ((PROFILE_VARIABLE, str(ROOT / "config/fastdds_localhost.xml")),)
+    # Fast DDS 2 (Humble, Jazzy) reads only the old name; Fast DDS 3's rmw warns about it
+    assert dds_environment("auto", ROOT, environ={"ROS_DISTRO": "jazzy"}) == \
+        (("FASTRTPS_DEFAULT_PROFILES_FILE", str(ROOT / LARGE_DATA_PROFILE)),)
+    assert dds_environment("auto", ROOT, environ={"FASTRTPS_DEFAULT_PROFILES_FILE": "/robot/mine.xml"}) == ()
 
 
 def test_every_node_of_a_graph_gets_the_dds_profile(monkeypatch):
-    monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
+    for name in (PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE", "ROS_DISTRO"):
+        monkeypatch.delenv(name, raising=False)
     specs = suite_graph(bag="/data/run.bag", rviz=True, ace=True, dmn=True, share=ROOT)
     assert len(specs) == 5 and {s.env for s in specs} == {((PROFILE_VARIABLE, str(ROOT / LARGE_DATA_PROFILE)),)}
     assert str(ROOT / LARGE_DATA_PROFILE) not in missing_files(specs)
@@ -443,7 +449,8 @@ def test_launcher_gives_nodes_their_profile_except_on_loopback(monkeypatch, caps
     base = {PROFILE_VARIABLE: "/loopback.xml", "HOME": "/h"}
     assert launcher.node_environment(spec, base, loopback=False) == {PROFILE_VARIABLE: "/p.xml", "HOME": "/h"}
     assert launcher.node_environment(spec, base, loopback=True) == base
-    monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
+    for name in (PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE", "ROS_DISTRO"):
+        monkeypatch.delenv(name, raising=False)
     assert launcher.cli(["prism", "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith(f"{PROFILE_VARIABLE}={ROOT / LARGE_DATA_PROFILE} ")
     assert launcher.cli(["prism", "--dry-run", "--loopback"]) == 0

@@ -27,7 +27,11 @@ def _replay(spawn_python, domain_id, bag, out, *extra, timeout=180) -> subproces
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # Ctrl-C: the CLI stops its nodes (a kill would leave them running)
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
         logs = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in sorted(Path(out).glob("*.log")))
         raise AssertionError(f"replay did not end within {timeout} s\n{stdout[-2000:]}\n{stderr[-2000:]}\n"
                              f"{logs}") from None

@@ -159,10 +159,18 @@ def _segments_of(pid: int) -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs Linux shared memory")
-def test_shared_memory_of_a_killed_node_is_removed_and_a_live_nodes_kept(spawn_python):
+def test_shared_memory_of_a_killed_node_is_removed_and_a_live_nodes_kept(spawn_python, domain_id):
     """A SIGKILLed node leaves its segment in /dev/shm; clean_shared_memory removes it, and nothing in use: the
-    live node's segment and every port stay, and the live node still talks afterwards."""
-    killed, live = (spawn_python("idle_node.py", "--seconds", 30) for _ in range(2))
+    live node's segment and every port stay. The two are on different domains: a reader maps its writers'
+    segments, which keeps a dead writer's segment in use until the reader lets it go."""
+    import sys
+
+    from prism_ros.loopback import random_domain_id, spawn
+
+    other = next(d for d in iter(random_domain_id, None) if d != domain_id)
+    killed = spawn_python("idle_node.py", "--seconds", 30)
+    live = spawn([sys.executable, str(Path(__file__).parent / "ros_helpers" / "idle_node.py"), "--seconds", "30"],
+                 other)
     for process in (killed, live):
         assert process.stdout.readline().strip() == "READY"
     deadline = time.monotonic() + 10
@@ -181,3 +189,5 @@ def test_shared_memory_of_a_killed_node_is_removed_and_a_live_nodes_kept(spawn_p
     assert not any(Path(f).exists() for f in left) and all(Path(f).exists() for f in kept)
     assert ports <= {p.name for p in Path("/dev/shm").glob("fastdds_port*")}
     assert live.poll() is None
+    live.kill()
+    live.communicate(timeout=10)

@@ -71,6 +71,9 @@ def test_pose_inputs_refuse_quaternions_that_are_not_rotations():
         pose_to_matrix(pose)
     pose.orientation.x, pose.orientation.w = 0.0, 1.0 + 1e-4
     assert np.allclose(pose_to_matrix(pose), np.eye(4))
+    pose.orientation.x = 1e200  # a square that overflows is not a rotation either
+    with pytest.raises(InputError, match="not 1"):
+        pose_to_matrix(pose)
 
 
 def test_an_image_without_pixels_is_bad_input():

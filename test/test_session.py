@@ -96,3 +96,21 @@ def test_localization_mode_tracks_against_the_frozen_map(frames):
     assert frozen.num_blocks == before
     session.reset("wiped")
     assert session.filter.map is frozen  # a reset keeps tracking against the loaded map
+
+
+def test_save_map_writes_the_map_or_says_why_not(frames, tmp_path):
+    from prism_ros.errors import InputError
+    from prism_ros.prism.map import GaussianSdfMap
+
+    session = _session()
+    with pytest.raises(InputError, match="the map is empty"):
+        session.save_map(tmp_path / "empty.pt")
+    for frame in frames[:2]:
+        session.step(frame, NoMotion())
+    summary = session.save_map(tmp_path / "maps" / "room.pt")
+    assert summary.startswith(f"saved {session.filter.map.num_blocks} blocks")
+    assert GaussianSdfMap.load(tmp_path / "maps" / "room.pt").num_blocks == session.filter.map.num_blocks
+    (tmp_path / "blocked.ply").mkdir()  # the mesh cannot be written: a failure with the fix, not a defect
+    with pytest.raises(InputError, match="cannot save the map to .*blocked.pt.*map_path"):
+        session.save_map(tmp_path / "blocked.pt")
+    assert not (tmp_path / "blocked.pt.partial").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from prism_ros.errors import InputError
+from prism_ros.loopback import PROFILE_VARIABLES, profile_variable
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ RVIZ_CONFIG = "rviz/prism.rviz"
 USE_SIM_TIME = ("auto", "true", "false")
 #: Fast DDS profile whose shared memory holds camera images (docs/node.md, "Large images over DDS")
 LARGE_DATA_PROFILE = "config/fastdds_large_data.xml"
-PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
@@ -125,7 +125,8 @@ def as_namespace(namespace: Any) -> str:
 
 def dds_environment(fastdds_profile: Any = "auto", share: Path | None = None,
                     environ: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
-    """The DDS environment of a graph's processes: ``FASTDDS_DEFAULT_PROFILES_FILE`` or nothing.
+    """The DDS environment of a graph's processes: the Fast DDS profile file under the name this ROS 2's Fast
+    DDS reads (:func:`prism_ros.loopback.profile_variable`), or nothing.
 
     "auto": the shipped large-data profile (Fast DDS's default shared memory cannot hold a VGA image, so
     best-effort camera topics lose most frames), unless ``environ`` already names a profile or another RMW
@@ -138,10 +139,12 @@ def dds_environment(fastdds_profile: Any = "auto", share: Path | None = None,
         return ()
     if choice.lower() == "auto":
         rmw = environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") or "rmw_fastrtps_cpp"
-        if environ.get(PROFILE_VARIABLE) or not rmw.startswith("rmw_fastrtps"):
+        if any(environ.get(name) for name in PROFILE_VARIABLES) or not rmw.startswith("rmw_fastrtps"):
             return ()
-        return ((PROFILE_VARIABLE, str((share or share_dir()) / LARGE_DATA_PROFILE)),)
-    return ((PROFILE_VARIABLE, str(config_path(choice, share or share_dir()))),)
+        path = (share or share_dir()) / LARGE_DATA_PROFILE
+    else:
+        path = config_path(choice, share or share_dir())
+    return ((profile_variable(environ), str(path)),)
 
 
 def prism_graph(config: Any = "prism.yaml", sensor: Any = "tum", use_sim_time: Any = "auto", bag: Any = None,
@@ -236,7 +239,7 @@ def missing_files(specs: list[NodeSpec]) -> list[str]:
     """Parameter files, ``-d`` (rviz) configuration files and DDS profiles of ``specs`` that do not exist."""
     missing = []
     for spec in specs:
-        files = list(spec.parameter_files) + [value for key, value in spec.env if key == PROFILE_VARIABLE]
+        files = list(spec.parameter_files) + [value for key, value in spec.env if key in PROFILE_VARIABLES]
         if "-d" in spec.arguments[:-1]:
             files.append(spec.arguments[spec.arguments.index("-d") + 1])
         missing += [str(f) for f in files if not Path(str(f)).is_file()]

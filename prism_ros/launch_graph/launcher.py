@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     prism.add_argument("--no-autostart", dest="autostart", action="store_false",
                        help="prism_node waits unconfigured for a lifecycle manager")
     prism.add_argument("--fastdds-profile", default="auto",
-                       help="Fast DDS profile of the nodes: auto (config/fastdds_large_data.xml unless "
-                            "FASTDDS_DEFAULT_PROFILES_FILE is set), none (the environment's), or a file")
+                       help="Fast DDS profile of the nodes: auto (config/fastdds_large_data.xml unless the "
+                            "environment sets a profile), none (the environment's), or a file")
     suite = p.add_argument_group("suite graph (suite.launch.py's arguments, plus the prism graph's)")
     suite.add_argument("--ace", action="store_true", help="also start ace_node (relocalization, recovery)")
     suite.add_argument("--ace-map", default="", help="ACE map file for ace_node (default: config/ace.yaml's)")
@@ -244,16 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolved(value: str) -> str:
+    """An existing file's absolute path (the nodes run elsewhere), else the value as given (a keyword or a name in
+    the installed config/)."""
+    path = Path(value).expanduser()
+    return str(path.resolve()) if value and path.is_file() else value
+
+
 def graph_arguments(args: argparse.Namespace) -> dict:
     """Keyword arguments of the chosen graph function from the parsed command line."""
     bag = None if args.bag is None else str(Path(args.bag).resolve())
     if args.graph == "play":
         return {"bag": bag, "rate": args.rate, "loop": args.loop}
-    config = Path(args.config).expanduser()
     arguments = {"bag": bag, "rate": args.rate, "loop": args.loop, "sensor": args.sensor, "rviz": args.rviz,
-                 "use_sim_time": args.use_sim_time, "config": str(config.resolve()) if config.exists() else args.config,
+                 "use_sim_time": args.use_sim_time, "config": _resolved(args.config),
                  "namespace": args.namespace, "autostart": args.autostart,
-                 "fastdds_profile": args.fastdds_profile}
+                 "fastdds_profile": _resolved(args.fastdds_profile)}
     if args.graph == "suite":
         arguments.update(ace=args.ace, ace_map=str(Path(args.ace_map).resolve()) if args.ace_map else "",
                          dmn=args.dmn, dmn_contexts=str(Path(args.dmn_contexts).resolve()) if args.dmn_contexts else "")

@@ -310,7 +310,7 @@ class AceNode(Node):
             inputs.append((Image, v["depth_topic"], qos))
             self._roles.append("depth")
         guard = self.health.guard
-        self.sync = make_synchronizer(self, inputs, 10, v["sync_slop"], guard("images", self._on_images))
+        self.sync = make_synchronizer(self, inputs, 10, v["sync_slop"], guard("images", self._on_images), guard=guard)
         self.create_subscription(Image, "~/query", guard("query", self._on_query), reliable_qos(2))
         prism = v["prism_node"].rstrip("/")
         self.create_subscription(Bool, f"{prism}/tracking_ok", guard("tracking_ok", self._on_tracking),

@@ -194,38 +194,50 @@ class Synchronizer:
 
 
 def make_synchronizer(node, inputs: Sequence[tuple[type, str, QoSProfile]], queue_size: int,
-                      slop: float, callback: Callable, prefer: str = "auto") -> Synchronizer:
+                      slop: float, callback: Callable, prefer: str = "auto",
+                      guard: Callable[[str, Callable], Callable] | None = None) -> Synchronizer:
     """Subscribe to ``inputs`` [(msg_type, topic, qos)] and call ``callback(*msgs)`` per matched set.
 
-    ``prefer``: "auto" (message_filters when importable), "message_filters" or "pure-python".
-    Logs which implementation is in use.
+    ``prefer``: "auto" (message_filters when importable), "message_filters" or "pure-python". ``guard(name,
+    callback)``: wraps each subscription's callback ("input"), so that a message the synchroniser itself chokes
+    on (message_filters raises on a negative stamp) cannot end the node. Logs which implementation is in use.
     """
     if prefer not in ("auto", "message_filters", "pure-python"):
         raise ValueError(f"prefer must be auto, message_filters or pure-python, not {prefer!r}")
     use_mf = prefer == "message_filters" or (prefer == "auto" and has_ros_piece("message_filters"))
+    guard = guard or (lambda _name, function: function)
     if use_mf:
-        result = _message_filters_synchronizer(node, inputs, queue_size, slop, callback)
+        result = _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard)
     else:
-        result = _python_synchronizer(node, inputs, queue_size, slop, callback)
+        result = _python_synchronizer(node, inputs, queue_size, slop, callback, guard)
     node.get_logger().info(f"approximate-time sync of {', '.join(t for _, t, _ in inputs)} "
                            f"(queue {queue_size}, slop {slop} s) uses {result.implementation}")
     return result
 
 
-def _message_filters_synchronizer(node, inputs, queue_size, slop, callback) -> Synchronizer:
+def _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard) -> Synchronizer:
     import message_filters
 
-    subscribers = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos)
-                   for msg_type, topic, qos in inputs]
+    class GuardedSubscriber(message_filters.Subscriber):
+        """message_filters' subscriber whose subscription callback (the synchroniser's input) is guarded."""
+
+        guarded = None
+
+        def callback(self, msg):
+            (self.guarded or super().callback)(msg)
+
+    subscribers = [GuardedSubscriber(node, msg_type, topic, qos_profile=qos) for msg_type, topic, qos in inputs]
+    for subscriber in subscribers:
+        subscriber.guarded = guard("input", lambda msg, s=subscriber: message_filters.Subscriber.callback(s, msg))
     sync = message_filters.ApproximateTimeSynchronizer(subscribers, queue_size, slop)
     sync.registerCallback(callback)
     return Synchronizer("message_filters", sync, subscribers)
 
 
-def _python_synchronizer(node, inputs, queue_size, slop, callback) -> Synchronizer:
+def _python_synchronizer(node, inputs, queue_size, slop, callback, guard) -> Synchronizer:
     sync = ApproximateTimeSynchronizer(len(inputs), queue_size, slop, callback)
     subscriptions = [
-        node.create_subscription(msg_type, topic, lambda msg, i=i: sync.add(i, msg), qos)
+        node.create_subscription(msg_type, topic, guard("input", lambda msg, i=i: sync.add(i, msg)), qos)
         for i, (msg_type, topic, qos) in enumerate(inputs)
     ]
     return Synchronizer("pure-python", sync, subscriptions)

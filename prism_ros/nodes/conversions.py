@@ -475,8 +475,10 @@ QUATERNION_TOLERANCE = 0.01
 
 
 def _matrix(translation, quaternion) -> np.ndarray:
-    squared = quaternion.x ** 2 + quaternion.y ** 2 + quaternion.z ** 2 + quaternion.w ** 2
-    if np.isfinite(squared) and squared != 0.0 and abs(squared - 1.0) > QUATERNION_TOLERANCE:
+    q = np.array([quaternion.x, quaternion.y, quaternion.z, quaternion.w], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        squared = float(q @ q)  # inf for huge components, nan for nan ones
+    if not np.isfinite(squared) or (squared != 0.0 and abs(squared - 1.0) > QUATERNION_TOLERANCE):
         raise InputError(f"quaternion ({quaternion.x:g}, {quaternion.y:g}, {quaternion.z:g}, {quaternion.w:g}) has "
                          f"length {np.sqrt(squared):.4g}, not 1", "publish a unit quaternion (w=1 for identity)")
     T = np.eye(4)

@@ -261,7 +261,8 @@ class PrismNode(LifecycleNode):
             roles.append("camera_info")
         self.sync_watch = SyncWatch(roles, {role: v[f"{role}_topic"] for role in roles})
         guard = self.health.guard
-        self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], guard("frames", self._on_synchronised))
+        self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], guard("frames", self._on_synchronised),
+                                      guard=guard)
         self._watch_arrivals()
         if v["imu_topic"]:
             self.create_subscription(Imu, v["imu_topic"], guard("imu", self._on_imu),
@@ -307,7 +308,7 @@ class PrismNode(LifecycleNode):
         def add_and_note(index, msg):
             self._arrived(index, msg)
             add(index, msg)
-        inner.add = self.health.guard("input", add_and_note)
+        inner.add = add_and_note  # the subscriptions' callbacks are guarded
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -519,11 +520,10 @@ class PrismNode(LifecycleNode):
                 continue
             try:
                 self._process(item)
-            except Exception as error:
+            except Exception as error:  # a defect: counted and logged once with its traceback; the next frame goes on
                 if stop.is_set():
                     return  # shutting down: the context may already be gone
-                self._bad_input("filter_error", f"unexpected {type(error).__name__}: {error}\n"
-                                f"{traceback.format_exc()}", "report this with the log")
+                self.health.callback_failed("worker", error)
 
     def _process(self, item: PendingFrame) -> None:
         """One synchronised set: assemble the frame, step the filter, publish."""

@@ -19,6 +19,7 @@ from nav_msgs.msg import Odometry
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from prism_ros.errors import InputError
 from prism_ros.evaluation.trajectory_io import write_tum
 from prism_ros.nodes.compat import reliable_qos
 from prism_ros.nodes.conversions import (
@@ -86,7 +87,11 @@ class TrajectoryRecorder(Node):
                 reliable_qos(1000))
 
     def on_pose(self, topic: str, msg, to_matrix) -> None:
-        self.samples[topic].append((stamp_to_sec(msg.header.stamp), to_matrix(msg)))
+        try:
+            pose = to_matrix(msg)
+        except InputError:  # not a rotation, or not finite: nothing to record
+            return
+        self.samples[topic].append((stamp_to_sec(msg.header.stamp), pose))
         self.last_message_time = time.monotonic()
 
     def flush(self) -> None:

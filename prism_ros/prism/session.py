@@ -11,7 +11,8 @@ map frame must stay meaningful for the rest of a robot. prism_node is a thin ROS
 - **Generations.** Every jump of PRISM's pose (relocalization, restart, reset) counts, so an odometry frame can
   absorb it and stay continuous (REP-105's map -> odom).
 
-Every method takes :attr:`PrismSession.lock` (re-entrant: callers may hold it). No ROS here.
+Every method that changes the filter takes :attr:`PrismSession.lock` (re-entrant: callers may hold it);
+:meth:`PrismSession.new_filter` is called with it held. No ROS here.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ TRACKED_KEPT = 300  # recent tracked poses kept for a restart at the pose of an 
 class Stepped:
     """What :meth:`PrismSession.step` did with a frame: ``estimate`` (with the step's ms and the generation of
     PRISM's pose it belongs to), or ``skipped``: "superseded" (older than a pose input), or the bad-input cause
-    that kept it out ("bad_depth": a first frame that is not surfaces, with its ``smooth_fraction``;
+    that kept it out ("bad_depth": a first frame that is not surfaces, ``problem`` its smooth share in percent;
     "missing_imu"; "missing_control"; "filter_error": the filter refused it, ``problem`` and ``fix`` say why)."""
 
     estimate: object = None
@@ -293,6 +294,7 @@ class PrismSession:
             path.parent.mkdir(parents=True, exist_ok=True)
             sdf_map.save(partial)
             partial.replace(path)
+            mesh_note = _save_mesh(sdf_map, path.with_suffix(".ply"))
         except (OSError, RuntimeError) as error:  # torch.save reports unwritable files as RuntimeError
             try:
                 partial.unlink(missing_ok=True)
@@ -301,7 +303,7 @@ class PrismSession:
             reason = getattr(error, "strerror", None) or str(error)
             raise InputError(f"cannot save the map to {path}: {reason}", "set map_path to a writable file, e.g. "
                              "ros2 param set /prism_node map_path /tmp/prism_map.pt") from None
-        return f"saved {sdf_map.num_blocks} blocks to {path}; {_save_mesh(sdf_map, path.with_suffix('.ply'))}"
+        return f"saved {sdf_map.num_blocks} blocks to {path}; {mesh_note}"
 
 
 def _save_mesh(sdf_map, mesh_path: Path) -> str:

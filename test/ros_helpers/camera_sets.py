@@ -4,7 +4,7 @@ Usage: camera_sets.py send NAMESPACE [--sets N] [--width W] [--height H] [--rate
        camera_sets.py receive NAMESPACE [--sets N] [--timeout S]
 The sender waits until every topic is matched, sends N sets stamped 1..N at the given rate, then waits
 for the receiver to leave. The receiver prints a JSON verdict (sets complete, per topic counts, image
-sizes) once it has N complete sets or nothing arrived for 3 s; exit 0 when it received anything.
+sizes) once it has N complete sets or nothing arrived for 3 s; exit 0 when at least one set was complete.
 """
 from __future__ import annotations
 

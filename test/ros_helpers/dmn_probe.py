@@ -17,7 +17,7 @@ from ros_helpers.ros_args import ros_args
 
 class DmnProbe:
     def __init__(self, node, rgb_topic: str = "/probe/rgb", odometry_topic: str = "/probe/odom"):
-        self.node = node
+        self.node, self.rgb_topic = node, rgb_topic
         self.diag: list[dict[str, str]] = []
         self.particles: list[PoseArray] = []
         self.pose: list[PoseWithCovarianceStamped] = []
@@ -41,7 +41,7 @@ class DmnProbe:
     def start(self, spawn_python, log, weights, contexts, env: dict | None = None, **params):
         """dmn_node on the probe's camera (reliable), its output in ``log``, once it is ready."""
         node = spawn_python(["-m", "prism_ros.nodes.dmn_node"], "--ros-args", *ros_args(
-            weights_path=weights, context_path=contexts, rgb_topic="/probe/rgb", image_qos="reliable", **params),
+            weights_path=weights, context_path=contexts, rgb_topic=self.rgb_topic, image_qos="reliable", **params),
             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
         self.wait_ready(log)
         return node
