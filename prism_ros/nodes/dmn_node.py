@@ -280,8 +280,6 @@ class DmnNode(Node):
 
     # -- the filter -----------------------------------------------------------------------------
     def _work(self) -> None:
-        from prism_ros.dmn.localizer import planar_delta
-
         last = 0.0
         while not self._stop.is_set():
             self._wake.wait(0.1)
@@ -293,13 +291,15 @@ class DmnNode(Node):
             if msg is None:
                 continue
             try:
-                if self._localize(msg, planar_delta):
+                if self._localize(msg):
                     last = time.monotonic()
             except Exception as error:  # a defect: counted and logged once; the next image is localized
                 self.health.callback_failed("filter", error)
 
-    def _localize(self, msg: Image, planar_delta) -> bool:
+    def _localize(self, msg: Image) -> bool:
         """One image through the particle filter and out; False when it was not used."""
+        from prism_ros.dmn.localizer import planar_delta
+
         if self.localizer.view_map is None:
             self._bad_input("no_contexts", "an image arrived before any context", "load a context file, or "
                             "let PRISM keyframes build the map (context_source: prism)")

@@ -69,7 +69,7 @@ from prism_ros.nodes.prism_parameters import (
 )
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.nodes.tf import TransformError
-from prism_ros.prism.session import FIRST_FRAME_SMOOTHNESS, PrismSession, usable_map
+from prism_ros.prism.session import PrismSession, usable_map
 
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see MapStream)
@@ -300,7 +300,7 @@ class PrismNode(LifecycleNode):
         """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
         if self.sync.implementation == "message_filters":
             for index, subscriber in enumerate(self.sync.subscriptions):
-                subscriber.registerCallback(self.health.guard("input", lambda msg, i=index: self._arrived(i, msg)))
+                subscriber.registerCallback(lambda msg, i=index: self._arrived(i, msg))  # under the input guard
             return
         inner = self.sync.synchronizer
         add = inner.add
@@ -576,11 +576,6 @@ class PrismNode(LifecycleNode):
         if stepped.skipped == "superseded":
             with self._stats_lock:
                 self.stats.superseded += 1
-        elif stepped.skipped == "bad_depth":
-            self._bad_input("bad_depth", f"the first frame of a map needs depth on surfaces "
-                            f"({100 * FIRST_FRAME_SMOOTHNESS:.0f}% of neighbouring pixels agreeing), this one has "
-                            f"{stepped.problem}%; frame skipped, the next may start it", "point the camera at a "
-                            "scene it can see (check depth_topic and depth_scale)")
         elif stepped.skipped == "missing_imu":
             self._bad_input("missing_imu", f"no IMU sample on {v['imu_topic']} between the previous frame and "
                             f"{frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
@@ -699,7 +694,6 @@ class PrismNode(LifecycleNode):
 
     def _clear_map_display(self) -> None:
         """After a reset or load (map lock held): forget the published mesh; the next publish sends all."""
-        self.session.map_dirty = False
         if self.map_stream is not None:
             self.map_stream.forget()
 

@@ -39,8 +39,8 @@ TRACKED_KEPT = 300  # recent tracked poses kept for a restart at the pose of an 
 class Stepped:
     """What :meth:`PrismSession.step` did with a frame: ``estimate`` (with the step's ms and the generation of
     PRISM's pose it belongs to), or ``skipped``: "superseded" (older than a pose input), or the bad-input cause
-    that kept it out ("bad_depth": a first frame that is not surfaces, ``problem`` its smooth share in percent;
-    "missing_imu"; "missing_control"; "filter_error": the filter refused it, ``problem`` and ``fix`` say why)."""
+    that kept it out ("bad_depth": a first frame that is not surfaces; "filter_error": the filter refused it; for
+    both ``problem`` and ``fix`` say why; "missing_imu", "missing_control": the caller names its topics)."""
 
     estimate: object = None
     step_ms: float = float("nan")
@@ -219,7 +219,10 @@ class PrismSession:
             starts_map = self.filter.state is None and not self.filter.map_frozen
             smooth = frame.extras.get("smooth_fraction", 1.0)
             if starts_map and smooth < FIRST_FRAME_SMOOTHNESS:
-                return Stepped(skipped="bad_depth", problem=f"{100 * smooth:.1f}")
+                return Stepped(skipped="bad_depth", problem=f"the first frame of a map needs depth on surfaces "
+                               f"({100 * FIRST_FRAME_SMOOTHNESS:.0f}% of neighbouring pixels agreeing), this one has "
+                               f"{100 * smooth:.1f}%; frame skipped, the next may start it",
+                               fix="point the camera at a scene it can see (check depth_topic and depth_scale)")
             frame.imu = motion.take_imu(frame.timestamp, after=self.last_processed_t)
             frame.control = motion.control_at(frame.timestamp)
             model = self.config.dynamics.model
