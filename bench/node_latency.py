@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import struct
 import sys
@@ -45,6 +46,32 @@ RGB_TOPIC = "/camera/rgb/image_color"
 TIMING_TOPIC = "/prism_node/frame_timing"
 POSE_TOPIC = "/prism_node/pose"
 NODE_NAME = "prism_node"
+VIEWERS = ("none", "map")
+# A map viewer (what RViz with rviz/prism.rviz subscribes to), taking every message raw: the node's cost of
+# serving a display, not the display's own drawing. Prints its message and byte counts when stopped.
+VIEWER = """
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+rclpy.init(); node = Node("node_latency_viewer"); got = {}
+latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+def counter(name):
+    def count(raw):
+        n, size = got.get(name, (0, 0)); got[name] = (n + 1, size + len(raw))
+    return count
+for kind, topic, qos in ((MarkerArray, "mesh", latched), (PointCloud2, "map_cloud", latched),
+                         (Image, "rendered/depth", qos_profile_sensor_data),
+                         (Image, "rendered/uncertainty", qos_profile_sensor_data)):
+    node.create_subscription(kind, "/prism_node/" + topic, counter(topic), qos, raw=True)
+try:
+    rclpy.spin(node)
+except BaseException:  # Ctrl-C (SIGINT) ends the count
+    pass
+print(" ".join(f"{k}={n}/{size}" for k, (n, size) in sorted(got.items())), flush=True)
+"""
 
 
 def ensure_bag(out: Path, width: int, height: int, frames: int, seed: int, regenerate: bool) -> Path:
@@ -144,9 +171,33 @@ class Probe:
         self.node.destroy_node()
 
 
+def start_viewer(domain_id: int):
+    """The map viewer process (see VIEWER) on the graph's domain."""
+    from prism_ros.loopback import spawn
+
+    return spawn([sys.executable, "-c", VIEWER], domain_id)
+
+
+def stop_viewer(viewer) -> dict:
+    """Stop the viewer; {topic: (messages, bytes)} it received."""
+    viewer.send_signal(signal.SIGINT)
+    try:
+        out, _ = viewer.communicate(timeout=10.0)
+    except Exception:
+        viewer.kill()
+        out, _ = viewer.communicate()
+    got = {}
+    for item in (out or "").split():
+        name, _, counts = item.partition("=")
+        n, _, size = counts.partition("/")
+        got[name] = (int(n), int(size))
+    return got
+
+
 def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, out: Path, label: str,
-             rate: float, node_parameters: dict | None = None) -> dict:
-    """Play the bag into a fresh prism_node; the measured figures of this case."""
+             rate: float, node_parameters: dict | None = None, viewer: str = "none") -> dict:
+    """Play the bag into a fresh prism_node (with the map viewer process when ``viewer`` is "map"); the
+    measured figures of this case."""
     from prism_ros.launch_graph.graph import bag_player_spec, config_path, prism_node_spec, share_dir
     from prism_ros.launch_graph.launcher import start_graph
 
@@ -160,6 +211,7 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
     # no /clock (the node runs on wall time); node start-up (torch, filter) can be slow on a busy machine
     player = replace(player, parameters={**player.parameters, "clock": False, "wait_timeout": 180.0})
     probe.reset()
+    display = start_viewer(domain_id) if viewer == "map" else None
     logs = {name: (out / f"{label}_{name}.log").open("w") for name in ("node", "player")}
     # one start_graph call per process so each gets its own log (same domain, same loopback settings)
     node_graph = start_graph([node], loopback=True, domain_id=domain_id, stdout=logs["node"],
@@ -193,12 +245,15 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
     finally:
         node_graph.stop(grace=5.0)
         player_graph.stop(grace=1.0)
+        shown = stop_viewer(display) if display is not None else {}
         for log in logs.values():
             log.close()
     rgb, poses, diag, _ = probe.snapshot()
     with probe.lock:
         timing = list(probe.timing)
     row = summarise(label, device, frames, rgb, poses, diag, timing)
+    row["viewer"] = viewer
+    row["viewer_received"] = {topic: {"messages": n, "mb": size / 1e6} for topic, (n, size) in shown.items()}
     sensor = yaml.safe_load((share / "config/sensors/synthetic.yaml").read_text())["/**"]["ros__parameters"]
     T_base_camera = np.asarray(sensor["T_base_camera"], dtype=np.float64).reshape(4, 4)
     row["ate_cm"] = received_ate_cm(probe, bag.parent / "groundtruth.txt", T_base_camera)
@@ -264,12 +319,14 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'case':<6} {'device':<7} {'sent':>5} {'recv':>5} {'poses':>5} {'lat p50 ms':>10} {'lat p95 ms':>10} "
+    header = (f"{'case':<6} {'device':<7} {'viewer':<6} {'sent':>5} {'recv':>5} {'poses':>5} {'lat p50 ms':>10} "
+              f"{'lat p95 ms':>10} "
               f"{'fps':>6} {'dropped':>7} {'node drop':>9} {'lost':>5} {'ATE cm':>7} {'step ms':>8} {'vs 10 Hz':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['case']:<6} {r['device']:<7} {r['frames_sent']:>5} {r['node_frames_received']:>5} {r['poses']:>5} "
+        print(f"{r['case']:<6} {r['device']:<7} {r['viewer']:<6} {r['frames_sent']:>5} "
+              f"{r['node_frames_received']:>5} {r['poses']:>5} "
               f"{r['latency_median_ms']:>10.1f} {r['latency_p95_ms']:>10.1f} {r['rate_hz']:>6.2f} "
               f"{r['dropped']:>7} {r['node_frames_dropped']:>9} {r['node_frames_lost']:>5} {r['ate_cm']:>7.2f} "
               f"{r['node_step_p50_ms']:>8.1f} "
@@ -280,8 +337,9 @@ def print_table(rows: list[dict]) -> None:
           "SE(3)-aligned; step ms = the node's median filter step)")
     for r in rows:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["node_stage_p50_ms"].items())
-        print(f"{r['case']} {r['device']}: node-side latency p50 {r['node_latency_p50_ms']:.1f} ms; "
-              f"stages p50 ms: {stages}")
+        shown = ", ".join(f"{topic} {v['messages']} ({v['mb']:.1f} MB)" for topic, v in r["viewer_received"].items())
+        print(f"{r['case']} {r['device']} viewer {r['viewer']}: node-side latency p50 {r['node_latency_p50_ms']:.1f} "
+              f"ms; stages p50 ms: {stages}" + (f"; viewer received {shown}" if shown else ""))
 
 
 def node_parameter(text: str) -> tuple[str, object]:
@@ -304,6 +362,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time, 30 Hz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regenerate", action="store_true", help="rewrite cached bags")
+    p.add_argument("--viewers", default="none,map", help="comma list: none (nobody watches the map) and/or map "
+                   "(a process subscribed to the mesh, cloud and rendered images, as RViz with rviz/prism.rviz)")
     p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
                    help="prism_node parameter override (YAML value), e.g. map_publish_period=1000 (repeatable)")
     args = p.parse_args(argv)
@@ -312,6 +372,9 @@ def main(argv=None) -> int:
     unknown = [r for r in resolutions if r not in RESOLUTIONS]
     if unknown:
         p.error(f"unknown resolution(s) {unknown}; use {', '.join(RESOLUTIONS)}")
+    viewers = [v.strip() for v in args.viewers.split(",") if v.strip()]
+    if not viewers or any(v not in VIEWERS for v in viewers):
+        p.error(f"--viewers {args.viewers!r}: use a comma list of {', '.join(VIEWERS)}")
     if args.device:
         devices = [d.strip() for d in args.device.split(",") if d.strip()]
     else:
@@ -332,16 +395,16 @@ def main(argv=None) -> int:
     try:
         for r in resolutions:
             for device in devices:
-                label = r
-                print(f"running {r} {RESOLUTIONS[r][0]}x{RESOLUTIONS[r][1]} on {device} "
-                      f"(domain {domain_id}) ...", flush=True)
-                started = time.perf_counter()
-                row = run_case(probe, bags[r], args.frames, device, domain_id, out, f"{r}_{device}", args.rate,
-                               dict(node_parameter(text) for text in args.node_param))
-                row["case"] = label
-                row["resolution"] = "x".join(map(str, RESOLUTIONS[r]))
-                rows.append(row)
-                print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+                for viewer in viewers:
+                    print(f"running {r} {RESOLUTIONS[r][0]}x{RESOLUTIONS[r][1]} on {device}, viewer {viewer} "
+                          f"(domain {domain_id}) ...", flush=True)
+                    started = time.perf_counter()
+                    row = run_case(probe, bags[r], args.frames, device, domain_id, out, f"{r}_{device}_{viewer}",
+                                   args.rate, dict(node_parameter(text) for text in args.node_param), viewer)
+                    row["case"] = r
+                    row["resolution"] = "x".join(map(str, RESOLUTIONS[r]))
+                    rows.append(row)
+                    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
     finally:
         probe.close()
         rclpy.shutdown()

@@ -59,3 +59,16 @@ def test_cuda_requested_without_cuda_is_an_input_error():
         pytest.skip("CUDA present")
     with pytest.raises(InputError, match="CUDA is not available"):
         FilterConfig(device="cuda").resolved_device()
+
+
+@pytest.mark.parametrize("size, level", [((320, 240), 0), ((640, 480), 1), ((752, 480), 1), ((1280, 720), 2),
+                                         ((4000, 3000), 2)])
+def test_map_level_auto_is_the_finest_level_of_at_most_100k_pixels(size, level):
+    assert FilterConfig(map_level="auto").map_level_for(*size) == level  # 3 levels: 2 is the coarsest
+    assert FilterConfig(map_level=1).map_level_for(*size) == 1
+
+
+@pytest.mark.parametrize("value", ["half", 1.5, 3, -1])
+def test_a_bad_map_level_names_the_choices(value):
+    with pytest.raises(InputError, match="map_level"):
+        FilterConfig(map_level=value)

@@ -333,3 +333,35 @@ def test_group_ids_are_stable_and_unique(ros_node):
     far_ids = [publisher.group_id(g) for g in far]
     assert len(set(far_ids)) == 3 and all(2**30 <= i < 2**31 for i in far_ids)
     assert publisher.group_id((512, 0, 0)) == far_ids[0]  # remembered
+
+
+def test_the_map_thread_copies_and_meshes_nothing_until_someone_watches(maps, ros_node, spawn_python, tmp_path):
+    """MapStream: while neither the mesh nor the cloud has a subscriber, no snapshot is taken (no map copy, no
+    meshing); a subscriber that joins later gets the whole map and the cloud."""
+    import threading
+
+    from prism_ros.nodes.map_publishing import MapPublisher, MapStream
+
+    _, _, second = maps
+    publisher = MapPublisher(ros_node, "map")
+    snapshots, errors = [], []
+
+    def snapshot(force: bool):
+        snapshots.append(force)
+        return (second, STAMP, stream.generation) if len(snapshots) == 1 else None  # the map changed once
+
+    stream = MapStream(publisher, lambda: 0.05, snapshot, errors.append)
+    stop = threading.Event()
+    stream.start(stop, name="test_map")
+    try:
+        spin_until(ros_node, lambda: False, 1.0)  # 20 periods with nobody watching
+        assert snapshots == []
+        triangles = len(extract_mesh(second).faces)
+        recorder, out = start_recorder(spawn_python, ros_node, tmp_path, triangles=triangles, clouds=1)
+        got = finish(recorder, out, ros_node)
+    finally:
+        stop.set()
+        stream.join(5.0)
+    assert errors == [] and snapshots
+    assert assert_same_triangles(apply(got["arrays"]), second) == triangles
+    assert decode_cloud(got["clouds"][-1]).shape == (len(expected_cloud(second)[0]),)

@@ -36,35 +36,32 @@ Colour: ``colouring="colour"`` gives the fused colour; ``"uncertainty"`` maps th
 of groups meshed at different times compare. The cloud's rgb follows the same choice (its sdf_std field
 is there either way).
 
-Cost (one CPU thread, 2 cm voxels; test/ros_helpers/mappub_bench.py): a group meshes in about 1.3 ms; a
-TRIANGLE_LIST costs about 1 us per vertex to build (Point/ColorRGBA made once per vertex, shared by its
-faces, with cyclic GC paused meanwhile: the collections that the allocations trigger made it 10x slower)
-and rclpy's conversion about 2.5 us per triangle on publish; the cloud (sample_surface on the surface
-voxels) about 40 ms at 60k points. A 2400-block map (110k triangles) publishes whole in ~0.6 s; a frame
-that touched 1000 of its blocks in ~0.4 s; a quarter frame in ~0.1 s; nothing changed: ~5 ms.
+Cost (one CPU thread, 2 cm voxels; test/ros_helpers/mappub_bench.py --subscriber): meshing is most of it,
+about 2 ms per group; the markers go out as CDR written from the mesh arrays (:mod:`prism_ros.nodes.cdr`,
+no Python object per point), about 0.2 us per triangle; the cloud (sample_surface on the surface voxels)
+about 30 ms at 60k points. A 2100-block map (110k triangles) publishes whole in ~0.2 s; a frame that touched
+1000 of its blocks in ~0.15 s; a quarter frame in ~50 ms; nothing changed: ~2 ms; re-sending the whole mesh
+to a late subscriber ~50 ms.
 ``max_groups`` bounds the groups re-meshed per call (the rest stay pending for the next calls).
 Call ``publish_map`` from the thread that updates the map (or under its lock): it reads the map's tensors.
 """
 from __future__ import annotations
 
 import array
-import gc
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from geometry_msgs.msg import Point
 from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from prism_ros.nodes.cdr import to_cdr
 from prism_ros.nodes.compat import qos_by_name
 from prism_ros.nodes.conversions import as_stamp, make_header, numpy_to_image
 from prism_ros.prism.map import block_keys, coords_of_keys
@@ -181,14 +178,25 @@ class MapPublisher:
         return self._fallback_ids[key]
 
     # ------------------------------------------------------------------ map
-    def publish_map(self, sdf_map, stamp=None) -> None:
+    def publish_map(self, sdf_map, stamp=None, *, mesh: bool = True, cloud: bool = True) -> None:
         """Send the mesh groups that changed since the last call (and DELETE emptied ones), and the surface
-        cloud when anything changed. ``stamp``: builtin_interfaces/Time or seconds."""
-        with self._lock, _gc_paused():
-            self._publish_map(sdf_map, as_stamp(stamp))
+        cloud when anything changed. ``stamp``: builtin_interfaces/Time or seconds. ``mesh=False`` only notes
+        the changed groups (they go out with a later call that meshes); ``cloud=False`` leaves the cloud stale
+        (the next call with ``cloud`` sends it)."""
+        with self._lock:
+            self._publish_map(sdf_map, as_stamp(stamp), mesh, cloud)
         self._serve_resend()
 
-    def _publish_map(self, sdf_map, stamp) -> None:
+    def watched(self) -> tuple[bool, bool]:
+        """(mesh, cloud): whether each has a subscriber now."""
+        return self._mesh_pub.get_subscription_count() > 0, self._cloud_pub.get_subscription_count() > 0
+
+    def owes(self, mesh: bool, cloud: bool) -> bool:
+        """Whether a publish with these outputs would send something although the map did not change: groups
+        left pending, or a stale cloud."""
+        return (mesh and bool(self._pending)) or (cloud and not self._cloud_sent)
+
+    def _publish_map(self, sdf_map, stamp, mesh: bool, cloud: bool) -> None:
         start = time.perf_counter()
         phases = {}
         self._stamp = stamp
@@ -201,7 +209,7 @@ class MapPublisher:
         dirty = self._groups_reading(torch.cat([coords[changed], removed]))
         self._pending |= dirty
         phases["diff"] = (time.perf_counter() - start) * 1e3
-        todo = sorted(self._pending)
+        todo = sorted(self._pending) if mesh else []
         if self.max_groups is not None:
             todo = todo[: self.max_groups]
         self._pending.difference_update(todo)
@@ -210,11 +218,12 @@ class MapPublisher:
         carried = self._send_mesh(markers, stamp)
         phases["mesh_publish"] = (time.perf_counter() - start) * 1e3 - sum(phases.values())
         points = 0
-        if dirty or not self._cloud_sent:
-            cloud = self.surface_cloud(sdf_map)
-            points = len(cloud)
+        self._cloud_sent &= not dirty
+        if cloud and not self._cloud_sent:
+            surface = self.surface_cloud(sdf_map)
+            points = len(surface)
             phases["cloud"] = (time.perf_counter() - start) * 1e3 - sum(phases.values())
-            self._cloud_pub.publish(self._cloud_message(cloud, stamp))
+            self._cloud_pub.publish(self._cloud_message(surface, stamp))
             self._cloud_sent = True
             phases["cloud_publish"] = (time.perf_counter() - start) * 1e3 - sum(phases.values())
         self.stats = PublishStats(len(coords), int(changed.sum()), len(dirty), meshed, deleted, len(self._pending),
@@ -231,13 +240,14 @@ class MapPublisher:
             self._unacked_clear = False
         self._unacked_clear |= clear
         carried = sorted(self._unacked - markers.keys())
-        out = [Marker(header=make_header(self.map_frame, stamp), ns=MESH_NS, action=Marker.DELETEALL)
+        out = [(Marker(header=make_header(self.map_frame, stamp), ns=MESH_NS, action=Marker.DELETEALL), None)
                ] if self._unacked_clear else []
         out += list(markers.values())
         out += [self._marker(group, self._meshes[group], stamp) if group in self._meshes
                 else self._delete_marker(group, stamp) for group in carried]
         if out:
-            self._mesh_pub.publish(MarkerArray(markers=out))
+            packed = {id(marker): arrays for marker, arrays in out if arrays is not None}
+            self._mesh_pub.publish(to_cdr(MarkerArray(markers=[marker for marker, _ in out]), packed))
         self._unacked |= markers.keys()
         return len(carried)
 
@@ -315,24 +325,22 @@ class MapPublisher:
     def _std_range(self, sdf_map) -> tuple[float, float]:
         return self.std_range or (0.0, 0.5 * sdf_map.config.truncation)
 
-    def _delete_marker(self, group, stamp) -> Marker:
+    def _delete_marker(self, group, stamp) -> tuple[Marker, None]:
         return Marker(header=make_header(self.map_frame, stamp), ns=MESH_NS, id=self.group_id(group),
-                      action=Marker.DELETE)
+                      action=Marker.DELETE), None
 
-    def _marker(self, group, mesh: Mesh, stamp) -> Marker:
-        """TRIANGLE_LIST marker of a group's mesh: three points and colours per face (each vertex's Point and
-        ColorRGBA made once and shared by its faces; fields set on the slots, skipping the setters' checks)."""
+    def _marker(self, group, mesh: Mesh, stamp) -> tuple[Marker, dict]:
+        """TRIANGLE_LIST marker of a group's mesh, and its points and colours (three per face) as the arrays
+        :func:`~prism_ros.nodes.cdr.to_cdr` packs."""
         marker = Marker(header=make_header(self.map_frame, stamp), ns=MESH_NS, id=self.group_id(group),
                         type=Marker.TRIANGLE_LIST, action=Marker.ADD)
         marker.pose.orientation.w = 1.0
         marker.scale.x = marker.scale.y = marker.scale.z = 1.0
         marker.color.r = marker.color.g = marker.color.b = marker.color.a = 1.0
-        corners = mesh.faces.reshape(-1).tolist()
-        points = _points(mesh.vertices)
-        colours = _colours(mesh.colours)
-        marker.points = [points[i] for i in corners]
-        marker.colors = [colours[i] for i in corners]
-        return marker
+        corners = mesh.faces.reshape(-1)
+        rgba = np.ones((len(mesh.colours), 4), np.float32)
+        rgba[:, :3] = mesh.colours.astype(np.float32) / 255.0
+        return marker, {"points": mesh.vertices.astype(np.float64)[corners], "colors": rgba[corners]}
 
     # ------------------------------------------------------------------ late subscribers
     def _on_mesh_matched(self, info) -> None:
@@ -349,9 +357,8 @@ class MapPublisher:
                 self._resend_requested = False
                 self._subscribers = self._mesh_pub.get_subscription_count()
                 if self._meshes:
-                    with _gc_paused():
-                        self._send_mesh({group: self._marker(group, mesh, self._stamp)
-                                         for group, mesh in sorted(self._meshes.items())}, self._stamp, clear=True)
+                    self._send_mesh({group: self._marker(group, mesh, self._stamp)
+                                     for group, mesh in sorted(self._meshes.items())}, self._stamp, clear=True)
             finally:
                 self._lock.release()
 
@@ -414,52 +421,24 @@ class MapPublisher:
 
     # ------------------------------------------------------------------ render
     def publish_render(self, render, stamp, camera_frame: str) -> None:
-        """Depth (m) and SDF-std images (32FC1, NaN where invalid) of a RenderResult, in ``camera_frame``."""
+        """Depth (m) and SDF-std images (32FC1, NaN where invalid) of a RenderResult, in ``camera_frame``; each
+        only while it has a subscriber."""
         valid = render.valid.cpu().numpy().astype(bool)
         nan = np.float32(np.nan)
-        depth = np.where(valid, render.depth.cpu().numpy(), nan).astype(np.float32)
-        std = np.where(valid, render.sdf_std.cpu().numpy(), nan).astype(np.float32)
         stamp = as_stamp(stamp)
-        self._depth_pub.publish(numpy_to_image(depth, "32FC1", stamp, camera_frame))
-        self._std_pub.publish(numpy_to_image(std, "32FC1", stamp, camera_frame))
-
-
-@contextmanager
-def _gc_paused():
-    """No cyclic garbage collection while many small message objects are made (they form no cycles): the
-    collections the allocations trigger, each walking every live object, made building 10x slower."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _points(xyz: np.ndarray) -> list[Point]:
-    new, out = Point.__new__, []
-    for x, y, z in xyz.astype(np.float64).tolist():
-        point = new(Point)
-        point._x, point._y, point._z, point._check_fields = x, y, z, False
-        out.append(point)
-    return out
-
-
-def _colours(rgb: np.ndarray) -> list[ColorRGBA]:
-    new, out = ColorRGBA.__new__, []
-    for r, g, b in (rgb.astype(np.float32) / 255.0).tolist():
-        colour = new(ColorRGBA)
-        colour._r, colour._g, colour._b, colour._a, colour._check_fields = r, g, b, 1.0, False
-        out.append(colour)
-    return out
+        for publisher, image in ((self._depth_pub, render.depth), (self._std_pub, render.sdf_std)):
+            if publisher.get_subscription_count():
+                values = np.where(valid, image.cpu().numpy(), nan).astype(np.float32)
+                publisher.publish(numpy_to_image(values, "32FC1", stamp, camera_frame))
 
 
 class MapStream:
     """A node's map thread: every ``period()`` seconds (steady clock), the mesh and cloud of a snapshot of its
     map through ``publisher``.
 
-    ``snapshot()`` gives (map copy, stamp, generation) when the map changed since its last call, else None; it
+    Nothing is copied or meshed while neither the mesh nor the cloud has a subscriber (as ROS drivers publish
+    lazily); what changed meanwhile goes out once one subscribes. ``snapshot(force)`` gives (map copy, stamp,
+    generation) when the map changed since its last call or ``force``, else None; it
     copies the map (``GaussianSdfMap.clone``, a few ms) and reads :attr:`generation` under the map's lock, so
     frames keep flowing while the mesh is built and sent. The mesh goes out in messages of at most the
     publisher's ``max_groups`` block groups (rclpy converts a whole MarkerArray while holding the GIL: a whole
@@ -491,10 +470,13 @@ class MapStream:
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.period()):
             try:
-                snapshot = self.snapshot()
+                mesh, cloud = self.publisher.watched()
+                if not (mesh or cloud):  # nobody watches: no copy, no meshing (what changed waits)
+                    continue
+                snapshot = self.snapshot(self.publisher.owes(mesh, cloud))
                 while snapshot is not None and not stop.is_set():
                     started = time.perf_counter()
-                    if not self._publish_part(*snapshot):
+                    if not self._publish_part(*snapshot, mesh, cloud):
                         break
                     stop.wait((time.perf_counter() - started) * (1.0 - self.duty) / self.duty)
             except Exception as error:
@@ -502,10 +484,10 @@ class MapStream:
                     return
                 self.on_error(error)
 
-    def _publish_part(self, sdf_map, stamp, generation: int) -> bool:
+    def _publish_part(self, sdf_map, stamp, generation: int, mesh: bool, cloud: bool) -> bool:
         """Publish the next part of the snapshot's changes; whether groups are left for another part."""
         with self._lock:
             if generation != self.generation:  # reset or loaded meanwhile: that snapshot is stale
                 return False
-            self.publisher.publish_map(sdf_map, stamp)
-            return self.publisher.stats.pending_groups > 0
+            self.publisher.publish_map(sdf_map, stamp, mesh=mesh, cloud=cloud)
+            return mesh and self.publisher.stats.pending_groups > 0

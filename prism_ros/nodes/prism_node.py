@@ -684,10 +684,11 @@ class PrismNode(LifecycleNode):
             self.stats.resets += 1
             self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
 
-    def _map_snapshot(self):
-        """(map copy, stamp, generation) for the map thread when frames were fused since the last one, else None."""
+    def _map_snapshot(self, force: bool = False):
+        """(map copy, stamp, generation) for the map thread when frames were fused since the last one or
+        ``force``, else None."""
         with self._map_lock:
-            if not self.session.map_dirty:
+            if not (self.session.map_dirty or force):
                 return None
             self.session.map_dirty = False
             return self.filter.map.clone(), self._last_stamp_msg, self.map_stream.generation

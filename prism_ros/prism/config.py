@@ -38,6 +38,9 @@ def resolve_device(name: str) -> str:
     return name
 
 
+AUTO_MAP_PIXELS = 100_000  # map_level auto: QVGA (76,800 pixels) fuses at full resolution, VGA at half
+
+
 @dataclass
 class FilterConfig:
     map: MapConfig = field(default_factory=MapConfig)
@@ -46,7 +49,9 @@ class FilterConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     levels: int = 3  # observation pyramid levels
     render_level: int = 1  # the one render per frame is at this level (1 = half resolution)
-    map_level: int = 0  # the map fuses depth at this pyramid level (colour always at full resolution)
+    # the map fuses depth at this pyramid level (colour always at full resolution); "auto": the finest level
+    # with at most AUTO_MAP_PIXELS pixels (full resolution up to QVGA, half resolution for VGA)
+    map_level: int | str = 0
     max_depth: float = 5.0  # metres; farther depth is ignored (noise grows with z^2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # per-frame stages: fused Warp kernels (prism_ros.prism.kernels) or the torch reference;
@@ -68,9 +73,22 @@ class FilterConfig:
 
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
-        if not 0 <= self.render_level < self.levels or not 0 <= self.map_level < self.levels:
+        if self.map_level != "auto" and not isinstance(self.map_level, int):
+            raise InputError(f"map_level {self.map_level!r} is neither a pyramid level nor auto",
+                             "give a level (0 = full resolution) or auto")
+        map_level = 0 if self.map_level == "auto" else self.map_level
+        if not 0 <= self.render_level < self.levels or not 0 <= map_level < self.levels:
             raise InputError(f"render_level {self.render_level} and map_level {self.map_level} must be pyramid "
                              f"levels 0..{self.levels - 1}", "lower them or raise `levels`")
+
+    def map_level_for(self, width: int, height: int) -> int:
+        """The pyramid level the map fuses depth at, for images of this size (resolves "auto")."""
+        if self.map_level != "auto":
+            return self.map_level
+        level = 0
+        while level + 1 < self.levels and (width >> level) * (height >> level) > AUTO_MAP_PIXELS:
+            level += 1
+        return level
 
     def resolved_device(self) -> str:
         """The torch device name of :attr:`device` (see :func:`resolve_device`)."""

@@ -73,15 +73,17 @@ class PrismFilter:
         self.drift = MapDrift(self.config.map_drift, self.device)
         self.last_control = None
         self.timings: dict[str, float] = {}
+        self.map_level = 0  # the pyramid level this frame fuses at (config.map_level, "auto" resolved per frame)
         self.map_frozen = False  # localization: track against a loaded map and never change it
         self.initial_pose_covariance: np.ndarray | None = None  # left, 6x6, of initial_pose; default: the config's
 
     def step(self, frame: Frame) -> Estimate:
         """Process one frame; the filter's whole per-frame algorithm."""
         self.timings = {}
+        self.map_level = self.config.map_level_for(frame.intrinsics.width, frame.intrinsics.height)
         with self.timed("observe"):
             obs = Observation.from_frame(frame, self.config.levels, self.device, self.config.max_depth,
-                                         first_level=min(self.config.render_level, self.config.map_level),
+                                         first_level=min(self.config.render_level, self.map_level),
                                          backend=self.backend)
         if self.state is None:
             if not self.map_frozen:
@@ -167,7 +169,7 @@ class PrismFilter:
         return camera
 
     def integrate(self, obs: Observation, T_world_camera: torch.Tensor) -> None:
-        self.map.integrate(obs.levels[self.config.map_level], obs.colour, T_world_camera, backend=self.backend)
+        self.map.integrate(obs.levels[self.map_level], obs.colour, T_world_camera, backend=self.backend)
 
     # -- helpers -----------------------------------------------------------------------------
 
