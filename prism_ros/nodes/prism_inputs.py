@@ -25,6 +25,7 @@ from prism_ros.nodes.conversions import (
     depth_to_metres,
     header_ns,
     image_to_numpy,
+    matrix_to_transform_stamped,
     pose_to_matrix,
     ros_covariance_to_left,
     stamp_to_sec,
@@ -544,3 +545,39 @@ class StampOrder:
                        f"({newest / 1e9:.6f} s); dropped, and taken as a time jump only if the next frame follows it",
                        "check the camera clock; a looped bag or restarted clock resets the map after its second "
                        "frame")
+
+
+class CameraPlacement:
+    """Where the camera sits on the base. With ``extrinsics_source: tf`` the base -> camera transform is looked
+    up once on TF for the colour image's frame (BadInput ``missing_tf`` until TF has it; then
+    ``move_camera(T_base_left)`` and ``values["T_base_camera"]`` take it); with the parameter it is latched
+    on /tf_static once per camera frame (``publish_camera_tf``). ``tf``: the node's TF (lookup, send_static)."""
+
+    def __init__(self, values: dict, tf, move_camera: Callable[[np.ndarray], Any], log: Callable[[str], Any]):
+        self.values, self.tf, self.move_camera, self.log = values, tf, move_camera, log
+        self.known = values["extrinsics_source"] == "parameter"  # T_base_camera is final
+        self.latched = ""  # the camera frame latched on /tf_static
+
+    def place(self, camera_frame: str) -> None:
+        v = self.values
+        if self.known:
+            if v["publish_camera_tf"] and v["extrinsics_source"] == "parameter" and camera_frame and \
+                    camera_frame != self.latched:
+                T_base_left = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
+                self.tf.send_static([matrix_to_transform_stamped(T_base_left, 0.0, v["base_frame"], camera_frame)])
+                self.latched = camera_frame
+            return
+        fix = (f"publish {v['base_frame']} -> {camera_frame or 'the camera frame'} on /tf_static "
+               "(robot_state_publisher with the robot's URDF), or extrinsics_source:=parameter with T_base_camera")
+        if not camera_frame:
+            raise BadInput("missing_tf", f"the colour image on {v['rgb_topic']} has no frame_id, so its place on "
+                           f"{v['base_frame']} cannot be looked up; frame skipped", fix)
+        try:
+            T_base_left = self.tf.lookup(v["base_frame"], camera_frame)
+        except TransformError as error:
+            raise BadInput("missing_tf", f"camera extrinsics not on TF yet ({error}); frame skipped", fix) from None
+        v["T_base_camera"] = T_base_left.ravel().tolist()
+        self.move_camera(T_base_left)
+        self.known = True
+        self.log(f"camera extrinsics from TF: {v['base_frame']} -> {camera_frame} at "
+                 f"{np.round(T_base_left[:3, 3], 3).tolist()}")

@@ -20,12 +20,11 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseWithCovarianceStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -40,7 +39,6 @@ from prism_ros.nodes.compat import make_synchronizer, qos_by_name, reliable_qos
 from prism_ros.nodes.conversions import (
     diagnostics_message,
     header_ns,
-    matrix_to_transform_stamped,
     stamp_to_sec,
 )
 from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
@@ -52,6 +50,7 @@ from prism_ros.nodes.parameters import (
 )
 from prism_ros.nodes.prism_inputs import (
     BadInput,
+    CameraPlacement,
     FrameDecoder,
     Mailbox,
     MotionBuffer,
@@ -67,52 +66,13 @@ from prism_ros.nodes.prism_parameters import (
     check_stereo_parameters,
     stereo_config,
 )
+from prism_ros.nodes.prism_status import CAUSES, FAILURES, Stats, state, status_level, status_values
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
-from prism_ros.nodes.tf import TransformError
 from prism_ros.prism.session import PrismSession, usable_map
 
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see MapStream)
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
-
-#: bad-input causes counted in /diagnostics (``bad_input.<cause>``), each logged once with its fix
-CAUSES = ("missing_camera_info", "missing_depth", "missing_rgb", "missing_right", "unsynchronised", "bad_encoding",
-          "bad_image", "size_mismatch", "bad_depth", "bad_camera_info", "out_of_order", "missing_imu", "bad_imu",
-          "missing_control", "bad_control", "bad_initial_pose", "filter_error", "bad_costmap_goal", "missing_tf",
-          "bad_stamp")
-#: failed requests counted in /diagnostics (``failures.<name>``), logged each time
-FAILURES = ("rejected_parameter", "save_map", "load_map")
-
-
-# ---------------------------------------------------------------------------------------------
-# what /diagnostics counts
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    received: int = 0  # synchronised sets
-    processed: int = 0  # frames the filter stepped
-    lost: int = 0  # of those, tracking lost (not fused)
-    dropped: int = 0  # replaced in the mailbox (processing behind)
-    skipped_paused: int = 0
-    superseded: int = 0  # frames stamped before a pose input (already behind the relocalization or restart)
-    resets: int = 0
-    time_jumps: int = 0
-    relocalizations: int = 0  # poses taken from ~/set_pose and /initialpose
-    latency_ms: float = float("nan")  # set complete -> outputs published
-    step_ms: float = float("nan")  # PrismFilter.step
-    stereo_ms: float = float("nan")  # decoding, rectification and SGBM of the last stereo pair
-    stereo_valid_fraction: float = float("nan")  # of the last pair matched (before the valid-depth check)
-    rollouts: int = 0  # rollout sets published
-    rollout_ms: float = float("nan")  # sampling (+ predicted depth) of the last set
-    costmaps: int = 0  # costmap slices published
-    costmap_ms: float = float("nan")  # snapshot, slice and cost-to-go of the last one
-    tracking_ok: bool | None = None
-    lost_since: float | None = None  # stamp of the first frame of the current run of lost frames
-    lost_for: float = 0.0  # seconds (frame stamps) from that frame to the latest processed one
-    last_set_at: float | None = None  # time.monotonic() of the last synchronised set
-
 
 # ---------------------------------------------------------------------------------------------
 # the node
@@ -130,7 +90,6 @@ class PrismNode(LifecycleNode):
         declare(self, PARAMETERS)
         self.values: dict[str, Any] = {}
         self.stats = Stats()
-        self._stats_lock = threading.Lock()
         self.health = Health(self.get_logger(), CAUSES, FAILURES)
         self._order_lock = threading.Lock()
         self._mailbox = Mailbox()
@@ -153,8 +112,7 @@ class PrismNode(LifecycleNode):
         self.session: PrismSession | None = None  # the filter and its map, pose inputs, levelling
         self.map_publisher = None
         self.outputs: EstimatePublisher | None = None
-        self._extrinsics_known = False  # T_base_camera is final (parameter, or found on /tf_static)
-        self._camera_tf_sent = ""  # the camera frame latched on /tf_static (publish_camera_tf)
+        self.camera: CameraPlacement | None = None  # the camera on the base (parameter or TF)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -171,7 +129,7 @@ class PrismNode(LifecycleNode):
         if problem := prediction_publishing.mismatch(v):
             raise InputError(problem, "set rollout_step <= rollout_horizon")
         self._mailbox = Mailbox(v["frame_queue"])
-        self._paused, self._camera_tf_sent = False, ""
+        self._paused = False
         stereo = v["depth_source"] == "stereo"
         T_left_rect = check_stereo_parameters(v) if stereo else np.eye(4)
         config = build_filter_config(v)  # T_body_camera: the left (colour) camera's
@@ -277,7 +235,8 @@ class PrismNode(LifecycleNode):
                                      reliable_qos(10))
         self.outputs = EstimatePublisher(self, v, warn=lambda text: self._log_once("tf", text), guard=guard)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
-        self._extrinsics_known = v["extrinsics_source"] == "parameter"
+        self.camera = CameraPlacement(v, self.outputs.tf, lambda T: self.session.move_camera(T_base_left=T),
+                                      self.get_logger().info)
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
         self.map_stream = MapStream(self.map_publisher, lambda: self.values["map_publish_period"], self._map_snapshot,
@@ -293,7 +252,7 @@ class PrismNode(LifecycleNode):
                           Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
                                    log_errors_once(self._log_once, "the map -> odom broadcast"))]
         self.prediction = prediction_publishing.PredictionPublisher(
-            self, v, self._map_lock, self._prediction_source, self._count_prediction, self._bad_input)
+            self, v, self._map_lock, self._prediction_source, self.stats.predicted, self._bad_input)
         self._periodic += self.prediction.periodic(self._log_once)
 
     def _watch_arrivals(self) -> None:
@@ -405,12 +364,9 @@ class PrismNode(LifecycleNode):
     def _on_synchronised(self, rgb, depth_or_right, info=None) -> None:
         now = time.monotonic()
         self.sync_watch.matched()
-        with self._stats_lock:
-            self.stats.received += 1
-            self.stats.last_set_at = now
+        self.stats.arrived()
         if self._paused or self._inactive:
-            with self._stats_lock:
-                self.stats.skipped_paused += 1
+            self.stats.add(skipped_paused=1)
             return
         stamp = header_ns(rgb)
         try:
@@ -425,8 +381,7 @@ class PrismNode(LifecycleNode):
             item = PendingFrame(rgb, depth_or_right, info, stamp, now, reset)
         dropped = self._mailbox.put(item)
         if dropped is not None:
-            with self._stats_lock:
-                self.stats.dropped += 1
+            self.stats.add(dropped=1)
             self._log_once("dropped", "processing falls behind the input: the oldest waiting frame is dropped "
                            f"(frame_queue={self.values['frame_queue']}; counted in /diagnostics as frames_dropped; "
                            "logged once) -> lower the input rate, use device:=cuda or smaller images (bag replays: "
@@ -477,9 +432,7 @@ class PrismNode(LifecycleNode):
             return
         T_map_base, covariance = pose
         self.session.relocalize(T_map_base, covariance, self._pose_time(msg))
-        with self._stats_lock:
-            self.stats.relocalizations += 1
-            self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
+        self.stats.restarted("relocalizations")
         self.get_logger().info(f"pose set on {topic}: base at {np.round(T_map_base[:3, 3], 3).tolist()} in "
                                f"{self.values['map_frame']}; tracking continues on the kept map")
 
@@ -540,8 +493,7 @@ class PrismNode(LifecycleNode):
         self._publish(item, frame, estimate, step_ms, generation)
 
     def _time_jump(self, reason: str) -> None:
-        with self._stats_lock:
-            self.stats.time_jumps += 1
+        self.stats.add(time_jumps=1)
         self._log_once("time_jump", f"{reason}: filter and map reset (counted in /diagnostics as time_jumps; logged "
                        "once)", level="info")
         self.session.reset(reason)  # the stamp order moved on already
@@ -549,14 +501,14 @@ class PrismNode(LifecycleNode):
     def _assemble(self, item: PendingFrame) -> Frame | None:
         """The set as a checked Frame (None: bad input, counted), once its IMU window has arrived."""
         try:
-            self._place_camera(item.rgb.header.frame_id.lstrip("/"))
+            self.camera.place(item.rgb.header.frame_id.lstrip("/"))
             frame = self.decoder.frame(item)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
             frame = None
         if self.decoder.stereo_figures is not None:  # the pair was matched, its depth kept or not
-            with self._stats_lock:
-                self.stats.stereo_ms, self.stats.stereo_valid_fraction = self.decoder.stereo_figures
+            stereo_ms, valid = self.decoder.stereo_figures
+            self.stats.set(stereo_ms=stereo_ms, stereo_valid_fraction=valid)
         if frame is not None:
             self.motion.wait_for_imu(frame.timestamp)
         return frame
@@ -566,16 +518,14 @@ class PrismNode(LifecycleNode):
         PRISM's pose), or None when the frame is skipped (paused, older than a pose input, missing input the
         model needs, refused), counted."""
         if self._paused:
-            with self._stats_lock:
-                self.stats.skipped_paused += 1
+            self.stats.add(skipped_paused=1)
             return None
         stepped = self.session.step(frame, self.motion)
         if stepped.skipped is None:
             return stepped.estimate, stepped.step_ms, stepped.generation
         v = self.values
         if stepped.skipped == "superseded":
-            with self._stats_lock:
-                self.stats.superseded += 1
+            self.stats.add(superseded=1)
         elif stepped.skipped == "missing_imu":
             self._bad_input("missing_imu", f"no IMU sample on {v['imu_topic']} between the previous frame and "
                             f"{frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
@@ -589,17 +539,7 @@ class PrismNode(LifecycleNode):
         return None
 
     def _count(self, frame: Frame, estimate, step_ms: float) -> None:
-        with self._stats_lock:
-            self.stats.processed += 1
-            self.stats.lost += int(not estimate.tracking_ok)
-            self.stats.tracking_ok = bool(estimate.tracking_ok)
-            self.stats.step_ms = step_ms
-            if estimate.tracking_ok:
-                self.stats.lost_since, self.stats.lost_for = None, 0.0
-            else:
-                if self.stats.lost_since is None:
-                    self.stats.lost_since = frame.timestamp
-                self.stats.lost_for = frame.timestamp - self.stats.lost_since
+        self.stats.stepped(frame.timestamp, estimate.tracking_ok, step_ms)
         if not estimate.tracking_ok:
             reasons = ", ".join(map(str, estimate.quality.get("reasons", []))) or "see the tracking quality"
             self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
@@ -619,42 +559,12 @@ class PrismNode(LifecycleNode):
                 self.outputs.pose(estimate, stamp, self.T_camera_base, self.T_camera_body, generation)
             except BadInput as bad:
                 self._bad_input(bad.cause, bad.problem, bad.fix)
-        with self._stats_lock:
-            lost_for = self.stats.lost_for
-        self.outputs.verdict(estimate, stamp, camera_frame, lost_for)
+        self.outputs.verdict(estimate, stamp, camera_frame, self.stats.copy().lost_for)
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
         latency_ms = 1e3 * (time.monotonic() - item.received)
-        with self._stats_lock:
-            self.stats.latency_ms = latency_ms
+        self.stats.set(latency_ms=latency_ms)
         self.outputs.timing(estimate, stamp, step_ms, latency_ms, frame.extras.get("stereo_ms"))
-
-    def _place_camera(self, camera_frame: str) -> None:
-        """The camera on the base: with ``extrinsics_source: tf``, look up base_frame -> the image's frame once
-        (BadInput until TF has it); with the parameter, latch it on /tf_static once (``publish_camera_tf``)."""
-        v = self.values
-        if self._extrinsics_known:
-            if v["publish_camera_tf"] and v["extrinsics_source"] == "parameter" and camera_frame and \
-                    camera_frame != self._camera_tf_sent:
-                T_base_left = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
-                self.outputs.tf.send_static([matrix_to_transform_stamped(T_base_left, 0.0, v["base_frame"],
-                                                                         camera_frame)])
-                self._camera_tf_sent = camera_frame
-            return
-        fix = (f"publish {v['base_frame']} -> {camera_frame or 'the camera frame'} on /tf_static "
-               "(robot_state_publisher with the robot's URDF), or extrinsics_source:=parameter with T_base_camera")
-        if not camera_frame:
-            raise BadInput("missing_tf", f"the colour image on {v['rgb_topic']} has no frame_id, so its place on "
-                           f"{v['base_frame']} cannot be looked up; frame skipped", fix)
-        try:
-            T_base_left = self.outputs.tf.lookup(v["base_frame"], camera_frame)
-        except TransformError as error:
-            raise BadInput("missing_tf", f"camera extrinsics not on TF yet ({error}); frame skipped", fix) from None
-        v["T_base_camera"] = T_base_left.ravel().tolist()
-        self.session.move_camera(T_base_left=T_base_left)
-        self._extrinsics_known = True
-        self.get_logger().info(f"camera extrinsics from TF: {v['base_frame']} -> {camera_frame} at "
-                               f"{np.round(T_base_left[:3, 3], 3).tolist()}")
 
     def _adopt_rectification(self, T_left_rect: np.ndarray) -> None:
         """Make the rectified left camera of ``T_left_rect`` the filter's camera (before the first frame the filter
@@ -680,9 +590,7 @@ class PrismNode(LifecycleNode):
         """The session wiped the filter and map (its lock held): forget the path and mesh of the old one."""
         self.outputs.clear_path()
         self._clear_map_display()
-        with self._stats_lock:
-            self.stats.resets += 1
-            self.stats.tracking_ok, self.stats.lost_since, self.stats.lost_for = None, None, 0.0
+        self.stats.restarted("resets")
 
     def _map_snapshot(self, force: bool = False):
         """(map copy, stamp, generation) for the map thread when frames were fused since the last one or
@@ -708,74 +616,23 @@ class PrismNode(LifecycleNode):
         return prediction_publishing.PredictionSource(self.filter, imu, command, self.T_camera_base,
                                                       self._render_camera, self._camera_frame, self._last_stamp_msg)
 
-    def _count_prediction(self, kind: str, ms: float) -> None:
-        with self._stats_lock:
-            if kind == "rollouts":
-                self.stats.rollouts, self.stats.rollout_ms = self.stats.rollouts + 1, ms
-            else:
-                self.stats.costmaps, self.stats.costmap_ms = self.stats.costmaps + 1, ms
-
     # -- diagnostics ----------------------------------------------------------------------------
 
-    def _state(self) -> str:
-        if self._inactive:
-            return "inactive"
-        if self._paused:
-            return "paused"
-        if self.stats.tracking_ok is None:
-            return "waiting for frames" if self.stats.processed == 0 else "initialising"
-        return "tracking" if self.stats.tracking_ok else "lost"
-
-    def _no_input_for(self) -> float | None:
-        """Seconds since the last synchronised set once that is more than ``input_timeout`` (a camera that
-        stopped), else None; stats lock held."""
-        last = self.stats.last_set_at
-        since = None if last is None else time.monotonic() - last
-        return since if since is not None and since > self.values["input_timeout"] else None
-
     def diagnostics_values(self) -> dict[str, str]:
-        with self._stats_lock:
-            s = self.stats
-            values = {
-                "state": self._state(), "frames_received": s.received, "frames_processed": s.processed,
-                "frames_lost": s.lost, "frames_dropped": s.dropped, "frames_skipped_paused": s.skipped_paused,
-                "frames_superseded": s.superseded, "resets": s.resets, "time_jumps": s.time_jumps,
-                "relocalizations": s.relocalizations, **self.health.values(),
-                "latency_ms": f"{s.latency_ms:.1f}", "step_ms": f"{s.step_ms:.1f}", "lost_for_s": f"{s.lost_for:.3f}",
-                "input": "stopped" if self._no_input_for() is not None else "live",
-                "no_input_s": f"{self._no_input_for() or 0.0:.1f}",
-            }
-            if self.values["rollout_samples"] > 0 or s.rollouts:
-                values.update(rollouts_published=s.rollouts, rollout_ms=f"{s.rollout_ms:.1f}")
-            if self.values["costmap_period"] > 0:
-                values.update(costmaps_published=s.costmaps, costmap_ms=f"{s.costmap_ms:.1f}")
-            if self.values["depth_source"] == "stereo":
-                values.update(stereo_ms=f"{s.stereo_ms:.1f}", stereo_valid_fraction=f"{s.stereo_valid_fraction:.3f}")
+        stats = self.stats.copy()
         sdf_map = self.filter.map  # read without the map lock: a step may hold it for a while
-        values["map_blocks"] = sdf_map.num_blocks
-        values["map_memory_mb"] = f"{sdf_map.memory_bytes() / 1e6:.2f}"
-        values.update({"device": self.device, "mode": self.values["mode"], "map_level": self.session.map_level,
-                       "transition_model": self.filter_config.dynamics.model,
-                       "synchroniser": self.sync.implementation,
-                       "tf": ("not available (tf2_msgs missing)" if not self.outputs.tf.available else
-                              "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
-                       "imu_buffered": len(self.motion.imu)})
-        return {k: str(v) for k, v in values.items()}
+        tf = self.outputs.tf
+        return status_values(stats, state(stats, self._inactive, self._paused), self.values, self.health.values(), {
+            "map_blocks": sdf_map.num_blocks, "map_memory_mb": f"{sdf_map.memory_bytes() / 1e6:.2f}",
+            "device": self.device, "mode": self.values["mode"], "map_level": self.session.map_level,
+            "transition_model": self.filter_config.dynamics.model, "synchroniser": self.sync.implementation,
+            "tf": ("not available (tf2_msgs missing)" if not tf.available else
+                   "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
+            "imu_buffered": len(self.motion.imu)})
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        bad, errors = int(values["bad_input_total"]), int(values["callback_errors_total"])
-        message = values["state"] + (f", {bad} bad inputs" if bad else "") + \
-            (f", {errors} callback errors (see the log)" if errors else "")
-        lost_for = float(values["lost_for_s"])
-        level = self.outputs.loss_level(values["state"] == "lost", lost_for)  # None: OK while tracking, else WARN
-        if level is not None:
-            message = f"{message} for {lost_for:.1f} s"
-        if values["input"] == "stopped" and values["state"] not in ("inactive", "paused"):
-            silent = float(values["no_input_s"])
-            message = f"{message}, no synchronised set for {silent:.1f} s"
-            stopped_long = silent >= self.values["input_timeout"] + self.values["lost_error_after"]
-            level = DiagnosticStatus.ERROR if stopped_long else (level or DiagnosticStatus.WARN)
+        level, message = status_level(values, self.values, self.outputs.loss_level)
         self.diag_pub.publish(diagnostics_message(f"{self.get_name()}: PRISM SLAM", values["state"] == "tracking",
                                                   message, values, self.get_clock().now().to_msg(), self.device,
                                                   level=level))
