@@ -117,15 +117,21 @@ def test_make_synchronizer_in_a_node_with_a_publisher_process(ros_node, spawn_py
     from prism_ros.nodes.compat import reliable_qos
 
     got = _Collector()
+    arrivals = []
     result = make_synchronizer(ros_node, [(Image, f"{unique_ns}/image", reliable_qos(100)),
                                           (CameraInfo, f"{unique_ns}/info", reliable_qos(100))],
-                               queue_size=10, slop=0.02, callback=got, prefer="pure-python")
+                               queue_size=10, slop=0.02, callback=got, prefer="pure-python",
+                               on_arrival=lambda index, msg: arrivals.append((index, msg.header.frame_id)))
     assert result.implementation == "pure-python" and len(result.subscriptions) == 2
     publisher = spawn_python("pair_publisher.py", unique_ns, "--pairs", 10)
     spin_until(ros_node, lambda: len(got.sets) >= 10 and publisher.poll() is not None, timeout=30)
     assert got.sets == [(f"seq_{i}", f"seq_{i}") for i in range(10)]
     assert result.synchronizer.pending() == [0, 0]
+    assert sorted(arrivals) == sorted([(0, f"seq_{i}") for i in range(10)] + [(0, f"extra_{i}") for i in range(10)]
+                                      + [(1, f"seq_{i}") for i in range(10)])  # every message, matched or not
     assert publisher.wait(timeout=20) == 0
+    result.set_slop(0.5)
+    assert result.synchronizer.slop_ns == 500_000_000
 
 
 def test_make_synchronizer_uses_message_filters_when_present(ros_node):

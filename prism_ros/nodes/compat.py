@@ -192,30 +192,43 @@ class Synchronizer:
     synchronizer: object
     subscriptions: list
 
+    def set_slop(self, slop: float) -> None:
+        """Change the matching tolerance (seconds) of the running synchroniser."""
+        if isinstance(self.synchronizer, ApproximateTimeSynchronizer):
+            self.synchronizer.slop_ns = int(round(slop * 1e9))
+        else:
+            from rclpy.duration import Duration
+
+            self.synchronizer.slop = Duration(seconds=slop)
+
 
 def make_synchronizer(node, inputs: Sequence[tuple[type, str, QoSProfile]], queue_size: int,
                       slop: float, callback: Callable, prefer: str = "auto",
-                      guard: Callable[[str, Callable], Callable] | None = None) -> Synchronizer:
+                      guard: Callable[[str, Callable], Callable] | None = None,
+                      on_arrival: Callable[[int, object], None] | None = None) -> Synchronizer:
     """Subscribe to ``inputs`` [(msg_type, topic, qos)] and call ``callback(*msgs)`` per matched set.
 
     ``prefer``: "auto" (message_filters when importable), "message_filters" or "pure-python". ``guard(name,
     callback)``: wraps each subscription's callback ("input"), so that a message the synchroniser itself chokes
-    on (message_filters raises on a negative stamp) cannot end the node. Logs which implementation is in use.
+    on (message_filters raises on a negative stamp) cannot end the node. ``on_arrival(index, msg)``: called
+    with every input message before the synchroniser takes it, under the same guard (e.g. to tell a missing
+    stream from unsynchronised ones). Logs which implementation is in use.
     """
     if prefer not in ("auto", "message_filters", "pure-python"):
         raise ValueError(f"prefer must be auto, message_filters or pure-python, not {prefer!r}")
     use_mf = prefer == "message_filters" or (prefer == "auto" and has_ros_piece("message_filters"))
     guard = guard or (lambda _name, function: function)
+    on_arrival = on_arrival or (lambda _index, _msg: None)
     if use_mf:
-        result = _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard)
+        result = _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard, on_arrival)
     else:
-        result = _python_synchronizer(node, inputs, queue_size, slop, callback, guard)
+        result = _python_synchronizer(node, inputs, queue_size, slop, callback, guard, on_arrival)
     node.get_logger().info(f"approximate-time sync of {', '.join(t for _, t, _ in inputs)} "
                            f"(queue {queue_size}, slop {slop} s) uses {result.implementation}")
     return result
 
 
-def _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard) -> Synchronizer:
+def _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guard, on_arrival) -> Synchronizer:
     import message_filters
 
     class GuardedSubscriber(message_filters.Subscriber):
@@ -227,17 +240,20 @@ def _message_filters_synchronizer(node, inputs, queue_size, slop, callback, guar
             (self.guarded or super().callback)(msg)
 
     subscribers = [GuardedSubscriber(node, msg_type, topic, qos_profile=qos) for msg_type, topic, qos in inputs]
-    for subscriber in subscribers:
+    for index, subscriber in enumerate(subscribers):
+        subscriber.registerCallback(lambda msg, i=index: on_arrival(i, msg))  # ahead of the synchroniser's
         subscriber.guarded = guard("input", lambda msg, s=subscriber: message_filters.Subscriber.callback(s, msg))
     sync = message_filters.ApproximateTimeSynchronizer(subscribers, queue_size, slop)
     sync.registerCallback(callback)
     return Synchronizer("message_filters", sync, subscribers)
 
 
-def _python_synchronizer(node, inputs, queue_size, slop, callback, guard) -> Synchronizer:
+def _python_synchronizer(node, inputs, queue_size, slop, callback, guard, on_arrival) -> Synchronizer:
     sync = ApproximateTimeSynchronizer(len(inputs), queue_size, slop, callback)
-    subscriptions = [
-        node.create_subscription(msg_type, topic, guard("input", lambda msg, i=i: sync.add(i, msg)), qos)
-        for i, (msg_type, topic, qos) in enumerate(inputs)
-    ]
+
+    def take(index: int, msg) -> None:
+        on_arrival(index, msg)
+        sync.add(index, msg)
+    subscriptions = [node.create_subscription(msg_type, topic, guard("input", lambda msg, i=i: take(i, msg)), qos)
+                     for i, (msg_type, topic, qos) in enumerate(inputs)]
     return Synchronizer("pure-python", sync, subscriptions)

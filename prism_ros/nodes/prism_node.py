@@ -220,8 +220,7 @@ class PrismNode(LifecycleNode):
         self.sync_watch = SyncWatch(roles, {role: v[f"{role}_topic"] for role in roles})
         guard = self.health.guard
         self.sync = make_synchronizer(self, inputs, depth, v["sync_slop"], guard("frames", self._on_synchronised),
-                                      guard=guard)
-        self._watch_arrivals()
+                                      guard=guard, on_arrival=self._arrived)
         if v["imu_topic"]:
             self.create_subscription(Imu, v["imu_topic"], guard("imu", self._on_imu),
                                      qos_by_name(v["imu_qos"], 100 * depth))
@@ -254,20 +253,6 @@ class PrismNode(LifecycleNode):
         self.prediction = prediction_publishing.PredictionPublisher(
             self, v, self._map_lock, self._prediction_source, self.stats.predicted, self._bad_input)
         self._periodic += self.prediction.periodic(self._log_once)
-
-    def _watch_arrivals(self) -> None:
-        """Note every message reaching the synchroniser (to tell a missing stream from unsynchronised ones)."""
-        if self.sync.implementation == "message_filters":
-            for index, subscriber in enumerate(self.sync.subscriptions):
-                subscriber.registerCallback(lambda msg, i=index: self._arrived(i, msg))  # under the input guard
-            return
-        inner = self.sync.synchronizer
-        add = inner.add
-
-        def add_and_note(index, msg):
-            self._arrived(index, msg)
-            add(index, msg)
-        inner.add = add_and_note  # the subscriptions' callbacks are guarded
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -647,19 +632,10 @@ class PrismNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=refused)
         self.values.update(converted)
         if "sync_slop" in converted:
-            self._set_slop(converted["sync_slop"])
+            self.sync.set_slop(converted["sync_slop"])
         if "map_frame" in converted and self.map_publisher is not None:
             self.map_publisher.map_frame = converted["map_frame"]
         return SetParametersResult(successful=True)
-
-    def _set_slop(self, slop: float) -> None:
-        inner = self.sync.synchronizer
-        if hasattr(inner, "slop_ns"):
-            inner.slop_ns = int(round(slop * 1e9))
-        else:  # message_filters
-            from rclpy.duration import Duration
-
-            inner.slop = Duration(seconds=slop)
 
     # -- services -------------------------------------------------------------------------------
 
