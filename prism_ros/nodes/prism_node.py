@@ -63,10 +63,12 @@ from prism_ros.nodes.prism_outputs import EstimatePublisher
 from prism_ros.nodes.prism_parameters import (
     PARAMETERS,
     build_filter_config,
+    check_inputs,
     check_stereo_parameters,
+    describe_inputs,
     stereo_config,
 )
-from prism_ros.nodes.prism_status import CAUSES, FAILURES, Stats, state, status_level, status_values
+from prism_ros.nodes.prism_status import CAUSES, FAILURES, Stats, refusal, state, status_level, status_values
 from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
 from prism_ros.prism.session import PrismSession, usable_map
 
@@ -120,14 +122,7 @@ class PrismNode(LifecycleNode):
         """Read and check every parameter, build the filter and the ROS interfaces; InputError if invalid."""
         self.values = read_all(self, PARAMETERS, "config/prism.yaml")
         v = self.values
-        if v["intrinsics_source"] == "camera_info" and not v["camera_info_topic"]:
-            raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
-                             "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
-        if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
-            raise InputError("intrinsics_source is parameters but intrinsics is unset",
-                             "set intrinsics:=[fx, fy, cx, cy] (pixels)")
-        if problem := prediction_publishing.mismatch(v):
-            raise InputError(problem, "set rollout_step <= rollout_horizon")
+        check_inputs(v)
         self._mailbox = Mailbox(v["frame_queue"])
         self._paused = False
         stereo = v["depth_source"] == "stereo"
@@ -144,51 +139,20 @@ class PrismNode(LifecycleNode):
                                         v["map_origin"], v["level_map"], v["level_tolerance_deg"], frozen,
                                         on_reset=self._forget_old_map, log=self.get_logger().info,
                                         T_left_rect=T_left_rect)
-            warm_s = self.filter.warm_up()  # before any frame: kernel loads, lazy imports, first-call set-up
+            self.get_logger().info(self.session.warm_up())
         except (ValueError, RuntimeError) as error:  # e.g. a transition or map setting the filter refuses
             raise InputError(f"the filter rejects this configuration: {error}", "fix filter_config or the "
                              "overrides (transition_model, device, T_body_camera)") from None
         self.device = str(self.filter.device)
-        kernels = ", ".join(f"{k} {v:.1f}" for k, v in self.filter.kernel_load_s.items())
-        self.get_logger().info(f"filter warmed up in {warm_s:.1f} s on {self.device} ({self.filter.backend} backend"
-                               + (f"; kernels loaded in {sum(self.filter.kernel_load_s.values()):.1f} s: {kernels}, "
-                                  "compiled once per machine, then read from Warp's cache" if kernels else "") + ")")
         self._create_interfaces()
         self._parameter_callback = self.health.guard("parameters", self._on_set_parameters, refused_parameters)
         self.add_on_set_parameters_callback(self._parameter_callback)
-        model = self.filter_config.dynamics.model
-        second = f"{v['right_topic']} (stereo depth)" if stereo else v["depth_topic"]
-        self.get_logger().info(
-            f"PRISM on {self.device}, transition model {model}, inputs {v['rgb_topic']} + {second}"
-            + (f" + {v['camera_info_topic']}" if v["intrinsics_source"] == "camera_info" else " (intrinsics from "
-               "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
-            + (f", control {v['control_topic']}" if v["control_topic"] else ""))
-
-    # -- the session's state, as the callbacks read it ----------------------------------------------------
+        self.get_logger().info(f"PRISM on {self.device}, transition model {config.dynamics.model}, "
+                               + describe_inputs(v))
 
     @property
     def filter(self):
         return None if self.session is None else self.session.filter
-
-    @property
-    def _map_lock(self):
-        return self.session.lock
-
-    @property
-    def filter_config(self):
-        return self.session.config
-
-    @property
-    def T_base_camera(self) -> np.ndarray:
-        return self.session.T_base_camera
-
-    @property
-    def T_camera_base(self) -> np.ndarray:
-        return self.session.T_camera_base
-
-    @property
-    def T_camera_body(self) -> np.ndarray:
-        return self.session.T_camera_body
 
     def _localization_map(self, config):
         """The map of localization mode, read from map_path at start (a bad file stops the start-up)."""
@@ -251,7 +215,7 @@ class PrismNode(LifecycleNode):
                           Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
                                    log_errors_once(self._log_once, "the map -> odom broadcast"))]
         self.prediction = prediction_publishing.PredictionPublisher(
-            self, v, self._map_lock, self._prediction_source, self.stats.predicted, self._bad_input)
+            self, v, self.session.lock, self._prediction_source, self.stats.predicted, self._bad_input)
         self._periodic += self.prediction.periodic(self._log_once)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -508,19 +472,10 @@ class PrismNode(LifecycleNode):
         stepped = self.session.step(frame, self.motion)
         if stepped.skipped is None:
             return stepped.estimate, stepped.step_ms, stepped.generation
-        v = self.values
         if stepped.skipped == "superseded":
             self.stats.add(superseded=1)
-        elif stepped.skipped == "missing_imu":
-            self._bad_input("missing_imu", f"no IMU sample on {v['imu_topic']} between the previous frame and "
-                            f"{frame.timestamp:.6f} s; frame skipped (the imu model cannot predict)",
-                            "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
-        elif stepped.skipped == "missing_control":
-            self._bad_input("missing_control", f"no command on {v['control_topic']} at or before "
-                            f"{frame.timestamp:.6f} s; frame skipped (the control model cannot predict)",
-                            "check control_topic and control_type, or use transition_model:=constant_velocity")
         else:
-            self._bad_input(stepped.skipped, stepped.problem, stepped.fix)
+            self._bad_input(*refusal(stepped, self.values, frame.timestamp))
         return None
 
     def _count(self, frame: Frame, estimate, step_ms: float) -> None:
@@ -541,7 +496,8 @@ class PrismNode(LifecycleNode):
             self._render_camera = estimate.render.camera
         if estimate.tracking_ok or self.values["publish_when_lost"]:
             try:
-                self.outputs.pose(estimate, stamp, self.T_camera_base, self.T_camera_body, generation)
+                self.outputs.pose(estimate, stamp, self.session.T_camera_base, self.session.T_camera_body,
+                                  generation)
             except BadInput as bad:
                 self._bad_input(bad.cause, bad.problem, bad.fix)
         self.outputs.verdict(estimate, stamp, camera_frame, self.stats.copy().lost_for)
@@ -580,7 +536,7 @@ class PrismNode(LifecycleNode):
     def _map_snapshot(self, force: bool = False):
         """(map copy, stamp, generation) for the map thread when frames were fused since the last one or
         ``force``, else None."""
-        with self._map_lock:
+        with self.session.lock:
             if not (self.session.map_dirty or force):
                 return None
             self.session.map_dirty = False
@@ -598,7 +554,7 @@ class PrismNode(LifecycleNode):
         if self._paused or self.filter is None:
             return None
         imu, command = self.motion.newest()
-        return prediction_publishing.PredictionSource(self.filter, imu, command, self.T_camera_base,
+        return prediction_publishing.PredictionSource(self.filter, imu, command, self.session.T_camera_base,
                                                       self._render_camera, self._camera_frame, self._last_stamp_msg)
 
     # -- diagnostics ----------------------------------------------------------------------------
@@ -610,7 +566,7 @@ class PrismNode(LifecycleNode):
         return status_values(stats, state(stats, self._inactive, self._paused), self.values, self.health.values(), {
             "map_blocks": sdf_map.num_blocks, "map_memory_mb": f"{sdf_map.memory_bytes() / 1e6:.2f}",
             "device": self.device, "mode": self.values["mode"], "map_level": self.session.map_level,
-            "transition_model": self.filter_config.dynamics.model, "synchroniser": self.sync.implementation,
+            "transition_model": self.session.config.dynamics.model, "synchroniser": self.sync.implementation,
             "tf": ("not available (tf2_msgs missing)" if not tf.available else
                    "odom from /tf" if not self.values["publish_odom_tf"] else "broadcast"),
             "imu_buffered": len(self.motion.imu)})
@@ -682,8 +638,8 @@ class PrismNode(LifecycleNode):
 
         path = self._map_file()
         try:
-            loaded = usable_map(GaussianSdfMap.load(path, self.filter.device), path, self.filter_config)
-            with self._map_lock:  # loaded before taking it
+            loaded = usable_map(GaussianSdfMap.load(path, self.filter.device), path, self.session.config)
+            with self.session.lock:  # loaded before taking it
                 self._clear_map_display()
                 self.session.use_map(loaded)
         except InputError as error:

@@ -261,6 +261,28 @@ def right_camera(values: dict, width: int, height: int) -> Intrinsics:
     return Intrinsics(fx, fy, cx, cy, width, height, tuple(values["right_distortion"]))
 
 
+def check_inputs(values: dict) -> None:
+    """InputError for settings that are each valid but do not fit together (intrinsics, prediction)."""
+    if values["intrinsics_source"] == "camera_info" and not values["camera_info_topic"]:
+        raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
+                         "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
+    if values["intrinsics_source"] == "parameters" and not any(values["intrinsics"]):
+        raise InputError("intrinsics_source is parameters but intrinsics is unset",
+                         "set intrinsics:=[fx, fy, cx, cy] (pixels)")
+    if problem := prediction_publishing.mismatch(values):
+        raise InputError(problem, "set rollout_step <= rollout_horizon")
+
+
+def describe_inputs(values: dict) -> str:
+    """The node's inputs in one line (for the start-up log)."""
+    v = values
+    second = f"{v['right_topic']} (stereo depth)" if v["depth_source"] == "stereo" else v["depth_topic"]
+    return (f"inputs {v['rgb_topic']} + {second}"
+            + (f" + {v['camera_info_topic']}" if v["intrinsics_source"] == "camera_info" else " (intrinsics from "
+               "parameters)") + (f", IMU {v['imu_topic']}" if v["imu_topic"] else "")
+            + (f", control {v['control_topic']}" if v["control_topic"] else ""))
+
+
 def check_stereo_parameters(values: dict) -> np.ndarray:
     """Start-up checks of ``depth_source: stereo`` (InputError with the fix); ``T_left_rect`` of the rig.
 

@@ -1,5 +1,6 @@
-"""What prism_node reports on /diagnostics: its frame counters (:class:`Stats`, shared by the executor, the
-worker and the prediction threads) and the status built from them (values, level, message)."""
+"""What prism_node reports: its frame counters (:class:`Stats`, shared by the executor, the worker and the
+prediction threads), the /diagnostics status built from them (values, level, message), and the words for
+frames the session refused."""
 from __future__ import annotations
 
 import copy
@@ -95,6 +96,20 @@ class Stats:
             copied = copy.copy(self)
         copied._lock = threading.Lock()
         return copied
+
+
+def refusal(stepped, values: dict, timestamp: float) -> tuple[str, str, str]:
+    """(cause, problem, fix) of a frame the session refused (:class:`prism_ros.prism.session.Stepped`), in the
+    node's words: its topics and parameters."""
+    if stepped.skipped == "missing_imu":
+        return ("missing_imu", f"no IMU sample on {values['imu_topic']} between the previous frame and "
+                f"{timestamp:.6f} s; frame skipped (the imu model cannot predict)",
+                "check imu_topic and imu_qos, or use transition_model:=constant_velocity")
+    if stepped.skipped == "missing_control":
+        return ("missing_control", f"no command on {values['control_topic']} at or before {timestamp:.6f} s; frame "
+                "skipped (the control model cannot predict)",
+                "check control_topic and control_type, or use transition_model:=constant_velocity")
+    return stepped.skipped, stepped.problem, stepped.fix
 
 
 def state(stats: Stats, inactive: bool, paused: bool) -> str:

@@ -95,6 +95,16 @@ class PrismSession:
         self.set_extrinsics(self._T_base_left, self.T_left_rect)
         self.filter = self.new_filter()
 
+    def warm_up(self) -> str:
+        """Run the filter's warm-up (kernel loads, lazy imports, first-call set-up) before any frame; what it
+        took, in words."""
+        seconds = self.filter.warm_up()
+        loads = self.filter.kernel_load_s
+        kernels = ", ".join(f"{name} {s:.1f}" for name, s in loads.items())
+        return (f"filter warmed up in {seconds:.1f} s on {self.filter.device} ({self.filter.backend} backend"
+                + (f"; kernels loaded in {sum(loads.values()):.1f} s: {kernels}, compiled once per machine, then read "
+                   "from Warp's cache" if kernels else "") + ")")
+
     # -- the camera ------------------------------------------------------------------------------------
     def set_extrinsics(self, T_base_left: np.ndarray, T_left_rect: np.ndarray) -> None:
         """Place the filter's camera: the left camera at ``T_base_left`` on the base, rotated by ``T_left_rect``
