@@ -19,7 +19,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import AccelStamped, PoseWithCovarianceStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 from std_srvs.srv import Trigger
 
@@ -69,19 +68,18 @@ from prism_ros.nodes.prism_parameters import (
     stereo_config,
 )
 from prism_ros.nodes.prism_status import CAUSES, FAILURES, Stats, refusal, state, status_level, status_values
-from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
+from prism_ros.nodes.runner import ManagedNode, Periodic, log_errors_once, run_node
 from prism_ros.prism.session import PrismSession, usable_map
 
 NODE_NAME = "prism_node"
 MAP_GROUPS_PER_MESSAGE = 4  # mesh block groups per ~/mesh message (see MapStream)
-ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
 # ---------------------------------------------------------------------------------------------
 # the node
 # ---------------------------------------------------------------------------------------------
 
 
-class PrismNode(LifecycleNode):
+class PrismNode(ManagedNode):
     """See the module docstring. A lifecycle (managed) node: configure reads the parameters and builds the filter
     and the ROS interfaces, activate starts processing (the worker and its threads at the first activation),
     deactivate skips frames, cleanup tears the interfaces and the map down, shutdown stops the threads.
@@ -99,8 +97,6 @@ class PrismNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._paused = False
         self._inactive = True  # lifecycle: frames are processed only while active
-        self.configure_error: InputError | None = None  # why the last configure failed
-        self._own_entities: dict[str, set[int]] = {}  # ids of the entities that exist before configure
         self._parameter_callback = None
         self.order = StampOrder({})  # the stamps of the sets accepted into the mailbox
         self._last_stamp_msg = None
@@ -120,6 +116,7 @@ class PrismNode(LifecycleNode):
 
     def configure(self) -> None:
         """Read and check every parameter, build the filter and the ROS interfaces; InputError if invalid."""
+        self._stop = threading.Event()
         self.values = read_all(self, PARAMETERS, "config/prism.yaml")
         v = self.values
         check_inputs(v)
@@ -220,24 +217,6 @@ class PrismNode(LifecycleNode):
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._own_entities = {kind: {id(e) for e in getattr(self, kind)} for kind in ENTITY_KINDS}
-        self._stop = threading.Event()
-        self.configure_error = None
-        try:
-            self.configure()
-        except InputError as error:
-            self.configure_error = error
-            if not self.get_parameter("autostart").value:  # with autostart run_node reports it and exits with 2
-                self.get_logger().error(f"configure failed, invalid parameters: {error}")
-            self._teardown()
-            return TransitionCallbackReturn.FAILURE
-        except Exception as error:  # a defect: said with its traceback, the node stays unconfigured and clean
-            self.get_logger().error(f"configure failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
-            self._teardown()
-            return TransitionCallbackReturn.ERROR
-        return TransitionCallbackReturn.SUCCESS
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._worker is None:
             self.start()
@@ -251,23 +230,8 @@ class PrismNode(LifecycleNode):
         self.get_logger().info("inactive: frames are skipped")
         return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        self.get_logger().info("cleaned up: filter, map and interfaces released")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.stop()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _teardown(self) -> None:
-        """Undo configure: stop the threads, destroy the interfaces it created, drop the filter and map."""
-        self.stop()
-        destroy = {"subscriptions": self.destroy_subscription, "publishers": self.destroy_publisher,
-                   "services": self.destroy_service, "clients": self.destroy_client, "timers": self.destroy_timer}
-        for kind in ENTITY_KINDS:
-            for entity in [e for e in getattr(self, kind) if id(e) not in self._own_entities.get(kind, set())]:
-                destroy[kind](entity)
+    def release(self) -> None:
+        """After cleanup or a failed configure: no parameter callback, filter, map or publishers."""
         if self._parameter_callback is not None:
             self.remove_on_set_parameters_callback(self._parameter_callback)
             self._parameter_callback = None

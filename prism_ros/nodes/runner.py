@@ -13,10 +13,72 @@ import traceback
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 from prism_ros.errors import InputError
+
+ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
+
+
+class ManagedNode(LifecycleNode):
+    """A lifecycle node whose :meth:`configure` reads its parameters and builds everything else.
+
+    configure: runs it; an InputError (invalid parameters) is FAILURE, kept as ``configure_error`` (and logged
+    unless ``autostart``, where :func:`run_node` reports it and exits with 2); a defect is ERROR, logged with
+    its traceback; either way what it built is torn down. cleanup: tears down what configure created (the
+    subscriptions, publishers, services, clients and timers made since, after :meth:`stop`, then
+    :meth:`release`). shutdown: :meth:`stop`."""
+
+    def __init__(self, node_name: str, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.configure_error: InputError | None = None  # why the last configure failed
+        self._own_entities: dict[str, set[int]] = {}  # ids of the entities that existed before configure
+
+    def configure(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the threads configure or activate started."""
+
+    def release(self) -> None:
+        """Drop what configure built beside its ROS entities."""
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._own_entities = {kind: {id(e) for e in getattr(self, kind)} for kind in ENTITY_KINDS}
+        self.configure_error = None
+        try:
+            self.configure()
+        except InputError as error:
+            self.configure_error = error
+            if not self.get_parameter("autostart").value:
+                self.get_logger().error(f"configure failed, invalid parameters: {error}")
+            self.teardown()
+            return TransitionCallbackReturn.FAILURE
+        except Exception as error:  # a defect: said with its traceback, the node stays unconfigured and clean
+            self.get_logger().error(f"configure failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
+            self.teardown()
+            return TransitionCallbackReturn.ERROR
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.teardown()
+        self.get_logger().info("cleaned up: what configure built is released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def teardown(self) -> None:
+        """Undo configure: stop the threads, destroy the entities it created, release the rest."""
+        self.stop()
+        destroy = {"subscriptions": self.destroy_subscription, "publishers": self.destroy_publisher,
+                   "services": self.destroy_service, "clients": self.destroy_client, "timers": self.destroy_timer}
+        for kind in ENTITY_KINDS:
+            for entity in [e for e in getattr(self, kind) if id(e) not in self._own_entities.get(kind, set())]:
+                destroy[kind](entity)
+        self.release()
 
 
 def interruptible() -> None:
