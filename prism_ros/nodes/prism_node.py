@@ -193,7 +193,7 @@ class PrismNode(ManagedNode):
                                 ("~/reset_at_pose", self._on_reset_at_pose)):
             self.create_subscription(PoseWithCovarianceStamped, topic, guard(topic.lstrip("~/"), callback),
                                      reliable_qos(10))
-        self.outputs = EstimatePublisher(self, v, warn=lambda text: self._log_once("tf", text), guard=guard)
+        self.outputs = EstimatePublisher(self, v, warn=lambda text: self.health.log_once("tf", text), guard=guard)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
         self.camera = CameraPlacement(v, self.outputs.tf, lambda T: self.session.move_camera(T_base_left=T),
                                       self.get_logger().info)
@@ -206,14 +206,14 @@ class PrismNode(ManagedNode):
                                ("save_map", self._srv_save_map), ("load_map", self._srv_load_map)):
             self.create_service(Trigger, f"~/{name}", guard(name, callback, failed_trigger), callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
-                                   log_errors_once(self._log_once, "diagnostics")),
+                                   log_errors_once(self.health.log_once, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
-                                   log_errors_once(self._log_once, "the input watchdog")),
+                                   log_errors_once(self.health.log_once, "the input watchdog")),
                           Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
-                                   log_errors_once(self._log_once, "the map -> odom broadcast"))]
+                                   log_errors_once(self.health.log_once, "the map -> odom broadcast"))]
         self.prediction = prediction_publishing.PredictionPublisher(
-            self, v, self.session.lock, self._prediction_source, self.stats.predicted, self._bad_input)
-        self._periodic += self.prediction.periodic(self._log_once)
+            self, v, self.session.lock, self._prediction_source, self.stats.predicted, self.health.bad_input)
+        self._periodic += self.prediction.periodic(self.health.log_once)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -258,17 +258,6 @@ class PrismNode(ManagedNode):
         if self.map_stream is not None:
             self.map_stream.join(timeout)
 
-    # -- logging and counting -------------------------------------------------------------------
-
-    def _log_once(self, key: str, text: str, level: str = "warning") -> None:
-        self.health.log_once(key, text, level)
-
-    def _bad_input(self, cause: str, problem: str, fix: str, count: int = 1) -> None:
-        self.health.bad_input(cause, problem, fix, count)
-
-    def _failure(self, name: str, text: str) -> None:
-        self.health.failure(name, text)
-
     # -- executor side: inputs ------------------------------------------------------------------
 
     def _arrived(self, index: int, msg) -> None:
@@ -286,7 +275,7 @@ class PrismNode(ManagedNode):
             with self._order_lock:
                 reset = self.order.accept(stamp)
         except BadInput as bad:
-            self._bad_input(bad.cause, bad.problem, bad.fix)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix)
             return
         if self.values["depth_source"] == "stereo":
             item = PendingFrame(rgb, None, info, stamp, now, reset, right=depth_or_right)
@@ -295,22 +284,22 @@ class PrismNode(ManagedNode):
         dropped = self._mailbox.put(item)
         if dropped is not None:
             self.stats.add(dropped=1)
-            self._log_once("dropped", "processing falls behind the input: the oldest waiting frame is dropped "
-                           f"(frame_queue={self.values['frame_queue']}; counted in /diagnostics as frames_dropped; "
-                           "logged once) -> lower the input rate, use device:=cuda or smaller images (bag replays: "
-                           "a longer frame_queue)")
+            self.health.log_once("dropped", "processing falls behind the input: the oldest waiting frame is "
+                                 f"dropped (frame_queue={self.values['frame_queue']}; counted in /diagnostics as "
+                                 "frames_dropped; logged once) -> lower the input rate, use device:=cuda or smaller "
+                                 "images (bag replays: a longer frame_queue)")
 
     def _on_imu(self, msg: Imu) -> None:
         try:
             self.motion.add_imu(msg)
         except BadInput as bad:
-            self._bad_input(bad.cause, bad.problem, bad.fix)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix)
 
     def _on_control(self, msg) -> None:
         try:
             self.motion.add_control(msg)
         except BadInput as bad:
-            self._bad_input(bad.cause, bad.problem, bad.fix)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix)
 
     def _pose_input(self, msg: PoseWithCovarianceStamped, topic: str) -> tuple[np.ndarray, np.ndarray | None] | None:
         """T_map_base of a pose input and the filter's covariance of it (:func:`read_pose_input`), or None (counted
@@ -319,7 +308,7 @@ class PrismNode(ManagedNode):
             return read_pose_input(msg, topic, self.values["map_frame"], self.outputs.tf.lookup,
                                    self.values["transform_tolerance"])
         except BadInput as bad:
-            self._bad_input(bad.cause, bad.problem, bad.fix)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix)
             return None
 
     def _pose_time(self, msg: PoseWithCovarianceStamped) -> float | None:
@@ -374,7 +363,7 @@ class PrismNode(ManagedNode):
         found = self.sync_watch.check(self.values["input_timeout"], self.values["sync_slop"])
         if found is not None:
             bad, count = found
-            self._bad_input(bad.cause, bad.problem, bad.fix, count)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix, count)
 
     # -- worker side ----------------------------------------------------------------------------
 
@@ -407,8 +396,8 @@ class PrismNode(ManagedNode):
 
     def _time_jump(self, reason: str) -> None:
         self.stats.add(time_jumps=1)
-        self._log_once("time_jump", f"{reason}: filter and map reset (counted in /diagnostics as time_jumps; logged "
-                       "once)", level="info")
+        self.health.log_once("time_jump", f"{reason}: filter and map reset (counted in /diagnostics as "
+                             "time_jumps; logged once)", level="info")
         self.session.reset(reason)  # the stamp order moved on already
 
     def _assemble(self, item: PendingFrame) -> Frame | None:
@@ -417,7 +406,7 @@ class PrismNode(ManagedNode):
             self.camera.place(item.rgb.header.frame_id.lstrip("/"))
             frame = self.decoder.frame(item)
         except BadInput as bad:
-            self._bad_input(bad.cause, bad.problem, bad.fix)
+            self.health.bad_input(bad.cause, bad.problem, bad.fix)
             frame = None
         if self.decoder.stereo_figures is not None:  # the pair was matched, its depth kept or not
             stereo_ms, valid = self.decoder.stereo_figures
@@ -439,15 +428,15 @@ class PrismNode(ManagedNode):
         if stepped.skipped == "superseded":
             self.stats.add(superseded=1)
         else:
-            self._bad_input(*refusal(stepped, self.values, frame.timestamp))
+            self.health.bad_input(*refusal(stepped, self.values, frame.timestamp))
         return None
 
     def _count(self, frame: Frame, estimate, step_ms: float) -> None:
         self.stats.stepped(frame.timestamp, estimate.tracking_ok, step_ms)
         if not estimate.tracking_ok:
             reasons = ", ".join(map(str, estimate.quality.get("reasons", []))) or "see the tracking quality"
-            self._log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not fused "
-                           "(counted in /diagnostics as frames_lost; logged once)")
+            self.health.log_once("lost", f"tracking lost at {frame.timestamp:.6f} s ({reasons}): the frame is not "
+                                 "fused (counted in /diagnostics as frames_lost; logged once)")
 
     def _publish(self, item: PendingFrame, frame: Frame, estimate, step_ms: float, generation: int) -> None:
         """The frame's outputs, stamped like its colour image: pose, odometry, path and TF (when tracked, or with
@@ -463,7 +452,7 @@ class PrismNode(ManagedNode):
                 self.outputs.pose(estimate, stamp, self.session.T_camera_base, self.session.T_camera_body,
                                   generation)
             except BadInput as bad:
-                self._bad_input(bad.cause, bad.problem, bad.fix)
+                self.health.bad_input(bad.cause, bad.problem, bad.fix)
         self.outputs.verdict(estimate, stamp, camera_frame, self.stats.copy().lost_for)
         if estimate.render is not None and self.map_publisher is not None:
             self.map_publisher.publish_render(estimate.render, stamp, camera_frame)
@@ -548,7 +537,7 @@ class PrismNode(ManagedNode):
         converted, refused = checked_changes(PARAMETERS, parameters, "config/prism.yaml")
         refused = refused or prediction_publishing.mismatch({**self.values, **converted})
         if refused:
-            self._failure("rejected_parameter", f"rejected parameter change: {refused}")
+            self.health.failure("rejected_parameter", f"rejected parameter change: {refused}")
             return SetParametersResult(successful=False, reason=refused)
         self.values.update(converted)
         if "sync_slop" in converted:
@@ -591,7 +580,7 @@ class PrismNode(ManagedNode):
             response.message = self.session.save_map(self._map_file())
         except InputError as error:
             response.success, response.message = False, str(error)
-            self._failure("save_map", response.message)
+            self.health.failure("save_map", response.message)
             return response
         response.success = True
         self.get_logger().info(response.message)
@@ -608,7 +597,7 @@ class PrismNode(ManagedNode):
                 self.session.use_map(loaded)
         except InputError as error:
             response.success, response.message = False, f"cannot load the map: {error}"
-            self._failure("load_map", response.message)
+            self.health.failure("load_map", response.message)
             return response
         response.success = True
         response.message = (f"loaded {loaded.num_blocks} blocks from {path}; tracking continues from the current "
