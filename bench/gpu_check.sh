@@ -56,7 +56,7 @@ step cuda_tests 180 "torch warp" -- $PY -m pytest -q -p no:cacheprovider -k "cud
   $(ls test/test_kernels_*.py 2>/dev/null)
 step prism_vs_open3d 150 "torch warp open3d" -- $PY bench/prism_vs_open3d.py --device cuda \
   --out "$OUT_DIR/prism_vs_open3d"
-step node_latency 150 "torch warp rclpy" -- $PY bench/node_latency.py --device cuda --frames 150 \
+step node_latency 150 "torch warp rclpy" -- $PY bench/node_latency.py --device cuda --frames 150 --viewers none \
   --resolutions qvga,vga --out "$OUT_DIR/node_latency"
 
 echo
