@@ -143,7 +143,10 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         assert np.median(np.abs(predicted[seen] - exact[seen])) < 0.02
 
         # costmap: lethal on the room's surfaces, nothing lethal far from them; the cloud carries the same cells
-        grid = got["costmap"][-1]
+        def with_cloud():  # costmaps whose cloud arrived too (it follows its grid, on another topic)
+            return [g for g in got["costmap"] if any(c.header.stamp == g.header.stamp for c in got["cost_cloud"])]
+        assert probe.spin_until(with_cloud, 5)
+        grid = with_cloud()[-1]
         assert grid.header.frame_id == "map" and abs(grid.info.resolution - 0.05) < 1e-6
         data = np.asarray(grid.data, dtype=np.int8).reshape(grid.info.height, grid.info.width)
         centres = _cells(grid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from prism_ros.nodes.runner import Periodic, log_errors_once
+from prism_ros.nodes.runner import Periodic, counted
 
 
 def test_periodic_keeps_calling_through_errors_and_stops():
@@ -28,14 +28,26 @@ def test_periodic_keeps_calling_through_errors_and_stops():
     assert min(b - a for a, b in zip(calls, calls[1:])) >= 0.015  # it waits its period between calls
 
 
-def test_periodic_errors_are_logged_once_per_task_and_type():
-    logged: dict[str, str] = {}
-    on_error = log_errors_once(lambda key, text: logged.setdefault(key, text), "the costmap")
+def test_periodic_errors_are_counted_and_logged_once_per_task():
+    """A Periodic's defects count in /diagnostics (callback_errors.<name>) and are logged once, with the
+    traceback."""
+    from prism_ros.nodes.health import Health
+
+    class Logger:
+        def __init__(self):
+            self.lines = []
+
+        def __getattr__(self, level):
+            return lambda text: self.lines.append((level, text))
+
+    logger = Logger()
+    health = Health(logger, (), ())
+    on_error = counted(health, "costmap")
     for error in (ValueError("a"), ValueError("b"), KeyError("c")):
         try:
             raise error
         except Exception as caught:
             on_error(caught)
-    assert len(logged) == 2 and all(text.startswith("the costmap failed: ") for text in logged.values())
-    assert "Traceback" in logged["periodic:the costmap:ValueError"] and "ValueError: a" in logged[
-        "periodic:the costmap:ValueError"]
+    assert health.values()["callback_errors.costmap"] == 3 and health.values()["callback_errors_total"] == 3
+    assert len(logger.lines) == 1 and logger.lines[0][0] == "error"
+    assert "Traceback" in logger.lines[0][1] and "ValueError: a" in logger.lines[0][1]

@@ -86,7 +86,7 @@ from prism_ros.nodes.parameters import (
 )
 from prism_ros.nodes.prism_inputs import BadInput
 from prism_ros.nodes.prism_parameters import DEPTH_ENCODINGS, IDENTITY16, QOS_NAMES, RGB_ENCODINGS
-from prism_ros.nodes.runner import Periodic, log_errors_once, run_node
+from prism_ros.nodes.runner import Periodic, counted, run_node
 from prism_ros.prism.config import resolve_device
 
 NODE_NAME = "ace_node"
@@ -331,11 +331,10 @@ class AceNode(Node):
                                ("load_map", self._srv_load_map)):
             self.create_service(Trigger, f"~/{name}", guard(name, callback, failed_trigger), callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "ace_diagnostics",
-                                   log_errors_once(self._log_once, "diagnostics"))]
+                                   counted(self.health, "diagnostics"))]
         if v["continuous_rate"] > 0:
             self._periodic.append(Periodic(1.0 / v["continuous_rate"], lambda: self._request(None, "continuous"),
-                                           "ace_continuous", log_errors_once(self._log_once,
-                                                                             "continuous relocalization")))
+                                           "ace_continuous", counted(self.health, "continuous")))
 
     def start(self) -> None:
         targets = [self._work] + ([self._map_in_background] if self.values["online_mapping"] else [])

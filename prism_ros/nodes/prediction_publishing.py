@@ -183,15 +183,15 @@ class PredictionPublisher:
                              node.create_publisher(PointCloud2, "~/cost_cloud", latched_qos(1))) \
             if values["costmap_period"] > 0 else None
 
-    def periodic(self, log_once) -> list:
+    def periodic(self, health) -> list:
         """The threads to start with the node."""
-        from prism_ros.nodes.runner import Periodic, log_errors_once
+        from prism_ros.nodes.runner import Periodic, counted
 
         threads = [Periodic(self.values["rollout_period"], self.publish_rollouts, "prism_rollouts",
-                            log_errors_once(log_once, "rollouts"))]
+                            counted(health, "rollouts"))]
         if self.costmap_pubs is not None:
             threads.append(Periodic(self.values["costmap_period"], self.publish_costmap, "prism_costmap",
-                                    log_errors_once(log_once, "the costmap")))
+                                    counted(health, "costmap")))
         return threads
 
     @staticmethod

@@ -68,7 +68,7 @@ from prism_ros.nodes.prism_parameters import (
     stereo_config,
 )
 from prism_ros.nodes.prism_status import CAUSES, FAILURES, Stats, refusal, state, status_level, status_values
-from prism_ros.nodes.runner import ManagedNode, Periodic, log_errors_once, run_node
+from prism_ros.nodes.runner import ManagedNode, Periodic, counted, run_node
 from prism_ros.prism.session import PrismSession, usable_map
 
 NODE_NAME = "prism_node"
@@ -206,14 +206,14 @@ class PrismNode(ManagedNode):
                                ("save_map", self._srv_save_map), ("load_map", self._srv_load_map)):
             self.create_service(Trigger, f"~/{name}", guard(name, callback, failed_trigger), callback_group=services)
         self._periodic = [Periodic(v["diagnostics_period"], self._publish_diagnostics, "prism_diagnostics",
-                                   log_errors_once(self.health.log_once, "diagnostics")),
+                                   counted(self.health, "diagnostics")),
                           Periodic(min(0.25, v["input_timeout"] / 2), self._watchdog, "prism_watchdog",
-                                   log_errors_once(self.health.log_once, "the input watchdog")),
+                                   counted(self.health, "input_watchdog")),
                           Periodic(v["transform_publish_period"], self.outputs.send_map_odom, "prism_tf",
-                                   log_errors_once(self.health.log_once, "the map -> odom broadcast"))]
+                                   counted(self.health, "map_odom_broadcast"))]
         self.prediction = prediction_publishing.PredictionPublisher(
             self, v, self.session.lock, self._prediction_source, self.stats.predicted, self.health.bad_input)
-        self._periodic += self.prediction.periodic(self.health.log_once)
+        self._periodic += self.prediction.periodic(self.health)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

@@ -123,13 +123,10 @@ class Periodic:
                     self.on_error(error)
 
 
-def log_errors_once(log_once, task: str):
-    """An ``on_error`` for :class:`Periodic`: each error type of ``task`` is logged once, with its traceback,
-    through the node's ``log_once(key, text)`` (a failure every period would otherwise flood the log)."""
-    def on_error(error: Exception) -> None:
-        log_once(f"periodic:{task}:{type(error).__name__}", f"{task} failed: {type(error).__name__}: {error} "
-                 f"(logged once; the loop goes on)\n{traceback.format_exc()}")
-    return on_error
+def counted(health, name: str):
+    """An ``on_error`` for :class:`Periodic`: the defect counted in /diagnostics as ``callback_errors.<name>``
+    and logged once with its traceback (:meth:`prism_ros.nodes.health.Health.callback_failed`)."""
+    return lambda error: health.callback_failed(name, error)
 
 
 def events_executor():
