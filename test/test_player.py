@@ -180,6 +180,33 @@ def test_launcher_forwards_sigint_and_reports_exit_codes(spawn_python, ros2_bag,
     assert not player.is_running() or player.status() == psutil.STATUS_ZOMBIE
 
 
+def test_nodes_end_when_their_launcher_is_killed(spawn_python, ros2_bag, domain_id):
+    """SIGKILL on the launcher (no chance to stop its nodes): the looping player it started ends by itself."""
+    import signal
+
+    import psutil
+    from ros_helpers.dds import domain_ports
+
+    launcher = spawn_python(["-m", "prism_ros.launch_graph.launcher"], "play", ros2_bag, "--loop",
+                            "--loopback", "--domain-id", domain_id)
+    deadline, player = time.monotonic() + 20, None
+    while time.monotonic() < deadline and player is None:  # the player's participant is up
+        for child in psutil.Process(launcher.pid).children():
+            if any(c.laddr.port in domain_ports(domain_id) for c in child.net_connections(kind="udp")):
+                player = child
+        time.sleep(0.1)
+    assert player is not None, "the player did not start"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.communicate(timeout=20)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and player.is_running() and player.status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.1)
+    ended = not player.is_running() or player.status() == psutil.STATUS_ZOMBIE
+    if not ended:
+        player.kill()
+    assert ended, "the player outlived its killed launcher"
+
+
 def test_player_reads_ros_parameters(ros2_bag, capsys):
     """Started by launch (``--ros-args -p ...``): parameters drive the player (no subscribers here)."""
     argv = ["--ros-args", "-p", f"bag:={ros2_bag}", "-p", "rate:=0", "-p", "wait_s:=0.0",

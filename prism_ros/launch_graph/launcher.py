@@ -33,6 +33,8 @@ from prism_ros.errors import InputError
 from prism_ros.launch_graph.graph import GRAPHS, SENSORS, USE_SIM_TIME, NodeSpec, missing_files
 from prism_ros.loopback import loopback_env, random_domain_id
 
+LAUNCHER_PID_VARIABLE = "PRISM_ROS_LAUNCHER_PID"  # nodes started here end with this process (nodes.runner)
+
 
 def parameter_argument(name: str, value) -> str:
     """``name:=value`` with the value in YAML flow form (JSON is valid YAML), as rcl parses it."""
@@ -136,8 +138,11 @@ def node_environment(spec: NodeSpec, base: dict, loopback: bool) -> dict:
 def start_graph(specs: Sequence[NodeSpec], loopback: bool = False, domain_id: int | None = None,
                 env: dict | None = None, python: str = sys.executable, **popen_kwargs) -> RunningGraph:
     """Start every node (environment: :func:`node_environment`); with ``loopback`` all share one (random
-    unless given) domain, loopback only."""
+    unless given) domain, loopback only. The nodes end (SIGTERM) when this process does, even when it is
+    killed; call it from a thread that lives as long as the graph (Linux signals a child when the thread that
+    started it ends)."""
     base = dict(os.environ if env is None else env)
+    base[LAUNCHER_PID_VARIABLE] = str(os.getpid())  # the nodes end with this process (runner.die_with_launcher)
     if loopback:
         domain_id = random_domain_id() if domain_id is None else domain_id
         base = loopback_env(domain_id, base)

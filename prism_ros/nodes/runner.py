@@ -6,6 +6,7 @@ would invalidate publishers under a running step), so this installs its own hand
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.signals import SignalHandlerOptions
 
 from prism_ros.errors import InputError
+from prism_ros.launch_graph.launcher import LAUNCHER_PID_VARIABLE
 
 ENTITY_KINDS = ("subscriptions", "publishers", "services", "clients", "timers")
 
@@ -81,12 +83,28 @@ class ManagedNode(LifecycleNode):
         self.release()
 
 
+def die_with_launcher() -> None:
+    """In a node the launcher started (:data:`LAUNCHER_PID_VARIABLE` set): SIGTERM when the launcher dies, even by
+    SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``), so no node outlives a killed replay, bench or test; SIGTERM
+    now if it is gone already. Elsewhere (``ros2 launch``, a shell, not Linux) nothing changes."""
+    expected = os.environ.get(LAUNCHER_PID_VARIABLE, "")
+    if not expected.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(expected):  # the launcher ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def interruptible() -> None:
     """Make Ctrl-C raise KeyboardInterrupt in this process even if it was started with SIGINT ignored.
 
     A process whose parent ignores SIGINT inherits the ignore across exec, and Python then installs no
     handler: a player or recorder started that way never stops on Ctrl-C (seen: the launcher's player hung
     in full test runs, where the parent process had SIGINT ignored). Main thread only; elsewhere a no-op."""
+    die_with_launcher()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -155,6 +173,7 @@ def run_node(node_class, name: str, args: list[str] | None = None, threads: int 
     stop = threading.Event()  # handlers first: a Ctrl-C during set-up (interfaces already visible) stops cleanly
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    die_with_launcher()
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = node_class()
     lifecycle = isinstance(node, LifecycleNode)
