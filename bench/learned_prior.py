@@ -43,10 +43,11 @@ import torch
 
 from prism_ros.dynamics.learning import MotionData, TrainingConfig, save_residual, train_residual
 from prism_ros.dynamics.model import DynamicsConfig
+from prism_ros.evaluation.calibration import pose_nees
 from prism_ros.frame import Frame, ImuSamples
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import PrismFilter
-from prism_ros.prism.pipeline import pose_nees, score
+from prism_ros.prism.pipeline import score
 from prism_ros.synthetic import ImuModel, make_sequence, make_trajectory, synthesize_imu
 
 FPS, IMU_RATE = 20.0, 200.0  # 10 IMU periods per frame: training steps must be whole IMU periods

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from prism_ros.evaluation.calibration import pose_nees
 from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, transform_points
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import PrismFilter
-from prism_ros.prism.pipeline import pose_nees
 from prism_ros.synthetic import make_sequence
 from prism_ros.synthetic.scene import render_scene
 

@@ -141,9 +141,13 @@ def run(
 
 def echo_scores(summary: dict) -> None:
     """The pose NEES calibration and the map error of a run's summary, when ground truth gave them."""
-    if summary.get("nees_median") is not None:
-        typer.echo(f"pose NEES median {summary['nees_median']:.1f} (ideal 5.3), "
-                   f"{100 * summary['nees_fraction_in_95_band']:.0f}% of frames in the 95% chi2 band")
+    for key, what, unit in (("nees", "pose NEES", "frames"), ("relative_nees", "frame-to-frame NEES", "frame pairs")):
+        if summary.get(f"{key}_median") is not None:
+            shares = ", ".join(f"{float(level):.0%}: {share:.0%}"
+                               for level, share in summary[f"{key}_coverage"].items())
+            typer.echo(f"{what} median {summary[f'{key}_median']:.1f} (ideal 5.3), "
+                       f"{100 * summary[f'{key}_fraction_in_95_band']:.0f}% of {unit} in the 95% chi2 band; "
+                       f"coverage (expected: observed) {shares}")
     if "map_error" in summary:
         from prism_ros.evaluation.metrics import MapError
 

@@ -47,6 +47,7 @@ class Estimate:
     quality: dict = field(default_factory=dict)
     timings_ms: dict = field(default_factory=dict)
     render: RenderResult | None = None
+    map_pose_covariance: np.ndarray | None = None  # pose_covariance without the map-drift term (against the map)
 
 
 class PrismFilter:
@@ -178,7 +179,8 @@ class PrismFilter:
         T_camera = (state.T @ self.T_body_camera).cpu().numpy()
         pose_covariance = state.pose_covariance + self.drift.covariance  # against the world, not the map
         return Estimate(state.t, T_camera, pose_covariance.cpu().numpy(), state.velocity.cpu().numpy(),
-                        state.velocity_covariance.cpu().numpy(), ok, quality, dict(self.timings), rendered)
+                        state.velocity_covariance.cpu().numpy(), ok, quality, dict(self.timings), rendered,
+                        state.pose_covariance.cpu().numpy())
 
     @contextmanager
     def timed(self, stage: str):

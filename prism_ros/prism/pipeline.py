@@ -1,10 +1,10 @@
 """Offline runner: the filter over a dataset, writing what `prism-ros run` promises.
 
 Outputs in ``out_dir``: ``trajectory.tum`` (camera-to-world), ``covariance.npz`` (per-frame 6x6 pose
-and velocity covariances, velocities, tracking flags), ``map.pt`` (the map: ``prism-ros costmap``,
-``prism_node``'s ``~/load_map``), ``mesh.ply``, ``timing.csv`` (ms per stage per
-frame), ``summary.json`` (frames, lost frames, median ms/frame, peak memory, map memory, ATE and
-NEES when ground truth exists) and ``trajectory.png``.
+covariances against the world and against the map, velocity covariances, velocities, tracking flags),
+``map.pt`` (the map: ``prism-ros costmap``, ``prism_node``'s ``~/load_map``), ``mesh.ply``, ``timing.csv``
+(ms per stage per frame), ``summary.json`` (frames, lost frames, median ms/frame, peak memory, map memory,
+ATE, absolute and frame-to-frame NEES with their coverage when ground truth exists) and ``trajectory.png``.
 """
 from __future__ import annotations
 
@@ -21,11 +21,9 @@ from tqdm import tqdm
 
 from prism_ros.datasets.base import Dataset
 from prism_ros.evaluation.trajectory_io import write_tum
-from prism_ros.geometry import se3_adjoint, se3_log
 from prism_ros.prism.config import FilterConfig
 from prism_ros.prism.filter import Estimate, PrismFilter
 
-CHI2_6DOF_95 = (1.2373, 14.4494)  # two-sided 95 % band of a chi-square with 6 degrees of freedom
 STAGES = ("observe", "predict", "render", "track", "velocity", "map")
 
 
@@ -68,11 +66,14 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
 def write_outputs(out_dir: Path, estimates: list[Estimate]) -> None:
     stamps = np.array([e.t for e in estimates])
     write_tum(out_dir / "trajectory.tum", stamps, np.stack([e.T_world_camera for e in estimates]))
+    against_map = [e.map_pose_covariance for e in estimates]  # absent from poses received over ROS
     np.savez_compressed(out_dir / "covariance.npz", t=stamps,
                         pose_covariance=np.stack([e.pose_covariance for e in estimates]),
                         velocity=np.stack([e.velocity for e in estimates]),
                         velocity_covariance=np.stack([e.velocity_covariance for e in estimates]),
-                        tracking_ok=np.array([e.tracking_ok for e in estimates]))
+                        tracking_ok=np.array([e.tracking_ok for e in estimates]),
+                        **({"map_pose_covariance": np.stack(against_map)}
+                           if all(c is not None for c in against_map) else {}))
     with open(out_dir / "timing.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t", *STAGES, "total"])
@@ -107,19 +108,23 @@ def summarise(estimates: list[Estimate], truths, slam: PrismFilter, wall: float,
 
 
 def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) -> dict:
-    """ATE/RPE with evo (SE(3)-aligned) and pose NEES against ground truth aligned at the first frame."""
+    """ATE/RPE with evo (SE(3)-aligned); absolute pose NEES (world frames tied at the first frame) and
+    frame-to-frame NEES, each with its coverage (:mod:`prism_ros.evaluation.calibration`)."""
+    from prism_ros.evaluation import calibration
+    from prism_ros.evaluation.calibration import pose_nees, relative_pose_nees
     from prism_ros.evaluation.metrics import evaluate
 
     stamps = np.array([e.t for e in estimates])
     est = np.stack([e.T_world_camera for e in estimates])
     gt = np.stack(truths)
     result = evaluate((stamps, est), (stamps, gt), align="se3", plot_path=out_dir / "trajectory.png")
-    nees = pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
     ok = np.array([e.tracking_ok for e in estimates])
-    inside = (nees > CHI2_6DOF_95[0]) & (nees < CHI2_6DOF_95[1])
-    return {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse,
-            "nees_median": float(np.median(nees[1:][ok[1:]])) if ok[1:].any() else None,
-            "nees_fraction_in_95_band": float(inside[1:][ok[1:]].mean()) if ok[1:].any() else None}
+    nees = pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
+    scores = {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse, **calibration.summary(nees[1:][ok[1:]], "nees")}
+    if all(e.map_pose_covariance is not None for e in estimates):  # frame pairs both tracked
+        relative = relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]))
+        scores.update(calibration.summary(relative[ok[1:] & ok[:-1]], "relative_nees"))
+    return scores
 
 
 def score_map(sdf_map, first_estimate: np.ndarray, first_truth: np.ndarray, true_sdf) -> dict:
@@ -133,17 +138,6 @@ def score_map(sdf_map, first_estimate: np.ndarray, first_truth: np.ndarray, true
     centres = transform_points(align, voxels.centres.double().cpu())
     band = 2 * sdf_map.config.voxel_size
     return map_error(centres, voxels.mean.cpu(), voxels.std.cpu(), true_sdf, band).to_dict()
-
-
-def pose_nees(est: np.ndarray, gt: np.ndarray, covariances: np.ndarray) -> np.ndarray:
-    """NEES of the left error log(T_gt T_est^-1) with the world frames tied at the first frame."""
-    align = gt[0] @ np.linalg.inv(est[0])
-    aligned = align @ est
-    error = se3_log(torch.as_tensor(gt @ np.linalg.inv(aligned))).numpy()
-    # covariance is expressed in the estimate's world frame: rotate it into the aligned frame
-    Ad = se3_adjoint(torch.as_tensor(align)).numpy()
-    cov = Ad @ covariances @ Ad.T
-    return np.einsum("ni,ni->n", error, np.linalg.solve(cov + 1e-18 * np.eye(6), error[..., None])[..., 0])
 
 
 def export_mesh(slam: PrismFilter, path: Path) -> dict:

@@ -1,0 +1,69 @@
+"""Is the reported pose uncertainty right? Pose NEES against ground truth and the coverage of credible regions.
+
+Covariances are left ones, of the twist [rho, phi] (:func:`prism_ros.geometry.lie.se3_log` order): the true
+pose is ``exp(xi) T_est`` with ``xi ~ N(0, covariance)``, in the estimate's world frame.
+
+- **absolute**: ``log(T_gt T_est^-1)`` with the world frames tied at the first frame, against the reported
+  covariance (the map-relative Laplace covariance plus the map-drift term);
+- **relative** (frame to frame): the motion ``T_{k-1}^-1 T_k`` against the ground truth's. Its right error is
+  ``Ad(T_k^-1) (xi_k - xi_{k-1})``: the map's drift, common to both frames, cancels, and the two frames'
+  map-relative errors are taken as independent, so its covariance is ``Ad(T_k^-1) (S_k + S_{k-1})
+  Ad(T_k^-1)^T`` with ``S`` the map-relative covariances. Needs no alignment of the world frames.
+- **coverage**: for each level p, the share of errors inside the p credible ellipsoid (NEES under the chi-square
+  p quantile, 6 degrees of freedom); a calibrated filter lies on the diagonal (observed = p).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import chi2
+
+from prism_ros.geometry.lie import se3_adjoint, se3_log
+
+LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
+CHI2_6DOF_95 = (float(chi2.ppf(0.025, 6)), float(chi2.ppf(0.975, 6)))  # two-sided 95 % band, 6 DoF
+
+
+def _nees(error: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    solved = np.linalg.solve(covariance + 1e-18 * np.eye(6), error[..., None])[..., 0]
+    return np.einsum("ni,ni->n", error, solved)
+
+
+def pose_nees(est: np.ndarray, gt: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    """(N,) absolute NEES of poses (N,4,4) with left covariances (N,6,6), world frames tied at the first frame."""
+    align = gt[0] @ np.linalg.inv(est[0])
+    error = se3_log(torch.as_tensor(gt @ np.linalg.inv(align @ est))).numpy()
+    Ad = se3_adjoint(torch.as_tensor(align)).numpy()  # the covariance into the aligned frame
+    return _nees(error, Ad @ covariances @ Ad.T)
+
+
+def relative_pose_nees(est: np.ndarray, gt: np.ndarray, map_covariances: np.ndarray) -> np.ndarray:
+    """(N-1,) NEES of the motion between consecutive frames (see the module docstring)."""
+    est_t, gt_t = torch.as_tensor(est), torch.as_tensor(gt)
+    motion = torch.linalg.inv(est_t[:-1]) @ est_t[1:]
+    true_motion = torch.linalg.inv(gt_t[:-1]) @ gt_t[1:]
+    error = se3_log(torch.linalg.inv(motion) @ true_motion).numpy()
+    Ad = se3_adjoint(torch.linalg.inv(est_t[1:])).numpy()
+    covariance = Ad @ (map_covariances[1:] + map_covariances[:-1]) @ np.swapaxes(Ad, -1, -2)
+    return _nees(error, covariance)
+
+
+def coverage(nees: np.ndarray, dof: int = 6, levels=LEVELS) -> dict[str, float]:
+    """{level: observed share of NEES values under the level's chi-square quantile}; {} without values."""
+    nees = np.asarray(nees, dtype=np.float64)
+    if not len(nees):
+        return {}
+    return {f"{p:g}": float((nees <= chi2.ppf(p, dof)).mean()) for p in levels}
+
+
+def in_band(nees: np.ndarray) -> float | None:
+    """Share of NEES values inside the two-sided 95 % band of a 6-DoF chi-square; None without values."""
+    nees = np.asarray(nees, dtype=np.float64)
+    return float(((nees > CHI2_6DOF_95[0]) & (nees < CHI2_6DOF_95[1])).mean()) if len(nees) else None
+
+
+def summary(nees: np.ndarray, name: str) -> dict:
+    """``{name}_median``, ``{name}_fraction_in_95_band`` and ``{name}_coverage`` (None / {} without values)."""
+    nees = np.asarray(nees, dtype=np.float64)
+    return {f"{name}_median": float(np.median(nees)) if len(nees) else None,
+            f"{name}_fraction_in_95_band": in_band(nees), f"{name}_coverage": coverage(nees)}
