@@ -115,6 +115,14 @@ def test_cli_generate_train_eval_table(tmp_path):
     assert result.exit_code == 2 and "no weights for pf-dmn" in result.output
     result = runner.invoke(app, ["generate", "--domain", "attic", "--out", str(tmp_path / "x.pt")])
     assert result.exit_code == 2 and "attic" in result.output
+    # a data set of another domain or image size is refused before training, naming the fix
+    result = runner.invoke(app, ["train", "--domain", "mazes", "--data", str(data), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "holds rooms environments" in result.output and "--domain rooms" in result.output
+    small = tmp_path / "rooms16.pt"
+    assert runner.invoke(app, ["generate", "--domain", "rooms", "--environments", "2", "--image-size", "16",
+                               "--out", str(small)]).exit_code == 0
+    result = runner.invoke(app, ["train", "--domain", "rooms", "--data", str(small), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "--image-size 32" in result.output, result.output
     if not torch.cuda.is_available():  # --device cuda without CUDA: one line naming the fix
         result = runner.invoke(app, ["train", "--domain", "rooms", "--device", "cuda", "--out", str(tmp_path / "c")])
         assert result.exit_code == 2 and "CUDA is not available" in result.output, result.output

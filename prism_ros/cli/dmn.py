@@ -103,7 +103,6 @@ def train_command(
 
     Example: prism-ros dmn train --domain rooms --method pf-dmn --minutes 30
     """
-    from prism_ros.dmn.environments import load_dataset
     from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
 
     _setup(threads, domain)
@@ -113,13 +112,28 @@ def train_command(
         if name not in LEARNED:
             raise InputError(f"unknown or untrainable method {name!r}", f"use one of {', '.join(LEARNED)} or all")
     config = TrainConfig(steps=steps, batch=batch, learning_rate=learning_rate, minutes=minutes, seed=seed)
-    source = StoredEpisodes(load_dataset(data), seed) if data else None
+    source = StoredEpisodes(_training_data(data, domain), seed) if data else None
     command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for name in names:
         result = train(name, domain, config, source=source, device=device)
         path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command)
         typer.echo(f"{name} ({domain}): {result.steps} steps in {result.seconds / 60:.1f} min, best validation loss "
                    f"{result.best_validation:.4f} -> {path}")
+
+
+def _training_data(path: Path, domain: str) -> dict:
+    """The data set of ``dmn train --data``: one of ``domain`` at the models' image size (InputError otherwise)."""
+    from prism_ros.dmn.environments import load_dataset
+    from prism_ros.dmn.model import DmnConfig
+
+    data, size = load_dataset(path), DmnConfig().image_size
+    if data["domain"] != domain:
+        raise InputError(f"the data set holds {data['domain']} environments, training was asked for {domain}",
+                         f"train with --domain {data['domain']}, or generate a {domain} data set", path)
+    if data["image_size"] != size:
+        raise InputError(f"the data set's images are {data['image_size']} px, the models take {size} px",
+                         f"generate it again with --image-size {size}", path)
+    return data
 
 
 def _device(device: str) -> str:
