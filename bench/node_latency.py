@@ -50,6 +50,8 @@ VIEWERS = ("none", "map")
 # A map viewer (what RViz with rviz/prism.rviz subscribes to), taking every message raw: the node's cost of
 # serving a display, not the display's own drawing. Prints its message and byte counts when stopped.
 VIEWER = """
+from prism_ros.nodes.runner import die_with_launcher
+die_with_launcher()  # ends with the bench
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data
@@ -173,9 +175,13 @@ class Probe:
 
 def start_viewer(domain_id: int):
     """The map viewer process (see VIEWER) on the graph's domain."""
+    import os
+
+    from prism_ros.launch_graph.launcher import LAUNCHER_PID_VARIABLE
     from prism_ros.loopback import spawn
 
-    return spawn([sys.executable, "-c", VIEWER], domain_id)
+    return spawn([sys.executable, "-c", VIEWER], domain_id,
+                 env={**os.environ, LAUNCHER_PID_VARIABLE: str(os.getpid())})
 
 
 def stop_viewer(viewer) -> dict:
@@ -211,14 +217,16 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
     # no /clock (the node runs on wall time); node start-up (torch, filter) can be slow on a busy machine
     player = replace(player, parameters={**player.parameters, "clock": False, "wait_timeout": 180.0})
     probe.reset()
-    display = start_viewer(domain_id) if viewer == "map" else None
     logs = {name: (out / f"{label}_{name}.log").open("w") for name in ("node", "player")}
-    # one start_graph call per process so each gets its own log (same domain, same loopback settings)
-    node_graph = start_graph([node], loopback=True, domain_id=domain_id, stdout=logs["node"],
-                             stderr=subprocess_stdout())
-    player_graph = start_graph([player], loopback=True, domain_id=domain_id, stdout=logs["player"],
-                               stderr=subprocess_stdout())
+    display = node_graph = player_graph = None
+    shown = {}
     try:
+        display = start_viewer(domain_id) if viewer == "map" else None
+        # one start_graph call per process so each gets its own log (same domain, same loopback settings)
+        node_graph = start_graph([node], loopback=True, domain_id=domain_id, stdout=logs["node"],
+                                 stderr=subprocess_stdout())
+        player_graph = start_graph([player], loopback=True, domain_id=domain_id, stdout=logs["player"],
+                                   stderr=subprocess_stdout())
         play_timeout = 180.0 + frames / 30.0 / max(rate, 1e-3) + 30.0
         codes = player_graph.wait(play_timeout)
         if codes[0] is None:
@@ -243,9 +251,11 @@ def run_case(probe: Probe, bag: Path, frames: int, device: str, domain_id: int, 
             time.sleep(0.1)
         time.sleep(0.3)
     finally:
-        node_graph.stop(grace=5.0)
-        player_graph.stop(grace=1.0)
-        shown = stop_viewer(display) if display is not None else {}
+        for graph, grace in ((node_graph, 5.0), (player_graph, 1.0)):
+            if graph is not None:
+                graph.stop(grace=grace)
+        if display is not None:
+            shown = stop_viewer(display)
         for log in logs.values():
             log.close()
     rgb, poses, diag, _ = probe.snapshot()

@@ -35,16 +35,21 @@ def test_relative_nees_of_a_hand_case():
     assert relative_pose_nees(est, offset @ gt, S)[0] == pytest.approx(expected, rel=1e-3)
 
 
-def test_the_map_drift_common_to_both_frames_cancels():
-    """Both frames off by the same twist (the map moved under them): the motion is exact, NEES 0, while the
-    absolute NEES sees the error."""
+def test_a_drift_common_to_both_frames_cancels_in_the_motion():
+    """A map drift that grows frame by frame moves both frames of a pair the same way up to the step between
+    them: the absolute NEES sees the drift, the frame-to-frame NEES only the step's share of it."""
     rng = np.random.default_rng(1)
     gt = poses(5, rng)
-    drift = exp([0.02, 0.01, -0.01, 0.01, 0.0, 0.02])
-    est = drift @ gt
+    step = np.array([0.01, 0.005, -0.005, 0.005, 0.0, 0.01])
+    est = np.stack([exp(k * step) @ T for k, T in enumerate(gt)])  # drift k * step at frame k
     S = np.tile(np.eye(6) * 1e-6, (5, 1, 1))
-    assert np.allclose(relative_pose_nees(est, gt, S), 0.0, atol=1e-9)
-    assert pose_nees(est, gt, S)[0] == pytest.approx(0.0, abs=1e-9)  # tied at the first frame
+    absolute, relative = pose_nees(est, gt, S), relative_pose_nees(est, gt, S)
+    assert absolute[0] == pytest.approx(0.0, abs=1e-9)  # tied at the first frame
+    assert np.all(np.diff(absolute) > 0)  # the drift grows
+    expected = step @ np.linalg.solve(2 * S[0], step)  # the step between frames, against S_k + S_{k-1}
+    assert np.allclose(relative, expected, rtol=0.05)
+    same = np.stack([exp(step) @ T for T in gt])  # the same offset for every frame: the motion is exact
+    assert np.allclose(relative_pose_nees(same, gt, S), 0.0, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["absolute", "relative"])

@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import ColorRGBA, Empty, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prism_ros.nodes.cdr import to_cdr
@@ -84,11 +84,14 @@ def test_other_messages_are_byte_identical():
         KeyValue(key="k", value="v" * k)]) for k in range(3)])
     for msg in (image, info, imu, cloud, diagnostics, Marker()):
         assert_same_cdr(to_cdr(msg), serialize_message(msg), type(msg))
+    assert deserialize_message(to_cdr(Empty()), Empty) == Empty()  # its placeholder byte (rclpy pads to 4)
 
 
 def test_packing_a_wrong_array_or_field_is_a_type_error():
     m = Marker()
     with pytest.raises(TypeError, match="float64"):
         to_cdr(m, {id(m): {"points": np.zeros((2, 3), np.float32)}})
+    with pytest.raises(TypeError, match="4 columns"):  # a colour without its alpha
+        to_cdr(m, {id(m): {"colors": np.zeros((2, 3), np.float32)}})
     with pytest.raises(TypeError, match="only sequences of messages"):
         to_cdr(m, {id(m): {"ns": np.zeros((2, 3))}})

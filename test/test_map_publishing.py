@@ -365,3 +365,28 @@ def test_the_map_thread_copies_and_meshes_nothing_until_someone_watches(maps, ro
     assert errors == [] and snapshots
     assert assert_same_triangles(apply(got["arrays"]), second) == triangles
     assert decode_cloud(got["clouds"][-1]).shape == (len(expected_cloud(second)[0]),)
+
+
+def test_changes_noted_while_only_the_cloud_is_watched_go_out_when_the_mesh_is(maps, ros_node, spawn_python,
+                                                                              tmp_path):
+    """publish_map(mesh=False) notes the changed groups without meshing them, cloud=False leaves the cloud stale
+    (``owes`` says what is left); a later publish with the mesh sends every noted group: the subscriber sees
+    the whole map."""
+    from prism_ros.nodes.map_publishing import MapPublisher
+
+    _, first, second = maps
+    publisher = MapPublisher(ros_node, "map")
+    publisher.publish_map(first, STAMP, mesh=False, cloud=False)
+    assert publisher.stats.meshed_groups == 0 and publisher.stats.pending_groups > 0
+    assert publisher.owes(mesh=True, cloud=False) and publisher.owes(mesh=False, cloud=True)
+    publisher.publish_map(second, STAMP + 1, mesh=False, cloud=True)  # only the cloud watched
+    assert publisher.stats.meshed_groups == 0 and publisher.stats.cloud_points > 0
+    assert not publisher.owes(mesh=False, cloud=True) and publisher.owes(mesh=True, cloud=False)
+    triangles = len(extract_mesh(second).faces)
+    recorder, out = start_recorder(spawn_python, ros_node, tmp_path, triangles=triangles, clouds=1)
+    wait_for_subscriber(ros_node, publisher)
+    publisher.publish_map(second, STAMP + 2)  # nothing changed since the last call, but the groups were noted
+    assert publisher.stats.changed_blocks == 0 and publisher.stats.meshed_groups > 0
+    assert not publisher.owes(mesh=True, cloud=True)
+    got = finish(recorder, out, ros_node)
+    assert assert_same_triangles(apply(got["arrays"]), second) == triangles

@@ -11,8 +11,8 @@ its rosidl type description and takes such sequences from ``packed`` arrays; the
 The layout is the one rmw_fastrtps and rmw_cyclonedds write (XCDR1, little endian, encapsulation
 ``00 01 00 00``): each primitive aligned to its size, counted from the end of the 4-byte header;
 strings as a uint32 length including the NUL, then the bytes and the NUL; a sequence's elements
-aligned only when there are any; padding written as zeros. Tests compare the bytes (padding aside) and
-the messages read back with ``rclpy.serialization``.
+aligned only when there are any; an empty message as one placeholder byte; padding written as zeros.
+Tests compare the bytes (padding aside) and the messages read back with ``rclpy.serialization``.
 """
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ class _Writer:
         self.buffer += b"\0" * (-(len(self.buffer) - len(ENCAPSULATION)) % size)
 
     def message(self, msg) -> None:
+        if not msg.SLOT_TYPES:  # an empty message carries one placeholder byte (rosidl's dummy member)
+            self.buffer += b"\0"
+            return
         arrays = self.packed.get(id(msg), {})
         for name, kind in zip(msg.get_fields_and_field_types(), msg.SLOT_TYPES):
             if name in arrays:
@@ -104,12 +107,12 @@ class _Writer:
         """A sequence of plain messages from an array, one row per element (see :func:`to_cdr`)."""
         if not isinstance(kind, AbstractSequence) or not isinstance(kind.value_type, NamespacedType):
             raise TypeError(f"{where}: only sequences of messages can be packed")
-        typename = _plain_field_type(kind.value_type)
+        typename, columns = _plain_field_type(kind.value_type)
         fmt, dtype = _BASIC[typename]
         array = np.asarray(array)
-        if array.ndim != 2 or array.dtype != np.dtype(dtype):
-            raise TypeError(f"{where}: packed as a 2-D {np.dtype(dtype).name} array (one row per element), "
-                            f"got {array.dtype.name} of shape {array.shape}")
+        if array.ndim != 2 or array.shape[1] != columns or array.dtype != np.dtype(dtype):
+            raise TypeError(f"{where}: packed as a 2-D {np.dtype(dtype).name} array of {columns} columns (one row "
+                            f"per element), got {array.dtype.name} of shape {array.shape}")
         self.align(4)
         self.buffer += struct.pack("<I", len(array))
         if len(array):
@@ -117,11 +120,12 @@ class _Writer:
             self.buffer += np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-_PLAIN: dict[tuple, str] = {}
+_PLAIN: dict[tuple, tuple[str, int]] = {}
 
 
-def _plain_field_type(kind: NamespacedType) -> str:
-    """The one primitive typename of all fields of a message type (TypeError when it has others)."""
+def _plain_field_type(kind: NamespacedType) -> tuple[str, int]:
+    """(the one primitive typename of all fields of a message type, its number of fields); TypeError when it
+    has fields of other kinds."""
     key = tuple(kind.namespaces) + (kind.name,)
     if key not in _PLAIN:
         import importlib
@@ -131,7 +135,7 @@ def _plain_field_type(kind: NamespacedType) -> str:
         kinds = {t.typename if isinstance(t, BasicType) else None for t in element.SLOT_TYPES}
         if len(kinds) != 1 or None in kinds:
             raise TypeError(f"{'/'.join(key)} has fields of several or non-primitive types: it cannot be packed")
-        _PLAIN[key] = kinds.pop()
+        _PLAIN[key] = kinds.pop(), len(element.SLOT_TYPES)
     return _PLAIN[key]
 
 

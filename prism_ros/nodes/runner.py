@@ -87,7 +87,7 @@ def die_with_launcher() -> None:
     """In a node the launcher started (:data:`LAUNCHER_PID_VARIABLE` set): SIGTERM when the launcher dies, even by
     SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``), so no node outlives a killed replay, bench or test; SIGTERM
     now if it is gone already. Elsewhere (``ros2 launch``, a shell, not Linux) nothing changes."""
-    expected = os.environ.get(LAUNCHER_PID_VARIABLE, "")
+    expected = os.environ.pop(LAUNCHER_PID_VARIABLE, "")  # not inherited by this node's own children
     if not expected.isdigit() or not sys.platform.startswith("linux"):
         return
     import ctypes
