@@ -154,6 +154,23 @@ def test_launch_file_builds_a_launch_description():
     assert {"bag", "rate", "loop"} <= names
 
 
+def looping_player(spawn_python, bag, domain_id, **popen_kwargs):
+    """(launcher process, its looping player as a psutil.Process) once the player's participant is up."""
+    import psutil
+    from ros_helpers.dds import domain_ports
+
+    launcher = spawn_python(["-m", "prism_ros.launch_graph.launcher"], "play", bag, "--loop", "--loopback",
+                            "--domain-id", domain_id, **popen_kwargs)
+    deadline, player = time.monotonic() + 20, None
+    while time.monotonic() < deadline and player is None:
+        for child in psutil.Process(launcher.pid).children():
+            if any(c.laddr.port in domain_ports(domain_id) for c in child.net_connections(kind="udp")):
+                player = child
+        time.sleep(0.1)
+    assert player is not None, "the player did not start"
+    return launcher, player
+
+
 def test_launcher_forwards_sigint_and_reports_exit_codes(spawn_python, ros2_bag, domain_id):
     """Ctrl-C on the launcher reaches the looping player, which stops; the launcher exits 130. The launcher
     starts with SIGINT ignored, as a child of a process that ignores it does (the full test run's case: the
@@ -161,18 +178,9 @@ def test_launcher_forwards_sigint_and_reports_exit_codes(spawn_python, ros2_bag,
     import signal
 
     import psutil
-    from ros_helpers.dds import domain_ports
 
-    launcher = spawn_python(["-m", "prism_ros.launch_graph.launcher"], "play", ros2_bag, "--loop",
-                            "--loopback", "--domain-id", domain_id,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    deadline, player = time.monotonic() + 20, None
-    while time.monotonic() < deadline and player is None:  # the player's participant is up
-        for child in psutil.Process(launcher.pid).children():
-            if any(c.laddr.port in domain_ports(domain_id) for c in child.net_connections(kind="udp")):
-                player = child
-        time.sleep(0.1)
-    assert player is not None, "the player did not start"
+    launcher, player = looping_player(spawn_python, ros2_bag, domain_id,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=20)
     assert launcher.returncode == 130, err
@@ -185,17 +193,8 @@ def test_nodes_end_when_their_launcher_is_killed(spawn_python, ros2_bag, domain_
     import signal
 
     import psutil
-    from ros_helpers.dds import domain_ports
 
-    launcher = spawn_python(["-m", "prism_ros.launch_graph.launcher"], "play", ros2_bag, "--loop",
-                            "--loopback", "--domain-id", domain_id)
-    deadline, player = time.monotonic() + 20, None
-    while time.monotonic() < deadline and player is None:  # the player's participant is up
-        for child in psutil.Process(launcher.pid).children():
-            if any(c.laddr.port in domain_ports(domain_id) for c in child.net_connections(kind="udp")):
-                player = child
-        time.sleep(0.1)
-    assert player is not None, "the player did not start"
+    launcher, player = looping_player(spawn_python, ros2_bag, domain_id)
     launcher.send_signal(signal.SIGKILL)
     launcher.communicate(timeout=20)
     deadline = time.monotonic() + 20

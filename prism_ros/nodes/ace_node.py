@@ -72,6 +72,7 @@ from prism_ros.nodes.conversions import (
 from prism_ros.nodes.health import Health, failed_trigger, refused_parameters
 from prism_ros.nodes.parameters import (
     Param,
+    check_intrinsics_source,
     checked_changes,
     count,
     declare,
@@ -269,12 +270,7 @@ class AceNode(Node):
 
         self.values = read_all(self, PARAMETERS, "config/ace.yaml")
         v = self.values
-        if v["intrinsics_source"] == "camera_info" and not v["camera_info_topic"]:
-            raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
-                             "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
-        if v["intrinsics_source"] == "parameters" and not any(v["intrinsics"]):
-            raise InputError("intrinsics_source is parameters but intrinsics is unset",
-                             "set intrinsics:=[fx, fy, cx, cy]")
+        check_intrinsics_source(v)
         self._recent = deque(maxlen=v["image_buffer"])
         self.T_base_camera = np.asarray(v["T_base_camera"], dtype=np.float64).reshape(4, 4)
         self.T_camera_base = np.linalg.inv(self.T_base_camera)

@@ -84,6 +84,17 @@ def intrinsics_check(values):
     return count(4, positive=True)(values)
 
 
+def check_intrinsics_source(values: dict) -> None:
+    """InputError when the node's intrinsics source has nothing to read (no CameraInfo topic, or unset
+    intrinsics)."""
+    if values["intrinsics_source"] == "camera_info" and not values["camera_info_topic"]:
+        raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
+                         "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
+    if values["intrinsics_source"] == "parameters" and not any(values["intrinsics"]):
+        raise InputError("intrinsics_source is parameters but intrinsics is unset",
+                         "set intrinsics:=[fx, fy, cx, cy] (pixels)")
+
+
 def convert_value(spec: Param, name: str, value: Any, reference: str) -> Any:
     """The typed value of parameter ``name`` (launch files pass "1" for floats and "true" for bools);
     InputError naming the parameter, the problem and the fix."""

@@ -15,6 +15,7 @@ from prism_ros.frame import Intrinsics
 from prism_ros.nodes import prediction_publishing
 from prism_ros.nodes.parameters import (
     Param,
+    check_intrinsics_source,
     convert_value,
     count,
     fraction,
@@ -263,12 +264,7 @@ def right_camera(values: dict, width: int, height: int) -> Intrinsics:
 
 def check_inputs(values: dict) -> None:
     """InputError for settings that are each valid but do not fit together (intrinsics, prediction)."""
-    if values["intrinsics_source"] == "camera_info" and not values["camera_info_topic"]:
-        raise InputError("intrinsics_source is camera_info but camera_info_topic is empty",
-                         "set camera_info_topic, or intrinsics_source:=parameters with intrinsics:=[fx,fy,cx,cy]")
-    if values["intrinsics_source"] == "parameters" and not any(values["intrinsics"]):
-        raise InputError("intrinsics_source is parameters but intrinsics is unset",
-                         "set intrinsics:=[fx, fy, cx, cy] (pixels)")
+    check_intrinsics_source(values)
     if problem := prediction_publishing.mismatch(values):
         raise InputError(problem, "set rollout_step <= rollout_horizon")
 
