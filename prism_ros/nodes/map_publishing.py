@@ -423,13 +423,16 @@ class MapPublisher:
     def publish_render(self, render, stamp, camera_frame: str) -> None:
         """Depth (m) and SDF-std images (32FC1, NaN where invalid) of a RenderResult, in ``camera_frame``; each
         only while it has a subscriber."""
+        wanted = [(publisher, image) for publisher, image in ((self._depth_pub, render.depth),
+                                                              (self._std_pub, render.sdf_std))
+                  if publisher.get_subscription_count()]
+        if not wanted:  # nothing to copy off the device on the frame path
+            return
         valid = render.valid.cpu().numpy().astype(bool)
-        nan = np.float32(np.nan)
         stamp = as_stamp(stamp)
-        for publisher, image in ((self._depth_pub, render.depth), (self._std_pub, render.sdf_std)):
-            if publisher.get_subscription_count():
-                values = np.where(valid, image.cpu().numpy(), nan).astype(np.float32)
-                publisher.publish(numpy_to_image(values, "32FC1", stamp, camera_frame))
+        for publisher, image in wanted:
+            values = np.where(valid, image.cpu().numpy(), np.float32(np.nan)).astype(np.float32)
+            publisher.publish(numpy_to_image(values, "32FC1", stamp, camera_frame))
 
 
 class MapStream:
@@ -438,13 +441,13 @@ class MapStream:
 
     Nothing is copied or meshed while neither the mesh nor the cloud has a subscriber (as ROS drivers publish
     lazily); what changed meanwhile goes out once one subscribes. ``snapshot(force)`` gives (map copy, stamp,
-    generation) when the map changed since its last call or ``force``, else None; it
-    copies the map (``GaussianSdfMap.clone``, a few ms) and reads :attr:`generation` under the map's lock, so
-    frames keep flowing while the mesh is built and sent. The mesh goes out in messages of at most the
-    publisher's ``max_groups`` block groups (rclpy converts a whole MarkerArray while holding the GIL: a whole
-    map's would stall the filter thread for as long), and the thread rests ``(1 - duty) / duty`` times what each
-    message took, so it takes at most ``duty`` of the time; a larger map updates more slowly instead of slowing
-    the poses. ``on_error(error)``: an unexpected error of one round (the thread goes on)."""
+    generation) when the map changed since its last call or ``force``, else None; it copies the map
+    (``GaussianSdfMap.clone``, a few ms) and reads :attr:`generation` under the map's lock, so frames keep
+    flowing while the mesh is built and sent. The mesh goes out in messages of at most the publisher's
+    ``max_groups`` block groups (meshing a whole map at once would take the cores, and the GIL between its
+    steps, from the filter for as long), and the thread rests ``(1 - duty) / duty`` times what each message
+    took, so it takes at most ``duty`` of the time; a larger map updates more slowly instead of slowing the
+    poses. ``on_error(error)``: an unexpected error of one round (the thread goes on)."""
 
     def __init__(self, publisher: MapPublisher, period, snapshot, on_error, duty: float = 0.25):
         self.publisher, self.period, self.snapshot, self.on_error, self.duty = publisher, period, snapshot, \

@@ -200,7 +200,7 @@ class PrismNode(ManagedNode):
         self.map_publisher = MapPublisher(self, v["map_frame"], colouring=v["map_colouring"], qos_depth=1,
                                           max_groups=MAP_GROUPS_PER_MESSAGE)
         self.map_stream = MapStream(self.map_publisher, lambda: self.values["map_publish_period"], self._map_snapshot,
-                                    lambda error: self.health.callback_failed("map_publishing", error))
+                                    counted(self.health, "map_publishing"))
         services = MutuallyExclusiveCallbackGroup()
         for name, callback in (("reset", self._srv_reset), ("pause", self._srv_pause), ("resume", self._srv_resume),
                                ("save_map", self._srv_save_map), ("load_map", self._srv_load_map)):

@@ -111,7 +111,6 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
     """ATE/RPE with evo (SE(3)-aligned); absolute pose NEES (world frames tied at the first frame) and
     frame-to-frame NEES, each with its coverage (:mod:`prism_ros.evaluation.calibration`)."""
     from prism_ros.evaluation import calibration
-    from prism_ros.evaluation.calibration import pose_nees, relative_pose_nees
     from prism_ros.evaluation.metrics import evaluate
 
     stamps = np.array([e.t for e in estimates])
@@ -119,10 +118,10 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
     gt = np.stack(truths)
     result = evaluate((stamps, est), (stamps, gt), align="se3", plot_path=out_dir / "trajectory.png")
     ok = np.array([e.tracking_ok for e in estimates])
-    nees = pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
+    nees = calibration.pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
     scores = {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse, **calibration.summary(nees[1:][ok[1:]], "nees")}
     if all(e.map_pose_covariance is not None for e in estimates):  # frame pairs both tracked
-        relative = relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]))
+        relative = calibration.relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]))
         scores.update(calibration.summary(relative[ok[1:] & ok[:-1]], "relative_nees"))
     return scores
 
