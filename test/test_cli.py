@@ -119,13 +119,15 @@ def test_run_writes_every_output(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 frames" in result.stdout and "ATE" in result.stdout
     for name in ("trajectory.tum", "covariance.npz", "map.pt", "mesh.ply", "timing.csv", "summary.json",
-                 "trajectory.png"):
+                 "trajectory.png", "reliability.png"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["ate_rmse_m"] < 0.05
     assert "map SDF error" in result.stdout and summary["map_error"]["voxels"] > 0  # the scene is known exactly
     covariance = np.load(out / "covariance.npz")
     assert covariance["pose_covariance"].shape == (8, 6, 6)
+    cross = covariance["map_cross_covariance"]  # with the previous frame: none before the first
+    assert cross.shape == (8, 6, 6) and not cross[0].any() and np.abs(cross[1:]).max() > 0
     stamps, poses = read_tum(out / "trajectory.tum")
     assert len(stamps) == 8
 

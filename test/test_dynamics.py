@@ -91,7 +91,8 @@ def test_registry_and_time_checks():
     with pytest.raises(ValueError, match="unknown imu_method"):
         make_transition(DynamicsConfig(model="imu", imu_method="rk4"))
     model, state = make_transition(), screw_state()
-    assert model.predict(state, state.t) is state
+    same = model.predict(state, state.t)  # no time passes: the same state, its error fully shared with the last
+    assert same.T is state.T and same.covariance is state.covariance and same.previous_cross is state.covariance
     with pytest.raises(ValueError, match="backwards"):
         model.predict(state, state.t - 0.1)
     with pytest.raises(ValueError, match="IMU samples"):

@@ -156,6 +156,61 @@ def echo_scores(summary: dict) -> None:
 
 @app.command()
 @reports_input_errors
+def calibrate(
+    dataset: Annotated[Path, typer.Option(help="Dataset folder or bag with ground truth (the calibration split).")],
+    out: Annotated[Path, typer.Option(help="Filter preset (YAML) to write: the format's preset with the fitted "
+                                           "noise parameters; use it with `prism-ros run --config`.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, 7scenes, sun3d, tum, euroc or bag.")] = "auto",
+    frames: Annotated[Optional[str], typer.Option(help="Frame slice A:B to calibrate on; keep the frames you "
+                                                       "evaluate on out of it.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML overriding the format's preset (the starting "
+                                                        "point).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, fused (Warp kernels) or torch (the reference).")] = "auto",
+    gt_sigma_m: Annotated[float, typer.Option(help="Position noise of the ground truth (m), for the motion fit.")]
+    = 1e-3,
+    gt_sigma_rad: Annotated[float, typer.Option(help="Rotation noise of the ground truth (rad).")] = 2e-3,
+    max_runs: Annotated[int, typer.Option(min=1, help="Filter runs at most to settle the correlation length.")] = 4,
+    preset: Annotated[Optional[str], typer.Option(help="Bag topic preset: tum, euroc or prism.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Fit the noise parameters that set the pose covariance (motion noise, residual correlation length, map
+    drift) to ground truth, and write a filter preset.
+
+    Example: prism-ros calibrate --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:200 --out k.yaml
+    """
+    import yaml
+
+    from prism_ros.datasets import open_dataset
+    from prism_ros.evaluation.noise_fit import calibrate as fit
+    from prism_ros.evaluation.noise_fit import preset_text
+    from prism_ros.prism.config import deep_merge, preset_config
+    from prism_ros.resources import config_file
+
+    fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
+    data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
+    settings = preset_config(data, config)
+    settings.device, settings.backend = device, backend
+    settings.resolved_backend()
+    result = fit(data, settings, init_gt=True, gt_sigma=(gt_sigma_m, gt_sigma_rad), max_runs=max_runs,
+                 progress=not quiet, log=typer.echo)
+    base: dict = {}
+    for path in (config_file(f"prism_{getattr(data, 'preset_name', data.format_name)}.yaml", required=False), config):
+        if path is not None:
+            base = deep_merge(base, yaml.safe_load(Path(path).read_text()) or {})
+    options = {"--dataset": dataset, "--format": None if fmt is None else ("bag" if fmt == "rosbag" else fmt),
+               "--frames": frames, "--config": config, "--preset": preset}
+    command = " ".join(["prism-ros calibrate", *(f"{k} {v}" for k, v in options.items() if v is not None)])
+    header = [f"Calibrated by: {command}", f"on {dataset}, frames {frames or 'all'} ({len(data)} frames)"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(preset_text(base, result, header))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"preset -> {out} (prism-ros run --config {out})")
+
+
+@app.command()
+@reports_input_errors
 def replay(
     bag: Annotated[Path, typer.Argument(help="rosbag2 folder (mcap/sqlite3) or ROS 1 .bag.")],
     preset: Annotated[str, typer.Option(help="Bag layout: tum, euroc, blackbird or synthetic "

@@ -29,7 +29,7 @@ code calls :meth:`TransitionModel.propagate` directly, which is differentiable a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -205,12 +205,13 @@ class TransitionModel:
         if t_next < state.t:
             raise ValueError(f"cannot predict backwards in time: from {state.t} to {t_next}")
         if t_next == state.t:
-            return state
+            return replace(state, previous_cross=state.covariance)
         window = self.inputs(state, t_next, imu, control)
         T, v, F, G = self.linearise(state.T, state.velocity, window)
-        P = F @ state.covariance @ F.T + (G * window.variance) @ G.T + self.process_noise(T, window.dt)
+        cross = F @ state.covariance  # the new error is F e + independent noise
+        P = cross @ F.T + (G * window.variance) @ G.T + self.process_noise(T, window.dt)
         P = P + self.residual_noise(state.T, state.velocity, window.values, window.dt)
-        return GaussianState(t_next, T, v, symmetrise(P))
+        return GaussianState(t_next, T, v, symmetrise(P), cross)
 
     def propagate(self, T: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
                   window: InputWindow) -> tuple[torch.Tensor, torch.Tensor]:

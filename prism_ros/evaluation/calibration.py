@@ -6,9 +6,10 @@ pose is ``exp(xi) T_est`` with ``xi ~ N(0, covariance)``, in the estimate's worl
 - **absolute**: ``log(T_gt T_est^-1)`` with the world frames tied at the first frame, against the reported
   covariance (the map-relative Laplace covariance plus the map-drift term);
 - **relative** (frame to frame): the motion ``T_{k-1}^-1 T_k`` against the ground truth's. Its right error is
-  ``Ad(T_k^-1) (xi_k - xi_{k-1})``: the map's drift, common to both frames, cancels, and the two frames'
-  map-relative errors are taken as independent, so its covariance is ``Ad(T_k^-1) (S_k + S_{k-1})
-  Ad(T_k^-1)^T`` with ``S`` the map-relative covariances. Needs no alignment of the world frames.
+  ``Ad(T_k^-1) (xi_k - xi_{k-1})``: the map's drift, common to both frames, cancels, so its covariance is
+  ``Ad(T_k^-1) (S_k + S_{k-1} - C_k - C_k^T) Ad(T_k^-1)^T`` with ``S`` the map-relative covariances and
+  ``C_k = cov(xi_k, xi_{k-1})`` the filter's cross-covariance (zero when not given: independent frames).
+  Needs no alignment of the world frames.
 - **coverage**: for each level p, the share of errors inside the p credible ellipsoid (NEES under the chi-square
   p quantile, 6 degrees of freedom); a calibrated filter lies on the diagonal (observed = p).
 """
@@ -37,15 +38,25 @@ def pose_nees(est: np.ndarray, gt: np.ndarray, covariances: np.ndarray) -> np.nd
     return _nees(error, Ad @ covariances @ Ad.T)
 
 
-def relative_pose_nees(est: np.ndarray, gt: np.ndarray, map_covariances: np.ndarray) -> np.ndarray:
-    """(N-1,) NEES of the motion between consecutive frames (see the module docstring)."""
+def relative_pose_nees(est: np.ndarray, gt: np.ndarray, map_covariances: np.ndarray,
+                       cross_covariances: np.ndarray | None = None) -> np.ndarray:
+    """(N-1,) NEES of the motion between consecutive frames (see the module docstring); ``cross_covariances``
+    (N,6,6): ``C_k`` of each frame with its predecessor (the first is unused)."""
+    return _nees(*relative_errors(est, gt, map_covariances, cross_covariances))
+
+
+def relative_errors(est: np.ndarray, gt: np.ndarray, map_covariances: np.ndarray,
+                    cross_covariances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N-1,6) right errors of the frame-to-frame motions and their (N-1,6,6) covariances."""
     est_t, gt_t = torch.as_tensor(est), torch.as_tensor(gt)
     motion = torch.linalg.inv(est_t[:-1]) @ est_t[1:]
     true_motion = torch.linalg.inv(gt_t[:-1]) @ gt_t[1:]
     error = se3_log(torch.linalg.inv(motion) @ true_motion).numpy()
     Ad = se3_adjoint(torch.linalg.inv(est_t[1:])).numpy()
-    covariance = Ad @ (map_covariances[1:] + map_covariances[:-1]) @ np.swapaxes(Ad, -1, -2)
-    return _nees(error, covariance)
+    joint = map_covariances[1:] + map_covariances[:-1]
+    if cross_covariances is not None:
+        joint = joint - cross_covariances[1:] - np.swapaxes(cross_covariances[1:], -1, -2)
+    return error, Ad @ joint @ np.swapaxes(Ad, -1, -2)
 
 
 def coverage(nees: np.ndarray, dof: int = 6, levels=LEVELS) -> dict[str, float]:
@@ -67,3 +78,24 @@ def summary(nees: np.ndarray, name: str) -> dict:
     nees = np.asarray(nees, dtype=np.float64)
     return {f"{name}_median": float(np.median(nees)) if len(nees) else None,
             f"{name}_fraction_in_95_band": in_band(nees), f"{name}_coverage": coverage(nees)}
+
+
+def plot_reliability(curves: dict[str, dict[str, float]], path) -> None:
+    """Reliability plot: observed against expected coverage per check (``{name: coverage(...)}``) with the
+    diagonal a calibrated filter lies on and a band of +-5 points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, label="calibrated")
+    ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
+    for name, curve in curves.items():
+        if curve:
+            ax.plot([float(p) for p in curve], list(curve.values()), marker="o", label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="expected coverage", ylabel="observed coverage",
+           title="pose covariance reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -48,6 +48,8 @@ class Estimate:
     timings_ms: dict = field(default_factory=dict)
     render: RenderResult | None = None
     map_pose_covariance: np.ndarray | None = None  # pose_covariance without the map-drift term (against the map)
+    # cov(this frame's map-relative pose error, the previous state's), left 6x6; None on a (re)started state
+    map_cross_covariance: np.ndarray | None = None
 
 
 class PrismFilter:
@@ -178,9 +180,10 @@ class PrismFilter:
         state = self.state
         T_camera = (state.T @ self.T_body_camera).cpu().numpy()
         pose_covariance = state.pose_covariance + self.drift.covariance  # against the world, not the map
+        cross = None if state.previous_cross is None else state.previous_cross[:6, :6].cpu().numpy()
         return Estimate(state.t, T_camera, pose_covariance.cpu().numpy(), state.velocity.cpu().numpy(),
                         state.velocity_covariance.cpu().numpy(), ok, quality, dict(self.timings), rendered,
-                        state.pose_covariance.cpu().numpy())
+                        state.pose_covariance.cpu().numpy(), cross)
 
     @contextmanager
     def timed(self, stage: str):

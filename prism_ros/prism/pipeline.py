@@ -1,10 +1,12 @@
 """Offline runner: the filter over a dataset, writing what `prism-ros run` promises.
 
 Outputs in ``out_dir``: ``trajectory.tum`` (camera-to-world), ``covariance.npz`` (per-frame 6x6 pose
-covariances against the world and against the map, velocity covariances, velocities, tracking flags),
+covariances against the world and against the map, each frame's cross-covariance with the previous one, velocity
+covariances, velocities, tracking flags),
 ``map.pt`` (the map: ``prism-ros costmap``, ``prism_node``'s ``~/load_map``), ``mesh.ply``, ``timing.csv``
 (ms per stage per frame), ``summary.json`` (frames, lost frames, median ms/frame, peak memory, map memory,
-ATE, absolute and frame-to-frame NEES with their coverage when ground truth exists) and ``trajectory.png``.
+ATE, absolute and frame-to-frame NEES with their coverage when ground truth exists), ``trajectory.png`` and
+``reliability.png`` (observed against expected coverage, with ground truth).
 """
 from __future__ import annotations
 
@@ -36,18 +38,7 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    first = dataset[0]
-    if init_gt and first.pose is None:
-        from prism_ros.errors import InputError
-
-        raise InputError("--init-gt needs ground truth for the first frame", "drop --init-gt", out_dir)
-    slam = PrismFilter(config, initial_pose=first.pose if init_gt else None)
-    estimates, truths = [], []
-    started = time.perf_counter()
-    for frame in tqdm(dataset, total=len(dataset), desc="prism", unit="frame", disable=not progress):
-        estimates.append(replace(slam.step(frame), render=None))  # keep the numbers, not every render
-        truths.append(frame.pose)
-    wall = time.perf_counter() - started
+    slam, estimates, truths, wall = track_sequence(dataset, config, init_gt, progress)
     write_outputs(out_dir, estimates)
     summary = summarise(estimates, truths, slam, wall, config)
     if all(t is not None for t in truths):
@@ -63,23 +54,51 @@ def run_sequence(dataset: Dataset, config: FilterConfig, out_dir: Path, init_gt:
     return summary
 
 
+def track_sequence(dataset: Dataset, config: FilterConfig, init_gt: bool = False, progress: bool = True):
+    """The filter over every frame: (filter, estimates without their renders, ground-truth poses or None per
+    frame, wall seconds)."""
+    first = dataset[0]
+    if init_gt and first.pose is None:
+        from prism_ros.errors import InputError
+
+        raise InputError("--init-gt needs ground truth for the first frame", "drop --init-gt")
+    slam = PrismFilter(config, initial_pose=first.pose if init_gt else None)
+    estimates, truths = [], []
+    started = time.perf_counter()
+    for frame in tqdm(dataset, total=len(dataset), desc="prism", unit="frame", disable=not progress):
+        estimates.append(replace(slam.step(frame), render=None))  # keep the numbers, not every render
+        truths.append(frame.pose)
+    return slam, estimates, truths, time.perf_counter() - started
+
+
 def write_outputs(out_dir: Path, estimates: list[Estimate]) -> None:
     stamps = np.array([e.t for e in estimates])
     write_tum(out_dir / "trajectory.tum", stamps, np.stack([e.T_world_camera for e in estimates]))
     against_map = [e.map_pose_covariance for e in estimates]  # absent from poses received over ROS
+    cross = cross_covariances(estimates)
     np.savez_compressed(out_dir / "covariance.npz", t=stamps,
                         pose_covariance=np.stack([e.pose_covariance for e in estimates]),
                         velocity=np.stack([e.velocity for e in estimates]),
                         velocity_covariance=np.stack([e.velocity_covariance for e in estimates]),
                         tracking_ok=np.array([e.tracking_ok for e in estimates]),
                         **({"map_pose_covariance": np.stack(against_map)}
-                           if all(c is not None for c in against_map) else {}))
+                           if all(c is not None for c in against_map) else {}),
+                        **({"map_cross_covariance": cross} if cross is not None else {}))
     with open(out_dir / "timing.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t", *STAGES, "total"])
         for e in estimates:
             row = [e.timings_ms.get(stage, 0.0) for stage in STAGES]
             writer.writerow([f"{e.t:.6f}", *(f"{ms:.2f}" for ms in row), f"{sum(row):.2f}"])
+
+
+def cross_covariances(estimates: list[Estimate]) -> np.ndarray | None:
+    """(N,6,6) covariance of each frame's map-relative pose error with the previous frame's (zero where the
+    filter restarted); None when no estimate carries one (poses received over ROS)."""
+    if all(e.map_cross_covariance is None for e in estimates):
+        return None
+    return np.stack([np.zeros((6, 6)) if e.map_cross_covariance is None else e.map_cross_covariance
+                     for e in estimates])
 
 
 def summarise(estimates: list[Estimate], truths, slam: PrismFilter, wall: float, config: FilterConfig) -> dict:
@@ -121,8 +140,11 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
     nees = calibration.pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
     scores = {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse, **calibration.summary(nees[1:][ok[1:]], "nees")}
     if all(e.map_pose_covariance is not None for e in estimates):  # frame pairs both tracked
-        relative = calibration.relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]))
+        relative = calibration.relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]),
+                                                  cross_covariances(estimates))
         scores.update(calibration.summary(relative[ok[1:] & ok[:-1]], "relative_nees"))
+    calibration.plot_reliability({"absolute": scores["nees_coverage"], "frame to frame": scores.get(
+        "relative_nees_coverage", {})}, out_dir / "reliability.png")
     return scores
 
 

@@ -8,6 +8,9 @@
   tracking can work on the camera pose and hand its covariance to the state unchanged.
 - Velocity: ``v = [linear velocity in the world frame (3), angular velocity in the body frame (3)]``.
 - State covariance: 12x12 over ``[delta (6), delta_v (6)]``.
+- ``previous_cross``: 12x12 covariance of this state's error with the previous frame's state error
+  (``F P`` after a prediction, carried through the pose update), so that frame-to-frame motion can be
+  given its own covariance: consecutive errors share the prior and are far from independent.
 Small state tensors are float64 (on the filter's device); images and the map are float32.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ class GaussianState:
     T: torch.Tensor
     velocity: torch.Tensor
     covariance: torch.Tensor
+    previous_cross: torch.Tensor | None = None  # cov(error now, error at the previous state), 12x12
 
     @property
     def pose_covariance(self) -> torch.Tensor:
@@ -36,7 +40,8 @@ class GaussianState:
 
     def to(self, device) -> "GaussianState":
         return replace(self, T=self.T.to(device), velocity=self.velocity.to(device),
-                       covariance=self.covariance.to(device))
+                       covariance=self.covariance.to(device),
+                       previous_cross=None if self.previous_cross is None else self.previous_cross.to(device))
 
     @staticmethod
     def initial(T, t: float = 0.0, pose_std=(1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4),
