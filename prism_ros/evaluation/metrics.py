@@ -186,6 +186,7 @@ class MapError:
     median_abs_m: float
     p95_abs_m: float
     std_error_spearman: float  # rank correlation of the posterior std with |error| (> 0: std flags error)
+    coverage_95: float | None = None  # share of voxels whose error lies within +-1.96 posterior std
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,7 +194,8 @@ class MapError:
     def summary_line(self) -> str:
         return (f"map SDF error within {self.band_m * 100:.0f} cm of surfaces: mean {self.mean_abs_m * 1e3:.1f} mm, "
                 f"p95 {self.p95_abs_m * 1e3:.1f} mm over {self.voxels} voxels; "
-                f"Spearman(std, |error|) {self.std_error_spearman:.2f}")
+                f"Spearman(std, |error|) {self.std_error_spearman:.2f}"
+                + (f", {self.coverage_95:.0%} within their 95 % interval" if self.coverage_95 is not None else ""))
 
 
 def map_error(centres, mean, std, true_sdf, band: float, max_voxels: int = 200_000) -> MapError:
@@ -214,6 +216,7 @@ def map_error(centres, mean, std, true_sdf, band: float, max_voxels: int = 200_0
         raise InputError(f"only {int(near.sum())} observed voxels lie within {band} m of the true surface",
                          "check that the map and the ground-truth scene share a world frame")
     error = (mean - truth).abs()[near].cpu().numpy()
-    rho = spearmanr(std[near].cpu().numpy(), error).statistic
+    sigma = std[near].cpu().numpy()
+    rho = spearmanr(sigma, error).statistic
     return MapError(int(near.sum()), float(band), float(error.mean()), float(np.median(error)),
-                    float(np.quantile(error, 0.95)), float(rho))
+                    float(np.quantile(error, 0.95)), float(rho), float(np.mean(error <= 1.96 * sigma)))
