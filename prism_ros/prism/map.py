@@ -97,6 +97,9 @@ class MapConfig:
     min_cos_incidence: float = 0.1  # grazing inflation: variance / max(cos, this)^2
     depth_edge_ratio: float = 0.05  # normals are not trusted where the 3x3 depth spread exceeds this x depth
     band_std_slope: float = 0.2  # model std grows by this many metres per metre along the ray from the surface
+    # the measurement normals come from the vertex map averaged over this many pixels per side (odd; 1 = the
+    # observation's own central-difference normals), see map_normals
+    normal_window: int = 1
     prior_std: float = 1.0  # prior N(+truncation, prior_std^2); broad (see the module docstring)
     max_precision: float | None = None  # forgetting: cap on the SDF precision (1/m^2); None = off
     colour_std: float = 0.05  # colour measurement std (colour in [0, 1])
@@ -112,6 +115,9 @@ class MapConfig:
         if bad or not power_of_two or self.initial_capacity < 1 or self.allocation_rays < 1:
             raise InputError(f"bad map settings {bad or ['block_size/initial_capacity/allocation_rays']}",
                              "use positive sizes, a block_size of 2, 4, 8 or 16 and initial_capacity >= 1")
+        if not (isinstance(self.normal_window, int) and self.normal_window >= 1 and self.normal_window % 2 == 1):
+            raise InputError(f"normal_window must be an odd number of pixels >= 1, got {self.normal_window!r}",
+                             "use 1 (the observation's normals), 3, 5, ...")
         if self.max_precision is not None and not self.max_precision > 0:
             raise InputError(f"max_precision must be positive or None, got {self.max_precision}")
 
@@ -584,7 +590,8 @@ class GaussianSdfMap:
         from prism_ros.prism.kernels.integrate import fill_pixel_table
 
         rgb = self._colour_at_level(colour, level.depth.shape).permute(1, 2, 0)  # (H,W,3), a view at level 0
-        table = fill_pixel_table(level.depth, level.points, level.normals, rgb.contiguous(), self.config)
+        normals = map_normals(level, self.config.normal_window, self.config.depth_edge_ratio)
+        table = fill_pixel_table(level.depth, level.points, normals, rgb.contiguous(), self.config)
         return PixelTable(table[0], table[1:])
 
     def _fused_band_blocks(self, level: ObservationLevel, T: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -627,7 +634,7 @@ class GaussianSdfMap:
         h, w = level.depth.shape
         depth = level.depth.float().reshape(-1)
         points = level.points.float().reshape(-1, 3).T.contiguous()  # (3, H*W)
-        normals = level.normals.float().reshape(-1, 3).T
+        normals = map_normals(level, c.normal_window, c.depth_edge_ratio).float().reshape(-1, 3).T
         has_normal = torch.isfinite(normals[0]) & ~self._depth_edges(level.depth.float()).reshape(-1)
         fallback = torch.tensor([[0.0], [0.0], [-1.0]], device=self.device)
         normals = torch.where(has_normal, normals, fallback)
@@ -910,3 +917,30 @@ def check_saved_map(data, path: Path) -> MapConfig:
     if bool((data["precision"] < 0).any() | (data["colour_precision"] < 0).any() | (data["count"] < 0).any()):
         raise InputError("precisions and counts must be >= 0", fix, path)
     return config
+
+
+def map_normals(level: ObservationLevel, window: int, edge_ratio: float) -> torch.Tensor:
+    """(H,W,3) normals for the map's point-to-plane measurement: central differences of the vertex map averaged
+    over ``window`` x ``window`` pixels (NaN-aware), NaN where that window spans a depth edge (its depth range
+    exceeds ``edge_ratio`` x depth per pixel of its half-width, the 4-neighbour test scaled up).
+
+    Kinect-class depth noise at 2-3 m is about a pixel's footprint, so central differences of single pixels
+    tilt normals by tens of degrees; ``n . (p - q)`` then shrinks |sdf| systematically and the error does not
+    average out over frames. Averaging the points first keeps planes planar and shrinks the tilt by about the
+    window's area. ``window`` 1 returns the observation's normals unchanged.
+    """
+    if window == 1:
+        return level.normals
+    from prism_ros.prism.observation import normals_from_points
+
+    depth = level.depth.float()
+    valid = torch.isfinite(depth) & (depth > 0)
+    points = torch.where(valid[..., None], level.points.float(), 0.0).permute(2, 0, 1)[None]
+    weights = valid.float()[None, None]
+    pad = window // 2
+    mean = (F.avg_pool2d(points, window, 1, pad) / F.avg_pool2d(weights, window, 1, pad).clamp_min(1e-9))
+    high = F.max_pool2d(torch.where(valid, depth, -math.inf)[None, None], window, 1, pad)[0, 0]
+    low = -F.max_pool2d(torch.where(valid, -depth, -math.inf)[None, None], window, 1, pad)[0, 0]
+    edge = (high - low) > edge_ratio * depth * pad
+    smooth = torch.where((valid & ~edge)[..., None], mean[0].permute(1, 2, 0), math.nan)
+    return normals_from_points(smooth)
