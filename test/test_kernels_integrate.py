@@ -109,8 +109,10 @@ def synthetic_levels(synthetic, distortion=(), device="cpu") -> list:
             for depth, colour in zip(depths, colours)]
 
 
-def test_synthetic_sequence_matches_reference(synthetic):
-    assert_maps_match(*integrate_both(synthetic_levels(synthetic), synthetic[-1]))
+@pytest.mark.parametrize("normal_window", [1, 3])
+def test_synthetic_sequence_matches_reference(synthetic, normal_window):
+    config = MapConfig(normal_window=normal_window)
+    assert_maps_match(*integrate_both(synthetic_levels(synthetic), synthetic[-1], config))
 
 
 def redkitchen_frames(count: int, step: int = 10) -> tuple[list, list]:

@@ -41,14 +41,16 @@ indices and (3,N) coordinates, gather one channel at a time (a multi-channel gat
 times more per value) and reuse small constant tensors.
 
 Measurement model (one per voxel of every block the frame touches; the voxel centre p is projected to
-its nearest pixel, which gives the depth d, the camera-facing normal n and the surface point q):
+its nearest pixel, which gives the depth d, the camera-facing normal n (from the vertex map averaged over
+``normal_window`` pixels, :func:`map_normals`) and the surface point q):
 - kept when the projective distance d - z > -truncation (not hidden behind the surface) and d valid;
 - value m = n . (p - q), the point-to-plane distance (the along-ray correction): exact for planes at any
   incidence, where the projective d - z overestimates |sdf| by up to 1/cos(incidence). It is used where
   it lies between 0 and the distance along the ray to q (+- half a voxel); elsewhere the normal is wrong
   and the along-ray distance is used (it bounds |sdf| of a free-space voxel). Normals are not trusted at
-  depth edges (the pixel's 4-neighbourhood spans more than ``depth_edge_ratio`` of its depth), nor
-  where missing: there n = (0, 0, -1), i.e. d - z. m is clipped to [-truncation, truncation];
+  depth edges (the pixel's 4-neighbourhood, or the averaging window, spans more than ``depth_edge_ratio`` of
+  its depth per pixel), nor where missing: there n = (0, 0, -1), i.e. d - z. m is clipped to
+  [-truncation, truncation];
 - variance = sigma(d)^2 / max(cos, min_cos_incidence)^2 + (band_std_slope * r)^2 with sigma(z) =
   noise_a + noise_b z^2 and r the along-ray distance (clipped to the band): sensor noise, inflated at
   grazing incidence (unreliable normals, mixed pixels) and by a model error that grows linearly with
@@ -98,8 +100,8 @@ class MapConfig:
     depth_edge_ratio: float = 0.05  # normals are not trusted where the 3x3 depth spread exceeds this x depth
     band_std_slope: float = 0.2  # model std grows by this many metres per metre along the ray from the surface
     # the measurement normals come from the vertex map averaged over this many pixels per side (odd; 1 = the
-    # observation's own central-difference normals), see map_normals
-    normal_window: int = 1
+    # observation's own central-difference normals), see map_normals; docs/prism.md has the measured effect
+    normal_window: int = 3
     prior_std: float = 1.0  # prior N(+truncation, prior_std^2); broad (see the module docstring)
     max_precision: float | None = None  # forgetting: cap on the SDF precision (1/m^2); None = off
     colour_std: float = 0.05  # colour measurement std (colour in [0, 1])

@@ -90,6 +90,7 @@ def extract_mesh(sdf_map, colour_by: str = "colour", min_weight: float | None = 
     except RuntimeError:  # no zero crossing in the masked volume
         return Mesh.empty()
     vertices = ((vertices + origin) * sdf_map.config.voxel_size).astype(np.float32)
+    faces = faces[triangle_areas(vertices, faces) > 0]  # see triangle_areas
     sample = sdf_map.sample(torch.from_numpy(vertices).to(sdf_map.device))
     std = sample.std.cpu().numpy().astype(np.float32)
     if colour_by == "colour":
@@ -97,6 +98,15 @@ def extract_mesh(sdf_map, colour_by: str = "colour", min_weight: float | None = 
     else:
         colours = colour_map(std, std_range, colormap)
     return Mesh(vertices, faces.astype(np.int32), colours, std)
+
+
+def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F,) twice the area of each triangle. Where the surface passes exactly through voxel corners (an SDF mean
+    of exactly zero, e.g. a floor on the voxel grid), marching cubes makes triangles whose corners coincide;
+    skimage drops them only where it merged their vertices, which a block set's border prevents, so zero-area
+    triangles are dropped here for the whole mesh and its parts alike."""
+    corners = vertices[faces].astype(np.float64)
+    return np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
 
 
 def dense_volume(sdf_map, min_weight: float = 0.0, box=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
