@@ -589,10 +589,13 @@ class GaussianSdfMap:
 
     def _fused_pixel_table(self, level: ObservationLevel, colour: torch.Tensor) -> PixelTable:
         """:meth:`_pixel_table` in one Warp kernel (:mod:`prism_ros.prism.kernels.integrate`)."""
-        from prism_ros.prism.kernels.integrate import fill_pixel_table
+        from prism_ros.prism.kernels.integrate import fill_pixel_table, fill_window_normals
 
         rgb = self._colour_at_level(colour, level.depth.shape).permute(1, 2, 0)  # (H,W,3), a view at level 0
-        normals = map_normals(level, self.config.normal_window, self.config.depth_edge_ratio)
+        normals = level.normals
+        if self.config.normal_window > 1:
+            normals = fill_window_normals(level.depth, level.points, self.config.normal_window,
+                                          self.config.depth_edge_ratio)
         table = fill_pixel_table(level.depth, level.points, normals, rgb.contiguous(), self.config)
         return PixelTable(table[0], table[1:])
 
@@ -923,26 +926,36 @@ def check_saved_map(data, path: Path) -> MapConfig:
 
 def map_normals(level: ObservationLevel, window: int, edge_ratio: float) -> torch.Tensor:
     """(H,W,3) normals for the map's point-to-plane measurement: central differences of the vertex map averaged
-    over ``window`` x ``window`` pixels (NaN-aware), NaN where that window spans a depth edge (its depth range
-    exceeds ``edge_ratio`` x depth per pixel of its half-width, the 4-neighbour test scaled up).
+    over ``window`` x ``window`` pixels (the valid ones), NaN where that window spans a depth edge (its depth
+    range exceeds ``edge_ratio`` x depth per pixel of its half-width, the 4-neighbour test scaled up).
 
     Kinect-class depth noise at 2-3 m is about a pixel's footprint, so central differences of single pixels
     tilt normals by tens of degrees; ``n . (p - q)`` then shrinks |sdf| systematically and the error does not
     average out over frames. Averaging the points first keeps planes planar and shrinks the tilt by about the
-    window's area. ``window`` 1 returns the observation's normals unchanged.
+    window's area. ``window`` 1 returns the observation's normals unchanged. The sums run in the order of the
+    fused kernel (``prism_ros.prism.kernels.integrate.window_points``), so the two agree to rounding.
     """
     if window == 1:
         return level.normals
     from prism_ros.prism.observation import normals_from_points
 
+    half = window // 2
+    h, w = level.depth.shape
     depth = level.depth.float()
     valid = torch.isfinite(depth) & (depth > 0)
-    points = torch.where(valid[..., None], level.points.float(), 0.0).permute(2, 0, 1)[None]
-    weights = valid.float()[None, None]
-    pad = window // 2
-    mean = (F.avg_pool2d(points, window, 1, pad) / F.avg_pool2d(weights, window, 1, pad).clamp_min(1e-9))
-    high = F.max_pool2d(torch.where(valid, depth, -math.inf)[None, None], window, 1, pad)[0, 0]
-    low = -F.max_pool2d(torch.where(valid, -depth, -math.inf)[None, None], window, 1, pad)[0, 0]
-    edge = (high - low) > edge_ratio * depth * pad
-    smooth = torch.where((valid & ~edge)[..., None], mean[0].permute(1, 2, 0), math.nan)
-    return normals_from_points(smooth)
+    padded_depth = F.pad(torch.where(valid, depth, math.nan), (half,) * 4, value=math.nan)
+    padded_points = F.pad(level.points.float().permute(2, 0, 1), (half,) * 4)
+    total = torch.zeros((3, h, w), device=depth.device)
+    count = torch.zeros((h, w), device=depth.device)
+    high, low = depth.clone(), depth.clone()
+    for dy in range(window):
+        for dx in range(window):
+            d = padded_depth[dy:dy + h, dx:dx + w]
+            seen = torch.isfinite(d)
+            total += torch.where(seen, padded_points[:, dy:dy + h, dx:dx + w], 0.0)
+            count += seen.float()
+            high = torch.where(seen, torch.maximum(high, d), high)
+            low = torch.where(seen, torch.minimum(low, d), low)
+    edge = (high - low) > edge_ratio * depth * float(half)
+    smooth = torch.where(valid & ~edge, total / count.clamp_min(1.0), math.nan)
+    return normals_from_points(smooth.permute(1, 2, 0))

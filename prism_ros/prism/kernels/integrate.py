@@ -4,6 +4,8 @@ The torch reference (``GaussianSdfMap._pixel_table`` and ``_update_blocks``/``_f
 over the full-resolution image and as many over every voxel of the touched blocks, with a gathered copy of the
 state in between. Here:
 
+- ``window_points`` + ``window_normals``: one thread per pixel each: the window-averaged vertex map and its
+  normals (``map_normals``);
 - ``pixel_table``: one thread per pixel of the padded table writes all its measurement inputs (depth edge test,
   camera-facing normal, n . q, sensor variance, ray length, colour) in the reference's layout, so the two
   paths share the table format and can be compared directly;
@@ -82,6 +84,69 @@ def pixel_table(first: int, part: int, depth: wp.array(dtype=float), points: wp.
     table[7, index] = c[0]
     table[8, index] = c[1]
     table[9, index] = c[2]
+
+
+@wp.func
+def window_point(x: int, y: int, w: int, h: int, half: int, edge_ratio: float, depth: wp.array(dtype=float),
+                 points: wp.array(dtype=wp.vec3)) -> wp.vec3:
+    """The mean of the valid points in the (2 half + 1)^2 window at (x, y) (``map_normals``), NaN where the centre
+    is invalid or the window's depth range exceeds edge_ratio x depth x half."""
+    d = depth[y * w + x]
+    if not (wp.isfinite(d) and d > 0.0):
+        return wp.vec3(wp.nan, wp.nan, wp.nan)
+    total = wp.vec3(0.0, 0.0, 0.0)
+    count = float(0.0)
+    high = d
+    low = d
+    for dy in range(-half, half + 1):
+        for dx in range(-half, half + 1):
+            u = x + dx
+            v = y + dy
+            if u >= 0 and u < w and v >= 0 and v < h:
+                neighbour = depth[v * w + u]
+                if wp.isfinite(neighbour) and neighbour > 0.0:
+                    total = total + points[v * w + u]
+                    count = count + 1.0
+                    high = wp.max(high, neighbour)
+                    low = wp.min(low, neighbour)
+    if high - low > edge_ratio * d * float(half):
+        return wp.vec3(wp.nan, wp.nan, wp.nan)
+    return wp.vec3(total[0] / count, total[1] / count, total[2] / count)
+
+
+@wp.kernel
+def window_points(first: int, part: int, depth: wp.array(dtype=float), points: wp.array(dtype=wp.vec3), width: int,
+                  half: int, edge_ratio: float, smooth: wp.array(dtype=wp.vec3)):
+    """One pixel per thread: its window-averaged point (``window_point``)."""
+    index = wp.tid() + first
+    y = index // width
+    smooth[index] = window_point(index - y * width, y, width, depth.shape[0] // width, half, edge_ratio, depth,
+                                 points)
+
+
+@wp.kernel
+def window_normals(first: int, part: int, smooth: wp.array(dtype=wp.vec3), width: int,
+                   normals: wp.array(dtype=wp.vec3)):
+    """One pixel per thread: central differences of the window-averaged vertex map, replicated at the image
+    border, facing the camera (``normals_from_points``); NaN next to a missing or edge window."""
+    index = wp.tid() + first
+    w = width
+    h = smooth.shape[0] // w
+    y = index // w
+    x = index - y * w
+    du = smooth[y * w + wp.min(x + 1, w - 1)] - smooth[y * w + wp.max(x - 1, 0)]
+    dv = smooth[wp.min(y + 1, h - 1) * w + x] - smooth[wp.max(y - 1, 0) * w + x]
+    # component by component, in the reference's operation order (the compiler may still fuse a multiply-add:
+    # the normals then differ from the reference's by an ulp)
+    nx = du[1] * dv[2] - du[2] * dv[1]
+    ny = du[2] * dv[0] - du[0] * dv[2]
+    nz = du[0] * dv[1] - du[1] * dv[0]
+    length = wp.sqrt(nx * nx + ny * ny + nz * nz)
+    n = wp.vec3(nx / length, ny / length, nz / length)
+    p = smooth[index]
+    if n[0] * p[0] + n[1] * p[1] + n[2] * p[2] > 0.0:
+        n = -n
+    normals[index] = n
 
 
 @wp.func
@@ -180,6 +245,18 @@ def fill_pixel_table(depth: torch.Tensor, points: torch.Tensor, normals: torch.T
         w, config.noise_a, config.noise_b, config.min_cos_incidence, config.depth_edge_ratio, config.max_depth,
         array(table)], depth.device)
     return table
+
+
+def fill_window_normals(depth: torch.Tensor, points: torch.Tensor, window: int, edge_ratio: float) -> torch.Tensor:
+    """(H,W,3) :func:`prism_ros.prism.map.map_normals` of depth (H,W) and points (H,W,3) for an odd ``window``."""
+    h, w = depth.shape
+    smooth = torch.empty((h * w, 3), dtype=torch.float32, device=depth.device)
+    normals = torch.empty((h, w, 3), dtype=torch.float32, device=depth.device)
+    launch(window_points, h * w, [array(depth.to(torch.float32).reshape(-1)),
+                                  array(points.to(torch.float32).reshape(-1, 3), wp.vec3), w, window // 2,
+                                  float(edge_ratio), array(smooth, wp.vec3)], depth.device)
+    launch(window_normals, h * w, [array(smooth, wp.vec3), w, array(normals.view(-1, 3), wp.vec3)], depth.device)
+    return normals
 
 
 def supports(camera) -> bool:
