@@ -184,8 +184,7 @@ def calibrate(
     from prism_ros.datasets import open_dataset
     from prism_ros.evaluation.noise_fit import calibrate as fit
     from prism_ros.evaluation.noise_fit import preset_text
-    from prism_ros.prism.config import deep_merge, preset_config
-    from prism_ros.resources import config_file
+    from prism_ros.prism.config import deep_merge, preset_config, preset_files
 
     fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
     data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
@@ -195,9 +194,8 @@ def calibrate(
     result = fit(data, settings, init_gt=True, gt_sigma=(gt_sigma_m, gt_sigma_rad), max_runs=max_runs,
                  progress=not quiet, log=typer.echo)
     base: dict = {}
-    for path in (config_file(f"prism_{getattr(data, 'preset_name', data.format_name)}.yaml", required=False), config):
-        if path is not None:
-            base = deep_merge(base, yaml.safe_load(Path(path).read_text()) or {})
+    for path in preset_files(data, config):
+        base = deep_merge(base, yaml.safe_load(path.read_text()) or {})
     options = {"--dataset": dataset, "--format": None if fmt is None else ("bag" if fmt == "rosbag" else fmt),
                "--frames": frames, "--config": config, "--preset": preset}
     command = " ".join(["prism-ros calibrate", *(f"{k} {v}" for k, v in options.items() if v is not None)])

@@ -152,15 +152,21 @@ def fill_dataclass(cls, values: dict, source: object, prefix: str):
     return cls(**kwargs)
 
 
+def preset_files(dataset, user_file: str | Path | None = None) -> list[Path]:
+    """The YAML files behind :func:`preset_config`: the data's preset where one exists, then the user's file."""
+    from prism_ros.resources import config_file
+
+    preset = config_file(f"prism_{getattr(dataset, 'preset_name', dataset.format_name)}.yaml", required=False)
+    return [Path(p) for p in (preset, user_file) if p is not None]
+
+
 def preset_config(dataset, user_file: str | Path | None = None) -> FilterConfig:
     """The data's preset (``config/prism_<preset_name>.yaml``, when present) overridden by the user's file;
     the camera->body extrinsic comes from the dataset when it has an IMU."""
     import numpy as np
 
-    from prism_ros.resources import config_file
 
-    preset = config_file(f"prism_{getattr(dataset, 'preset_name', dataset.format_name)}.yaml", required=False)
-    files = [p for p in (preset, user_file) if p is not None]
+    files = preset_files(dataset, user_file)
     settings = FilterConfig.from_yaml(*files) if files else FilterConfig()
     if dataset.T_imu_camera is not None and settings.dynamics.model != "constant_velocity":
         settings.T_body_camera = tuple(float(x) for x in np.asarray(dataset.T_imu_camera).ravel())
