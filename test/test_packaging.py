@@ -103,7 +103,7 @@ ROSDEP_KEYS = {
     "torch": "python3-torch", "cv2": "python3-opencv", "scipy": "python3-scipy", "numpy": "python3-numpy",
     "yaml": "python3-yaml", "rosbags": "python3-rosbags-pip", "kornia": "python3-kornia-pip",
     "matplotlib": "python3-matplotlib", "skimage": "python3-skimage", "tqdm": "python3-tqdm", "rich": "python3-rich",
-    "typer": "python3-typer",
+    "typer": "python3-typer", "open3d": "python3-open3d-pip",
 }
 #: modules with no rosdep key: installed with pip (docs), imported only where they are used, so the nodes start
 #: without them (warp: the fused kernels, `backend: auto` falls back to torch; evo: trajectory scoring in the CLI)
