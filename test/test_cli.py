@@ -131,6 +131,16 @@ def test_run_writes_every_output(tmp_path):
     stamps, poses = read_tum(out / "trajectory.tum")
     assert len(stamps) == 8
 
+    # the same checks from the files alone: prism-ros eval --covariance
+    checks = prism_ros("eval", out / "trajectory.tum", data / "groundtruth.txt", "--covariance",
+                       out / "covariance.npz", "--reliability", tmp_path / "reliability.png")
+    assert checks.returncode == 0, checks.stderr[-3000:]
+    for key, line in (("nees_median", "pose NEES median"), ("relative_nees_median", "frame-to-frame NEES median")):
+        assert f"{line} {summary[key]:.1f} " in checks.stdout, (key, summary[key], checks.stdout)
+    assert (tmp_path / "reliability.png").stat().st_size > 10_000
+    assert_one_line_error(prism_ros("eval", out / "trajectory.tum", data / "groundtruth.txt", "--covariance",
+                                    out / "timing.csv"), "timing.csv", "covariance.npz")
+
     # the saved map is a planner's input: a costmap at the camera's height (--init-gt: the room's z-up frame)
     costmap = prism_ros("costmap", "--map", out / "map.pt", "--height", f"{poses[0][2, 3]:.3f}", "--up", "z",
                         "--out", tmp_path / "costmap")

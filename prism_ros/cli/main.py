@@ -86,18 +86,33 @@ def evaluate(
     plot: Annotated[Optional[Path], typer.Option(help="Write a trajectory plot PNG here.")] = None,
     max_time_diff: Annotated[float, typer.Option(help="Max stamp difference for association (s).")] = 0.02,
     rpe_delta: Annotated[float, typer.Option(help="RPE step, in frames.")] = 1.0,
+    covariance: Annotated[Optional[Path], typer.Option(help="covariance.npz of the estimate (prism-ros run or "
+                                                            "replay): adds the pose NEES checks.")] = None,
+    reliability: Annotated[Optional[Path], typer.Option(help="With --covariance: write the reliability plot "
+                                                             "PNG here.")] = None,
 ):
-    """ATE and RPE of an estimated trajectory against ground truth (evo), one-line summary.
+    """ATE and RPE of an estimated trajectory against ground truth (evo), one-line summary; with --covariance also
+    the absolute and frame-to-frame pose NEES with their coverage.
 
-    Example: prism-ros eval out/kitchen/trajectory.tum groundtruth.txt --align se3 --plot ate.png
+    Example: prism-ros eval out/kitchen/trajectory.tum groundtruth.txt --covariance out/kitchen/covariance.npz
     """
     from prism_ros.evaluation.metrics import evaluate as run_evaluation
 
     if align not in ("se3", "sim3", "none"):
         raise InputError(f"unknown alignment '{align}'", "use --align se3, sim3 or none")
+    if reliability is not None and covariance is None:
+        raise InputError("--reliability needs --covariance", "give the covariance.npz of the estimate")
     result = run_evaluation(estimate, ground_truth, align=align, max_time_diff=max_time_diff,
                             rpe_delta=rpe_delta, plot_path=plot)
     typer.echo(result.summary_line())
+    if covariance is not None:
+        from prism_ros.evaluation import calibration
+
+        checks = calibration.checks_from_files(estimate, ground_truth, covariance, max_time_diff)
+        echo_scores(checks)
+        if reliability is not None:
+            calibration.plot_reliability({"absolute": checks["nees_coverage"], "frame to frame": checks.get(
+                "relative_nees_coverage", {})}, reliability)
 
 
 @app.command()

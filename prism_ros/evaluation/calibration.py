@@ -99,3 +99,45 @@ def plot_reliability(curves: dict[str, dict[str, float]], path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def checks_from_files(estimate, ground_truth, covariance, max_time_diff: float = 0.02) -> dict:
+    """The absolute and frame-to-frame checks (:func:`summary`, keys ``nees_*`` and ``relative_nees_*``) of a
+    TUM trajectory against TUM ground truth, with the covariances of ``covariance.npz`` as ``prism-ros run`` and
+    ``replay`` write it (one per trajectory pose; the frame-to-frame check needs ``map_pose_covariance``). Each pose
+    takes the ground truth nearest in time within ``max_time_diff``; frames without one, or not tracked, are left
+    out (and so are the pairs they belong to)."""
+    from pathlib import Path
+
+    from prism_ros.errors import InputError
+    from prism_ros.evaluation.trajectory_io import read_tum
+
+    stamps, est = read_tum(estimate)
+    gt_stamps, gt = read_tum(ground_truth, drop_duplicates=True)
+    path = Path(covariance)
+    if not path.is_file():
+        raise InputError("covariance file not found", "give the covariance.npz that prism-ros run wrote", path)
+    try:
+        data = dict(np.load(path))
+    except (OSError, ValueError) as error:
+        raise InputError(f"not a readable .npz ({error})", "give the covariance.npz that prism-ros run wrote",
+                         path) from None
+    if "pose_covariance" not in data or data["pose_covariance"].shape != (len(stamps), 6, 6):
+        raise InputError(f"needs pose_covariance of shape ({len(stamps)}, 6, 6), one per pose of {estimate}",
+                         "give the covariance.npz written with that trajectory", path)
+    nearest = np.clip(np.searchsorted(gt_stamps, stamps), 1, len(gt_stamps) - 1)
+    nearest = np.where(np.abs(gt_stamps[nearest - 1] - stamps) <= np.abs(gt_stamps[nearest] - stamps),
+                       nearest - 1, nearest)
+    keep = (np.abs(gt_stamps[nearest] - stamps) <= max_time_diff) & data.get("tracking_ok", np.ones(len(stamps), bool))
+    if keep.sum() < 2:
+        raise InputError(f"only {int(keep.sum())} poses have ground truth within {max_time_diff} s",
+                         "check that the files cover the same time, or raise --max-time-diff", estimate)
+    matched = gt[nearest]
+    first = int(np.argmax(keep))
+    absolute = pose_nees(est[first:], matched[first:], data["pose_covariance"][first:])
+    checks = summary(absolute[1:][keep[first + 1:]], "nees")
+    if "map_pose_covariance" in data:
+        cross = data.get("map_cross_covariance")
+        relative = relative_pose_nees(est, matched, data["map_pose_covariance"], cross)
+        checks.update(summary(relative[keep[1:] & keep[:-1]], "relative_nees"))
+    return checks
