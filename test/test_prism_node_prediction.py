@@ -180,13 +180,19 @@ def test_rollouts_predicted_depth_and_costmap_against_the_exact_room(synthetic_s
         assert probe.set_parameter("costmap_goal", goal.tolist()) == (True, "")
         count = len(got["cost_cloud"])
         assert probe.spin_until(lambda: len(got["cost_cloud"]) > count + 1, 10)
-        cloud = _cloud_fields(got["cost_cloud"][-1])
+        # the map keeps growing while frames arrive, so the slice may have grown since: read this one's own cells
+        latest = got["cost_cloud"][-1]
+        assert probe.spin_until(lambda: any(g.header.stamp == latest.header.stamp for g in got["costmap"]), 10)
+        grid = next(g for g in got["costmap"] if g.header.stamp == latest.header.stamp)
+        cloud = _cloud_fields(latest)
+        cells = np.stack([cloud[a] for a in "xyz"], -1)
         to_go = cloud["cost_to_go"]
-        assert to_go[row, col] == 0.0
+        goal_cell = tuple(np.argwhere((np.abs(cells[..., :2] - goal) <= grid.info.resolution / 2 + 1e-6).all(-1))[0])
+        assert to_go[goal_cell] == 0.0
         reachable = np.isfinite(to_go)
-        distance = np.linalg.norm(centres[..., :2] - goal, axis=-1)
+        distance = np.linalg.norm(cells[..., :2] - goal, axis=-1)
         assert reachable.sum() > 100 and np.all(to_go[reachable] >= distance[reachable] - 1e-3)
-        lethal = np.asarray(got["costmap"][-1].data, dtype=np.int8).reshape(to_go.shape) == 100
+        lethal = np.asarray(grid.data, dtype=np.int8).reshape(to_go.shape) == 100
         assert lethal.any() and not reachable[lethal].any()
 
         # a goal in a wall: counted and logged, the costmap goes on without cost-to-go
