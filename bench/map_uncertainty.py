@@ -24,13 +24,11 @@ import numpy as np
 import torch
 
 from prism_ros.datasets import open_dataset
-from prism_ros.evaluation.metrics import map_error
 from prism_ros.evaluation.reference_map import fuse_reference, signed_distance
-from prism_ros.geometry import transform_points
 from prism_ros.prism.config import FilterConfig, preset_config
 from prism_ros.prism.filter import PrismFilter
 from prism_ros.prism.observation import Observation
-from prism_ros.prism.pipeline import track_sequence
+from prism_ros.prism.pipeline import score_map, track_sequence
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_seq_0000_0399"
 
@@ -41,14 +39,6 @@ def ate(estimates, truths) -> float:
     stamps = np.array([e.t for e in estimates])
     est = np.stack([e.T_world_camera for e in estimates])
     return evaluate((stamps, est), (stamps, np.stack(truths)), align="se3").ate_rmse
-
-
-def score(slam, first_estimate: np.ndarray, first_truth: np.ndarray, sdf) -> dict:
-    """The map's error against ``sdf(points) -> signed distances`` within two voxels of that surface."""
-    voxels = slam.map.voxel_centres_and_values()
-    align = torch.as_tensor(first_truth @ np.linalg.inv(first_estimate))
-    centres = transform_points(align, voxels.centres.double().cpu())
-    return map_error(centres, voxels.mean.cpu(), voxels.std.cpu(), sdf, 2 * slam.map.config.voxel_size).to_dict()
 
 
 def map_at_truth(dataset, config: FilterConfig) -> PrismFilter:
@@ -70,13 +60,13 @@ def run(dataset, label: str, exact=None, config: Path | None = None) -> dict:
     reference_sdf = lambda points: signed_distance(reference, points)
     first = (estimates[0].T_world_camera, truths[0])
     result = {"frames": len(dataset), "ate_rmse_m": ate(estimates, truths),
-              "reference": score(slam, *first, reference_sdf)}
+              "reference": score_map(slam.map, *first, reference_sdf)}
     if exact is not None:
-        result["exact"] = score(slam, *first, exact)
+        result["exact"] = score_map(slam.map, *first, exact)
     at_truth = map_at_truth(dataset, settings)
-    result["reference, fused at the true poses"] = score(at_truth, truths[0], truths[0], reference_sdf)
+    result["reference, fused at the true poses"] = score_map(at_truth.map, truths[0], truths[0], reference_sdf)
     if exact is not None:
-        result["exact, fused at the true poses"] = score(at_truth, truths[0], truths[0], exact)
+        result["exact, fused at the true poses"] = score_map(at_truth.map, truths[0], truths[0], exact)
     print(f"{label}: ATE {result['ate_rmse_m'] * 100:.2f} cm")
     for against, values in result.items():
         if isinstance(values, dict):

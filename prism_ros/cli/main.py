@@ -111,8 +111,7 @@ def evaluate(
         checks = calibration.checks_from_files(estimate, ground_truth, covariance, max_time_diff)
         echo_scores(checks)
         if reliability is not None:
-            calibration.plot_reliability({"absolute": checks["nees_coverage"], "frame to frame": checks.get(
-                "relative_nees_coverage", {})}, reliability)
+            calibration.plot_reliability(checks, reliability)
 
 
 @app.command()
@@ -134,16 +133,10 @@ def run(
 
     Example: prism-ros run --dataset ../shared/data/7scenes_redkitchen_seq_0000_0399 --frames 0:100 --out out/kitchen
     """
-    from prism_ros.datasets import open_dataset
-    from prism_ros.prism.config import preset_config
     from prism_ros.prism.pipeline import run_sequence
     from prism_ros.synthetic import read_scene
 
-    fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
-    data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
-    settings = preset_config(data, config)
-    settings.device, settings.backend = device, backend
-    settings.resolved_backend()  # a one-line error for an unknown name or fused without Warp
+    data, settings = filter_inputs(dataset, fmt, frames, preset, config, device, backend)
     scene = read_scene(dataset) if dataset.is_dir() else None
     summary = run_sequence(data, settings, out, init_gt=init_gt, progress=not quiet,
                            true_sdf=None if scene is None else scene.sdf)
@@ -152,6 +145,21 @@ def run(
                f"{summary['median_ms_per_frame']:.0f} ms/frame median on {summary['device']} "
                f"({summary['backend']}){ate} -> {out}")
     echo_scores(summary)
+
+
+def filter_inputs(dataset: Path, fmt: str, frames: str | None, preset: str | None, config: Path | None, device: str,
+                  backend: str):
+    """(the dataset, its filter configuration) of `run` and `calibrate`: the format's preset, the user's file, the
+    device and backend (a one-line error for an unknown backend or fused without Warp)."""
+    from prism_ros.datasets import open_dataset
+    from prism_ros.prism.config import preset_config
+
+    data = open_dataset(dataset, fmt={"auto": None, "bag": "rosbag"}.get(fmt, fmt), frames=frames,
+                        **({"preset": preset} if preset else {}))
+    settings = preset_config(data, config)
+    settings.device, settings.backend = device, backend
+    settings.resolved_backend()
+    return data, settings
 
 
 def echo_scores(summary: dict) -> None:
@@ -196,23 +204,18 @@ def calibrate(
     """
     import yaml
 
-    from prism_ros.datasets import open_dataset
     from prism_ros.evaluation.noise_fit import calibrate as fit
     from prism_ros.evaluation.noise_fit import preset_text
-    from prism_ros.prism.config import deep_merge, preset_config, preset_files
+    from prism_ros.prism.config import deep_merge, preset_files
 
-    fmt = {"auto": None, "bag": "rosbag"}.get(fmt, fmt)
-    data = open_dataset(dataset, fmt=fmt, frames=frames, **({"preset": preset} if preset else {}))
-    settings = preset_config(data, config)
-    settings.device, settings.backend = device, backend
-    settings.resolved_backend()
+    data, settings = filter_inputs(dataset, fmt, frames, preset, config, device, backend)
     result = fit(data, settings, init_gt=True, gt_sigma=(gt_sigma_m, gt_sigma_rad), max_runs=max_runs,
                  progress=not quiet, log=typer.echo)
     base: dict = {}
     for path in preset_files(data, config):
         base = deep_merge(base, yaml.safe_load(path.read_text()) or {})
-    options = {"--dataset": dataset, "--format": None if fmt is None else ("bag" if fmt == "rosbag" else fmt),
-               "--frames": frames, "--config": config, "--preset": preset}
+    options = {"--dataset": dataset, "--format": None if fmt == "auto" else fmt, "--frames": frames,
+               "--config": config, "--preset": preset}
     command = " ".join(["prism-ros calibrate", *(f"{k} {v}" for k, v in options.items() if v is not None)])
     header = [f"Calibrated by: {command}", f"on {dataset}, frames {frames or 'all'} ({len(data)} frames)"]
     out.parent.mkdir(parents=True, exist_ok=True)

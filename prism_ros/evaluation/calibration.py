@@ -80,9 +80,10 @@ def summary(nees: np.ndarray, name: str) -> dict:
             f"{name}_fraction_in_95_band": in_band(nees), f"{name}_coverage": coverage(nees)}
 
 
-def plot_reliability(curves: dict[str, dict[str, float]], path) -> None:
-    """Reliability plot: observed against expected coverage per check (``{name: coverage(...)}``) with the
-    diagonal a calibrated filter lies on and a band of +-5 points."""
+def plot_reliability(checks: dict, path) -> None:
+    """Reliability plot of the checks in ``checks`` (the keys of :func:`summary`: ``nees_coverage`` and, when
+    there, ``relative_nees_coverage``): observed against expected coverage, with the diagonal a calibrated filter
+    lies on and a band of +-5 points."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -91,7 +92,8 @@ def plot_reliability(curves: dict[str, dict[str, float]], path) -> None:
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, label="calibrated")
     ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
-    for name, curve in curves.items():
+    for name, key in (("absolute", "nees_coverage"), ("frame to frame", "relative_nees_coverage")):
+        curve = checks.get(key)
         if curve:
             ax.plot([float(p) for p in curve], list(curve.values()), marker="o", label=name)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="expected coverage", ylabel="observed coverage",
@@ -104,11 +106,12 @@ def plot_reliability(curves: dict[str, dict[str, float]], path) -> None:
 def checks_from_files(estimate, ground_truth, covariance, max_time_diff: float = 0.02) -> dict:
     """The absolute and frame-to-frame checks (:func:`summary`, keys ``nees_*`` and ``relative_nees_*``) of a
     TUM trajectory against TUM ground truth, with the covariances of ``covariance.npz`` as ``prism-ros run`` and
-    ``replay`` write it (one per trajectory pose; the frame-to-frame check needs ``map_pose_covariance``). Each pose
-    takes the ground truth nearest in time within ``max_time_diff``; frames without one, or not tracked, are left
-    out (and so are the pairs they belong to)."""
+    ``replay`` write it (one per trajectory pose; the frame-to-frame check needs ``map_pose_covariance``). Poses and
+    ground truth are paired within ``max_time_diff``, closest first (TUM's rule); poses without a partner, or not
+    tracked, are left out (and so are the pairs they belong to)."""
     from pathlib import Path
 
+    from prism_ros.datasets.common import associate
     from prism_ros.errors import InputError
     from prism_ros.evaluation.trajectory_io import read_tum
 
@@ -125,10 +128,11 @@ def checks_from_files(estimate, ground_truth, covariance, max_time_diff: float =
     if "pose_covariance" not in data or data["pose_covariance"].shape != (len(stamps), 6, 6):
         raise InputError(f"needs pose_covariance of shape ({len(stamps)}, 6, 6), one per pose of {estimate}",
                          "give the covariance.npz written with that trajectory", path)
-    nearest = np.clip(np.searchsorted(gt_stamps, stamps), 1, len(gt_stamps) - 1)
-    nearest = np.where(np.abs(gt_stamps[nearest - 1] - stamps) <= np.abs(gt_stamps[nearest] - stamps),
-                       nearest - 1, nearest)
-    keep = (np.abs(gt_stamps[nearest] - stamps) <= max_time_diff) & data.get("tracking_ok", np.ones(len(stamps), bool))
+    nearest = np.zeros(len(stamps), dtype=np.int64)
+    keep = np.zeros(len(stamps), dtype=bool)
+    for i, j in associate(stamps, gt_stamps, max_time_diff):
+        nearest[i], keep[i] = j, True
+    keep &= data.get("tracking_ok", np.ones(len(stamps), bool))
     if keep.sum() < 2:
         raise InputError(f"only {int(keep.sum())} poses have ground truth within {max_time_diff} s",
                          "check that the files cover the same time, or raise --max-time-diff", estimate)

@@ -124,19 +124,6 @@ class Checks:
                       calibration.in_band(absolute), calibration.coverage(relative), calibration.coverage(absolute))
 
 
-def run_checks(estimates, truths) -> tuple[np.ndarray, np.ndarray]:
-    """(relative NEES over pairs of tracked frames, absolute NEES over tracked frames but the first) of a run."""
-    from prism_ros.prism.pipeline import cross_covariances
-
-    est = np.stack([e.T_world_camera for e in estimates])
-    gt = np.stack(truths)
-    ok = np.array([e.tracking_ok for e in estimates])
-    against_map = np.stack([e.map_pose_covariance for e in estimates])
-    relative = calibration.relative_pose_nees(est, gt, against_map, cross_covariances(estimates))
-    absolute = calibration.pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
-    return relative[ok[1:] & ok[:-1]], absolute[1:][ok[1:]]
-
-
 @dataclass
 class Calibration:
     """What ``calibrate`` fitted: the configuration, each run's settings and checks, and notes for the user."""
@@ -153,7 +140,7 @@ def calibrate(dataset, config, init_gt: bool = True, gt_sigma: tuple[float, floa
     """Steps 1-3 of the module docstring on ``dataset`` (frames with ground truth) from ``config`` (FilterConfig);
     ``tolerance``: the relative change of the correlation length below which its iteration stops."""
     from prism_ros.errors import InputError
-    from prism_ros.prism.pipeline import track_sequence
+    from prism_ros.prism.pipeline import pose_checks, track_sequence
 
     config = dataclasses.replace(config)
     fitted, notes = {}, []
@@ -176,14 +163,14 @@ def calibrate(dataset, config, init_gt: bool = True, gt_sigma: tuple[float, floa
     floor = float(config.tracking.strides[-1] * 2 ** max(config.tracking.levels[-1], 0))
     for run in range(max_runs):
         _, estimates, truths, _ = track_sequence(dataset, config, init_gt, progress)
-        relative, absolute = run_checks(estimates, truths)
+        absolute, relative = pose_checks(estimates, truths)
         checks = Checks.of(relative, absolute)
         result.runs.append((config.tracking.correlation_pixels, checks))
         log(f"correlation_pixels {config.tracking.correlation_pixels:.3g}: frame-to-frame NEES median "
             f"{checks.relative_median:.2f}, {checks.relative_in_band:.0%} in band")
-        current = config.tracking.correlation_pixels
-        proposed = max(current * math.sqrt(covariance_scale(relative)), float(floor))
-        if proposed == current == floor and covariance_scale(relative) < 1.0 - tolerance:  # tempering is one
+        current, scale = config.tracking.correlation_pixels, covariance_scale(relative)
+        proposed = max(current * math.sqrt(scale), floor)
+        if proposed == current == floor and scale < 1.0 - tolerance:  # tempering is one
             notes.append(f"the residuals carry more information than the noise model says (frame-to-frame NEES "
                          f"median {checks.relative_median:.2f} at correlation_pixels {current:g}, where the "
                          f"tempering is already one): lower the depth/intensity noise instead")

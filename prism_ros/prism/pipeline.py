@@ -133,19 +133,31 @@ def score(out_dir: Path, estimates: list[Estimate], truths: list[np.ndarray]) ->
     from prism_ros.evaluation.metrics import evaluate
 
     stamps = np.array([e.t for e in estimates])
+    result = evaluate((stamps, np.stack([e.T_world_camera for e in estimates])), (stamps, np.stack(truths)),
+                      align="se3", plot_path=out_dir / "trajectory.png")
+    absolute, relative = pose_checks(estimates, truths)
+    scores = {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse, **calibration.summary(absolute, "nees")}
+    if relative is not None:
+        scores.update(calibration.summary(relative, "relative_nees"))
+    calibration.plot_reliability(scores, out_dir / "reliability.png")
+    return scores
+
+
+def pose_checks(estimates: list[Estimate], truths: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(absolute NEES of the tracked frames but the first, where the world frames are tied; frame-to-frame NEES of
+    the pairs of tracked frames, None when the estimates lack the map-relative covariance) of a run
+    (:mod:`prism_ros.evaluation.calibration`)."""
+    from prism_ros.evaluation import calibration
+
     est = np.stack([e.T_world_camera for e in estimates])
     gt = np.stack(truths)
-    result = evaluate((stamps, est), (stamps, gt), align="se3", plot_path=out_dir / "trajectory.png")
     ok = np.array([e.tracking_ok for e in estimates])
-    nees = calibration.pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))
-    scores = {"ate": result.to_dict(), "ate_rmse_m": result.ate_rmse, **calibration.summary(nees[1:][ok[1:]], "nees")}
-    if all(e.map_pose_covariance is not None for e in estimates):  # frame pairs both tracked
-        relative = calibration.relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]),
-                                                  cross_covariances(estimates))
-        scores.update(calibration.summary(relative[ok[1:] & ok[:-1]], "relative_nees"))
-    calibration.plot_reliability({"absolute": scores["nees_coverage"], "frame to frame": scores.get(
-        "relative_nees_coverage", {})}, out_dir / "reliability.png")
-    return scores
+    absolute = calibration.pose_nees(est, gt, np.stack([e.pose_covariance for e in estimates]))[1:][ok[1:]]
+    if any(e.map_pose_covariance is None for e in estimates):  # poses received over ROS
+        return absolute, None
+    relative = calibration.relative_pose_nees(est, gt, np.stack([e.map_pose_covariance for e in estimates]),
+                                              cross_covariances(estimates))
+    return absolute, relative[ok[1:] & ok[:-1]]
 
 
 def score_map(sdf_map, first_estimate: np.ndarray, first_truth: np.ndarray, true_sdf) -> dict:
