@@ -13,6 +13,7 @@ import pytest
 import torch
 from kornia.filters import spatial_gradient
 
+from prism_ros.errors import InputError
 from prism_ros.frame import Frame
 from prism_ros.geometry import PinholeCamera, se3_exp, se3_inverse, se3_log
 from prism_ros.prism.observation import Observation
@@ -176,6 +177,42 @@ def test_map_of_a_linear_gaussian_problem_weighs_data_against_prior(wall):
     delta = -left_error(T, estimate.T)
     assert np.abs(delta[[0, 4, 5]] - p[[0, 4, 5]]).min() > 1e-4  # the data pulled the observable directions
     np.testing.assert_allclose(delta, expected, atol=1e-5)
+
+
+def test_a_student_t_prior_lets_the_data_override_a_jerk(wall):
+    """The prior mean off by a jerk (10 prior sigmas in the observable directions), data and prior of similar
+    strength (sigma = 1.7 cm per pixel): the Student-t
+    prior's MAP is the fixed point of delta = (kappa H + w P^-1)^-1 w P^-1 p with w = (nu + 6) / (nu + (delta -
+    p)^T P^-1 (delta - p)) in the observable directions (to first order in p), its covariance (kappa H + w P^-1)^-1,
+    and it lies closer to the truth than the Gaussian prior's MAP."""
+    T, obs, rendered = wall
+    dof = 4.0
+    prior_std = np.array([2e-3, 3e-3, 3e-3, 2e-3, 1e-3, 1e-3])
+    p = 10.0 * prior_std * np.array([1.0, 0.0, 0.0, 0.0, -1.0, 1.0])
+    prior_info = np.diag(prior_std**-2.0)
+    config = TrackingConfig(depth_sigma_a=0.015, prior_dof=dof, **ICP_ONLY)
+    H = wall_hessian(config)
+    delta, w = p, 1.0
+    for _ in range(200):
+        w = min(1.0, (dof + 6.0) / (dof + (delta - p) @ prior_info @ (delta - p)))
+        delta = np.linalg.solve(H + w * prior_info, w * prior_info @ p)
+    prior_T, prior_cov = perturbed(T, p[:3], p[3:]), torch.as_tensor(np.diag(prior_std**2))
+    robust = track(obs, rendered, prior_T, prior_cov, config)
+    gaussian = track(obs, rendered, prior_T, prior_cov, TrackingConfig(depth_sigma_a=0.015, **ICP_ONLY))
+    assert w < 0.5 and robust.quality["prior_weight"] == pytest.approx(w, rel=1e-3)
+    assert robust.prior_scale == pytest.approx(1.0 / w, rel=1e-3) and gaussian.prior_scale == 1.0
+    observable = [0, 4, 5]  # the others move by O(|p|^2) through the SE(3) composition
+    np.testing.assert_allclose(-left_error(T, robust.T)[observable], delta[observable], atol=1e-5)
+    expected = np.linalg.inv(H + w * prior_info)  # J_l(e) couples the blocks by O(|p|) more
+    np.testing.assert_allclose(robust.covariance.numpy(), expected, rtol=2e-3, atol=3e-3 * np.abs(expected).max())
+    assert np.linalg.norm(left_error(T, robust.T)[observable]) < 0.5 * np.linalg.norm(
+        left_error(T, gaussian.T)[observable])
+
+
+@pytest.mark.parametrize("dof", [-1.0, float("nan")])
+def test_a_negative_prior_dof_is_refused_with_the_fix(dof):
+    with pytest.raises(InputError, match="prior_dof must be >= 0"):
+        TrackingConfig(prior_dof=dof)
 
 
 def test_unobservable_directions_follow_the_prior(wall):

@@ -4,10 +4,12 @@ Each parameter has a physical meaning and is fitted from the evidence that speak
 which their effects nest (``prism-ros calibrate`` runs all three and writes a preset):
 
 1. **Motion noise** (constant-velocity model): the white-noise acceleration densities, i.e. how the rig
-   moves. Maximum likelihood of the ground-truth poses under the filter's own transition model: a pose-only
-   Kalman filter observes the ground truth with ``gt_sigma`` noise and the innovations' Gaussian likelihood is
-   maximised (Nelder-Mead on the log densities). No images are involved. The IMU and control models keep
-   their sensor densities (datasheet values), so this step applies to the constant-velocity model only.
+   moves, and how heavy the tails of its jerks are (``tracking.prior_dof``, the Student-t prior's degrees of
+   freedom, :mod:`prism_ros.prism.tracking`). Maximum likelihood of the ground-truth poses under the filter's
+   own transition model: a pose-only Kalman filter observes the ground truth with ``gt_sigma`` noise, its
+   prior scaled as the tracking scales it, and the innovations' Student-t likelihood is maximised
+   (Nelder-Mead on the logarithms). No images are involved. The IMU and control models keep their sensor
+   densities (datasheet values), so this step applies to the constant-velocity model only.
 2. **Residual correlation length** ``tracking.correlation_pixels``: how much independent information a
    frame's dense residuals hold. The Laplace covariance scales with its square where the data outweigh the
    prior, so the frame-to-frame NEES median is matched to the chi-square median by
@@ -37,16 +39,29 @@ from prism_ros.dynamics.model import DynamicsConfig, make_transition
 from prism_ros.evaluation import calibration
 from prism_ros.geometry.lie import se3_exp, se3_log
 from prism_ros.prism.state import GaussianState, PoseEstimate
+from prism_ros.prism.tracking import student_weight
 from prism_ros.prism.velocity import condition_on_pose
 
 CHI2_6DOF_MEDIAN = float(chi2.median(6))
 
 
+def student_nll(innovation: torch.Tensor, S: torch.Tensor, dof: float) -> float:
+    """-log density of a d-variate Student-t with scale ``S`` and ``dof`` degrees of freedom (Gaussian for 0)."""
+    d = innovation.shape[-1]
+    distance = float(innovation @ torch.linalg.solve(S, innovation))
+    log_det = float(torch.logdet(S))
+    if dof <= 0:
+        return 0.5 * (distance + log_det + d * math.log(2 * math.pi))
+    return (math.lgamma(0.5 * dof) - math.lgamma(0.5 * (dof + d)) + 0.5 * d * math.log(dof * math.pi)
+            + 0.5 * log_det + 0.5 * (dof + d) * math.log1p(distance / dof))
+
+
 def motion_nll(stamps: np.ndarray, poses: np.ndarray, config: DynamicsConfig,
-               gt_sigma: tuple[float, float] = (1e-3, 2e-3), skip: int = 2) -> float:
+               gt_sigma: tuple[float, float] = (1e-3, 2e-3), skip: int = 2, dof: float = 0.0) -> float:
     """Mean negative log-likelihood per frame of ground-truth camera poses (N,4,4) at ``stamps`` (N,) under the
-    transition model of ``config`` observed with ``gt_sigma`` (m, rad) noise; the first ``skip`` frames, which
-    settle the unknown velocity, are not scored."""
+    transition model of ``config`` observed with ``gt_sigma`` (m, rad) noise, with Student-t innovations of
+    ``dof`` degrees of freedom (0: Gaussian); the first ``skip`` frames, which settle the unknown velocity, are
+    not scored."""
     model = make_transition(config)
     options = dict(dtype=torch.float64)
     T = torch.as_tensor(poses, **options)
@@ -57,29 +72,44 @@ def motion_nll(stamps: np.ndarray, poses: np.ndarray, config: DynamicsConfig,
         prior = model.predict(state, float(stamps[k]))
         innovation = se3_log(T[k] @ torch.linalg.inv(prior.T))
         S = prior.pose_covariance + R
-        gain = torch.linalg.solve(S, prior.pose_covariance).T  # P S^-1
         if k >= skip:
-            total += 0.5 * float(innovation @ torch.linalg.solve(S, innovation) + torch.logdet(2 * math.pi * S))
+            total += student_nll(innovation, S, dof)
             scored += 1
-        posterior = PoseEstimate(se3_exp(gain @ innovation) @ prior.T,
-                                 prior.pose_covariance - gain @ prior.pose_covariance, True)
+        scale = 1.0 / student_weight(float(innovation @ torch.linalg.solve(S, innovation)), dof)
+        P = scale * prior.pose_covariance  # the prior as the tracking weights it
+        gain = torch.linalg.solve(P + R, P).T  # P (P + R)^-1
+        posterior = PoseEstimate(se3_exp(gain @ innovation) @ prior.T, P - gain @ P, True, prior_scale=scale)
         state = condition_on_pose(prior, posterior)
     return total / max(scored, 1)
 
 
 def fit_motion_noise(stamps: np.ndarray, poses: np.ndarray, config: DynamicsConfig,
-                     gt_sigma: tuple[float, float] = (1e-3, 2e-3)) -> DynamicsConfig:
-    """``config`` with the linear and angular acceleration densities of maximum likelihood (step 1)."""
-    def nll(log_densities: np.ndarray) -> float:
-        lin, ang = np.exp(log_densities)
+                     gt_sigma: tuple[float, float] = (1e-3, 2e-3), dof: float | None = 8.0,
+                     dof_range: tuple[float, float] = (1.0, 1e3)) -> tuple[DynamicsConfig, float]:
+    """(``config`` with the linear and angular acceleration densities, the Student-t degrees of freedom) of
+    maximum likelihood (step 1); ``dof`` starts the search (None: Gaussian, not fitted, returned as 0). At the top
+    of ``dof_range`` the tails are Gaussian's and 0 is returned; at the bottom the path is not a motion record
+    (e.g. poses interpolated between keyframes: constant velocity, then a jump) and a :class:`ValueError` says so.
+    """
+    def unpack(x: np.ndarray) -> tuple[DynamicsConfig, float]:
+        lin, ang = np.exp(x[:2])
         trial = dataclasses.replace(config, linear_acceleration_noise=float(lin), angular_acceleration_noise=float(ang))
-        return motion_nll(stamps, poses, trial, gt_sigma)
+        return trial, float(np.clip(np.exp(x[2]), *dof_range)) if dof is not None else 0.0
 
-    start = np.log([config.linear_acceleration_noise, config.angular_acceleration_noise])
-    best = minimize(nll, start, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-4, "initial_simplex":
-                                                                  [start, start + [1.0, 0.0], start + [0.0, 1.0]]})
-    lin, ang = np.exp(best.x)
-    return dataclasses.replace(config, linear_acceleration_noise=float(lin), angular_acceleration_noise=float(ang))
+    def nll(x: np.ndarray) -> float:
+        trial, trial_dof = unpack(x)
+        return motion_nll(stamps, poses, trial, gt_sigma, dof=trial_dof)
+
+    start = np.log([config.linear_acceleration_noise, config.angular_acceleration_noise, *([dof] if dof else [])])
+    simplex = [start, *(start + np.eye(len(start))[i] for i in range(len(start)))]
+    best = minimize(nll, start, method="Nelder-Mead",
+                    options={"xatol": 0.01, "fatol": 1e-4, "initial_simplex": simplex})
+    fitted, fitted_dof = unpack(best.x)
+    if dof is not None and fitted_dof <= dof_range[0]:
+        raise ValueError(f"the ground-truth path's accelerations are heavier-tailed than a Student-t with "
+                         f"{dof_range[0]:g} degree of freedom: it does not look like a motion record (poses "
+                         f"interpolated between keyframes?)")
+    return fitted, 0.0 if fitted_dof >= dof_range[1] else fitted_dof
 
 
 def covariance_scale(nees: np.ndarray) -> float:
@@ -150,11 +180,18 @@ def calibrate(dataset, config, init_gt: bool = True, gt_sigma: tuple[float, floa
                          "give a dataset with ground truth (7-Scenes, TUM, EuRoC, prism-ros synth) and --frames A:B")
     stamps = np.asarray(dataset.timestamps, dtype=np.float64)
     if config.dynamics.model == "constant_velocity":
-        config.dynamics = fit_motion_noise(stamps, np.stack(truths), config.dynamics, gt_sigma)
+        try:
+            config.dynamics, dof = fit_motion_noise(stamps, np.stack(truths), config.dynamics, gt_sigma)
+        except ValueError as error:
+            notes.append(f"{error}; the motion noise is fitted Gaussian")
+            config.dynamics, dof = fit_motion_noise(stamps, np.stack(truths), config.dynamics, gt_sigma, dof=None)
+        config.tracking = dataclasses.replace(config.tracking, prior_dof=dof)
         fitted["dynamics.linear_acceleration_noise"] = config.dynamics.linear_acceleration_noise
         fitted["dynamics.angular_acceleration_noise"] = config.dynamics.angular_acceleration_noise
+        fitted["tracking.prior_dof"] = dof
         log(f"motion noise: linear {config.dynamics.linear_acceleration_noise:.3g} m/s^2/sqrt(Hz), "
-            f"angular {config.dynamics.angular_acceleration_noise:.3g} rad/s^2/sqrt(Hz)")
+            f"angular {config.dynamics.angular_acceleration_noise:.3g} rad/s^2/sqrt(Hz), Student-t with "
+            f"{dof:.3g} degrees of freedom" + (" (0: Gaussian)" if dof == 0 else ""))
     else:
         notes.append(f"the {config.dynamics.model} model keeps its sensor noise densities")
     config.map_drift = 1.0  # the run's drift covariance is then the unit one

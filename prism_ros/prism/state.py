@@ -58,10 +58,13 @@ class PoseEstimate:
     """Result of the pose MAP + Laplace step (step 1 and 2 of the filter).
 
     ``T``: MAP T_world_body; ``covariance``: 6x6 Laplace covariance (left perturbation); ``ok``: the
-    tracking-quality verdict (a lost frame is never fused); ``quality``: the numbers behind it.
+    tracking-quality verdict (a lost frame is never fused); ``quality``: the numbers behind it;
+    ``prior_scale``: the factor (>= 1) on the prior's covariance that the MAP was found with (a Student-t prior's
+    inverse weight, :mod:`prism_ros.prism.tracking`), which the velocity step conditions on too.
     """
 
     T: torch.Tensor
     covariance: torch.Tensor
     ok: bool
     quality: dict = field(default_factory=dict)
+    prior_scale: float = 1.0

@@ -13,6 +13,13 @@ PRISM steps 1 and 2. The camera pose ``T`` = T_world_camera minimises
   over-confident by the inverse of that factor. The MAP and the Laplace Hessian use the same tempered
   objective, so the two stay consistent.
 - The prior term's Jacobian is the SE(3) left-Jacobian inverse d e / d delta = J_l(e)^-1, in closed form.
+- The prior is Student-t with ``prior_dof`` degrees of freedom where that is set: hand-held motion jerks, so
+  under a constant-velocity prediction its tails are heavier than a Gaussian's, and a Gaussian prior that fits
+  the typical frame pulls the MAP of a jerk towards the prediction with a covariance too small to admit it.
+  Student-t's IRLS weight ``w = (nu + 6) / (nu + e^T P^-1 e)`` scales the prior information (capped at one:
+  the prediction is never trusted more than its Gaussian says), re-evaluated at every iteration; the Laplace
+  covariance uses the final weight, and the filter conditions the velocity on the prior scaled by ``1 / w``
+  (:attr:`PoseEstimate.prior_scale`).
 
 Gauss-Newton runs on the left (world-frame) perturbation ``T <- exp(delta^) T`` coarse to fine over
 observation pyramid levels, always against the same render (each point's render pixel follows from
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prism_ros.errors import InputError
 from prism_ros.geometry import camera_pyramid, downsample_depth
 from prism_ros.geometry.lie import se3_exp_np, se3_inverse_np, se3_left_jacobian_inverse_np, se3_log_np
 from prism_ros.prism.kernels import resolve_backend
@@ -92,6 +100,13 @@ class TrackingConfig:
     # well-conditioned Hessian reach 30-72 (a gate at 30 discarded 33 of 400 good frames). Kidnaps are
     # caught by the inlier ratio and convergence checks (the prior holds their MAP near it: 32-88).
     max_prior_distance: float = 100.0
+    # degrees of freedom of the Student-t prior (see the module doc); 0 = Gaussian. `prism-ros calibrate` fits it
+    prior_dof: float = 0.0
+
+    def __post_init__(self):
+        if not self.prior_dof >= 0:  # NaN too
+            raise InputError(f"tracking.prior_dof must be >= 0, got {self.prior_dof}",
+                             "use 0 for a Gaussian prior or the degrees of freedom of a Student-t one (e.g. 4)")
 
 
 # ----------------------------------------------------------------------------- the tracking step
@@ -106,14 +121,15 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     ``convergence`` from the returned pose when tracking converged. ``quality``: inlier_ratio, valid_pixels
     (associated points), icp_rmse (m), photometric_rmse (intensity), mean_residual (sigmas), condition and
     min_eigenvalue of the tempered data Hessian, iterations, update_norm (last |delta|), update_sigmas (the last
-    delta in posterior standard deviations), prior_distance
-    (e^T P^-1 e), points, and ``reasons``: the lost criteria that failed (``ok`` = none failed).
+    delta in posterior standard deviations), prior_distance (e^T P^-1 e), prior_weight (the Student-t prior's
+    weight at the MAP, one for a Gaussian), points, and ``reasons``: the lost criteria that failed (``ok`` = none
+    failed).
     Degenerate input (no valid depth, an empty render) returns the prior with ``ok=False``.
     ``backend``: 'torch' (:func:`linearise`), 'fused' (:mod:`prism_ros.prism.kernels.track`) or 'auto'.
     """
     config = config or TrackingConfig()
     backend = resolve_backend(backend)
-    prior = make_prior(prior_T, prior_cov)
+    prior = make_prior(prior_T, prior_cov, config.prior_dof)
     reference = make_reference(render, config)
     levels = make_levels(obs, render, config, fused=backend == "fused")
     if not levels or reference is None:
@@ -133,8 +149,10 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     covariance = laplace_covariance(system.H, T, prior)
     quality = assess(system, iterations, update, prior_distance(T, prior), config,
                      update_sigmas=float(np.sqrt(max(delta @ np.linalg.solve(covariance, delta), 0.0))))
+    weight = prior_weight(T, prior)
+    quality["prior_weight"] = weight
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=render.depth.device)
-    return PoseEstimate(as_torch(T), as_torch(covariance), not quality["reasons"], quality)
+    return PoseEstimate(as_torch(T), as_torch(covariance), not quality["reasons"], quality, prior_scale=1.0 / weight)
 
 
 class Term(NamedTuple):
@@ -202,14 +220,26 @@ def gauss_newton_step(system: Linearisation, T: np.ndarray, prior: "Prior") -> n
     """The delta of T <- exp(delta^) T minimising the linearised data + prior objective."""
     e = se3_log_np(T @ prior.T_inverse)
     J = se3_left_jacobian_inverse_np(e)
-    return -np.linalg.solve(system.H + J.T @ prior.information @ J, system.g + J.T @ prior.information @ e)
+    information = prior_weight(T, prior) * prior.information
+    return -np.linalg.solve(system.H + J.T @ information @ J, system.g + J.T @ information @ e)
 
 
 def laplace_covariance(H_data: np.ndarray, T: np.ndarray, prior: "Prior") -> np.ndarray:
-    """Laplace approximation at the MAP: (tempered data Hessian + prior information at T)^-1."""
+    """Laplace approximation at the MAP: (tempered data Hessian + weighted prior information at T)^-1."""
     J = se3_left_jacobian_inverse_np(se3_log_np(T @ prior.T_inverse))
-    covariance = np.linalg.inv(H_data + J.T @ prior.information @ J)
+    covariance = np.linalg.inv(H_data + J.T @ (prior_weight(T, prior) * prior.information) @ J)
     return 0.5 * (covariance + covariance.T)
+
+
+def student_weight(distance: float, dof: float, dim: int = 6) -> float:
+    """IRLS weight ``(nu + dim) / (nu + d)`` of a Student-t at squared Mahalanobis distance ``d``, capped at one;
+    one for ``dof`` 0 (Gaussian)."""
+    return 1.0 if dof <= 0 else min(1.0, (dof + dim) / (dof + distance))
+
+
+def prior_weight(T: np.ndarray, prior: "Prior") -> float:
+    """The Student-t prior's weight on its information at pose ``T`` (module doc)."""
+    return student_weight(prior_distance(T, prior), prior.dof)
 
 
 # ----------------------------------------------------------------------------- residual terms
@@ -503,19 +533,21 @@ class Prior(NamedTuple):
     T_inverse: np.ndarray
     covariance: np.ndarray  # (6,6)
     information: np.ndarray
+    dof: float = 0.0  # Student-t degrees of freedom; 0 = Gaussian
 
 
-def make_prior(T, covariance) -> Prior:
+def make_prior(T, covariance, dof: float = 0.0) -> Prior:
     T, covariance = as_numpy(T), as_numpy(covariance)
     information = np.linalg.inv(covariance)
-    return Prior(T, se3_inverse_np(T), covariance, 0.5 * (information + information.T))
+    return Prior(T, se3_inverse_np(T), covariance, 0.5 * (information + information.T), float(dof))
 
 
 def prior_estimate(prior: Prior, device, reason: str) -> PoseEstimate:
     """Nothing to track against: the posterior is the prior, and the frame counts as lost."""
     quality = dict(inlier_ratio=0.0, coverage=0.0, valid_pixels=0, icp_rmse=float("nan"), photometric_rmse=float("nan"),
                    mean_residual=float("nan"), condition=float("inf"), min_eigenvalue=0.0, iterations=0,
-                   update_norm=float("nan"), update_sigmas=float("nan"), prior_distance=0.0, points=0, reasons=[reason])
+                   update_norm=float("nan"), update_sigmas=float("nan"), prior_distance=0.0, prior_weight=1.0, points=0,
+                   reasons=[reason])
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)
     return PoseEstimate(as_torch(prior.T), as_torch(prior.covariance), False, quality)
 

@@ -20,6 +20,11 @@ The posterior error is a linear map of the prior error plus the measurement's ow
 pose ``S* A^T S_xx^-1 e_x`` (at ``T*``), velocity ``e_v - K e_x + K A`` (pose part), so the prior's
 ``previous_cross`` (covariance with the previous frame's error) goes through that map; the frame-to-frame
 motion's covariance needs it (:func:`prism_ros.evaluation.calibration.relative_pose_nees`).
+
+A Student-t prior (``PoseEstimate.prior_scale`` > 1, :mod:`prism_ros.prism.tracking`) is a Gaussian scale
+mixture: given the scale the tracking settled on, the prediction is Gaussian with its covariance times that
+scale, and this step conditions that Gaussian. The extra spread is new noise of this step, so the
+covariance with the previous frame's error is unchanged (it enters through ``S_xx``).
 """
 from __future__ import annotations
 
@@ -32,12 +37,12 @@ from prism_ros.prism.state import GaussianState, PoseEstimate
 
 def condition_on_pose(prior: GaussianState, pose: PoseEstimate) -> GaussianState:
     """The state at the pose posterior: mean ``(pose.T, v_bar + K xi*)``, the full 12x12 covariance
-    (pose block ``pose.covariance``, cross ``K A S*``, velocity ``S_vv - K S_xv + K A S* A^T K^T``) and the
-    covariance with the previous frame's error."""
+    (pose block ``pose.covariance``, cross ``K A S*``, velocity ``S_vv - K S_xv + K A S* A^T K^T``, with ``S`` the
+    prior's times ``pose.prior_scale``) and the covariance with the previous frame's error."""
     options = dict(dtype=prior.T.dtype, device=prior.T.device)
     T_post, S_post = torch.as_tensor(pose.T, **options), symmetrise(torch.as_tensor(pose.covariance, **options))
     xi = se3_log(T_post @ se3_inverse(prior.T))
-    S = prior.covariance
+    S = prior.covariance * pose.prior_scale
     S_xx, S_xv, S_vv = S[:6, :6], S[:6, 6:], S[6:, 6:]
     K = torch.linalg.solve(S_xx, S_xv).T  # S_vx S_xx^-1, by a solve (S_xx is symmetric)
     A = se3_left_jacobian_inverse(xi)
