@@ -21,6 +21,7 @@ from prism_ros.dmn.training import (
     TrainResult,
     evaluate,
     load_method,
+    quarter_turns,
     save_method,
     train,
 )
@@ -77,6 +78,28 @@ def test_training_moves_weights_and_files_round_trip(tmp_path):
     torch.save({"kind": "other"}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a DMN weights file"):
         load_method(tmp_path / "other.pt")
+
+
+def test_quarter_turns_rotate_about_the_room_centre():
+    pose = torch.tensor([[0.5, 0.25, 0.0]])
+    expected = torch.tensor([[[-0.25, 0.5, 0.5], [-0.5, -0.25, -1.0], [0.25, -0.5, -0.5]]])
+    assert torch.allclose(quarter_turns(pose), expected, atol=1e-6)
+
+
+def test_a_short_ranking_run_breaks_the_rooms_symmetry_better_than_chance():
+    """400 steps of the ranking term alone: on 128 held-out episodes the truth outscores its three quarter turns
+    far more often than chance (25 %; 3 binomial sigmas above it is 36 %), and most uniform poses."""
+    config = TrainConfig(steps=400, batch=32, pose_weight=0.0, discrimination_weight=0.0, ranking_weight=1.0,
+                         patience=0, validate_every=400, validation_episodes=128, validation_particles=64)
+    result = train("pf-dmn", "rooms", config, DmnConfig(), progress=False)
+    step, _, _, rotation_accuracy, beats_uniform = result.history[-1]
+    assert step == 400 and rotation_accuracy > 0.36 and beats_uniform > 0.7, result.history
+
+
+def test_training_with_no_term_is_refused():
+    with pytest.raises(InputError, match="nothing to train"):
+        train("regr-dmn", "rooms", TrainConfig(steps=1, pose_weight=0.0, ranking_weight=1.0), DmnConfig(),
+              progress=False)
 
 
 def test_evaluation_scores_the_oracle_and_the_uninformed_estimate():

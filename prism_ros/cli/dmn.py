@@ -91,6 +91,14 @@ def train_command(
     steps: Annotated[int, typer.Option(min=1, help="Maximum training steps.")] = 20000,
     batch: Annotated[int, typer.Option(min=1, help="Episodes per step.")] = 32,
     learning_rate: float = 1e-3,
+    pose_weight: Annotated[float, typer.Option(min=0.0, help="The paper's pose loss (tracking setting).")] = 1.0,
+    ranking_weight: Annotated[float, typer.Option(min=0.0, help="The truth against its quarter turns about the "
+                                                  "room's centre and 12 uniform poses (particle filters).")] = 0.0,
+    discrimination_weight: Annotated[float, typer.Option(min=0.0, help="The truth against 63 uniform poses "
+                                                         "(particle filters).")] = 1.0,
+    patience: Annotated[int, typer.Option(min=0, help="Validations without improvement before stopping (0: "
+                                          "never).")] = 12,
+    validate_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 250,
     data: Annotated[Optional[Path],
                     typer.Option(help="Train on a generated data set instead of fresh environments.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's weights/).")] = None,
@@ -98,10 +106,13 @@ def train_command(
     threads: int = 2,
     seed: int = 0,
 ):
-    """Train end to end on the pose loss in the tracking setting (t = 1, Nc = 4, K = 32); keeps the weights of
-    the best validation loss and records the command, steps and time in the file.
+    """Train end to end on the pose loss in the tracking setting (t = 1, Nc = 4, K = 32), plus the ranking and
+    discrimination terms of the particle filters; keeps the weights of the best validation loss and records the
+    command, steps, time and validation history in the file.
 
     Example: prism-ros dmn train --domain rooms --method pf-dmn --minutes 30
+    Ranking first: prism-ros dmn train --domain rooms --pose-weight 0 --discrimination-weight 0 --ranking-weight 1
+    --patience 0 --steps 20000
     """
     from prism_ros.dmn.training import StoredEpisodes, TrainConfig, save_method, train
 
@@ -111,14 +122,18 @@ def train_command(
     for name in names:
         if name not in LEARNED:
             raise InputError(f"unknown or untrainable method {name!r}", f"use one of {', '.join(LEARNED)} or all")
-    config = TrainConfig(steps=steps, batch=batch, learning_rate=learning_rate, minutes=minutes, seed=seed)
+    config = TrainConfig(steps=steps, batch=batch, learning_rate=learning_rate, minutes=minutes, seed=seed,
+                         pose_weight=pose_weight, ranking_weight=ranking_weight,
+                         discrimination_weight=discrimination_weight, patience=patience, validate_every=validate_every)
     source = StoredEpisodes(_training_data(data, domain), seed) if data else None
     command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for name in names:
         result = train(name, domain, config, source=source, device=device)
         path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command)
+        ranks = (f"; last rotation accuracy {result.history[-1][3]:.0%}, truth beats {result.history[-1][4]:.0%} of "
+                 f"uniform poses" if result.history and len(result.history[-1]) > 3 else "")
         typer.echo(f"{name} ({domain}): {result.steps} steps in {result.seconds / 60:.1f} min, best validation loss "
-                   f"{result.best_validation:.4f} -> {path}")
+                   f"{result.best_validation:.4f}{ranks} -> {path}")
 
 
 def _training_data(path: Path, domain: str) -> dict:

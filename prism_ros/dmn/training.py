@@ -15,6 +15,7 @@ x-y error below 0.2 at the last step; tracking (K = 256, T = 5): mean squared x-
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,7 +32,7 @@ from prism_ros.dmn.model import (
     parameter_count,
     query_step,
 )
-from prism_ros.dmn.particles import initial_belief, pose_loss, relative, uniform_particles
+from prism_ros.dmn.particles import initial_belief, pose_loss, relative, uniform_particles, wrap_yaw
 from prism_ros.errors import InputError, check_int, check_number, check_weights, file_kind, read_torch_file
 
 SUCCESS_MSE = 0.2  # the paper's success threshold (squared normalised units)
@@ -118,12 +119,15 @@ class TrainConfig:
     learning_rate: float = 1e-3
     contexts: int = 4
     query_steps: int = 1
+    pose_weight: float = 1.0  # the paper's pose loss in the tracking setting (0: not computed)
     discrimination_weight: float = 1.0  # the auxiliary loss of particle filters (see discrimination_loss)
     discrimination_candidates: int = 64  # the true pose and uniform alternatives scored per query
+    ranking_weight: float = 0.0  # the truth against its quarter turns and uniform poses (see ranking_loss)
+    ranking_uniform: int = 12
     validate_every: int = 250
     validation_episodes: int = 256
     validation_particles: int = 256
-    patience: int = 12  # validations without improvement before stopping
+    patience: int = 12  # validations without improvement before stopping; 0 = never stop early
     minutes: float = 0.0  # wall-clock budget; 0 = none
     seed: int = 0
 
@@ -134,7 +138,8 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     best_validation: float = float("nan")
-    history: list = field(default_factory=list)  # (step, train loss, validation loss)
+    # (step, train loss, validation loss[, rotation accuracy, share of uniform poses the truth beats]) per validation
+    history: list = field(default_factory=list)
 
 
 def discrimination_loss(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
@@ -156,6 +161,54 @@ def discrimination_loss(method: LocalizationMethod, episode: Episode, generator:
     others = uniform_particles(len(truth), candidates - 1, generator=generator, device=truth.device, dtype=truth.dtype)
     logits = observation(view_map, query, torch.cat((truth[:, None], others), dim=1))[..., 0]
     return torch.nn.functional.cross_entropy(logits, torch.zeros(len(truth), dtype=torch.long, device=logits.device))
+
+
+def quarter_turns(poses: Tensor) -> Tensor:
+    """(B,3,3) the poses (B,3) turned by 90, 180 and 270 degrees about the environment's centre (the origin of the
+    normalised frame): where a square room looks the same but for its wall textures and objects."""
+    turns = torch.arange(1, 4, device=poses.device, dtype=poses.dtype)[None, :]  # quarter turns, in pi units / 2
+    x, y, yaw = poses[:, None, 0], poses[:, None, 1], poses[:, None, 2]
+    c, s = torch.cos(0.5 * math.pi * turns), torch.sin(0.5 * math.pi * turns)
+    return torch.stack((c * x - s * y, s * x + c * y, wrap_yaw(yaw + 0.5 * turns)), dim=-1)
+
+
+def ranking_logits(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
+                   uniform: int = 12) -> Tensor:
+    """(B, 4 + uniform) observation log-likelihoods of the first query at: the true pose, its three quarter
+    turns about the environment's centre (:func:`quarter_turns`), then ``uniform`` poses uniform over the state
+    space."""
+    observation = method.observation
+    view_map = observation.build_map(episode.context_images, episode.context_poses)
+    query = query_step(observation.encode_queries(episode.query_images[:, :1]), 0)
+    truth = episode.query_poses[:, 0]
+    others = uniform_particles(len(truth), uniform, generator=generator, device=truth.device, dtype=truth.dtype)
+    return observation(view_map, query, torch.cat((truth[:, None], quarter_turns(truth), others), dim=1))[..., 0]
+
+
+def ranking_loss(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
+                 uniform: int = 12) -> Tensor:
+    """Cross-entropy of the true pose against its quarter turns and ``uniform`` uniform poses.
+
+    The room's rotational symmetry is what global localization must break, and the truth's quarter turns are
+    almost never among a tracking belief's particles nor among a few dozen uniform alternatives, so neither the
+    pose loss nor :func:`discrimination_loss` asks for it. Scoring the truth against them does."""
+    logits = ranking_logits(method, episode, generator, uniform)
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def ranking_scores(method: LocalizationMethod, episodes: list[Episode], seed: int = 0, uniform: int = 12) -> dict:
+    """On fixed episodes: ``rotation_accuracy``, the share whose truth outscores its three quarter turns (chance
+    25 %), and ``beats_uniform``, the share of uniform alternatives the truth outscores (chance 50 %)."""
+    generator = torch.Generator(device=episodes[0].query_poses.device).manual_seed(seed)
+    method.eval()
+    wins, beats = [], []
+    with torch.no_grad():
+        for e in episodes:
+            logits = ranking_logits(method, e, generator, uniform)
+            wins.append(logits[:, 0] > logits[:, 1:4].amax(-1))
+            beats.append((logits[:, :1] > logits[:, 4:]).float().mean(-1))
+    method.train()
+    return {"rotation_accuracy": float(torch.cat(wins).float().mean()), "beats_uniform": float(torch.cat(beats).mean())}
 
 
 def validation_loss(method: LocalizationMethod, episodes: list[Episode], particles: int, seed: int) -> float:
@@ -184,14 +237,19 @@ def validation_loss(method: LocalizationMethod, episodes: list[Episode], particl
 
 def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn_config: DmnConfig = DmnConfig(),
           source=None, progress: bool = True, device: str | torch.device = "cpu") -> TrainResult:
-    """Train one method end to end on the pose loss (tracking setting) on ``device`` (episodes are rendered on
-    the CPU and moved there); returns the best validated weights (on ``device``)."""
+    """Train one method on ``device`` (episodes are rendered on the CPU and moved there) on the terms of
+    :func:`training_loss`; returns the weights of the best one-step validation (on ``device``), with the ranking
+    scores of every validation in the history."""
     from tqdm import tqdm
 
     torch.manual_seed(train_config.seed)
     method = build_method(name, dmn_config).to(device)
     if parameter_count(method) == 0:
         return TrainResult(method)
+    if train_config.pose_weight <= 0 and not (method.uses_particles and (train_config.discrimination_weight > 0 or
+                                                                      train_config.ranking_weight > 0)):
+        raise InputError(f"nothing to train {name} on: its pose loss weight is 0 and it has no other term",
+                         "give --pose-weight > 0 (ranking and discrimination apply to particle filters only)")
     source = source or StreamedEpisodes(domain, "train", dmn_config.image_size)
     validation = StreamedEpisodes(domain, "val", dmn_config.image_size)
     chunk = min(128, train_config.validation_episodes)
@@ -205,11 +263,7 @@ def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn
     bar = tqdm(range(1, train_config.steps + 1), desc=f"train {name} ({domain})", unit="step", disable=not progress)
     for step in bar:
         episode = source.sample(train_config.batch, train_config.contexts, train_config.query_steps).to(device)
-        output = localize(method, episode, "tracking", dmn_config.particles_train, generator)
-        loss = pose_loss(output.estimates, episode.query_poses, dmn_config.loss_yaw_weight).mean()
-        if method.uses_particles and train_config.discrimination_weight > 0:
-            loss = loss + train_config.discrimination_weight * discrimination_loss(
-                method, episode, generator, train_config.discrimination_candidates)
+        loss = training_loss(method, episode, train_config, dmn_config, generator)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(method.parameters(), 10.0)
@@ -219,19 +273,39 @@ def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn
         if step % train_config.validate_every and step != train_config.steps and not out_of_time:
             continue
         score = validation_loss(method, val_episodes, train_config.validation_particles, train_config.seed)
-        result.history.append((step, sum(running) / len(running), score))
+        ranks = ranking_scores(method, val_episodes, train_config.seed) if method.uses_particles else {}
+        result.history.append((step, sum(running) / len(running), score, *ranks.values()))
         running = []
-        bar.set_postfix(val=f"{score:.3f}", best=f"{min(best, score):.3f}", refresh=False)
+        bar.set_postfix(val=f"{score:.3f}", best=f"{min(best, score):.3f}",
+                        **({"rot": f"{ranks['rotation_accuracy']:.2f}"} if ranks else {}), refresh=False)
         if score < best:
             best, best_state, waited = score, copy.deepcopy(method.state_dict()), 0
         else:
             waited += 1
-        if waited >= train_config.patience or out_of_time:
+        if (train_config.patience and waited >= train_config.patience) or out_of_time:
             break
     bar.close()
     method.load_state_dict(best_state)
     result.steps, result.seconds, result.best_validation = step, time.perf_counter() - started, best
     return result
+
+
+def training_loss(method: LocalizationMethod, episode: Episode, train_config: TrainConfig, dmn_config: DmnConfig,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """The weighted sum of the training terms of one batch: the paper's pose loss (tracking setting) and, for the
+    particle filters, the discrimination and ranking terms."""
+    loss = torch.zeros((), device=episode.query_poses.device)
+    if train_config.pose_weight > 0:
+        output = localize(method, episode, "tracking", dmn_config.particles_train, generator)
+        loss = loss + train_config.pose_weight * pose_loss(output.estimates, episode.query_poses,
+                                                           dmn_config.loss_yaw_weight).mean()
+    if method.uses_particles and train_config.discrimination_weight > 0:
+        loss = loss + train_config.discrimination_weight * discrimination_loss(
+            method, episode, generator, train_config.discrimination_candidates)
+    if method.uses_particles and train_config.ranking_weight > 0:
+        loss = loss + train_config.ranking_weight * ranking_loss(method, episode, generator,
+                                                                 train_config.ranking_uniform)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------- evaluation
