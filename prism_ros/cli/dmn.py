@@ -26,6 +26,12 @@ TABLE_ROWS = (("View-embedding", "PF (DMN)", "pf-dmn"), ("View-embedding", "Regr
               ("Latent image", "PF", "pf-image"), ("Latent image", "Regression", "regr-image"),
               ("Latent vector", "PF", "pf-vector"), ("Latent vector", "Regression", "regr-vector"),
               ("Closest context", "", "closest-context"), ("Uninformed estimate", "", "uninformed"))
+# The paper's Table 1 (sequential, one-step success, %) per domain in TABLE_ROWS order, as the text of the paper
+# in ../shared/papers gives it (column by column: Rooms sequential, Rooms one-step, Mazes sequential, one-step)
+PAPER_TABLE1 = {"rooms": ((95.6, 93.5), (97.2, 60.5), (94.0, 90.5), (9.6, 5.1), (92.9, 88.1), (9.8, 5.6),
+                          (11.0, 11.4), (1.7, 2.9)),
+                "mazes": ((75.9, 27.0), (39.9, 19.0), (69.4, 21.1), (10.1, 5.5), (40.4, 13.2), (16.8, 7.3),
+                          (39.3, 34.5), (3.3, 3.7))}
 
 
 def _setup(threads: int, domain: str) -> None:
@@ -207,7 +213,8 @@ def table_command(
     threads: int = 2,
 ):
     """Table 1 of the paper for one domain: sequential (t = 5) and one-step (t = 1) global localization success
-    rate (squared x-y error < 0.2) and tracking MSE (t = 5), every method on the same held-out episodes.
+    rate (squared x-y error < 0.2, and with half the squared yaw error in radians added) next to the paper's,
+    tracking MSE (t = 5) and the training cost of the weights, every method on the same held-out episodes.
 
     Example: prism-ros dmn table --domain rooms --episodes 500
     """
@@ -216,9 +223,10 @@ def table_command(
     _setup(threads, domain)
     device = _device(device)
     rows = []
-    for map_name, algorithm, name in TABLE_ROWS:
+    for (map_name, algorithm, name), paper in zip(TABLE_ROWS, PAPER_TABLE1[domain]):
         model, record = _method(domain, name, weights)
-        row = {"map": map_name, "algorithm": algorithm, "method": name, "trained": record is not None}
+        row = {"map": map_name, "algorithm": algorithm, "method": name, "trained": record is not None,
+               "paper": {"sequential": paper[0], "one_step": paper[1]}}
         if model is not None:
             config = getattr(model, "config", _default_config())
             for setting in ("sequential", "one_step", "tracking"):
@@ -237,16 +245,26 @@ def table_command(
 
 def format_row(row: dict) -> str:
     label = f"{row['map']} {row['algorithm']}".strip()
+    paper = row.get("paper", {})
     if "sequential" not in row:
-        return f"{label:<32} {'not trained':>10}"
-    return (f"{label:<32} {100 * row['sequential']['success_rate']:>9.1f}% "
-            f"{100 * row['one_step']['success_rate']:>9.1f}% "
-            f"{row['tracking']['mse_xy']:>10.4f}")
+        return (f"{label:<30} {'not trained':>15} {paper.get('sequential', float('nan')):>6.1f}%  {'':>15} "
+                f"{paper.get('one_step', float('nan')):>6.1f}%")
+    cells = []
+    for setting in ("sequential", "one_step"):
+        result = row[setting]
+        cells.append(f"{100 * result['success_rate']:>6.1f}% {100 * result['success_rate_pose']:>6.1f}% "
+                     f"{paper.get(setting, float('nan')):>6.1f}%")
+    training = row.get("training")
+    cost = f"{training['seconds'] / 60:.0f} min, {training['steps']} steps" if training else "-"
+    return f"{label:<30} {cells[0]}  {cells[1]}  {row['tracking']['mse_xy']:>9.4f}  {cost}"
 
 
 def format_table(domain: str, rows: list[dict], episodes: int, contexts: int) -> str:
-    header = (f"DMN Table 1 ({domain}; {episodes} held-out episodes per setting, {contexts} contexts)\n"
-              f"{'map / algorithm':<32} {'seq. t=5':>10} {'one-step':>10} {'track MSE':>10}\n" + "-" * 66)
+    header = (f"DMN Table 1 ({domain}; {episodes} held-out episodes per setting, {contexts} contexts). Success: "
+              f"x-y = squared x-y error < 0.2; +yaw = with 0.5 (yaw error, rad)^2 added; paper = its Table 1\n"
+              f"{'':<30} {'sequential t=5':^23}  {'one-step t=1':^23}\n"
+              f"{'map / algorithm':<30} {'x-y':>7} {'+yaw':>7} {'paper':>7}  {'x-y':>7} {'+yaw':>7} {'paper':>7}  "
+              f"{'track MSE':>9}  training\n" + "-" * 110)
     return "\n".join([header, *map(format_row, rows)])
 
 
