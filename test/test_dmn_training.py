@@ -133,6 +133,17 @@ def test_cli_generate_train_eval_table(tmp_path):
     result = runner.invoke(app, ["train", "--domain", "rooms", "--method", "pf-vector", "--steps", "2", "--batch", "2",
                                  "--minutes", "0", "--data", str(data), "--out", str(tmp_path / "w"), "--threads", "1"])
     assert result.exit_code == 0 and "pf-vector (rooms): 2 steps" in result.output, result.output
+    # a second stage starts from the first's weights and counts its steps into the total; other methods' are refused
+    first = tmp_path / "w" / "rooms" / "pf-vector.pt"
+    result = runner.invoke(app, ["train", "--domain", "rooms", "--method", "pf-vector", "--steps", "3", "--batch", "2",
+                                 "--minutes", "0", "--data", str(data), "--out", str(tmp_path / "w2"), "--threads", "1",
+                                 "--init", str(first), "--ranking-weight", "1"])
+    assert result.exit_code == 0, result.output
+    staged = torch.load(tmp_path / "w2" / "rooms" / "pf-vector.pt", weights_only=False)
+    assert staged["total_steps"] == 5 and staged["init_command"].startswith("prism-ros")
+    result = runner.invoke(app, ["train", "--domain", "rooms", "--method", "pf-dmn", "--init", str(first),
+                                 "--out", str(tmp_path / "w3")])
+    assert result.exit_code == 2 and "--init holds pf-vector weights" in result.output, result.output
     result = runner.invoke(app, ["table", "--domain", "rooms", "--episodes", "4", "--weights", str(tmp_path / "w"),
                                  "--out", str(tmp_path / "table.json"), "--threads", "1"])
     assert result.exit_code == 0, result.output

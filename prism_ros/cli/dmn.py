@@ -105,6 +105,8 @@ def train_command(
     patience: Annotated[int, typer.Option(min=0, help="Validations without improvement before stopping (0: "
                                           "never).")] = 12,
     validate_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 250,
+    init: Annotated[Optional[Path], typer.Option(help="Start from these weights (an earlier stage of the same "
+                                                 "method and domain).")] = None,
     data: Annotated[Optional[Path],
                     typer.Option(help="Train on a generated data set instead of fresh environments.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Weights folder (default: the package's weights/).")] = None,
@@ -133,13 +135,29 @@ def train_command(
                          discrimination_weight=discrimination_weight, patience=patience, validate_every=validate_every)
     source = StoredEpisodes(_training_data(data, domain), seed) if data else None
     command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    start = _initial_weights(init, names, domain)
     for name in names:
-        result = train(name, domain, config, source=source, device=device)
-        path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command)
+        result = train(name, domain, config, source=source, device=device, init=start and start["state"])
+        path = save_method(result, name, domain, result.method.config, config, weights_path(domain, name, out), command,
+                           init=start and {k: v for k, v in start.items() if k != "state"})
         ranks = (f"; last rotation accuracy {result.history[-1][3]:.0%}, truth beats {result.history[-1][4]:.0%} of "
                  f"uniform poses" if result.history and len(result.history[-1]) > 3 else "")
         typer.echo(f"{name} ({domain}): {result.steps} steps in {result.seconds / 60:.1f} min, best validation loss "
                    f"{result.best_validation:.4f}{ranks} -> {path}")
+
+
+def _initial_weights(path: Path | None, names: tuple, domain: str) -> dict | None:
+    """The record of ``dmn train --init``: weights of the one method being trained, on its domain."""
+    if path is None:
+        return None
+    from prism_ros.dmn.training import load_method
+
+    _, record = load_method(path)
+    if len(names) != 1 or record["method"] != names[0] or record["domain"] != domain:
+        raise InputError(f"--init holds {record['method']} weights for {record['domain']}, training was asked for "
+                         f"{', '.join(names)} on {domain}", f"train --method {record['method']} --domain "
+                         f"{record['domain']}, or drop --init", path)
+    return record
 
 
 def _training_data(path: Path, domain: str) -> dict:
@@ -233,7 +251,10 @@ def table_command(
                 row[setting] = evaluate(model, domain, setting, episodes, contexts, config, progress=False,
                                         device=device)
             if record is not None:
-                row["training"] = {k: record[k] for k in ("steps", "seconds", "best_validation", "command")}
+                row["training"] = {k: record.get(k) for k in ("steps", "seconds", "best_validation", "command",
+                                                              "init_command")}
+                row["training"]["steps"] = record.get("total_steps", record["steps"])
+                row["training"]["seconds"] = record.get("total_seconds", record["seconds"])
         rows.append(row)
         typer.echo(format_row(row), err=True)
     typer.echo(format_table(domain, rows, episodes, contexts))

@@ -244,14 +244,18 @@ def validation_loss(method: LocalizationMethod, episodes: list[Episode], particl
 
 
 def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn_config: DmnConfig = DmnConfig(),
-          source=None, progress: bool = True, device: str | torch.device = "cpu") -> TrainResult:
+          source=None, progress: bool = True, device: str | torch.device = "cpu",
+          init: dict | None = None) -> TrainResult:
     """Train one method on ``device`` (episodes are rendered on the CPU and moved there) on the terms of
     :func:`training_loss`; returns the weights of the best one-step validation (on ``device``), with the ranking
-    scores of every validation in the history."""
+    scores of every validation in the history. ``init``: a state dict to start from (an earlier stage's weights).
+    """
     from tqdm import tqdm
 
     torch.manual_seed(train_config.seed)
     method = build_method(name, dmn_config).to(device)
+    if init is not None:
+        method.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.items()})
     if parameter_count(method) == 0:
         return TrainResult(method)
     if train_config.pose_weight <= 0 and not (method.uses_particles and (train_config.discrimination_weight > 0 or
@@ -353,15 +357,18 @@ def evaluate(method: LocalizationMethod, domain: str, setting: str, episodes: in
 
 # ------------------------------------------------------------------------------------------- weights
 def save_method(result: TrainResult, name: str, domain: str, dmn_config: DmnConfig, train_config: TrainConfig,
-                path: Path, command: str = "") -> Path:
-    """Weights (fp16) with how they were made: method, domain, configs, steps, time, validation loss."""
+                path: Path, command: str = "", init: dict | None = None) -> Path:
+    """Weights (fp16) with how they were made: method, domain, configs, steps, time, validation loss; ``init``:
+    the record of the weights this training started from, whose steps and seconds count into the totals."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in result.method.state_dict().items()}
     torch.save({"kind": "prism_ros.dmn", "method": name, "domain": domain, "dmn_config": asdict(dmn_config),
                 "train_config": asdict(train_config), "steps": result.steps, "seconds": result.seconds,
                 "best_validation": result.best_validation, "history": result.history, "command": command,
-                "state": state}, path)
+                "total_steps": result.steps + (init or {}).get("total_steps", (init or {}).get("steps", 0)),
+                "total_seconds": result.seconds + (init or {}).get("total_seconds", (init or {}).get("seconds", 0.0)),
+                "init_command": (init or {}).get("command"), "state": state}, path)
     return path
 
 
