@@ -8,8 +8,10 @@ which their effects nest (``prism-ros calibrate`` runs all three and writes a pr
    freedom, :mod:`prism_ros.prism.tracking`). Maximum likelihood of the ground-truth poses under the filter's
    own transition model: a pose-only Kalman filter observes the ground truth with ``gt_sigma`` noise, its
    prior scaled as the tracking scales it, and the innovations' Student-t likelihood is maximised
-   (Nelder-Mead on the logarithms). No images are involved. The IMU and control models keep their sensor
-   densities (datasheet values), so this step applies to the constant-velocity model only.
+   (Nelder-Mead on the logarithms). No images are involved. A path whose tails come out heavier than one
+   degree of freedom is not a motion record (ground truth interpolated between keyframes): it is fitted
+   Gaussian, with a note. The IMU and control models keep their sensor densities (datasheet values), so this
+   step applies to the constant-velocity model only.
 2. **Residual correlation length** ``tracking.correlation_pixels``: how much independent information a
    frame's dense residuals hold. The Laplace covariance scales with its square where the data outweigh the
    prior, so the frame-to-frame NEES median is matched to the chi-square median by
