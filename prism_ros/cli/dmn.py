@@ -251,10 +251,9 @@ def table_command(
                 row[setting] = evaluate(model, domain, setting, episodes, contexts, config, progress=False,
                                         device=device)
             if record is not None:
-                row["training"] = {k: record.get(k) for k in ("steps", "seconds", "best_validation", "command",
-                                                              "init_command")}
-                row["training"]["steps"] = record.get("total_steps", record["steps"])
-                row["training"]["seconds"] = record.get("total_seconds", record["seconds"])
+                row["training"] = {"steps": record.get("total_steps", record["steps"]),
+                                   "seconds": record.get("total_seconds", record["seconds"]),
+                                   **{k: record.get(k) for k in ("best_validation", "command", "init_command")}}
         rows.append(row)
         typer.echo(format_row(row), err=True)
     typer.echo(format_table(domain, rows, episodes, contexts))

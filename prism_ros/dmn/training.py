@@ -259,7 +259,7 @@ def train(name: str, domain: str, train_config: TrainConfig = TrainConfig(), dmn
     torch.manual_seed(train_config.seed)
     method = build_method(name, dmn_config).to(device)
     if init is not None:
-        method.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.items()})
+        method.load_state_dict(init)  # fp16 weights are copied into the float parameters
     if parameter_count(method) == 0:
         return TrainResult(method)
     if train_config.pose_weight <= 0 and not (method.uses_particles and (train_config.discrimination_weight > 0 or
@@ -367,12 +367,13 @@ def save_method(result: TrainResult, name: str, domain: str, dmn_config: DmnConf
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in result.method.state_dict().items()}
+    before = init or {}
     torch.save({"kind": "prism_ros.dmn", "method": name, "domain": domain, "dmn_config": asdict(dmn_config),
                 "train_config": asdict(train_config), "steps": result.steps, "seconds": result.seconds,
                 "best_validation": result.best_validation, "history": result.history, "command": command,
-                "total_steps": result.steps + (init or {}).get("total_steps", (init or {}).get("steps", 0)),
-                "total_seconds": result.seconds + (init or {}).get("total_seconds", (init or {}).get("seconds", 0.0)),
-                "init_command": (init or {}).get("command"), "state": state}, path)
+                "total_steps": result.steps + before.get("total_steps", before.get("steps", 0)),
+                "total_seconds": result.seconds + before.get("total_seconds", before.get("seconds", 0.0)),
+                "init_command": before.get("command"), "state": state}, path)
     return path
 
 

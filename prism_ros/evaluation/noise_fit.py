@@ -47,10 +47,10 @@ from prism_ros.prism.velocity import condition_on_pose
 CHI2_6DOF_MEDIAN = float(chi2.median(6))
 
 
-def student_nll(innovation: torch.Tensor, S: torch.Tensor, dof: float) -> float:
-    """-log density of a d-variate Student-t with scale ``S`` and ``dof`` degrees of freedom (Gaussian for 0)."""
-    d = innovation.shape[-1]
-    distance = float(innovation @ torch.linalg.solve(S, innovation))
+def student_nll(distance: float, S: torch.Tensor, dof: float) -> float:
+    """-log density of a d-variate Student-t with scale ``S`` and ``dof`` degrees of freedom (Gaussian for 0) at
+    squared Mahalanobis ``distance`` from its mean."""
+    d = S.shape[-1]
     log_det = float(torch.logdet(S))
     if dof <= 0:
         return 0.5 * (distance + log_det + d * math.log(2 * math.pi))
@@ -74,10 +74,11 @@ def motion_nll(stamps: np.ndarray, poses: np.ndarray, config: DynamicsConfig,
         prior = model.predict(state, float(stamps[k]))
         innovation = se3_log(T[k] @ torch.linalg.inv(prior.T))
         S = prior.pose_covariance + R
+        distance = float(innovation @ torch.linalg.solve(S, innovation))
         if k >= skip:
-            total += student_nll(innovation, S, dof)
+            total += student_nll(distance, S, dof)
             scored += 1
-        scale = 1.0 / student_weight(float(innovation @ torch.linalg.solve(S, innovation)), dof)
+        scale = 1.0 / student_weight(distance, dof)
         P = scale * prior.pose_covariance  # the prior as the tracking weights it
         gain = torch.linalg.solve(P + R, P).T  # P (P + R)^-1
         posterior = PoseEstimate(se3_exp(gain @ innovation) @ prior.T, P - gain @ P, True, prior_scale=scale)

@@ -147,10 +147,10 @@ def track(obs: Observation, render: RenderResult, prior_T: torch.Tensor, prior_c
     if system is None:
         return prior_estimate(prior, render.depth.device, "no iterations configured")
     covariance = laplace_covariance(system.H, T, prior)
-    quality = assess(system, iterations, update, prior_distance(T, prior), config,
+    distance = prior_distance(T, prior)
+    quality = assess(system, iterations, update, distance, config,
                      update_sigmas=float(np.sqrt(max(delta @ np.linalg.solve(covariance, delta), 0.0))))
-    weight = prior_weight(T, prior)
-    quality["prior_weight"] = weight
+    quality["prior_weight"] = weight = student_weight(distance, prior.dof)
     as_torch = lambda x: torch.as_tensor(x, dtype=torch.float64, device=render.depth.device)
     return PoseEstimate(as_torch(T), as_torch(covariance), not quality["reasons"], quality, prior_scale=1.0 / weight)
 
@@ -220,14 +220,15 @@ def gauss_newton_step(system: Linearisation, T: np.ndarray, prior: "Prior") -> n
     """The delta of T <- exp(delta^) T minimising the linearised data + prior objective."""
     e = se3_log_np(T @ prior.T_inverse)
     J = se3_left_jacobian_inverse_np(e)
-    information = prior_weight(T, prior) * prior.information
+    information = prior_weight(e, prior) * prior.information
     return -np.linalg.solve(system.H + J.T @ information @ J, system.g + J.T @ information @ e)
 
 
 def laplace_covariance(H_data: np.ndarray, T: np.ndarray, prior: "Prior") -> np.ndarray:
     """Laplace approximation at the MAP: (tempered data Hessian + weighted prior information at T)^-1."""
-    J = se3_left_jacobian_inverse_np(se3_log_np(T @ prior.T_inverse))
-    covariance = np.linalg.inv(H_data + J.T @ (prior_weight(T, prior) * prior.information) @ J)
+    e = se3_log_np(T @ prior.T_inverse)
+    J = se3_left_jacobian_inverse_np(e)
+    covariance = np.linalg.inv(H_data + J.T @ (prior_weight(e, prior) * prior.information) @ J)
     return 0.5 * (covariance + covariance.T)
 
 
@@ -237,9 +238,9 @@ def student_weight(distance: float, dof: float, dim: int = 6) -> float:
     return 1.0 if dof <= 0 else min(1.0, (dof + dim) / (dof + distance))
 
 
-def prior_weight(T: np.ndarray, prior: "Prior") -> float:
-    """The Student-t prior's weight on its information at pose ``T`` (module doc)."""
-    return student_weight(prior_distance(T, prior), prior.dof)
+def prior_weight(e: np.ndarray, prior: "Prior") -> float:
+    """The Student-t prior's weight on its information at the error ``e = log(T T_prior^-1)`` (module doc)."""
+    return student_weight(float(e @ prior.information @ e), prior.dof)
 
 
 # ----------------------------------------------------------------------------- residual terms
