@@ -1,16 +1,20 @@
-"""ACE vs the classical feature baseline (SIFT/ORB + depth + PnP RANSAC), same tasks, same process.
+"""ACE vs the classical feature baseline (SIFT/ORB + depth + PnP RANSAC) vs their hybrid, same tasks, same process.
 
 Tasks (real data in ../shared/data):
 - ``redkitchen``: map 7-Scenes redkitchen frames 0-299, relocalize frames 300-399;
 - ``sun3d``: map SUN3D study room fragment 1, relocalize fragment 2 (about 2.5 m away, same world frame).
-Both methods map with the ground-truth poses and depth of the mapping frames. Every query is scored on
-all queries and on the "overlapping" ones: those with a mapping frame within 30 cm and 20 deg (the same
-frame for both), where relocalization is possible at all. A rejected query counts as a failure (infinite
-error). Timings are wall-clock in this process: mapping time includes reading the mapping frames; ms/query
-covers the method's call on an image already in memory. The machine's load average is recorded, since
-on a shared CPU it changes the timings.
+Both methods map with the ground-truth poses and depth of the mapping frames. ``hybrid`` is what ace_node
+answers (:mod:`prism_ros.ace.hybrid`): ACE's pose if the query's depth confirms it against the map's surfaces
+(:mod:`prism_ros.ace.verify`, which also refines it), otherwise the features' pose if it passes the same check;
+its mapping time adds both maps and the map cloud, its ms/query what it ran. ``ace+check`` and
+``features+check`` are each method alone behind the check. Every query is scored on all queries and on the
+"overlapping" ones: those with a mapping frame within 30 cm and 20 deg (the same frame for both), where
+relocalization is possible at all. A rejected query counts as a failure (infinite error); "wrong" counts
+accepted poses more than 25 cm off. Timings are wall-clock in this process: mapping time includes reading
+the mapping frames; ms/query covers the method's call on an image already in memory. The machine's load
+average is recorded, since on a shared CPU it changes the timings.
 
-    python bench/ace_vs_features.py [--methods ace,features] [--tasks redkitchen,sun3d] [--quick]
+    python bench/ace_vs_features.py [--methods ace,features,hybrid] [--tasks redkitchen,sun3d] [--quick]
                                     [--detector sift] [--keyframe-step 5] [--ace-recipe cpu]
                                     [--ace-encoder PATH] [--device cpu] [--out out/bench/ace_vs_features]
 
@@ -28,11 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from prism_ros.ace.features import FeatureConfig, build_feature_map
+from prism_ros.ace.hybrid import ask
+from prism_ros.ace.verify import VerifyConfig, build_map_cloud, frame_points
 from prism_ros.datasets import open_dataset
-from prism_ros.evaluation.feature_relocalization import FeatureConfig, build_feature_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-METHODS = ("ace", "features")
+METHODS = ("ace", "features", "hybrid")
+CHECKED = ("ace+check", "features+check")  # reported with hybrid: each method alone behind the depth check
+WRONG_M = 0.25  # an accepted pose further off than this is "wrong"
 TASKS = ("redkitchen", "sun3d")
 OVERLAP_M, OVERLAP_DEG = 0.30, 20.0  # a query "overlaps" the map if a mapping frame is this close
 THRESHOLDS = ((0.05, 5.0), (0.10, 10.0))
@@ -99,8 +107,10 @@ def score(results, truths: np.ndarray, overlap: np.ndarray, ms: list[float], map
     for i, result in enumerate(results):
         if result.pose is not None:
             dt[i], dr[i] = pose_errors(result.pose, truths[i])
+    accepted = np.array([r.pose is not None for r in results])
     return {"mapping_s": mapping_s, "ms_per_query_median": float(np.median(ms)),
-            "ms_per_query_mean": float(np.mean(ms)), "accepted": float(np.mean([r.pose is not None for r in results])),
+            "ms_per_query_mean": float(np.mean(ms)), "accepted": float(np.mean(accepted)),
+            "wrong": float(np.mean(accepted & (dt > WRONG_M))),
             "all": summarise(dt, dr), "overlapping": summarise(dt[overlap], dr[overlap]),
             "per_query": {"translation_m": [None if not np.isfinite(x) else float(x) for x in dt],
                           "rotation_deg": [None if not np.isfinite(x) else float(x) for x in dr],
@@ -141,6 +151,31 @@ def run_ace(mapping, frames, args) -> tuple[list, list[float], float, dict]:
                                     "frames": ace_map.meta.get("frames")}
 
 
+def run_checked(runs: dict, mapping, frames) -> dict:
+    """The hybrid and each method behind the depth check, from the ACE and features runs' own results:
+    name -> (results, ms, mapping_s, meta). The check's cost is timed here and added."""
+    config = VerifyConfig()
+    start = time.perf_counter()
+    cloud = build_map_cloud(mapping, config)
+    cloud_s = time.perf_counter() - start
+    orders = {"hybrid": ("ace", "features"), "ace+check": ("ace",), "features+check": ("features",)}
+    out = {}
+    for name, order in orders.items():
+        answers, ms = [], []
+        for i, frame in enumerate(frames):
+            start = time.perf_counter()
+            points = frame_points(frame, config)
+            answer = ask([(m, lambda m=m, i=i: runs[m][0][i]) for m in order], points, cloud, config)
+            checked_ms = 1e3 * (time.perf_counter() - start)
+            answers.append(answer)
+            ms.append(checked_ms + sum(runs[m][1][i] for m in answer.results))  # the methods it asked
+        sources = [a.source or "none" for a in answers]
+        meta = {"order": list(order), "map_cloud_points": len(cloud), "map_cloud_s": cloud_s,
+                "answered_by": {s: sources.count(s) for s in sorted(set(sources))}}
+        out[name] = (answers, ms, sum(runs[m][2] for m in order) + cloud_s, meta)
+    return out
+
+
 RUNNERS = {"ace": run_ace, "features": run_features}
 
 
@@ -154,7 +189,7 @@ def fmt(value, scale: float = 1.0, digits: int = 1, percent: bool = False) -> st
 
 
 def print_table(report: dict) -> None:
-    header = (f"{'task':<11}{'method':<14}{'map s':>7}{'ms/q':>7}{'acc':>6} | "
+    header = (f"{'task':<11}{'method':<16}{'map s':>7}{'ms/q':>7}{'acc':>6}{'wrong':>6} | "
               f"{'all: n':>6}{'t cm':>7}{'r deg':>7}{'5/5':>6}{'10/10':>7} | "
               f"{'overlap: n':>10}{'t cm':>7}{'r deg':>7}{'5/5':>6}{'10/10':>7}")
     print(header)
@@ -165,7 +200,7 @@ def print_table(report: dict) -> None:
             if method == "features" and "meta" in res:
                 label += "/" + res["meta"]["config"]["detector"]
             if "error" in res:
-                print(f"{task:<11}{label:<14}  not run: {res['error']}")
+                print(f"{task:<11}{label:<16}  not run: {res['error']}")
                 continue
             cells = []
             for subset in ("all", "overlapping"):
@@ -174,16 +209,19 @@ def print_table(report: dict) -> None:
                              f"{fmt(s.get('median_translation_m'), 100):>7}{fmt(s.get('median_rotation_deg'), 1, 2):>7}"
                              f"{fmt(s.get('within_5cm_5deg'), percent=True):>6}"
                              f"{fmt(s.get('within_10cm_10deg'), percent=True):>7}")
-            print(f"{task:<11}{label:<14}{res['mapping_s']:>7.1f}{res['ms_per_query_median']:>7.0f}"
-                  f"{fmt(res['accepted'], percent=True):>6} | {cells[0]} | {cells[1]}")
-    print("map s: mapping wall time; ms/q: median per query; acc: accepted; t/r: median errors (rejected = inf); "
+            print(f"{task:<11}{label:<16}{res['mapping_s']:>7.1f}{res['ms_per_query_median']:>7.0f}"
+                  f"{fmt(res['accepted'], percent=True):>6}{fmt(res['wrong'], percent=True):>6} | {cells[0]} | "
+                  f"{cells[1]}")
+    print("map s: mapping wall time; ms/q: median per query; acc: accepted; wrong: accepted but more than "
+          f"{WRONG_M * 100:.0f} cm off; t/r: median errors (rejected = inf); "
           f"5/5, 10/10: within 5 cm/5 deg, 10 cm/10 deg; overlap: a mapping frame within {OVERLAP_M * 100:.0f} cm "
           f"and {OVERLAP_DEG:.0f} deg")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="ace,features", help="comma list of " + ",".join(METHODS))
+    parser.add_argument("--methods", default="ace,features,hybrid",
+                        help="comma list of " + ",".join(METHODS) + " (hybrid runs both others)")
     parser.add_argument("--tasks", default="redkitchen,sun3d", help="comma list of " + ",".join(TASKS))
     parser.add_argument("--quick", action="store_true", help="every few frames only (smoke run)")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -214,13 +252,18 @@ def main(argv=None) -> dict:
         frames = list(query)
         entry = report["tasks"][task] = {"description": description, "mapping_frames": len(mapping),
                                          "query_frames": len(query), "overlapping": int(overlap.sum()), "methods": {}}
-        for method in methods:
+        runs = {}
+        for method in RUNNERS:
+            if method not in methods and "hybrid" not in methods:
+                continue
             try:
-                results, ms, mapping_s, meta = RUNNERS[method](mapping, frames, args)
+                runs[method] = RUNNERS[method](mapping, frames, args)
             except Exception as error:
                 entry["methods"][method] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
                 print(f"  {method}: not run ({entry['methods'][method]['error']})", flush=True)
-                continue
+        if "hybrid" in methods and len(runs) == len(RUNNERS):
+            runs.update(run_checked(runs, mapping, frames))
+        for method, (results, ms, mapping_s, meta) in runs.items():
             entry["methods"][method] = score(results, truths, overlap, ms, mapping_s) | {"meta": meta}
             s = entry["methods"][method]
             print(f"  {method}: mapping {mapping_s:.1f} s, {s['ms_per_query_median']:.0f} ms/query, "

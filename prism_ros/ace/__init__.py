@@ -4,7 +4,9 @@ MLP head trained in minutes over a shuffled buffer of features from all mapping 
 Modules: :mod:`encoder` (network, shipped weights, id), :mod:`head`, :mod:`buffer` (feature buffer with
 ACE's augmentations), :mod:`mapping` (curriculum, recipes), :mod:`relocalize` (RANSAC-PnP, covariance),
 :mod:`mapfile` (save/load/validate), :mod:`ensemble` (k-means chunks), :mod:`pretrain` (encoder training
-on procedural scenes), :mod:`cli` (``prism-ros ace ...``). No ROS imports.
+on procedural scenes). Beside ACE: :mod:`features` (SIFT + PnP, the classical peer and second opinion),
+:mod:`verify` (the depth check of a pose against the map's surfaces) and :mod:`hybrid` (the verified answer
+of the two). No ROS imports.
 """
 import importlib
 

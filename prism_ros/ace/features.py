@@ -1,7 +1,7 @@
-"""Classical relocalization baseline: local features of mapping keyframes with depth, then PnP RANSAC.
+"""Classical relocalization: local features of mapping keyframes with depth, then PnP RANSAC.
 
-This is what a user would pick instead of ACE (OpenCV only, no learning), so it is the baseline of
-``bench/ace_vs_features.py``. No ROS imports.
+This is what a user would pick instead of ACE (OpenCV only, no learning): the baseline of
+``bench/ace_vs_features.py`` and the second opinion of :mod:`prism_ros.ace.hybrid`. No ROS imports.
 
 Mapping (:func:`build_feature_map`): every ``keyframe_step``-th posed frame becomes a keyframe. SIFT (default)
 or ORB keypoints are detected on its grey image; each keypoint gets a world point from the depth registered

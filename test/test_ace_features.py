@@ -1,4 +1,4 @@
-"""The classical relocalization baseline (prism_ros.evaluation.feature_relocalization): exact synthetic scenes, the
+"""The classical relocalization baseline (prism_ros.ace.features): exact synthetic scenes, the
 batched matcher against OpenCV's brute force, depth lookup at keypoints, rejection, and real 7-Scenes data."""
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from shared_data import sample
 
-from prism_ros.datasets import open_dataset
-from prism_ros.evaluation.feature_relocalization import (
+from prism_ros.ace.features import (
     FeatureConfig,
     build_feature_map,
     depth_at_keypoints,
@@ -16,6 +15,7 @@ from prism_ros.evaluation.feature_relocalization import (
     localize_dataset,
     ratio_matches,
 )
+from prism_ros.datasets import open_dataset
 
 # the procedural textures are low-contrast: lower the detectors' thresholds (the defaults suit real images)
 SYNTHETIC_CONFIGS = {"sift": FeatureConfig(detector="sift", sift_contrast_threshold=0.01, keyframe_step=2),
