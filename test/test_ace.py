@@ -22,6 +22,7 @@ from prism_ros.ace.encoder import (
 )
 from prism_ros.ace.ensemble import best_of, split_frames
 from prism_ros.ace.head import Head, HeadConfig
+from prism_ros.ace.hybrid import answer_query
 from prism_ros.ace.mapfile import AceMap, load_map, save_map
 from prism_ros.ace.mapping import TEST_RECIPE, map_scene
 from prism_ros.ace.relocalize import Relocalization, pose_errors, ransac_pnp, relocalize
@@ -117,6 +118,26 @@ def test_map_file_round_trip(tmp_path):
     assert loaded.encoder_id == ace_map.encoder_id and loaded.image_height == 120
     assert loaded.intrinsics == ace_map.intrinsics and np.allclose(loaded.centres, ace_map.centres)
     assert loaded.meta == {"note": "test"}
+    assert loaded.cloud is None and loaded.features is None  # a map made without depth
+
+
+def test_map_file_keeps_the_depth_check_cloud_and_feature_keyframes(tmp_path):
+    from prism_ros.ace.features import FeatureConfig, FeatureMap, Keyframe
+    from prism_ros.ace.verify import MapCloud
+
+    rng = np.random.default_rng(0)
+    ace_map = small_map()
+    ace_map.cloud = MapCloud(rng.normal(size=(50, 3)), np.tile([0.0, 0.0, 1.0], (50, 1)))
+    descriptors = rng.integers(0, 200, size=(20, 128)).astype(np.float32)  # SIFT's values
+    ace_map.features = FeatureMap([Keyframe(7, np.eye(4), rng.uniform(0, 100, (20, 2)).astype(np.float32),
+                                            descriptors, rng.normal(size=(20, 3)))], FeatureConfig())
+    loaded = load_map(save_map(ace_map, tmp_path / "scene.pt"))
+    assert np.array_equal(loaded.cloud.points, ace_map.cloud.points)
+    assert np.array_equal(loaded.cloud.normals, ace_map.cloud.normals)
+    (keyframe,) = loaded.features.keyframes
+    assert keyframe.index == 7 and np.array_equal(keyframe.descriptors, descriptors)  # fp16 is exact for them
+    assert np.allclose(keyframe.world, ace_map.features.keyframes[0].world, atol=1e-6)
+    assert loaded.features.config == FeatureConfig()
 
 
 def test_map_file_errors_are_clear(tmp_path):
@@ -165,7 +186,32 @@ def _head_config(**changes):
     return lambda blob: blob["heads"][0]["config"].update(changes)
 
 
+def _keyframe(descriptors=None, world=None) -> dict:
+    """A feature keyframe record of a map file (two keypoints)."""
+    return {"index": 0, "pose": torch.eye(4, dtype=torch.float64), "pixels": torch.zeros(2, 2),
+            "descriptors": torch.zeros(2, 128, dtype=torch.float16) if descriptors is None else descriptors,
+            "world": torch.ones(2, 3) if world is None else world}
+
+
+def _features(*keyframes) -> dict:
+    from dataclasses import asdict
+
+    from prism_ros.ace.features import FeatureConfig
+
+    return {"config": asdict(FeatureConfig()), "keyframes": list(keyframes)}
+
+
 MAP_CASES = [  # (name, edit of a valid map file's dict, pattern of the InputError)
+    ("map cloud NaN", _set("cloud", {"points": torch.tensor([[0.0, float("nan"), 1.0]]), "normals": torch.zeros(1, 3)}),
+     "map cloud points has non-finite"),
+    ("map cloud normals of other points", _set("cloud", {"points": torch.zeros(2, 3), "normals": torch.zeros(1, 3)}),
+     "map cloud normals must be a 2x3"),
+    ("features without keyframes", _set("features", _features()), "features need a config"),
+    ("feature descriptors of another width", _set("features", _features(_keyframe(torch.zeros(2, 64,
+                                                                                               dtype=torch.float16)))),
+     "feature keyframe 0 descriptors must be a 2x128"),
+    ("feature world points far away", _set("features", _features(_keyframe(world=torch.full((2, 3), 1e9)))),
+     "feature keyframe 0 world points has values beyond"),
     ("other kind: DMN weights", lambda blob: blob.update(format=None, kind="prism_ros.dmn"),
      "not an ACE map file .it is DMN weights"),
     ("other kind: encoder", _set("format", "prism_ros.ace.encoder"), "not an ACE map file .it is an ACE encoder"),
@@ -350,6 +396,13 @@ def test_mapping_then_relocalizing_held_out_frames(synthetic_sequence, tmp_path)
     assert np.isfinite(dt).mean() >= 0.75, dt  # accepted (measured 13/15; a random encoder: 10/15)
     assert np.median(dt) < 0.05 and np.median(dr) < 2.0, (dt, dr)  # measured 3.3 cm, 0.6 deg (random encoder: 53 cm)
     assert np.mean((dt < 0.10) & (dr < 5)) >= 0.7, (dt, dr)  # measured 0.80; a random encoder: 0.20
+    # the map also holds the depth check's cloud and SIFT keyframes (every 5th of the 30 frames)
+    assert ace_map.cloud is not None and len(ace_map.features) == 6
+    answers = [answer_query(ace_map, encoder, frame, min_inliers=20) for frame in queries]
+    assert all(a.accepted and a.verified and a.source in ("ace", "features") for a in answers), \
+        [a.reason for a in answers]
+    checked = np.array([pose_errors(a.pose, f.pose)[0][0] for a, f in zip(answers, queries)])
+    assert checked.max() < 0.05 and np.median(checked) < np.median(dt), (checked, dt)  # refined by the check
 
 
 def test_cli_map_and_localize(synthetic_sequence, tmp_path):

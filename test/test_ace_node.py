@@ -105,6 +105,12 @@ def test_online_mapping_from_prism_poses_then_relocalization(synthetic_sequence,
     # the test recipe at 160x120 (15x20 feature cells) is coarse: about 10 cm here; a map in another frame
     # than PRISM's would be off by metres (the room is 4 m wide)
     assert np.linalg.norm(ace_pose[:3, 3] - prism_pose[:3, 3]) < 0.2, (ace_pose, prism_pose)
+    # the image came with depth and the map with its surfaces: the pose was depth-checked (and refined)
+    assert "depth-checked" in answer.message and "not depth-checked" not in answer.message, answer.message
+    assert client.spin_until(lambda: int(ace.last().get("depth_checked", 0)) >= 1, 5), ace.last()
+    last = ace.last()
+    assert last["map_depth_check"] == "yes" and last["last_source"] in ("ace", "features")
+    assert int(last["answered_ace"]) + int(last["answered_features"]) == int(last["accepted"])
     ace_node.send_signal(2)
     assert ace_node.wait(15) == 0
 

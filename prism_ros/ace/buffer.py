@@ -106,6 +106,15 @@ def prepare_frame(frame: Frame, height: int, use_depth: bool = True) -> MappingF
     return MappingFrame(grey, work.K, np.asarray(frame.pose, dtype=np.float64), depth, frame.index)
 
 
+def view_frame(view: MappingFrame) -> Frame:
+    """A mapping view as a pinhole Frame (grey image, registered depth, pose), for what is built beside the
+    heads from the same views (the depth check's map cloud, the feature keyframes)."""
+    h, w = view.grey.shape
+    K = view.K
+    return Frame(int(view.index), 0.0, view.grey, view.depth, Intrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], w, h),
+                 pose=view.T_world_camera)
+
+
 # -------------------------------------------------------------------------------------- augmentation
 @dataclass
 class AugmentedView:

@@ -353,7 +353,7 @@ def build_feature_map(frames, config: FeatureConfig = FeatureConfig(), progress:
 
 
 def localize_dataset(feature_map: FeatureMap, dataset, progress: bool = True):
-    """[(timestamp, frame pose or None, FeatureRelocalization)] for every frame (as ACE's localize_dataset)."""
+    """[(timestamp, frame pose or None, FeatureRelocalization)] for every frame."""
     out = []
     times = dataset.timestamps
     for i, frame in enumerate(tqdm(dataset, total=len(dataset), desc="feature localize", unit="img",

@@ -10,7 +10,10 @@ all: a passed check already bounds the error by the depth alignment, and asking 
 their sum.
 
 Without query depth or a map cloud nothing can be checked: the first method whose own inlier rule accepted
-its pose answers, unrefined, and the answer says it was not verified. No ROS imports.
+its pose answers, unrefined, and the answer says it was not verified.
+
+:func:`check_maps` builds what the check and the second opinion need from the posed RGB-D mapping frames, and
+:func:`answer_query` asks an ACE map (with them, when it has them) about one image. No ROS imports.
 """
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from prism_ros.ace.verify import MapCloud, Verification, VerifyConfig, verify
+from prism_ros.ace.features import FeatureConfig, FeatureMap, build_feature_map
+from prism_ros.ace.verify import MapCloud, Verification, VerifyConfig, build_map_cloud, frame_points, verify
+from prism_ros.errors import InputError
+from prism_ros.frame import Frame
 
 
 @dataclass
@@ -34,6 +40,12 @@ class Answer:
     verified: bool = False
     results: dict = field(default_factory=dict)
     checks: dict[str, Verification] = field(default_factory=dict)
+
+    @property
+    def covariance(self) -> np.ndarray | None:
+        """The answering method's own pose covariance (ACE's inlier covariance), None when it has none."""
+        result = self.results.get(self.source)
+        return getattr(result, "covariance", None) if self.accepted else None
 
     @property
     def accepted(self) -> bool:
@@ -72,3 +84,42 @@ def ask(methods: Iterable[tuple[str, Callable[[], object]]], query_points: np.nd
             answer.pose, answer.source, answer.inliers, answer.verified = check.pose, name, int(result.inliers), True
             return answer
     return answer
+
+
+def check_maps(frames, feature_step: int = 5, verify_config: VerifyConfig = VerifyConfig(),
+               feature_config: FeatureConfig | None = None) -> tuple[MapCloud | None, FeatureMap | None]:
+    """(map cloud, feature map) of posed RGB-D mapping frames (a Dataset, read frame by frame, or a list of
+    Frames; every ``feature_step``-th frame becomes a feature keyframe); None for what they cannot give (no
+    frame with depth and a pose)."""
+    config = feature_config or FeatureConfig(keyframe_step=feature_step)
+    try:
+        cloud = build_map_cloud(frames, verify_config)
+    except InputError:
+        return None, None
+    return cloud, build_feature_map(frames, config, progress=False)
+
+
+def answer_query(ace_map, encoder, frame: Frame, check: bool = True, second_opinion: bool = True,
+                 verify_config: VerifyConfig = VerifyConfig(), **ace_options) -> Answer:
+    """Relocalize one image (``frame``: colour, intrinsics, optional depth registered to colour) with an ACE
+    map: ACE first, then the map's feature keyframes if it has them and ``second_opinion``; with ``check``,
+    the frame's depth and the map's cloud, each pose goes through the depth check (see the module doc)."""
+    from prism_ros.ace.relocalize import relocalize
+
+    methods = [("ace", lambda: relocalize(ace_map, encoder, frame.rgb, frame.intrinsics, **ace_options))]
+    if second_opinion and ace_map.features is not None:
+        methods.append(("features", lambda: ace_map.features.localize(frame.rgb, frame.intrinsics)))
+    checkable = check and frame.depth is not None and ace_map.cloud is not None
+    points = frame_points(frame, verify_config) if checkable else None
+    return ask(methods, points, ace_map.cloud if checkable else None, verify_config)
+
+
+def answer_dataset(ace_map, encoder, dataset, progress: bool = True, check: bool = True, second_opinion: bool = True,
+                   **ace_options) -> list[tuple[float, np.ndarray | None, Answer]]:
+    """[(timestamp, frame pose or None, Answer)] of :func:`answer_query` for every frame of a dataset."""
+    from tqdm import tqdm
+
+    times = dataset.timestamps
+    return [(float(times[i]), frame.pose, answer_query(ace_map, encoder, frame, check, second_opinion, **ace_options))
+            for i, frame in enumerate(tqdm(dataset, total=len(dataset), desc="relocalize", unit="img",
+                                           disable=not progress))]

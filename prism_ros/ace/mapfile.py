@@ -3,20 +3,25 @@
 A map holds one head per chunk (one for a plain map, k for an ensemble) with its mean offset and chunk
 centre, the id of the encoder whose features the heads read, the working image height (queries are
 resized to it), the mapping camera's intrinsics (for the record and a warning when queries differ
-a lot), the recipe and a sha256 of the head weights. :func:`load_map` validates all of it and raises
-:class:`~prism_ros.errors.InputError` for a corrupt, truncated, foreign or mismatched file.
+a lot), the recipe and a sha256 of the head weights. Maps made with depth also hold what the hybrid answer
+(:mod:`prism_ros.ace.hybrid`) needs: the map cloud of the depth check (float32 points and normals) and the SIFT
+keyframes of the second opinion (pixels, fp16 descriptors, float32 world points, poses); older files without
+them still load. :func:`load_map` validates all of it and raises :class:`~prism_ros.errors.InputError` for a
+corrupt, truncated, foreign or mismatched file.
 Stored with ``torch.save`` (zip of tensors) and read with ``weights_only=True`` (no pickled code).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prism_ros.ace.features import FeatureConfig, FeatureMap, Keyframe
 from prism_ros.ace.head import Head, HeadConfig
+from prism_ros.ace.verify import MapCloud
 from prism_ros.errors import (
     InputError,
     check_int,
@@ -45,6 +50,8 @@ class AceMap:
     image_height: int
     intrinsics: tuple[float, float, float, float, int, int]
     meta: dict = field(default_factory=dict)
+    cloud: MapCloud | None = None  # the mapped surfaces, for the depth check of a pose (maps made with depth)
+    features: FeatureMap | None = None  # SIFT keyframes, the second opinion (maps made with depth)
 
     def to(self, device) -> "AceMap":
         self.heads = [h.to(device) for h in self.heads]
@@ -70,8 +77,67 @@ def save_map(ace_map: AceMap, path: str | Path) -> Path:
                 "image_height": int(ace_map.image_height),
                 "intrinsics": [float(x) for x in ace_map.intrinsics[:4]] + [int(x) for x in ace_map.intrinsics[4:6]],
                 "centres": torch.as_tensor(np.asarray(ace_map.centres, dtype=np.float64)).reshape(-1, 3),
-                "heads": records, "sha256": _digest(records), "meta": dict(ace_map.meta)}, path)
+                "heads": records, "sha256": _digest(records), "meta": dict(ace_map.meta),
+                "cloud": _cloud_record(ace_map.cloud), "features": _features_record(ace_map.features)}, path)
     return path
+
+
+def _cloud_record(cloud: MapCloud | None) -> dict | None:
+    if cloud is None:
+        return None
+    return {"points": torch.from_numpy(cloud.points), "normals": torch.from_numpy(cloud.normals)}
+
+
+def _features_record(features: FeatureMap | None) -> dict | None:
+    if features is None:
+        return None
+    fp16 = features.config.detector == "sift"  # SIFT's float descriptors; ORB's are bytes already
+    return {"config": asdict(features.config),
+            "keyframes": [{"index": int(k.index), "pose": torch.from_numpy(np.asarray(k.T_world_camera, np.float64)),
+                           "pixels": torch.from_numpy(np.asarray(k.pixels, np.float32)),
+                           "descriptors": torch.from_numpy(k.descriptors.astype(np.float16 if fp16 else np.uint8)),
+                           "world": torch.from_numpy(np.asarray(k.world, np.float32))}
+                          for k in features.keyframes]}
+
+
+def _read_cloud(record, fix: str, path: Path) -> MapCloud | None:
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise InputError(f"invalid map file (cloud must be a dict, got {type(record).__name__})", fix, path)
+    points = check_tensor(record.get("points"), "map cloud points", (None, 3), fix, path, limit=MAX_EXTENT_M)
+    normals = check_tensor(record.get("normals"), "map cloud normals", (len(points), 3), fix, path, limit=1.01)
+    return MapCloud(points.numpy(), normals.numpy())
+
+
+def _read_features(record, fix: str, path: Path) -> FeatureMap | None:
+    if record is None:
+        return None
+    keyframes = record.get("keyframes") if isinstance(record, dict) else None
+    config = record.get("config") if isinstance(record, dict) else None
+    names = {f.name for f in fields(FeatureConfig)}
+    if not isinstance(config, dict) or set(config) != names or not isinstance(keyframes, list) or not keyframes:
+        raise InputError("invalid map file (features need a config with the FeatureConfig keys and keyframes)",
+                         fix, path)
+    config = FeatureConfig(**config)
+    width, kind = (128, (torch.float16,)) if config.detector == "sift" else (32, (torch.uint8,))
+    out = []
+    for i, k in enumerate(keyframes):
+        if not isinstance(k, dict):
+            raise InputError(f"invalid map file (feature keyframe {i} is not a dict)", fix, path)
+        pose = check_tensor(k.get("pose"), f"feature keyframe {i} pose", (4, 4), fix, path, limit=MAX_EXTENT_M)
+        pixels = check_tensor(k.get("pixels"), f"feature keyframe {i} pixels", (None, 2), fix, path,
+                              limit=MAX_IMAGE_SIDE)
+        n = len(pixels)
+        descriptors = check_tensor(k.get("descriptors"), f"feature keyframe {i} descriptors", (n, width), fix, path,
+                                   dtypes=kind)
+        world = check_tensor(k.get("world"), f"feature keyframe {i} world points", (n, 3), fix, path,
+                             limit=MAX_EXTENT_M)
+        raw = descriptors.numpy()
+        out.append(Keyframe(check_int(k.get("index"), f"feature keyframe {i} index", 0, 2**62, fix, path),
+                            pose.double().numpy(), pixels.numpy(),
+                            raw.astype(np.float32) if config.detector == "sift" else raw, world.double().numpy()))
+    return FeatureMap(out, config)
 
 
 def load_map(path: str | Path, encoder_id: str | None = None, device="cpu") -> AceMap:
@@ -118,7 +184,8 @@ def load_map(path: str | Path, encoder_id: str | None = None, device="cpu") -> A
     if not isinstance(meta, dict):
         raise InputError(f"invalid map file (meta must be a dict, got {type(meta).__name__})", fix, path)
     return AceMap([head.to(device) for head in heads], centres.numpy(), blob["encoder_id"], height,
-                  (fx, fy, cx, cy, width, rows), meta)
+                  (fx, fy, cx, cy, width, rows), meta, _read_cloud(blob.get("cloud"), fix, path),
+                  _read_features(blob.get("features"), fix, path))
 
 
 def _feature_width(encoder_id: str) -> int | None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prism_ros.ace.buffer import Augmentation, FeatureBuffer, MappingFrame, fill_buffer, prepare_frame
+from prism_ros.ace.buffer import Augmentation, FeatureBuffer, MappingFrame, fill_buffer, prepare_frame, view_frame
 from prism_ros.ace.encoder import Encoder
 from prism_ros.ace.head import Head, HeadConfig
 from prism_ros.ace.mapfile import AceMap
@@ -164,8 +164,10 @@ def prepare_views(dataset: Dataset, recipe: Recipe, use_depth: bool = True, prog
 
 
 def map_views(views: list[MappingFrame], encoder: Encoder, recipe: Recipe, intrinsics, use_depth: bool = True,
-              chunks: int = 1, seed: int = 0, device="cpu", progress: bool = True) -> AceMap:
-    """Map prepared views: one head, or one per k-means chunk of camera positions (``chunks`` > 1)."""
+              chunks: int = 1, seed: int = 0, device="cpu", progress: bool = True, feature_step: int = 0) -> AceMap:
+    """Map prepared views: one head, or one per k-means chunk of camera positions (``chunks`` > 1). With depth
+    and ``feature_step`` > 0, also the depth check's map cloud and the feature keyframes (every
+    ``feature_step``-th view) of :mod:`prism_ros.ace.hybrid`, at the working resolution."""
     from prism_ros.ace.ensemble import split_frames
 
     start = time.perf_counter()
@@ -186,17 +188,34 @@ def map_views(views: list[MappingFrame], encoder: Encoder, recipe: Recipe, intri
             "frame_indices": [int(v.index) for v in views]}
     meta["recipe"]["augmentation"] = {k: list(v) if isinstance(v, tuple) else v
                                       for k, v in meta["recipe"]["augmentation"].items()}
-    return AceMap(heads, np.stack(centres), encoder.encoder_id, recipe.image_height, intrinsics, meta)
+    ace_map = AceMap(heads, np.stack(centres), encoder.encoder_id, recipe.image_height, intrinsics, meta)
+    if use_depth and feature_step > 0:
+        add_check_maps(ace_map, [view_frame(v) for v in views], feature_step)
+    return ace_map
+
+
+def add_check_maps(ace_map: AceMap, frames, feature_step: int) -> None:
+    """Give the map the depth check's cloud and the feature keyframes of posed RGB-D ``frames``; the time
+    they took is in ``meta["check_maps_seconds"]``."""
+    from prism_ros.ace.hybrid import check_maps
+
+    start = time.perf_counter()
+    ace_map.cloud, ace_map.features = check_maps(frames, feature_step)
+    ace_map.meta["check_maps_seconds"] = time.perf_counter() - start
 
 
 def map_scene(dataset: Dataset, encoder: Encoder, recipe: Recipe = CPU_RECIPE, use_depth: bool = True,
-              chunks: int = 1, seed: int = 0, device="cpu", progress: bool = True) -> AceMap:
-    """Map a posed dataset (frames with ``pose``) into an :class:`AceMap` (mapping time in ``meta``)."""
+              chunks: int = 1, seed: int = 0, device="cpu", progress: bool = True, feature_step: int = 5) -> AceMap:
+    """Map a posed dataset (frames with ``pose``) into an :class:`AceMap` (mapping time in ``meta``). With depth
+    and ``feature_step`` > 0 the map also gets the depth check's cloud and feature keyframes (every
+    ``feature_step``-th frame), from the frames at full resolution."""
     start = time.perf_counter()
     encoder = encoder.to(device)
     views = prepare_views(dataset, recipe, use_depth, progress)
     first = dataset[0].intrinsics
     intr = (first.fx, first.fy, first.cx, first.cy, first.width, first.height)
     ace_map = map_views(views, encoder, recipe, intr, use_depth, chunks, seed, device, progress)
+    if use_depth and feature_step > 0:
+        add_check_maps(ace_map, dataset, feature_step)
     ace_map.meta["total_seconds"] = time.perf_counter() - start
     return ace_map

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from prism_ros.ace.buffer import query_grey
 from prism_ros.ace.encoder import Encoder, feature_pixels, normalise
@@ -198,15 +197,6 @@ def relocalize(ace_map: AceMap, encoder: Encoder, rgb: np.ndarray, intrinsics: I
     index, best = best_of(results)
     best.head = index
     return best
-
-
-def localize_dataset(ace_map: AceMap, encoder: Encoder, dataset, progress: bool = True, **options):
-    """[(timestamp, frame pose or None, Relocalization)] for every frame of a dataset."""
-    out = []
-    times = dataset.timestamps
-    for i, frame in enumerate(tqdm(dataset, total=len(dataset), desc="ace localize", unit="img", disable=not progress)):
-        out.append((float(times[i]), frame.pose, relocalize(ace_map, encoder, frame.rgb, frame.intrinsics, **options)))
-    return out
 
 
 def pose_errors(estimate: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -173,5 +173,6 @@ def verify(candidate: np.ndarray, query_points: np.ndarray, cloud: MapCloud,
                             f"{100 * fitness:.0f} % of the query depth on the map (< {100 * config.min_fitness:.0f} %)")
     if correction[0] > config.max_correction_m or correction[1] > config.max_correction_deg:
         return Verification(None, fitness, rmse, correction,
-                            f"the depth alignment moved the pose {100 * correction[0]:.0f} cm / {correction[1]:.1f} deg")
+                            f"the depth alignment moved the pose {100 * correction[0]:.0f} cm / "
+                            f"{correction[1]:.1f} deg")
     return Verification(np.array(pose), fitness, rmse, correction)

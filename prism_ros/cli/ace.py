@@ -42,6 +42,8 @@ def map_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
     seed: int = 0,
+    features_step: Annotated[int, typer.Option(min=0, help="With depth: every k-th frame a SIFT keyframe of the "
+                                               "second opinion, plus the depth check's map cloud (0: neither).")] = 5,
 ):
     """Train a scene map (ACE head) from posed images; prints the mapping time.
 
@@ -59,12 +61,17 @@ def map_command(
     net = load_encoder(encoder, dev)
     data = open_dataset(dataset, frames=frames)
     start = time.perf_counter()
-    ace_map = map_scene(data, net, chosen, use_depth=depth, chunks=chunks, seed=seed, device=dev, progress=True)
+    ace_map = map_scene(data, net, chosen, use_depth=depth, chunks=chunks, seed=seed, device=dev, progress=True,
+                        feature_step=features_step)
     seconds = time.perf_counter() - start
     save_map(ace_map, out)
+    extras = "no depth check or second opinion"
+    if ace_map.cloud is not None:
+        extras = (f"depth check on {len(ace_map.cloud)} map points, second opinion from "
+                  f"{len(ace_map.features)} SIFT keyframes ({ace_map.meta['check_maps_seconds']:.1f} s)")
     typer.echo(f"mapped {ace_map.meta['frames']} frames in {seconds:.1f} s (recipe {chosen.name}, "
-               f"{len(ace_map.heads)} head(s), depth {'on' if ace_map.meta['depth'] else 'off'}, device {dev}) "
-               f"-> {out}")
+               f"{len(ace_map.heads)} head(s), depth {'on' if ace_map.meta['depth'] else 'off'}, device {dev}; "
+               f"{extras}) -> {out}")
 
 
 @app.command("localize")
@@ -80,6 +87,10 @@ def localize_command(
                        typer.Option(help="Encoder weights used for mapping (default: shipped).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch default).")] = 2,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Keep a pose only if the query's depth lies on "
+                                        "the map's surfaces (maps and queries with depth).")] = True,
+    second_opinion: Annotated[bool, typer.Option("--second-opinion/--no-second-opinion",
+                                                 help="Ask the map's SIFT keyframes when ACE's pose fails.")] = True,
 ):
     """Relocalize every frame; writes accepted poses (TUM) and, with ground truth, prints the accuracy.
 
@@ -89,8 +100,9 @@ def localize_command(
     import numpy as np
 
     from prism_ros.ace.encoder import load_encoder
+    from prism_ros.ace.hybrid import answer_dataset
     from prism_ros.ace.mapfile import load_map
-    from prism_ros.ace.relocalize import accuracy_summary, localize_dataset
+    from prism_ros.ace.relocalize import accuracy_summary
     from prism_ros.datasets import open_dataset
     from prism_ros.evaluation.trajectory_io import write_tum
 
@@ -102,14 +114,17 @@ def localize_command(
     ace_map = load_map(map_file, net.encoder_id, dev)
     data = open_dataset(dataset, frames=frames)
     start = time.perf_counter()
-    rows = localize_dataset(ace_map, net, data, progress=True, min_inliers=min_inliers, solver=solver)
+    rows = answer_dataset(ace_map, net, data, True, check, second_opinion, min_inliers=min_inliers, solver=solver)
     seconds = time.perf_counter() - start
     accepted = [(t, r.pose) for t, _, r in rows if r.accepted]
+    sources = [r.source + (" (depth-checked)" if r.verified else "") for _, _, r in rows if r.accepted]
     if accepted:
         write_tum(out, np.array([t for t, _ in accepted]), np.stack([p for _, p in accepted]),
                   header=f"ACE relocalization of {dataset} with {map_file}")
     typer.echo(f"{len(accepted)}/{len(rows)} frames relocalized ({seconds / max(len(rows), 1) * 1000:.0f} ms each)"
                + (f" -> {out}" if accepted else " (nothing written)"))
+    if accepted:
+        typer.echo("answered by: " + ", ".join(f"{name} {sources.count(name)}" for name in sorted(set(sources))))
     if any(T is not None for _, T, _ in rows):
         s = accuracy_summary([r for _, _, r in rows], [T for _, T, _ in rows])
         typer.echo(f"within 5 cm / 5 deg: {100 * s['within_5cm_5deg']:.1f} %   within 10 cm / 10 deg: "

@@ -2,12 +2,16 @@
 
 A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, threads):
 
-- Inputs: colour + CameraInfo (+ depth registered to colour, for online mapping), approximate-time
-  synchronised; the newest set is kept. ``~/query`` (sensor_msgs/Image) relocalizes that image (with the
+- Inputs: colour + CameraInfo (+ depth registered to colour, for online mapping and the depth check),
+  approximate-time synchronised; the newest set is kept. ``~/query`` (sensor_msgs/Image) relocalizes that image (with the
   newest CameraInfo): the "image in the request" of a relocalization service, as a topic because the
   PyPI wheels cannot build custom service types.
 - ``~/relocalize`` (std_srvs/Trigger) relocalizes the newest image and answers with the pose and inlier
   count; ``continuous_rate`` > 0 relocalizes the newest image at that rate.
+- Answers (:func:`prism_ros.ace.hybrid.answer_query`): ACE's pose; with ``depth_check``, depth and a map made
+  with depth, it is kept only when the query's depth lies on the map's surfaces (refined by ICP); when it
+  fails, with ``second_opinion``, the map's SIFT keyframes are asked and their pose goes through the same
+  check. Diagnostics count who answered (``answered_ace`` / ``answered_features``) and ``last_source``.
 - Outputs: ``~/pose`` (PoseWithCovarianceStamped of ``base_frame`` in ``map_frame``; ACE's covariance of the
   camera pose mapped to the ROS convention and inflated by ``covariance_scale``, since RANSAC's inlier
   covariance ignores correlated errors), ``~/inliers`` (std_msgs/Int32, every attempt, 0 when rejected) and
@@ -41,7 +45,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +125,7 @@ PARAMETERS: dict[str, Param] = {
     "distortion": Param([0.0, 0.0, 0.0, 0.0, 0.0], "floats", "k1 k2 p1 p2 k3 (intrinsics_source: parameters)",
                         check=count(5)),
     "depth_topic": Param("", "str", "depth registered to colour (16UC1 x depth_scale or 32FC1 m), used by online "
-                         "mapping; empty = map from colour only"),
+                         "mapping and the depth check; empty = colour only (no check)"),
     "image_qos": Param("sensor_data", "str", "QoS of colour, CameraInfo and depth", check=one_of(QOS_NAMES)),
     "depth_scale": Param(0.001, "float", "metres per unit of 16-bit depth", check=positive),
     "sync_slop": Param(0.02, "float", "seconds within which colour, CameraInfo (and depth) stamps must lie",
@@ -134,6 +138,10 @@ PARAMETERS: dict[str, Param] = {
     "threshold_px": Param(0.0, "float", "RANSAC inlier threshold in working-resolution pixels; 0 = ACE's 10 px "
                           "at 480 rows, scaled", dynamic=True, check=non_negative),
     "hypotheses": Param(64, "int", "RANSAC hypotheses per image", dynamic=True, check=_at_least(1)),
+    "depth_check": Param(True, "bool", "keep a pose only if the query's depth lies on the map's surfaces (needs "
+                         "depth_topic and a map made with depth); the pose is refined by the check", dynamic=True),
+    "second_opinion": Param(True, "bool", "when ACE's pose fails, ask the map's SIFT keyframes (maps made with "
+                            "depth)", dynamic=True),
     "covariance_scale": Param(25.0, "float", "factor on ACE's inlier covariance (it ignores correlated errors)",
                               dynamic=True, check=positive),
     "position_std_floor": Param(0.05, "float", "added position std (m, per axis) of a relocalized pose: ACE is "
@@ -234,6 +242,9 @@ class Stats:
     keyframes: int = 0
     mappings: int = 0
     last_mapping_s: float = float("nan")
+    answered: dict = field(default_factory=lambda: {"ace": 0, "features": 0})
+    depth_checked: int = 0
+    last_source: str = ""
 
 
 class AceNode(Node):
@@ -302,7 +313,7 @@ class AceNode(Node):
         if v["intrinsics_source"] == "camera_info":
             inputs.append((CameraInfo, v["camera_info_topic"], qos))
             self._roles.append("info")
-        if v["online_mapping"] and v["depth_topic"]:
+        if v["depth_topic"]:
             inputs.append((Image, v["depth_topic"], qos))
             self._roles.append("depth")
         guard = self.health.guard
@@ -494,7 +505,7 @@ class AceNode(Node):
                 done["event"].set()
 
     def _relocalize(self, item: ImageSet | None, reason: str) -> tuple[bool, str]:
-        from prism_ros.ace.relocalize import relocalize
+        from prism_ros.ace.hybrid import answer_query
 
         if item is None and reason == "recovery":
             item = self._lost_image()
@@ -511,27 +522,32 @@ class AceNode(Node):
                             "online_mapping")
             return False, "no ACE map loaded"
         try:
-            frame = self._frame(item)
+            frame = self._frame(item, with_depth=True)
         except BadInput as bad:
             self._bad_input(bad.cause, bad.problem, bad.fix)
             return False, str(bad)
         v = self.values
         started = time.perf_counter()
-        result = relocalize(ace_map, self.encoder, frame.rgb, frame.intrinsics, threshold_px=v["threshold_px"] or None,
-                            hypotheses=v["hypotheses"], min_inliers=v["min_inliers"])
+        result = answer_query(ace_map, self.encoder, frame, v["depth_check"], v["second_opinion"],
+                              threshold_px=v["threshold_px"] or None, hypotheses=v["hypotheses"],
+                              min_inliers=v["min_inliers"])
         ms = 1e3 * (time.perf_counter() - started)
         with self._lock:
             self.stats.attempts += 1
             self.stats.last_inliers, self.stats.last_ms = int(result.inliers), ms
             self.stats.accepted += int(result.accepted)
             self.stats.rejected += int(not result.accepted)
+            self.stats.last_source = result.source or "none"
+            if result.accepted:
+                self.stats.answered[result.source] += 1
+                self.stats.depth_checked += int(result.verified)
         self.inliers_pub.publish(Int32(data=int(result.inliers) if result.accepted else 0))
         if not result.accepted:
-            return False, (f"rejected ({reason}): {result.inliers} inliers < {v['min_inliers']}"
-                           + (f" ({result.reason})" if result.reason else ""))
+            return False, f"rejected ({reason}): {result.reason}"
         T_map_base = result.pose @ self.T_camera_base
         floor = [v["position_std_floor"]] * 3 + [np.radians(v["rotation_std_floor_deg"])] * 3
-        covariance = camera_covariance_to_ros(result.covariance, result.pose, T_map_base, v["covariance_scale"], floor)
+        own = result.covariance if result.covariance is not None else np.zeros((6, 6))  # features: the floor only
+        covariance = camera_covariance_to_ros(own, result.pose, T_map_base, v["covariance_scale"], floor)
         msg = matrix_to_pose_with_covariance(T_map_base, covariance, item.rgb.header.stamp, v["map_frame"])
         self.pose_pub.publish(msg)
         if reason == "recovery":
@@ -554,7 +570,9 @@ class AceNode(Node):
                                    f"{np.round(T_map_base[:3, 3], 4).tolist()} quaternion {quaternion}): PRISM "
                                    "restarts in the map's frame")
         position = np.round(T_map_base[:3, 3], 3).tolist()
-        return True, f"base at {position} in {v['map_frame']}, {result.inliers} inliers, {ms:.0f} ms ({reason})"
+        checked = "depth-checked" if result.verified else "not depth-checked"
+        return True, (f"base at {position} in {v['map_frame']}, {result.source} ({result.inliers} inliers, {checked}), "
+                      f"{ms:.0f} ms ({reason})")
 
     # -- online mapping -------------------------------------------------------------------------
     def _map_in_background(self) -> None:
@@ -577,7 +595,7 @@ class AceNode(Node):
                               int(first.grey.shape[1]), int(first.grey.shape[0]))
                 started = time.perf_counter()
                 ace_map = map_views(views, self.encoder, recipe, intrinsics, use_depth=True, device=self.device,
-                                    progress=False)
+                                    progress=False, feature_step=1)  # keyframes are new viewpoints already
                 seconds = time.perf_counter() - started
                 with self._map_lock:
                     self.ace_map = ace_map
@@ -654,6 +672,10 @@ class AceNode(Node):
                       "accepted": s.accepted, "rejected": s.rejected, "recoveries_sent": s.recoveries_sent,
                       "initial_poses_sent": s.initial_poses_sent,
                       "last_inliers": s.last_inliers, "last_ms": f"{s.last_ms:.1f}", "keyframes": s.keyframes,
+                      "answered_ace": s.answered["ace"], "answered_features": s.answered["features"],
+                      "depth_checked": s.depth_checked, "last_source": s.last_source or "none",
+                      "map_depth_check": "yes" if self.ace_map is not None and self.ace_map.cloud is not None
+                      else "no",
                       "mappings": s.mappings, "last_mapping_s": f"{s.last_mapping_s:.1f}",
                       **self.health.values(), "device": self.device,
                       "prism_lost_run": self._lost_run}
