@@ -3,9 +3,9 @@
 A thin adapter over :mod:`prism_ros.ace` (messages <-> numpy, parameters, threads):
 
 - Inputs: colour + CameraInfo (+ depth registered to colour, for online mapping and the depth check),
-  approximate-time synchronised; the newest set is kept. ``~/query`` (sensor_msgs/Image) relocalizes that image (with the
-  newest CameraInfo): the "image in the request" of a relocalization service, as a topic because the
-  PyPI wheels cannot build custom service types.
+  approximate-time synchronised; the newest set is kept. ``~/query`` (sensor_msgs/Image) relocalizes that
+  image (with the newest CameraInfo): the "image in the request" of a relocalization service, as a topic
+  because the PyPI wheels cannot build custom service types.
 - ``~/relocalize`` (std_srvs/Trigger) relocalizes the newest image and answers with the pose and inlier
   count; ``continuous_rate`` > 0 relocalizes the newest image at that rate.
 - Answers (:func:`prism_ros.ace.hybrid.answer_query`): ACE's pose; with ``depth_check``, depth and a map made
