@@ -16,7 +16,8 @@ average is recorded, since on a shared CPU it changes the timings.
 
     python bench/ace_vs_features.py [--methods ace,features,hybrid] [--tasks redkitchen,sun3d] [--quick]
                                     [--detector sift] [--keyframe-step 5] [--ace-recipe cpu]
-                                    [--ace-encoder PATH] [--device cpu] [--out out/bench/ace_vs_features]
+                                    [--ace-set steps=N,batch=M] [--ace-encoder PATH] [--device cpu]
+                                    [--out out/bench/ace_vs_features]
 
 Prints a side-by-side table and writes ``run_<time>.json`` and ``latest.json`` under ``--out``.
 """
@@ -142,7 +143,11 @@ def run_ace(mapping, frames, args) -> tuple[list, list[float], float, dict]:
     from prism_ros.ace.relocalize import relocalize
 
     encoder = load_encoder(args.ace_encoder, device=args.device)
-    recipe = get_recipe(args.ace_recipe or ("test" if args.quick else "cpu"))
+    overrides = {}
+    for item in filter(None, args.ace_set.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = type(getattr(get_recipe("cpu"), key))(value)
+    recipe = get_recipe(args.ace_recipe or ("test" if args.quick else "cpu"), **overrides)
     start = time.perf_counter()
     ace_map = map_scene(mapping, encoder, recipe=recipe, use_depth=True, device=args.device, progress=False,
                         feature_step=0)  # ACE alone: the hybrid's own maps are timed in run_checked
@@ -229,6 +234,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--detector", default="sift", choices=["sift", "orb"])
     parser.add_argument("--keyframe-step", type=int, default=FeatureConfig.keyframe_step)
     parser.add_argument("--ace-recipe", default=None, help="ACE recipe (default cpu; test with --quick)")
+    parser.add_argument("--ace-set", default="", help="recipe fields to replace, e.g. steps=1000,batch=2048")
     parser.add_argument("--ace-encoder", default=None, help="encoder weights (default: shipped)")
     parser.add_argument("--device", default="cpu", help="torch device for ACE")
     parser.add_argument("--out", type=Path, default=Path("out/bench/ace_vs_features"))

@@ -8,7 +8,8 @@ import pytest
 from shared_data import sample
 
 from prism_ros.ace.hybrid import Answer, ask
-from prism_ros.ace.verify import MapCloud, VerifyConfig, build_map_cloud, frame_points, pose_change, verify
+from prism_ros.ace.relocalize import pose_errors
+from prism_ros.ace.verify import MapCloud, VerifyConfig, build_map_cloud, frame_points, verify
 from prism_ros.datasets import open_dataset
 from prism_ros.errors import InputError
 from prism_ros.geometry.lie import se3_exp_np
@@ -26,6 +27,12 @@ def scene(tmp_path_factory):
     other = open_dataset(generate(root / "other", frames=1, seed=3, **common))
     cloud = build_map_cloud(open_dataset(sequence.path, frames="0:12:2"))
     return cloud, open_dataset(sequence.path, frames="1:12:2"), other[0]
+
+
+def pose_change(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(m, deg) between two T_world_camera."""
+    dt, dr = pose_errors(a, b)
+    return float(dt[0]), float(dr[0])
 
 
 def shifted(T: np.ndarray, metres: float, degrees: float = 0.0, axis: int = 0) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 import open3d as o3d
 
 from prism_ros.ace.buffer import register_depth
+from prism_ros.ace.relocalize import pose_errors
 from prism_ros.errors import InputError
 from prism_ros.frame import Frame, Intrinsics
 
@@ -142,13 +143,6 @@ def build_map_cloud(frames: Iterable[Frame], config: VerifyConfig = VerifyConfig
     return MapCloud(np.asarray(cloud.points), np.asarray(cloud.normals))
 
 
-def pose_change(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(translation m, rotation deg) between two T_world_camera."""
-    R = a[:3, :3].T @ b[:3, :3]
-    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)))
-    return float(np.linalg.norm(a[:3, 3] - b[:3, 3])), float(angle)
-
-
 def verify(candidate: np.ndarray, query_points: np.ndarray, cloud: MapCloud,
            config: VerifyConfig = VerifyConfig()) -> Verification:
     """Refine a candidate T_world_camera by ICP of the query's camera-frame points (N,3) against the map
@@ -166,7 +160,8 @@ def verify(candidate: np.ndarray, query_points: np.ndarray, cloud: MapCloud,
         pose = reg.registration_icp(query, cloud.cloud, distance, pose,
                                     reg.TransformationEstimationPointToPlane(), criteria).transformation
     result = reg.evaluate_registration(query, cloud.cloud, config.inlier_m, pose)
-    correction = pose_change(np.asarray(candidate, dtype=np.float64), pose)
+    moved, turned = pose_errors(np.asarray(candidate, dtype=np.float64), pose)
+    correction = (float(moved[0]), float(turned[0]))
     fitness, rmse = float(result.fitness), float(result.inlier_rmse)
     if fitness < config.min_fitness:
         return Verification(None, fitness, rmse, correction,
