@@ -18,6 +18,7 @@ Poses with fewer than ``min_inliers`` inliers are rejected (``pose`` None, ``can
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -27,9 +28,11 @@ from prism_ros.ace.buffer import query_grey
 from prism_ros.ace.encoder import Encoder, feature_pixels, normalise
 from prism_ros.ace.ensemble import best_of
 from prism_ros.ace.head import Head
-from prism_ros.ace.mapfile import AceMap
 from prism_ros.frame import Intrinsics
 from prism_ros.geometry.lie import skew_np
+
+if TYPE_CHECKING:  # annotations only: mapfile imports verify, which imports pose_errors from here
+    from prism_ros.ace.mapfile import AceMap
 
 REFERENCE_THRESHOLD_PX = 10.0  # ACE's inlier threshold at 480 rows
 DEFAULT_MIN_INLIERS = 50
