@@ -146,7 +146,8 @@ def run_ace(mapping, frames, args) -> tuple[list, list[float], float, dict]:
     overrides = {}
     for item in filter(None, args.ace_set.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = type(getattr(get_recipe("cpu"), key))(value)
+        kind = type(getattr(get_recipe("cpu"), key))
+        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     recipe = get_recipe(args.ace_recipe or ("test" if args.quick else "cpu"), **overrides)
     start = time.perf_counter()
     ace_map = map_scene(mapping, encoder, recipe=recipe, use_depth=True, device=args.device, progress=False,

@@ -140,6 +140,21 @@ def test_map_file_keeps_the_depth_check_cloud_and_feature_keyframes(tmp_path):
     assert loaded.features.config == FeatureConfig()
 
 
+def test_head_coordinates_stay_float32_under_low_precision_autocast():
+    """Mapping may train the head under bf16 (CPU) or fp16 (CUDA) autocast; the coordinates and the mean
+    offset stay float32 (bf16 would round a 3 m coordinate to ~1 cm)."""
+    torch.manual_seed(0)
+    head = Head(HeadConfig(256, 64, 1), torch.tensor([100.0, -50.0, 3.0]))
+    features = torch.randn(200, 256)
+    reference = head(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(features)
+    assert low.dtype == torch.float32
+    offset = (low - head.mean).abs().max()
+    assert (low - reference).abs().max() < 0.05 * offset  # bf16 matrix products, float32 output layer
+    assert torch.allclose(low.mean(0), reference.mean(0), atol=0.05 * float(offset))
+
+
 def test_map_file_errors_are_clear(tmp_path):
     path = save_map(small_map(), tmp_path / "scene.pt")
     data = path.read_bytes()

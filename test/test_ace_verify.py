@@ -115,9 +115,10 @@ def test_hybrid_keeps_the_first_verified_pose_and_says_who_answered(scene):
     asked.clear()
     first = ask([method("ace", right), method("features", wrong)], points, cloud)
     assert first.source == "ace" and asked == ["ace"]  # the second opinion is not asked
-    # a candidate its own inlier rule rejected still answers when the depth confirms it
-    rejected = Result(None, candidate=shifted(frame.pose, 0.02), inliers=20)
-    assert ask([method("ace", rejected)], points, cloud).source == "ace"
+    # the check vetoes, it does not rescue: a pose its own inlier rule rejected never answers
+    rejected = Result(None, candidate=frame.pose, inliers=20)
+    vetoed = ask([method("ace", rejected)], points, cloud)
+    assert not vetoed.accepted and "ace" not in vetoed.checks
     neither = ask([method("ace", wrong), method("features", wrong)], points, cloud)
     assert not neither.accepted and neither.source == "" and "ace:" in neither.reason
     # without depth: the first pose its own method accepted, marked unverified

@@ -54,9 +54,11 @@ class Head(nn.Module):
             for layer in block:
                 x = F.relu(layer(x))
             res = res + x
-        x = self.fc3(F.relu(self.fc2(F.relu(self.fc1(res)))))
-        h = (F.softplus(x[..., 3:], beta=H_BETA) + H_MIN).clamp(max=H_MAX)
-        return x[..., :3] / h + self.mean.to(x.dtype)
+        x = F.relu(self.fc2(F.relu(self.fc1(res))))
+        with torch.autocast(x.device.type, enabled=False):  # coordinates in float32 under fp16/bf16 autocast
+            x = self.fc3(x.float())
+            h = (F.softplus(x[..., 3:], beta=H_BETA) + H_MIN).clamp(max=H_MAX)
+            return x[..., :3] / h + self.mean
 
     def to_record(self) -> dict:
         """Plain dict for the map file: config, fp16 weights, the mean in float32 (fp16 would cost mm)."""

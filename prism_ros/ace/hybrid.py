@@ -1,13 +1,14 @@
 """One answer from several relocalizers: ask them in turn, keep the first pose the query's depth confirms.
 
 ACE answers most queries near its mapping views; SIFT + PnP (:mod:`prism_ros.ace.features`) answers more
-of those far from them; both sometimes return a confident pose tens of centimetres off. Each method's best
-pose (``candidate``, kept even when its own inlier rule rejected it) goes through the same depth check
-(:func:`prism_ros.ace.verify.verify`) and the first that passes answers, refined. The order is the
-preference: the default asks ACE first and the features only when ACE's pose fails the check, so the second
-method costs nothing on the queries ACE answers. Why the first verified pose rather than the best fitness of
-all: a passed check already bounds the error by the depth alignment, and asking every method always costs
-their sum.
+of those far from them; both sometimes return a confident pose tens of centimetres off. Each method's pose,
+if its own inlier rule accepted it, goes through the same depth check (:func:`prism_ros.ace.verify.verify`)
+and the first that passes answers, refined. The check only vetoes: a pose with too few inliers is not
+rescued by it, because a view of one plane (a wall, the floor) lets ICP fit the depth at poses a metre off.
+The order is the preference: the default asks ACE first and the features only when ACE's pose fails the
+check, so the second method costs nothing on the queries ACE answers. Why the first verified pose rather
+than the best fitness of all: a passed check already bounds the error by the depth alignment, and asking
+every method always costs their sum.
 
 Without query depth or a map cloud nothing can be checked: the first method whose own inlier rule accepted
 its pose answers, unrefined, and the answer says it was not verified.
@@ -66,7 +67,7 @@ class Answer:
 
 def ask(methods: Iterable[tuple[str, Callable[[], object]]], query_points: np.ndarray | None,
         cloud: MapCloud | None, config: VerifyConfig = VerifyConfig()) -> Answer:
-    """Ask ``methods`` (name, call returning a result with ``pose``, ``candidate`` and ``inliers``) in order;
+    """Ask ``methods`` (name, call returning a result with ``pose`` (None: rejected) and ``inliers``) in order;
     the first whose pose passes the depth check answers (see the module doc)."""
     answer = Answer(None)
     checkable = query_points is not None and cloud is not None
@@ -78,7 +79,9 @@ def ask(methods: Iterable[tuple[str, Callable[[], object]]], query_points: np.nd
                 answer.pose, answer.source, answer.inliers = np.asarray(result.pose), name, int(result.inliers)
                 return answer
             continue
-        check = verify(result.candidate, query_points, cloud, config)
+        if result.pose is None:
+            continue  # the check vetoes and refines; it cannot vouch for a pose its own method rejected
+        check = verify(result.pose, query_points, cloud, config)
         answer.checks[name] = check
         if check.accepted:
             answer.pose, answer.source, answer.inliers, answer.verified = check.pose, name, int(result.inliers), True

@@ -8,7 +8,8 @@ pulled to the point 10 m along their pixel ray (L1). With depth (RGB-D), DSAC*'s
 distance to the depth-given scene coordinate, expressed in pixels (f |x - x_d| / z_d) and robustified with
 the same w, so it shares the curriculum and units and also fixes depth along the ray early on.
 Pixel quantities (soft clamp, RANSAC threshold) are given for 480-px-high images and scaled to the recipe's
-working height. Optimiser: AdamW with a one-cycle learning rate (ACE), fp16 autocast on CUDA.
+working height. Optimiser: AdamW with a one-cycle learning rate (ACE), fp16 autocast on CUDA (``gpu``) and
+bfloat16 autocast on CPUs with native bf16 products (``cpu``); the head's output layer stays float32.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class Recipe:
     soft_clamp_min: float = 1.0  # px at 480 rows
     depth_weight: float = 1.0  # RGB-D term (when depth is available and used)
     fp16: bool = False  # autocast on CUDA
+    bf16_cpu: bool = False  # bfloat16 autocast on CPUs whose oneDNN has bf16 kernels (AVX512-BF16, AMX)
     augmentation: Augmentation = Augmentation()
 
     @property
@@ -57,10 +59,10 @@ class Recipe:
         return self.image_height / REFERENCE_HEIGHT
 
 
-#: For CPUs: 240-row images, a 256-wide head, ~2.5 passes worth of 600 samples per image, 2000 steps of 4096
-#: (mapping times: docs/ace.md).
+#: For CPUs: 240-row images, a 256-wide head, ~2.5 passes worth of 600 samples per image, 2000 steps of 4096,
+#: bfloat16 products where the CPU has them (mapping times: docs/ace.md).
 CPU_RECIPE = Recipe("cpu", image_height=240, head_width=256, head_blocks=1, samples_per_image=600, passes=2,
-                    batch=4096, steps=2000)
+                    batch=4096, steps=2000, bf16_cpu=True)
 #: ACE's paper recipe (GPU): 480 rows, 512-wide head, 8M-feature buffer (1024 per image, passes until full
 #: for ~8k images; here passes=16 over the given images), batch 5120, ~25k steps (16 epochs), fp16.
 GPU_RECIPE = Recipe("gpu", image_height=480, head_width=512, head_blocks=1, samples_per_image=1024, passes=16,
@@ -111,6 +113,12 @@ def ace_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], width: float, d
     return loss / len(pred)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (oneDNN with AVX512-BF16 or AMX)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
 def train_head(buffer: FeatureBuffer, recipe: Recipe, mean: torch.Tensor, use_depth: bool = True, seed: int = 0,
                progress: bool = True, desc: str = "ace head") -> Head:
     """Train a fresh head on ``buffer`` for ``recipe.steps`` steps (random batches of the shuffled buffer)."""
@@ -125,6 +133,7 @@ def train_head(buffer: FeatureBuffer, recipe: Recipe, mean: torch.Tensor, use_de
     depth_weight = recipe.depth_weight if use_depth and buffer.has_depth else 0.0
     autocast = recipe.fp16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=autocast)
+    bf16 = recipe.bf16_cpu and device.type == "cpu" and cpu_has_bf16()
     order, cursor = torch.randperm(len(buffer), generator=generator, device=device), 0
     head.train()
     bar = tqdm(range(recipe.steps), desc=desc, unit="step", disable=not progress, leave=False)
@@ -134,7 +143,8 @@ def train_head(buffer: FeatureBuffer, recipe: Recipe, mean: torch.Tensor, use_de
         batch = buffer.batch(order[cursor:cursor + recipe.batch])
         cursor += recipe.batch
         width = soft_clamp_width(step / recipe.steps, recipe)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             pred = head(batch["features"])
         loss = ace_loss(pred.float(), batch, width, depth_weight)
         optimiser.zero_grad(set_to_none=True)
