@@ -22,6 +22,7 @@ from prism_ros.dmn.training import (
     TrainResult,
     evaluate,
     load_method,
+    near_poses,
     quarter_turns,
     save_method,
     train,
@@ -85,6 +86,17 @@ def test_quarter_turns_rotate_about_the_room_centre():
     pose = torch.tensor([[0.5, 0.25, 0.0]])
     expected = torch.tensor([[[-0.25, 0.5, 0.5], [-0.5, -0.25, -1.0], [0.25, -0.5, -0.5]]])
     assert torch.allclose(quarter_turns(pose), expected, atol=1e-6)
+
+
+def test_near_poses_lie_outside_the_success_radius_inside_the_room():
+    truth = torch.tensor([[0.0, 0.0, 0.0], [-0.95, 0.9, 0.95], [0.5, -0.99, -0.5]])
+    near = near_poses(truth, 10, torch.Generator().manual_seed(3))
+    assert near.shape == (3, 10, 3) and bool((near.abs() <= 1.0).all())
+    error = pose_squared_error(near, truth[:, None].expand_as(near))
+    assert bool((error > 0.2).all())  # never a pose the success metric (x-y or with heading) would accept
+    moved = (near[:, :5, :2] - truth[:, None, :2]).norm(dim=-1)
+    assert bool(((moved > 0.44) & (moved < 1.01)).all())
+    assert torch.equal(near[:, 5:, :2], truth[:, None, :2].expand(3, 5, 2))  # the rest turn in place
 
 
 def test_pose_squared_error_adds_half_the_squared_yaw_error_in_radians_across_the_seam():

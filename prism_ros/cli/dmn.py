@@ -100,6 +100,8 @@ def train_command(
     pose_weight: Annotated[float, typer.Option(min=0.0, help="The paper's pose loss (tracking setting).")] = 1.0,
     ranking_weight: Annotated[float, typer.Option(min=0.0, help="The truth against its quarter turns about the "
                                                   "room's centre and 12 uniform poses (particle filters).")] = 0.0,
+    ranking_near: Annotated[int, typer.Option(min=0, help="Ranking negatives near the truth but outside the "
+                                              "success radius (moved, or turned in place).")] = 0,
     discrimination_weight: Annotated[float, typer.Option(min=0.0, help="The truth against 63 uniform poses "
                                                          "(particle filters).")] = 1.0,
     patience: Annotated[int, typer.Option(min=0, help="Validations without improvement before stopping (0: "
@@ -131,7 +133,7 @@ def train_command(
         if name not in LEARNED:
             raise InputError(f"unknown or untrainable method {name!r}", f"use one of {', '.join(LEARNED)} or all")
     config = TrainConfig(steps=steps, batch=batch, learning_rate=learning_rate, minutes=minutes, seed=seed,
-                         pose_weight=pose_weight, ranking_weight=ranking_weight,
+                         pose_weight=pose_weight, ranking_weight=ranking_weight, ranking_near=ranking_near,
                          discrimination_weight=discrimination_weight, patience=patience, validate_every=validate_every)
     source = StoredEpisodes(_training_data(data, domain), seed) if data else None
     command = "prism-ros " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -134,6 +134,7 @@ class TrainConfig:
     discrimination_candidates: int = 64  # the true pose and uniform alternatives scored per query
     ranking_weight: float = 0.0  # the truth against its quarter turns and uniform poses (see ranking_loss)
     ranking_uniform: int = 12
+    ranking_near: int = 0  # ranking negatives near the truth (see near_poses)
     validate_every: int = 250
     validation_episodes: int = 256
     validation_particles: int = 256
@@ -187,24 +188,45 @@ def quarter_turns(poses: Tensor) -> Tensor:
     return torch.stack((c * x - s * y, s * x + c * y, wrap_yaw(yaw + 0.5 * turns)), dim=-1)
 
 
+def near_poses(truth: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:
+    """(B,count,3) poses near the truths (B,3) but outside the success radius, where a sequential filter's
+    belief concentrates once the quarter turns are ruled out: half moved 0.45-1.0 (x-y, normalised units;
+    success is MSE < 0.2, 0.45 away) with the heading turned up to 45 degrees, half in place but turned 45-180
+    degrees."""
+    shape = (truth.shape[0], count)
+    u = torch.rand((*shape, 3), generator=generator, device=truth.device, dtype=truth.dtype)
+    moved = torch.arange(count, device=truth.device) < (count + 1) // 2
+    radius = torch.where(moved, 0.45 + 0.55 * u[..., 0], torch.zeros_like(u[..., 0]))
+    angle = 2 * math.pi * u[..., 1]
+    sign = torch.where(u[..., 2] < 0.5, -1.0, 1.0).to(truth.dtype)
+    turn = torch.where(moved, 0.25 * (2 * u[..., 2] - 1), sign * (0.25 + 0.75 * (2 * u[..., 2] % 1)))
+    offset = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), -1)
+    xy = truth[:, None, :2] + offset
+    xy = torch.where(xy.abs() > 1, truth[:, None, :2] - offset, xy)  # mirrored into the room, same distance
+    return torch.cat((xy, wrap_yaw(truth[:, None, 2:] + turn[..., None])), dim=-1)
+
+
 def ranking_logits(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
-                   uniform: int = 12) -> Tensor:
-    """(B, 4 + uniform) observation log-likelihoods of the first query at: the true pose, its three quarter
-    turns about the environment's centre (:func:`quarter_turns`), then ``uniform`` poses uniform over the state
-    space."""
+                   uniform: int = 12, near: int = 0) -> Tensor:
+    """(B, 4 + uniform + near) observation log-likelihoods of the first query at: the true pose, its three
+    quarter turns about the environment's centre (:func:`quarter_turns`), ``uniform`` poses uniform over the
+    state space, then ``near`` poses near the truth (:func:`near_poses`)."""
     truth = episode.query_poses[:, 0]
     others = uniform_particles(len(truth), uniform, generator=generator, device=truth.device, dtype=truth.dtype)
-    return first_query_log_likelihoods(method, episode, torch.cat((truth[:, None], quarter_turns(truth), others), 1))
+    poses = [truth[:, None], quarter_turns(truth), others] + ([near_poses(truth, near, generator)] if near else [])
+    return first_query_log_likelihoods(method, episode, torch.cat(poses, 1))
 
 
 def ranking_loss(method: LocalizationMethod, episode: Episode, generator: torch.Generator | None = None,
-                 uniform: int = 12) -> Tensor:
-    """Cross-entropy of the true pose against its quarter turns and ``uniform`` uniform poses.
+                 uniform: int = 12, near: int = 0) -> Tensor:
+    """Cross-entropy of the true pose against its quarter turns, ``uniform`` uniform poses and ``near`` poses
+    near it.
 
     The room's rotational symmetry is what global localization must break, and the truth's quarter turns are
     almost never among a tracking belief's particles nor among a few dozen uniform alternatives, so neither the
-    pose loss nor :func:`discrimination_loss` asks for it. Scoring the truth against them does."""
-    logits = ranking_logits(method, episode, generator, uniform)
+    pose loss nor :func:`discrimination_loss` asks for it. Scoring the truth against them does. The near poses
+    ask for the sharpness a sequential filter needs once the right quarter is found."""
+    logits = ranking_logits(method, episode, generator, uniform, near)
     return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
@@ -319,8 +341,8 @@ def training_loss(method: LocalizationMethod, episode: Episode, train_config: Tr
         loss = loss + train_config.discrimination_weight * discrimination_loss(
             method, episode, generator, train_config.discrimination_candidates)
     if method.uses_particles and train_config.ranking_weight > 0:
-        loss = loss + train_config.ranking_weight * ranking_loss(method, episode, generator,
-                                                                 train_config.ranking_uniform)
+        loss = loss + train_config.ranking_weight * ranking_loss(
+            method, episode, generator, train_config.ranking_uniform, train_config.ranking_near)
     return loss
 
 
