@@ -40,7 +40,6 @@ from prism_ros.datasets import open_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("ace", "features", "hybrid")
-CHECKED = ("ace+check", "features+check")  # reported with hybrid: each method alone behind the depth check
 WRONG_M = 0.25  # an accepted pose further off than this is "wrong"
 TASKS = ("redkitchen", "sun3d")
 OVERLAP_M, OVERLAP_DEG = 0.30, 20.0  # a query "overlaps" the map if a mapping frame is this close

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from prism_ros.ace.features import FeatureConfig, FeatureMap, build_feature_map
+from prism_ros.ace.relocalize import relocalize
 from prism_ros.ace.verify import MapCloud, Verification, VerifyConfig, build_map_cloud, frame_points, verify
 from prism_ros.errors import InputError
 from prism_ros.frame import Frame
@@ -107,8 +109,6 @@ def answer_query(ace_map, encoder, frame: Frame, check: bool = True, second_opin
     """Relocalize one image (``frame``: colour, intrinsics, optional depth registered to colour) with an ACE
     map: ACE first, then the map's feature keyframes if it has them and ``second_opinion``; with ``check``,
     the frame's depth and the map's cloud, each pose goes through the depth check (see the module doc)."""
-    from prism_ros.ace.relocalize import relocalize
-
     methods = [("ace", lambda: relocalize(ace_map, encoder, frame.rgb, frame.intrinsics, **ace_options))]
     if second_opinion and ace_map.features is not None:
         methods.append(("features", lambda: ace_map.features.localize(frame.rgb, frame.intrinsics)))
@@ -120,8 +120,6 @@ def answer_query(ace_map, encoder, frame: Frame, check: bool = True, second_opin
 def answer_dataset(ace_map, encoder, dataset, progress: bool = True, check: bool = True, second_opinion: bool = True,
                    **ace_options) -> list[tuple[float, np.ndarray | None, Answer]]:
     """[(timestamp, frame pose or None, Answer)] of :func:`answer_query` for every frame of a dataset."""
-    from tqdm import tqdm
-
     times = dataset.timestamps
     return [(float(times[i]), frame.pose, answer_query(ace_map, encoder, frame, check, second_opinion, **ace_options))
             for i, frame in enumerate(tqdm(dataset, total=len(dataset), desc="relocalize", unit="img",

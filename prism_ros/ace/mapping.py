@@ -24,6 +24,7 @@ from tqdm import tqdm
 from prism_ros.ace.buffer import Augmentation, FeatureBuffer, MappingFrame, fill_buffer, prepare_frame, view_frame
 from prism_ros.ace.encoder import Encoder
 from prism_ros.ace.head import Head, HeadConfig
+from prism_ros.ace.hybrid import check_maps
 from prism_ros.ace.mapfile import AceMap
 from prism_ros.datasets.base import Dataset
 from prism_ros.errors import InputError
@@ -207,8 +208,6 @@ def map_views(views: list[MappingFrame], encoder: Encoder, recipe: Recipe, intri
 def add_check_maps(ace_map: AceMap, frames, feature_step: int) -> None:
     """Give the map the depth check's cloud and the feature keyframes of posed RGB-D ``frames``; the time
     they took is in ``meta["check_maps_seconds"]``."""
-    from prism_ros.ace.hybrid import check_maps
-
     start = time.perf_counter()
     ace_map.cloud, ace_map.features = check_maps(frames, feature_step)
     ace_map.meta["check_maps_seconds"] = time.perf_counter() - start
